@@ -1,0 +1,49 @@
+# POSIX make targets; work on Linux and macOS. Everything runs from the project's .venv.
+SHELL := /bin/sh
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Where pip finds a CPU build of torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+RUFF := $(PY) -m ruff
+RUFF_CFG := --config server/pyproject.toml
+
+.PHONY: setup lint format test check start stop logs clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: server/pyproject.toml server/constraints.txt
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_TORCH) -c server/constraints.txt -e './server[dev]'
+	touch $@
+
+lint: setup
+	$(RUFF) check $(RUFF_CFG) server scripts
+	$(RUFF) format --check $(RUFF_CFG) server scripts
+	cd server && ../$(PY) -m mypy
+	$(PY) scripts/guard.py
+
+format: setup
+	$(RUFF) check --fix $(RUFF_CFG) server scripts
+	$(RUFF) format $(RUFF_CFG) server scripts
+
+test: setup
+	cd server && ../$(PY) -m pytest
+
+check: lint test
+
+start: setup
+	$(PY) scripts/stack.py start
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) scripts/stack.py stop; else echo "nothing to stop"; fi
+
+logs:
+	$(PY) scripts/stack.py logs
+
+clean: stop
+	rm -rf $(VENV) .stack server/.mypy_cache server/.pytest_cache .ruff_cache server/*.egg-info
+	find server scripts -name __pycache__ -type d -prune -exec rm -rf {} +

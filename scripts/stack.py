@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""The local stack as processes: `make start`, `make stop`, `make logs`.
+
+start: use the Redis at REDIS_URL if it answers, otherwise start `redis-server` on a free
+port; then the local Data Bank, the API (Hypercorn) and one worker, each with its own data
+folder under `.stack/` (API and worker do not share a disk, as in production). Returns when
+the API's /readyz answers 200, or exits 1 with the reason and the failing log's tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".stack"
+LOGS = STATE / "logs"
+STATE_FILE = STATE / "stack.json"
+BIN = Path(sys.executable).parent
+
+
+def _say(message: str) -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _dotenv() -> dict[str, str]:
+    """`.env` values, for the few this script itself needs (REDIS_URL, PORT...)."""
+    values: dict[str, str] = {}
+    path = ROOT / ".env"
+    if path.exists():
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _setting(name: str, default: str) -> str:
+    return os.environ.get(name) or _dotenv().get(name) or default
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _redis_answers(url: str) -> bool:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=1)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except (RedisError, OSError):
+        return False
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> int:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = (LOGS / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT / "server",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # `make stop` signals the whole group
+    )
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(name: str, lines: int = 30) -> str:
+    path = LOGS / f"{name}.log"
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start() -> int:
+    if STATE_FILE.exists():
+        _say("stack already started (make stop first); state in .stack/stack.json")
+        return 1
+    STATE.mkdir(exist_ok=True)
+    pids: dict[str, int] = {}
+    redis_url = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if _redis_answers(redis_url):
+        _say(f"redis      {redis_url} (already running)")
+    else:
+        server = shutil.which("redis-server")
+        if server is None:
+            _say(f"no Redis answers at {redis_url} and redis-server is not installed")
+            return 1
+        port = _free_port()
+        args = [server, "--port", str(port), "--save", "", "--appendonly", "no"]
+        pids["redis"] = _spawn("redis", args, dict(os.environ))
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        _wait(lambda: _redis_answers(redis_url), 20, "redis", pids)
+        _say(f"redis      {redis_url} (started)")
+
+    api_port = int(_setting("PORT", "8000"))
+    if not _port_free(api_port):
+        _say(f"port {api_port} is taken: set PORT to another one")
+        return 1
+    bank_port = int(_setting("DATABANK_PORT", "8001"))
+    if not _port_free(bank_port):
+        bank_port = _free_port()
+    bank_url = f"http://127.0.0.1:{bank_port}"
+    bank_key = _setting("APP__DATA_BANK_API_KEY", "") or secrets.token_hex(16)
+
+    base = dict(os.environ)
+    base.update(_dotenv())
+    base.update({"REDIS_URL": redis_url, "APP__DATA_BANK_API_URL": bank_url})
+    base["APP__DATA_BANK_API_KEY"] = bank_key
+
+    bank_env = base | {"DATA_ROOT": str(STATE / "databank"), "API_UPLOAD_KEYS": bank_key}
+    if (BIN / "modeltrainer-databank").exists():
+        pids["databank"] = _spawn(
+            "databank",
+            [str(BIN / "modeltrainer-databank"), "--host", "127.0.0.1", "--port", str(bank_port)],
+            bank_env,
+        )
+        _wait(lambda: _http_status(f"{bank_url}/readyz") == 200, 30, "databank", pids)
+        _say(f"databank   {bank_url}  (files in .stack/databank)")
+
+    for name in ("api", "worker"):
+        root = STATE / name
+        base_for = base | {
+            "APP__DATA_ROOT": str(root / "data"),
+            "APP__ARTIFACTS_ROOT": str(root / "artifacts"),
+            "APP__RUNS_ROOT": str(root / "runs"),
+            "APP__LOGS_ROOT": str(root / "logs"),
+        }
+        if name == "api":
+            args = [
+                str(BIN / "hypercorn"),
+                "model_trainer.api.main:create_app()",
+                "--bind",
+                f"127.0.0.1:{api_port}",
+            ]
+        else:
+            args = [str(BIN / "modeltrainer-rq-worker")]
+        pids[name] = _spawn(name, args, base_for)
+
+    STATE_FILE.write_text(json.dumps({"pids": pids, "api": f"http://127.0.0.1:{api_port}"}))
+    api = f"http://127.0.0.1:{api_port}"
+    _wait(lambda: _http_status(f"{api}/readyz") == 200, 120, "api /readyz", pids)
+    _say(f"api        {api}  (docs at {api}/docs)")
+    _say(f"worker     pid {pids['worker']}")
+    _say("logs       .stack/logs/*.log (make logs); stop with make stop")
+    return 0
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, pids: dict[str, int]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for name, pid in pids.items():
+            if not _alive(pid):
+                _say(f"{name} exited while waiting for {what}; last log lines:\n{_tail(name)}")
+                STATE_FILE.write_text(json.dumps({"pids": pids}))
+                stop()
+                sys.exit(1)
+        time.sleep(0.2)
+    _say(f"timed out after {timeout:.0f}s waiting for {what}")
+    for name in pids:
+        _say(f"--- {name} ---\n{_tail(name, 15)}")
+    STATE_FILE.write_text(json.dumps({"pids": pids}))
+    stop()
+    sys.exit(1)
+
+
+def stop() -> int:
+    if not STATE_FILE.exists():
+        _say("stack not running")
+        return 0
+    pids: dict[str, int] = json.loads(STATE_FILE.read_text()).get("pids", {})
+    # Worker first (it may be mid-job and wants its grace period), Redis last.
+    order = ["worker", "api", "databank", "redis"]
+    for name in sorted(pids, key=lambda n: order.index(n) if n in order else 0):
+        pid = pids[name]
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # not our child once start exited
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        _say(f"stopped {name} (pid {pid})")
+    STATE_FILE.unlink()
+    return 0
+
+
+def logs() -> int:
+    names = sorted(p.stem for p in LOGS.glob("*.log")) if LOGS.exists() else []
+    for name in names:
+        _say(f"--- {name} ---\n{_tail(name, 40)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["start", "stop", "logs"])
+    command = parser.parse_args().command
+    return {"start": start, "stop": stop, "logs": logs}[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What routes depend on, built once per app in `create_app` and passed in explicitly."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+from redis import Redis
+
+from model_trainer.errors import AppError, ErrorCode
+from model_trainer.job_queue import JobQueue
+from model_trainer.settings import Settings
+from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, StatusStore
+
+
+class ApiContext:
+    """The app's services. Tests build one with their own Redis, queue name and Data Bank."""
+
+    def __init__(self, settings: Settings, redis: Redis, queue: JobQueue) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.queue = queue
+        self.runs = StatusStore(redis, RUN_KEYS)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS)
+
+
+def get_context(request: Request) -> ApiContext:
+    ctx = request.app.state.ctx
+    if not isinstance(ctx, ApiContext):
+        raise RuntimeError("app started without an ApiContext")
+    return ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_context)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def require_api_key(
+    ctx: Ctx, api_key: Annotated[str | None, Depends(_api_key_header)] = None
+) -> None:
+    expected = ctx.settings.security.api_key
+    if expected is None or not expected.get_secret_value():
+        return
+    if api_key is None:
+        raise AppError(ErrorCode.UNAUTHORIZED, "missing X-API-Key header", 401)
+    # Constant-time comparison: response timing must not reveal how much of the key matched.
+    if not hmac.compare_digest(api_key.encode(), expected.get_secret_value().encode()):
+        raise AppError(ErrorCode.UNAUTHORIZED, "invalid API key", 401)

@@ -1,0 +1,48 @@
+"""The API app factory, served by `hypercorn 'model_trainer.api.main:create_app()'`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from redis import Redis
+
+from model_trainer.api.deps import ApiContext, require_api_key
+from model_trainer.api.errors import install_error_handlers
+from model_trainer.api.middleware import RequestIdMiddleware
+from model_trainer.api.routes import artifacts, health
+from model_trainer.job_queue import RQJobQueue
+from model_trainer.jsonlog import setup_logging
+from model_trainer.settings import Settings, load_settings
+
+
+def build_context(settings: Settings) -> ApiContext:
+    # Short timeouts: a readiness probe must answer "degraded", not hang, when Redis is gone.
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
+    return ApiContext(settings, redis, RQJobQueue(redis, settings.rq))
+
+
+def create_app(ctx: ApiContext | None = None) -> FastAPI:
+    if ctx is None:
+        settings = load_settings()
+        setup_logging(settings.logging.level, service="api")
+        ctx = build_context(settings)
+    context = ctx
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        context.redis.close()
+
+    app = FastAPI(title="Model Trainer", version="0.1.0", lifespan=lifespan)
+    app.state.ctx = context
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    protected = [Depends(require_api_key)]
+    for router in (artifacts.router,):
+        app.include_router(router, dependencies=protected)
+    return app

@@ -1,0 +1,58 @@
+"""Typed errors shared by the API and the worker.
+
+An `AppError` carries a stable `ErrorCode` (what clients switch on), a message for people,
+and the HTTP status the API answers with. Job code raises `UserError` for problems the
+caller must fix (never retried) and lets everything else surface as a system error.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    CONFLICT = "CONFLICT"
+    BAD_REQUEST = "BAD_REQUEST"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # Job failures, stored with a failed status and published in events.
+    DATA_INVALID = "DATA_INVALID"
+    CONFIG_INVALID = "CONFIG_INVALID"
+    TOKENIZER_TRAIN_FAILED = "TOKENIZER_TRAIN_FAILED"
+    MODEL_TRAIN_FAILED = "MODEL_TRAIN_FAILED"
+    ARTIFACT_UPLOAD_FAILED = "ARTIFACT_UPLOAD_FAILED"
+
+
+class AppError(Exception):
+    def __init__(self, code: ErrorCode, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status_code = status_code
+
+
+class NotFoundError(AppError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.NOT_FOUND, message, 404)
+
+
+class ConflictError(AppError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.CONFLICT, message, 409)
+
+
+class UserError(AppError):
+    """A job failed because of its input (bad corpus, diverging learning rate...).
+
+    The job records it as failed with this message and is not retried.
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.DATA_INVALID) -> None:
+        super().__init__(code, message, 400)

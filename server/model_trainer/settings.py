@@ -1,0 +1,106 @@
+"""Settings for the API, the worker and the tools, read once by `load_settings()`.
+
+Sources, highest priority first: environment variables, then `.env`, then an optional TOML
+file (path in `MODEL_TRAINER_CONFIG`). Nested names use `__`, e.g. `APP__DATA_ROOT`.
+Nothing here is read at import time: the app and the worker call `load_settings()`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "MODEL_TRAINER_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AppSettings(_Section):
+    # Each service keeps its own disk; everything shared travels through Data Bank.
+    data_root: Path = Path("/data")
+    artifacts_root: Path = Path("/data/artifacts")
+    runs_root: Path = Path("/data/runs")
+    logs_root: Path = Path("/data/logs")
+    # 0 means "all cores this process may use" (cgroup- and affinity-aware).
+    threads: int = Field(default=0, ge=0, le=256)
+    data_bank_api_url: str = "http://127.0.0.1:8001"
+    data_bank_api_key: SecretStr | None = None
+    # Corpora larger than this are sampled for SentencePiece (input_sentence_size).
+    spm_sample_bytes: int = Field(default=100_000_000, ge=1_000_000)
+    heartbeat_interval_sec: float = Field(default=5.0, gt=0, le=300)
+    # A run whose heartbeat is older than this is considered orphaned (worker died).
+    heartbeat_ttl_sec: int = Field(default=60, ge=5, le=3600)
+    events_channel: str = "trainer:events"
+    log_stream_maxlen: int = Field(default=10_000, ge=100)
+
+
+class SecuritySettings(_Section):
+    api_key: SecretStr | None = None
+
+
+class LoggingSettings(_Section):
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+
+class RQSettings(_Section):
+    queue_name: str = Field(default="training", min_length=1)
+    # Training runs for hours or days: RQ's default of 180 s would kill it.
+    job_timeout_sec: int = Field(default=7 * 24 * 3600, ge=1)
+    result_ttl_sec: int = Field(default=7 * 24 * 3600, ge=0)
+    failure_ttl_sec: int = Field(default=30 * 24 * 3600, ge=0)
+    retry_max: int = Field(default=2, ge=0, le=20)
+    retry_intervals_sec: list[int] = Field(default_factory=lambda: [10, 60])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    hf_home: Path | None = None
+    app: AppSettings = Field(default_factory=AppSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    rq: RQSettings = Field(default_factory=RQSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml_path = os.environ.get(CONFIG_FILE_ENV)
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, `.env` and the optional TOML file."""
+    settings = Settings()
+    if settings.hf_home is not None:
+        # transformers reads HF_HOME itself; keep the two in agreement.
+        os.environ["HF_HOME"] = str(settings.hf_home)
+    # We train from scratch: nothing may be fetched from a hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return settings

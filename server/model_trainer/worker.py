@@ -1,0 +1,110 @@
+"""`modeltrainer-rq-worker`: the process that runs tokenizer, training and evaluation jobs.
+
+Process model: this parent process imports the heavy libraries once, then RQ forks a
+short-lived child (the "horse") per job, which inherits them already imported, so a job
+starts in milliseconds instead of paying torch's import again.
+
+SIGTERM (a redeploy): the parent stops taking jobs and forwards SIGRTMIN to the horse; the
+horse sets `shutdown.stop_requested`, the job stops at its next safe point (a training step),
+writes a checkpoint, and raises `WorkerShutdown`. RQ records the failure and, the job having
+retries left, re-enqueues it; the next worker resumes from the checkpoint. A second SIGTERM
+(or the platform's SIGKILL after its grace period) kills the horse at once: the run is then
+picked up again from its last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+
+from model_trainer.jsonlog import log_fields, setup_logging
+from model_trainer.settings import load_settings
+from model_trainer.shutdown import stop_requested
+
+log = logging.getLogger("model_trainer.worker")
+
+# Imported once in the parent so every forked job finds them loaded.
+HEAVY_MODULES = (
+    "numpy",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "sentencepiece",
+    "safetensors.torch",
+)
+
+
+def preload_heavy_modules(modules: tuple[str, ...] = HEAVY_MODULES) -> float:
+    started = time.perf_counter()
+    for name in modules:
+        importlib.import_module(name)
+    return time.perf_counter() - started
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    stop_requested.set()
+
+
+class GracefulWorker(Worker):
+    """An RQ worker whose job process stops at a safe point on SIGTERM instead of dying."""
+
+    def setup_work_horse_signals(self) -> None:
+        signal.signal(signal.SIGRTMIN, _on_stop_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def handle_warm_shutdown_request(self) -> None:
+        if self.horse_pid:
+            log.info(
+                "warm shutdown: asking the running job to stop at a safe point",
+                extra=log_fields("worker_warm_shutdown"),
+            )
+            self.kill_horse(sig=signal.SIGRTMIN)
+        else:
+            log.info("warm shutdown: no job running", extra=log_fields("worker_warm_shutdown"))
+
+
+def main() -> int:
+    settings = load_settings()
+    setup_logging(settings.logging.level, service="worker")
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        redis.ping()
+    except RedisError as exc:
+        log.error(
+            "cannot reach Redis: %s",
+            exc,
+            extra=log_fields("worker_redis_unreachable", error_code="SERVICE_UNAVAILABLE"),
+        )
+        return 1
+    if settings.app.threads:
+        # OpenMP and MKL read these when torch first spins up its pools (in the job process).
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.app.threads))
+        os.environ.setdefault("MKL_NUM_THREADS", str(settings.app.threads))
+    preload_sec = preload_heavy_modules()
+    queue = Queue(settings.rq.queue_name, connection=redis)
+    name = f"modeltrainer-{socket.gethostname()}-{os.getpid()}"
+    worker = GracefulWorker([queue], connection=redis, name=name)
+    log.info(
+        "worker %s listening on queue %s (libraries preloaded in %.1f s)",
+        name,
+        queue.name,
+        preload_sec,
+        extra=log_fields("worker_started"),
+    )
+    worker.work(with_scheduler=True, logging_level=settings.logging.level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

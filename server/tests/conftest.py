@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+
+from model_trainer.settings import AppSettings, RQSettings, Settings
+from tests.processes import BIN_DIR, Proc, child_env, wait_until
+from tests.redis_db import claimed_database
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with claimed_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, queue_name: str) -> Settings:
+    return make_settings(tmp_path / "api", redis_url, queue_name)
+
+
+def make_settings(
+    root: Path, redis_url: str, queue_name: str, rq: RQSettings | None = None
+) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        app=AppSettings(
+            data_root=root / "data",
+            artifacts_root=root / "artifacts",
+            runs_root=root / "runs",
+            logs_root=root / "logs",
+            threads=1,
+        ),
+        rq=rq or RQSettings(queue_name=queue_name),
+    )
+
+
+def worker_env(redis_url: str, queue_name: str, root: Path, **extra: str) -> dict[str, str]:
+    return child_env(
+        {
+            "REDIS_URL": redis_url,
+            "RQ__QUEUE_NAME": queue_name,
+            "APP__DATA_ROOT": str(root / "data"),
+            "APP__ARTIFACTS_ROOT": str(root / "artifacts"),
+            "APP__RUNS_ROOT": str(root / "runs"),
+            "APP__LOGS_ROOT": str(root / "logs"),
+            "APP__THREADS": "1",
+            "LOGGING__LEVEL": "INFO",
+            **extra,
+        }
+    )
+
+
+StartWorker = Callable[..., Proc]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator[StartWorker]:
+    """Start real `modeltrainer-rq-worker` processes; each waits until it is registered."""
+    procs: list[Proc] = []
+
+    def start(queue: str = queue_name, root: Path | None = None, **extra: str) -> Proc:
+        root = root or tmp_path / f"worker{len(procs)}"
+        root.mkdir(parents=True, exist_ok=True)
+        env = worker_env(redis_url, queue, root, **extra)
+        proc = Proc([str(BIN_DIR / "modeltrainer-rq-worker")], env, root / "worker.log")
+        procs.append(proc)
+        conn = Redis.from_url(redis_url)
+        before = Worker.count(connection=conn, queue=Queue(queue, connection=conn))
+        wait_until(
+            lambda: Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before,
+            60,
+            "the worker to register",
+            proc,
+        )
+        conn.close()
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop(timeout=20)

@@ -1,0 +1,82 @@
+"""Start and stop the project's real processes (worker, servers) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+SERVER_DIR = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP__", "RQ__", "SECURITY__"))}
+    env["PYTHONPATH"] = str(SERVER_DIR)
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A child process with its output in a log file (read it when a test fails)."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            args, env=dict(env), cwd=SERVER_DIR, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+        code = self.popen.returncode
+        return int(code) if code is not None else -1
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"process died while waiting for {what}:\n{proc.output()[-4000:]}")
+        time.sleep(0.05)
+    detail = f"\n{proc.output()[-4000:]}" if proc is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")

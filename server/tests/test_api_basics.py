@@ -1,0 +1,164 @@
+"""Request ids, API-key auth on every route, the error shape, and readiness."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from model_trainer.api.main import build_context, create_app
+from model_trainer.settings import SecuritySettings, Settings
+from tests.conftest import StartWorker
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int
+
+
+PUBLIC_PATHS = {"/healthz", "/readyz"}
+KEY = "s3cret-key"
+
+
+def _app(settings: Settings, api_key: str | None = None) -> FastAPI:
+    if api_key is not None:
+        settings = settings.model_copy(
+            update={"security": SecuritySettings(api_key=SecretStr(api_key))}
+        )
+    return create_app(build_context(settings))
+
+
+def _assert_error_shape(body: object, code: str, request_id: str | None = None) -> None:
+    assert isinstance(body, dict)
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["request_id"], str) and body["request_id"]
+    if request_id is not None:
+        assert body["request_id"] == request_id
+
+
+def test_request_id_is_echoed_or_generated(settings: Settings) -> None:
+    with TestClient(_app(settings)) as client:
+        echoed = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        assert echoed.status_code == 200
+        assert echoed.headers["x-request-id"] == "abc-123"
+        made = client.get("/healthz")
+        assert len(made.headers["x-request-id"]) == 32
+        garbage = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+        assert garbage.headers["x-request-id"] != "bad id with spaces"
+
+
+def _concrete(path: str) -> str:
+    return (
+        path.replace("{run_id}", "r1")
+        .replace("{tokenizer_id}", "t1")
+        .replace("{", "")
+        .replace("}", "")
+    )
+
+
+def test_every_route_but_health_requires_the_api_key(settings: Settings) -> None:
+    app = _app(settings, api_key=KEY)
+    # The OpenAPI document lists every route, so one added later is checked too.
+    paths = app.openapi()["paths"]
+    protected = [
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path not in PUBLIC_PATHS
+        for method in ops
+    ]
+    assert protected, "the app should have protected routes"
+    with TestClient(app) as client:
+        for method, template in protected:
+            path = _concrete(template)
+            missing = client.request(method, path, headers={"X-Request-ID": "rid-1"})
+            assert missing.status_code == 401, (method, template, missing.text)
+            _assert_error_shape(missing.json(), "UNAUTHORIZED", "rid-1")
+            wrong = client.request(method, path, headers={"X-API-Key": KEY + "x"})
+            assert wrong.status_code == 401, (method, template)
+            right = client.request(method, path, headers={"X-API-Key": KEY})
+            assert right.status_code != 401, (method, template)
+        for path in PUBLIC_PATHS:
+            assert client.get(path).status_code in (200, 503)
+
+
+def test_no_key_configured_means_open(settings: Settings) -> None:
+    with TestClient(_app(settings)) as client:
+        response = client.get("/runs/unknown/artifact")
+        assert response.status_code == 404
+        _assert_error_shape(response.json(), "NOT_FOUND")
+
+
+def test_error_shape_for_404_and_422(settings: Settings) -> None:
+    with TestClient(_app(settings)) as client:
+        missing = client.get("/no/such/route", headers={"X-Request-ID": "r-404"})
+        assert missing.status_code == 404
+        _assert_error_shape(missing.json(), "NOT_FOUND", "r-404")
+        wrong_method = client.post("/healthz")
+        assert wrong_method.status_code == 405
+        _assert_error_shape(wrong_method.json(), "METHOD_NOT_ALLOWED")
+
+
+def test_validation_error_names_the_field(settings: Settings) -> None:
+    app = _app(settings)
+
+    @app.post("/_test/validate")
+    def validate(body: Body) -> dict[str, int]:
+        return {"vocab_size": body.vocab_size}
+
+    with TestClient(app) as client:
+        response = client.post("/_test/validate", json={"vocab_size": "many"})
+        assert response.status_code == 422
+        body = response.json()
+        _assert_error_shape(body, "VALIDATION_ERROR")
+        assert body["details"][0]["field"] == "vocab_size"
+        assert "vocab_size" in body["message"]
+
+
+def test_unknown_exception_is_a_sanitized_500_and_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app(settings)
+
+    @app.get("/_test/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/_test/boom", headers={"X-Request-ID": "r-500"})
+    assert response.status_code == 500
+    body = response.json()
+    _assert_error_shape(body, "INTERNAL_ERROR", "r-500")
+    assert "secret" not in response.text
+    assert any(
+        r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in caplog.records
+    )
+
+
+def test_readyz_degraded_without_worker_and_ready_with_one(
+    settings: Settings, start_worker: StartWorker
+) -> None:
+    with TestClient(_app(settings)) as client:
+        degraded = client.get("/readyz")
+        assert degraded.status_code == 503
+        assert degraded.json()["status"] == "degraded"
+        assert "no worker" in degraded.json()["reason"]
+        start_worker()
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready"}
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_degraded_when_redis_is_unreachable(settings: Settings) -> None:
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(_app(broken)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "degraded"
+        assert "redis unreachable" in response.json()["reason"]
+        assert client.get("/healthz").status_code == 200
