@@ -92,6 +92,7 @@ class RQJobQueue:
         func = self._functions.get(name)
         if func is None:
             raise KeyError(f"unknown job {name!r}")
+        self._drop_finished(job_id)
         s = self._settings
         retry = (
             Retry(max=s.retry_max, interval=s.retry_intervals_sec or 0) if s.retry_max > 0 else None
@@ -107,6 +108,20 @@ class RQJobQueue:
             description=f"{name}:{job_id}",
         )
         return str(job.id)
+
+    def _drop_finished(self, job_id: str) -> None:
+        """Re-using the id of a finished or failed job (a re-submit): remove the old one first."""
+        try:
+            old = Job.fetch(job_id, connection=self._redis)
+        except NoSuchJobError:
+            return
+        if _STATE_FROM_RQ.get(old.get_status(refresh=True)) in (
+            JobState.QUEUED,
+            JobState.STARTED,
+            JobState.SCHEDULED,
+        ):
+            raise ValueError(f"job {job_id!r} is still queued or running")
+        old.delete()
 
     def state(self, job_id: str) -> JobState:
         try:

@@ -60,6 +60,12 @@ class RQSettings(_Section):
     failure_ttl_sec: int = Field(default=30 * 24 * 3600, ge=0)
     retry_max: int = Field(default=2, ge=0, le=20)
     retry_intervals_sec: list[int] = Field(default_factory=lambda: [10, 60])
+    # How often the worker refreshes a running job's RQ heartbeat, and how long past that a
+    # job of a dead worker counts as abandoned (then retried, resuming from its checkpoint).
+    job_monitoring_interval_sec: int = Field(default=10, ge=1, le=600)
+    abandoned_grace_sec: int = Field(default=20, ge=1, le=3600)
+    # How often an idle worker sweeps RQ's registries (finds abandoned jobs).
+    maintenance_interval_sec: int = Field(default=30, ge=1, le=3600)
 
 
 class Settings(BaseSettings):

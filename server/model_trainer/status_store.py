@@ -43,6 +43,7 @@ class KeySchema(BaseModel):
     file_id: str
     meta: str
     progress: str
+    eval: str
     index: str
 
     def key(self, template: str, record_id: str) -> str:
@@ -57,6 +58,7 @@ RUN_KEYS = KeySchema(
     file_id="runs:artifact:{id}:file_id",
     meta="runs:meta:{id}",
     progress="runs:progress:{id}",
+    eval="runs:eval:{id}",
     index="runs:index",
 )
 
@@ -68,6 +70,7 @@ TOKENIZER_KEYS = KeySchema(
     file_id="tokenizer:{id}:file_id",
     meta="tokenizer:{id}:meta",
     progress="tokenizer:{id}:progress",
+    eval="tokenizer:{id}:eval",
     index="tokenizers:index",
 )
 
@@ -110,6 +113,17 @@ class StatusStore:
         pipe.zadd(k.index, {record_id: self._clock()})
         pipe.execute()
         return True
+
+    def reset(self, record_id: str, meta_json: str) -> None:
+        """Queue a failed or cancelled record again (a re-submitted request)."""
+        k = self._keys
+        pipe = self._r.pipeline()
+        pipe.set(self._k(k.meta, record_id), meta_json, ex=RECORD_TTL_SEC)
+        pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
+        for template in (k.message, k.cancelled, k.file_id, k.progress, k.heartbeat):
+            pipe.delete(self._k(template, record_id))
+        pipe.zadd(k.index, {record_id: self._clock()})
+        pipe.execute()
 
     def meta(self, record_id: str) -> str | None:
         return as_str(self._r.get(self._k(self._keys.meta, record_id)))
@@ -167,6 +181,12 @@ class StatusStore:
 
     def progress(self, record_id: str) -> str | None:
         return as_str(self._r.get(self._k(self._keys.progress, record_id)))
+
+    def set_eval(self, record_id: str, eval_json: str) -> None:
+        self._r.set(self._k(self._keys.eval, record_id), eval_json, ex=RECORD_TTL_SEC)
+
+    def eval(self, record_id: str) -> str | None:
+        return as_str(self._r.get(self._k(self._keys.eval, record_id)))
 
     def set_file_id(self, record_id: str, file_id: str) -> None:
         self._r.set(self._k(self._keys.file_id, record_id), file_id, ex=RECORD_TTL_SEC)

@@ -26,7 +26,9 @@ from types import FrameType
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
+from rq.job import Job
 
+from model_trainer.job_runner import WorkerContext, set_worker_context
 from model_trainer.jsonlog import log_fields, setup_logging
 from model_trainer.settings import load_settings
 from model_trainer.shutdown import stop_requested
@@ -41,6 +43,7 @@ HEAVY_MODULES = (
     "tokenizers",
     "sentencepiece",
     "safetensors.torch",
+    "model_trainer.jobs",
 )
 
 
@@ -56,7 +59,21 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 
 
 class GracefulWorker(Worker):
-    """An RQ worker whose job process stops at a safe point on SIGTERM instead of dying."""
+    """An RQ worker whose job process stops at a safe point on SIGTERM instead of dying.
+
+    It also shortens RQ's abandoned-job detection: a job's heartbeat lives for the monitoring
+    interval plus `abandoned_grace_sec` (RQ adds a fixed 60 s), so when a worker is killed,
+    another one retries the job (resuming from its checkpoint) within about a minute.
+    """
+
+    abandoned_grace_sec = 20
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        interval = int(self.job_monitoring_interval)
+        if job.timeout and job.timeout > 0:
+            remaining = max(job.timeout - working_time, 1)
+            return int(min(remaining, interval)) + self.abandoned_grace_sec
+        return interval + self.abandoned_grace_sec
 
     def setup_work_horse_signals(self) -> None:
         signal.signal(signal.SIGRTMIN, _on_stop_signal)
@@ -92,9 +109,18 @@ def main() -> int:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.app.threads))
         os.environ.setdefault("MKL_NUM_THREADS", str(settings.app.threads))
     preload_sec = preload_heavy_modules()
+    # Built once here; each forked job inherits it (redis-py reconnects after a fork).
+    set_worker_context(WorkerContext.from_settings(settings))
     queue = Queue(settings.rq.queue_name, connection=redis)
     name = f"modeltrainer-{socket.gethostname()}-{os.getpid()}"
-    worker = GracefulWorker([queue], connection=redis, name=name)
+    worker = GracefulWorker(
+        [queue],
+        connection=redis,
+        name=name,
+        job_monitoring_interval=settings.rq.job_monitoring_interval_sec,
+        maintenance_interval=settings.rq.maintenance_interval_sec,
+    )
+    worker.abandoned_grace_sec = settings.rq.abandoned_grace_sec
     log.info(
         "worker %s listening on queue %s (libraries preloaded in %.1f s)",
         name,

@@ -12,6 +12,9 @@ from model_trainer.settings import AppSettings, RQSettings, Settings
 from tests.processes import BIN_DIR, Proc, child_env, wait_until
 from tests.redis_db import claimed_database
 
+# One Data Bank server process for the whole session (see tests/databank_fixtures.py).
+pytest_plugins = ("tests.databank_fixtures",)
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from model_trainer.api.main import build_context, create_app
 from model_trainer.settings import SecuritySettings, Settings
 from tests.conftest import StartWorker
+from tests.databank_fixtures import DataBankServer
 
 
 class Body(BaseModel):
@@ -140,8 +141,10 @@ def test_unknown_exception_is_a_sanitized_500_and_logged(
 
 
 def test_readyz_degraded_without_worker_and_ready_with_one(
-    settings: Settings, start_worker: StartWorker
+    settings: Settings, start_worker: StartWorker, databank_server: DataBankServer
 ) -> None:
+    app_settings = settings.app.model_copy(update={"data_bank_api_url": databank_server.url})
+    settings = settings.model_copy(update={"app": app_settings})
     with TestClient(_app(settings)) as client:
         degraded = client.get("/readyz")
         assert degraded.status_code == 503
@@ -152,6 +155,21 @@ def test_readyz_degraded_without_worker_and_ready_with_one(
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"status": "ready"}
         assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_degraded_when_data_bank_is_unreachable(
+    settings: Settings, start_worker: StartWorker
+) -> None:
+    start_worker()
+    app_settings = settings.app.model_copy(update={"data_bank_api_url": "http://127.0.0.1:1"})
+    settings = settings.model_copy(update={"app": app_settings})
+    with TestClient(_app(settings)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "degraded",
+            "reason": "data bank unreachable: ConnectError",
+        }
 
 
 def test_readyz_degraded_when_redis_is_unreachable(settings: Settings) -> None:

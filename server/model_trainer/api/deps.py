@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from redis import Redis
 
-from model_trainer.errors import AppError, ErrorCode
+from model_trainer.databank import errors as bank_errors
+from model_trainer.databank.client import DataBankClient
+from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.job_queue import JobQueue
 from model_trainer.settings import Settings
 from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, StatusStore
@@ -18,10 +20,13 @@ from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, StatusStore
 class ApiContext:
     """The app's services. Tests build one with their own Redis, queue name and Data Bank."""
 
-    def __init__(self, settings: Settings, redis: Redis, queue: JobQueue) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, queue: JobQueue, databank: DataBankClient
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.queue = queue
+        self.databank = databank
         self.runs = StatusStore(redis, RUN_KEYS)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS)
 
@@ -49,3 +54,20 @@ def require_api_key(
     # Constant-time comparison: response timing must not reveal how much of the key matched.
     if not hmac.compare_digest(api_key.encode(), expected.get_secret_value().encode()):
         raise AppError(ErrorCode.UNAUTHORIZED, "invalid API key", 401)
+
+
+def require_corpus(ctx: ApiContext, file_id: str) -> None:
+    """Refuse at submit time a corpus Data Bank does not have (not minutes later in a job)."""
+    try:
+        ctx.databank.head(file_id)
+    except bank_errors.NotFound as exc:
+        raise NotFoundError(
+            f"corpus_file_id {file_id} not found in Data Bank: upload the corpus first "
+            "(POST /files on Data Bank) and use the file_id it answers"
+        ) from exc
+    except bank_errors.DataBankError as exc:
+        raise AppError(
+            ErrorCode.UPSTREAM_ERROR,
+            f"cannot check the corpus in Data Bank: {exc.message}",
+            503,
+        ) from exc

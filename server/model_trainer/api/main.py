@@ -11,7 +11,8 @@ from redis import Redis
 from model_trainer.api.deps import ApiContext, require_api_key
 from model_trainer.api.errors import install_error_handlers
 from model_trainer.api.middleware import RequestIdMiddleware
-from model_trainer.api.routes import artifacts, health
+from model_trainer.api.routes import artifacts, health, runs, tokenizers
+from model_trainer.databank.client import DataBankClient
 from model_trainer.job_queue import RQJobQueue
 from model_trainer.jsonlog import setup_logging
 from model_trainer.settings import Settings, load_settings
@@ -22,7 +23,11 @@ def build_context(settings: Settings) -> ApiContext:
     redis = Redis.from_url(
         settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
     )
-    return ApiContext(settings, redis, RQJobQueue(redis, settings.rq))
+    key = settings.app.data_bank_api_key
+    databank = DataBankClient(
+        settings.app.data_bank_api_url, key.get_secret_value() if key else None
+    )
+    return ApiContext(settings, redis, RQJobQueue(redis, settings.rq), databank)
 
 
 def create_app(ctx: ApiContext | None = None) -> FastAPI:
@@ -36,6 +41,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         context.redis.close()
+        context.databank.close()
 
     app = FastAPI(title="Model Trainer", version="0.1.0", lifespan=lifespan)
     app.state.ctx = context
@@ -43,6 +49,6 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
-    for router in (artifacts.router,):
+    for router in (tokenizers.router, runs.router, artifacts.router):
         app.include_router(router, dependencies=protected)
     return app

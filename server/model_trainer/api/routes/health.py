@@ -50,4 +50,5 @@ def _not_ready_reason(ctx: Ctx) -> str | None:
         return f"redis unreachable: {type(exc).__name__}"
     if workers == 0:
         return f"no worker registered for queue {ctx.settings.rq.queue_name!r}"
-    return None
+    # Every job reads its input from and writes its output to Data Bank.
+    return ctx.databank.not_ready_reason()

@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Training benchmarks (`make bench-train`); results go to docs/benchmarks.md by hand.
+
+throughput  tokens/s and MFU of our loop (`training.loop.train`) next to a bare PyTorch loop
+            over the same model class, batch and optimizer, in the same process, alternating
+            the two so that a noisy neighbour hurts both alike. MFU is 6 N (+ attention)
+            FLOPs per token times tokens/s over the matmul peak measured here and now.
+            Cases: tiny (context 64, batch 12) and mini (context 256, batch 16), fp32 and
+            bf16, plus what `precision: auto` resolves to on this CPU.
+quality     validation bits per character on tinyshakespeare (first 90% train, last 10%
+            validation) after a `max_train_seconds` budget (95 s) with the config defaults,
+            using a byte-level BPE tokenizer trained on the training 90% only.
+
+Usage: .venv/bin/python scripts/bench_train.py [throughput|quality|all] [--seconds 95]
+       [--vocab 1024] [--set field=value ...] [--json results.jsonl]
+The machine is shared: the script prints the load average before and after each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from model_trainer.training.config import (
+    Architecture,
+    ModelSize,
+    ModelTrainConfig,
+    Precision,
+)
+from model_trainer.training.data import (
+    TokenSplits,
+    sha256_file,
+    split_tokens,
+    tokenize_corpus,
+)
+from model_trainer.training.hardware import cpu_info, resolve_precision
+from model_trainer.training.loop import (
+    METRICS_FILE,
+    TrainingCallbacks,
+    autocast,
+    forward_logits,
+    train,
+)
+from model_trainer.training.model import (
+    build_model,
+    flops_per_token,
+    model_spec,
+)
+from model_trainer.training.run import run_training
+from model_trainer.training.tokenizer_folder import load_tokenizer_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+DEFAULT_VOCAB = 1024
+TRAIN_FRACTION = 0.9
+# (preset, context, batch): the issue's two throughput cases.
+THROUGHPUT_CASES = [(ModelSize.TINY, 64, 12), (ModelSize.MINI, 256, 16)]
+
+
+def log(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def train_bpe(text: str, vocab_size: int, folder: Path) -> Path:
+    """Byte-level BPE as GPT-2 has it (the kind the tokenizer service trains)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    step = 100_000
+    tokenizer.train_from_iterator(
+        (text[i : i + step] for i in range(0, len(text), step)), trainer=trainer
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def prepare_tokenizer(work: Path, vocab: int) -> Path:
+    text = CORPUS.read_text(encoding="utf-8")
+    # Train the tokenizer on the training part only: the validation text stays unseen.
+    return train_bpe(text[: int(len(text) * TRAIN_FRACTION)], vocab, work / f"bpe{vocab}")
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 1024) -> float:
+    """Best sustained FLOP/s of an n x n matrix product in this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        for _ in range(5):
+            torch.mm(a, b)
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def reference_tokens_per_sec(
+    config: ModelTrainConfig,
+    splits: TokenSplits,
+    vocab: int,
+    precision: Precision,
+    steps: int,
+) -> float:
+    """A bare loop: same model class, batch, AdamW and clipping; no bookkeeping at all."""
+    spec = model_spec(config, vocab, None, None)
+    model = build_model(spec, config.model_family, config.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    data = torch.from_numpy(np.asarray(splits.train, dtype=np.int64))
+    t, b = config.max_seq_len, config.batch_size
+
+    def step() -> None:
+        ix = torch.randint(len(data) - t - 1, (b,))
+        x = torch.stack([data[i : i + t] for i in ix])
+        y = torch.stack([data[i + 1 : i + 1 + t] for i in ix])
+        with autocast(precision):
+            logits = forward_logits(model, x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # warm up allocator and kernels, as our loop's first row does
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * t * b / (time.perf_counter() - t0)
+
+
+def our_tokens_per_sec(
+    config: ModelTrainConfig, splits: TokenSplits, vocab: int, precision: Precision, steps: int
+) -> float:
+    """`training.loop.train` itself; tokens/s from its metrics rows (evaluation excluded)."""
+    spec = model_spec(config, vocab, None, None)
+    model = build_model(spec, config.model_family, config.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        log_every = max(1, steps // 4)
+        train(
+            model,
+            config.model_copy(update={"max_steps": steps + log_every}),
+            splits,
+            run_dir,
+            precision=precision,
+            callbacks=TrainingCallbacks(),
+            log_interval=log_every,
+        )
+        rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    # Skip the first window (warm-up, like the reference's); every window has equal tokens.
+    rates = [float(r["tokens_per_sec"]) for r in rows[2:] if r["tokens_per_sec"]]
+    return len(rates) / sum(1.0 / r for r in rates)
+
+
+def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, object]]) -> None:
+    log(f"\n## Throughput ({load_line()})")
+    info = cpu_info()
+    log(
+        f"CPU: {info.model_name}, {info.usable_cpus} usable cores, torch capability "
+        f"{info.torch_capability}, native bf16: {info.native_bf16} {info.bf16_flags}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    log(f"precision auto resolves to: {resolve_precision(Precision.AUTO).value}")
+    peaks = {
+        Precision.FP32: matmul_peak(torch.float32),
+        Precision.BF16: matmul_peak(torch.bfloat16),
+    }
+    log(
+        f"matmul peak (1024^3, best of 2 s): fp32 {peaks[Precision.FP32] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks[Precision.BF16] / 1e9:.1f} GFLOP/s"
+    )
+    tok_dir = prepare_tokenizer(work, vocab)
+    tokenizer = load_tokenizer_folder(tok_dir)
+    cache = tokenize_corpus(CORPUS, tokenizer, f"bench-bpe{vocab}", work / "cache")
+    splits = split_tokens(cache, 1 - TRAIN_FRACTION, tokenizer)
+    log(
+        "\n| model | context x batch | precision | params | reference tok/s | ours tok/s "
+        "| ours / reference | MFU (ours) |\n|---|---|---|---|---|---|---|---|"
+    )
+    for size, context, batch in THROUGHPUT_CASES:
+        config = ModelTrainConfig(
+            corpus_file_id=cache.meta.corpus_sha256,
+            tokenizer_id=f"bench-bpe{vocab}",
+            model_size=size,
+            max_seq_len=context,
+            batch_size=batch,
+            eval_interval=10**9,
+            eval_batches=1,
+            checkpoint_interval=10**9,
+            warmup_steps=0,
+        )
+        spec = model_spec(config, tokenizer.vocab_size, None, None)
+        model = build_model(spec, config.model_family, config.seed)
+        fpt = flops_per_token(model, spec)
+        n_params = sum(p.numel() for p in model.parameters())
+        steps = 40 if size is ModelSize.TINY else 8
+        for precision in (Precision.FP32, Precision.BF16):
+            ref: list[float] = []
+            ours: list[float] = []
+            for _ in range(rounds):  # alternate, so load changes hit both sides
+                ref.append(
+                    reference_tokens_per_sec(config, splits, tokenizer.vocab_size, precision, steps)
+                )
+                ours.append(
+                    our_tokens_per_sec(config, splits, tokenizer.vocab_size, precision, steps)
+                )
+            r, o = statistics.median(ref), statistics.median(ours)
+            mfu = fpt * o / peaks[precision]
+            arch: Architecture = config.resolved()
+            log(
+                f"| {size.value} ({arch.n_layer}x{arch.n_embd}) | {context} x {batch} | "
+                f"{precision.value} | {n_params / 1e6:.2f}M | {r:,.0f} | {o:,.0f} | "
+                f"{o / r:.2f} | {mfu:.1%} |"
+            )
+            results.append(
+                {
+                    "part": "throughput",
+                    "model": size.value,
+                    "context": context,
+                    "batch": batch,
+                    "precision": precision.value,
+                    "reference_tokens_per_sec": r,
+                    "ours_tokens_per_sec": o,
+                    "ratio": o / r,
+                    "mfu": mfu,
+                    "peak_flops": peaks[precision],
+                    "flops_per_token": fpt,
+                }
+            )
+    log(f"(after: {load_line()})")
+
+
+def quality(
+    work: Path,
+    vocab: int,
+    seconds: float,
+    overrides: dict[str, object],
+    results: list[dict[str, object]],
+) -> None:
+    log(f"\n## Quality per CPU minute ({load_line()})")
+    tok_dir = prepare_tokenizer(work, vocab)
+    config = ModelTrainConfig.model_validate(
+        {
+            "corpus_file_id": sha256_file(CORPUS),
+            "tokenizer_id": f"bench-bpe{vocab}",
+            "max_train_seconds": seconds,
+            "holdout_fraction": 1 - TRAIN_FRACTION,
+            **overrides,
+        }
+    )
+    started = time.perf_counter()
+    cpu0 = time.process_time()
+    result = run_training(config, CORPUS, tok_dir, work / "run", work / "cache")
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    assert result.manifest is not None and result.eval is not None
+    m, e = result.manifest, result.eval
+    arch = config.resolved()
+    log(
+        f"vocab {vocab}, {arch.n_layer} layers x {arch.n_embd} wide, {arch.n_head} heads, "
+        f"context {config.max_seq_len}, batch {config.batch_size}, lr {config.learning_rate:g} "
+        f"({config.lr_schedule.value}, warmup {config.warmup_steps}, "
+        f"floor x{config.min_lr_ratio}), "
+        f"dropout {config.dropout}, precision {m.precision.value}, {m.threads} threads"
+    )
+    log(
+        f"validation: {e.bits_per_char:.4f} bits/char ({e.loss:.4f} nats/token, "
+        f"{e.tokens_per_char:.4f} tokens/char over {e.n_chars:,} characters)"
+    )
+    log(
+        f"{m.training.steps} steps, {m.training.tokens_seen:,} tokens ({m.training.epochs:.2f} "
+        f"epochs), training {m.timings.train_seconds:.1f} s, whole run {wall:.1f} s wall "
+        f"(tokenize {m.timings.tokenize_seconds:.1f} s, "
+        f"final eval {m.timings.eval_seconds:.1f} s), "
+        f"CPU use {cpu / wall:.2f} cores of {m.threads}"
+    )
+    log(f"(after: {load_line()})")
+    results.append(
+        {
+            "part": "quality",
+            "vocab": vocab,
+            "config": config.model_dump(mode="json", exclude_none=True),
+            "bits_per_char": e.bits_per_char,
+            "loss": e.loss,
+            "tokens_per_char": e.tokens_per_char,
+            "steps": m.training.steps,
+            "train_seconds": m.timings.train_seconds,
+            "wall_seconds": wall,
+            "cpu_cores_used": cpu / wall,
+            "load_after": os.getloadavg()[0],
+        }
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        out[key] = json.loads(raw) if raw[:1] in '0123456789-[{"tfn' else raw
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("part", nargs="?", default="all", choices=["throughput", "quality", "all"])
+    parser.add_argument("--seconds", type=float, default=95.0, help="quality: time budget")
+    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="BPE vocabulary size")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput: alternations")
+    parser.add_argument("--set", action="append", default=[], help="config override k=v")
+    parser.add_argument("--json", type=Path, help="append results as JSON lines here")
+    args = parser.parse_args(argv)
+    if not CORPUS.is_file():
+        log(f"missing {CORPUS}: the benchmarks need ../shared/corpora beside the checkout")
+        return 2
+    results: list[dict[str, object]] = []
+    runs: dict[str, Callable[[Path], None]] = {
+        "throughput": lambda w: throughput(w, args.vocab, args.rounds, results),
+        "quality": lambda w: quality(
+            w, args.vocab, args.seconds, parse_overrides(args.set), results
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for name, run in runs.items():
+            if args.part in (name, "all"):
+                run(Path(tmp) / name)
+    if args.json:
+        with args.json.open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+    return 0 if all(math.isfinite(float(str(r.get("bits_per_char", 0)))) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

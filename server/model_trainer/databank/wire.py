@@ -1,0 +1,67 @@
+"""The Data Bank wire contract shared by our client and our compatible server.
+
+See /work/shared/contracts/data-bank-api.md. Both sides import these names, so a field or a
+code spelled here is spelled the same on the way out and on the way back.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id.
+FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+API_KEY_HEADER = "X-API-Key"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def is_file_id(value: str) -> bool:
+    return FILE_ID_PATTERN.fullmatch(value) is not None
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    BAD_REQUEST = "BAD_REQUEST"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
+    INVALID_RANGE = "INVALID_RANGE"
+    RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileInfo(_Wire):
+    """The answer to an upload and to `GET /files/{file_id}/info`."""
+
+    file_id: str
+    size: int
+    sha256: str
+    content_type: str
+    created_at: datetime
+
+
+class ErrorBody(_Wire):
+    # Always present, null when the caller sent no X-Request-ID and none was made.
+    code: str
+    message: str
+    request_id: str | None
+
+
+class HealthBody(_Wire):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyBody(_Wire):
+    status: Literal["ready", "degraded"]
+    reason: str | None = None

@@ -1,0 +1,252 @@
+"""What every job shares: the worker's services, status, heartbeat, logs, and failure policy.
+
+A job body runs inside `running_job(...)`, which marks the record running, beats its heartbeat
+on a thread, copies its log lines to Redis and the job folder, and turns the way the body ends
+into a status:
+
+| body ends with            | status     | RQ sees          | event (runs)                 |
+| ------------------------- | ---------- | ---------------- | ---------------------------- |
+| return                    | (body set) | success          | (body publishes completed)   |
+| `UserError`               | failed     | success (no retry) | failed, error_kind user    |
+| `JobCancelled`            | cancelled  | success          | failed, status canceled      |
+| `ArtifactUploadFailed`    | failed     | success          | failed, error_kind system    |
+| `WorkerShutdown`          | queued     | failure -> retry | none (it resumes)            |
+| anything else, retries left | queued   | failure -> retry | none                         |
+| anything else, last try   | failed     | failure          | failed, error_kind system    |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from model_trainer.databank.client import DataBankClient
+from model_trainer.errors import AppError, ErrorCode, UserError
+from model_trainer.events import EventPublisher, TrainFailed
+from model_trainer.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
+from model_trainer.runlog import capture_job_logs
+from model_trainer.settings import Settings, load_settings
+from model_trainer.shutdown import WorkerShutdown
+from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, Status, StatusStore
+
+log = logging.getLogger("model_trainer.jobs")
+
+Kind = Literal["run", "tokenizer"]
+
+
+class JobCancelled(Exception):
+    """The user cancelled the job; raised at a safe point by the job body."""
+
+
+class ArtifactUploadFailed(AppError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.ARTIFACT_UPLOAD_FAILED, "artifact upload failed", 502)
+        self.detail = detail
+
+
+class WorkerContext:
+    """The worker's services, built once per worker process (jobs are forked from it)."""
+
+    def __init__(self, settings: Settings, redis: Redis, databank: DataBankClient) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.databank = databank
+        self.runs = StatusStore(redis, RUN_KEYS)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS)
+        self.events = EventPublisher(redis, settings.app.events_channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerContext:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+        key = settings.app.data_bank_api_key
+        databank = DataBankClient(
+            settings.app.data_bank_api_url, key.get_secret_value() if key else None
+        )
+        return cls(settings, redis, databank)
+
+    def store(self, kind: Kind) -> StatusStore:
+        return self.runs if kind == "run" else self.tokenizers
+
+
+_context: WorkerContext | None = None
+
+
+def worker_context() -> WorkerContext:
+    """The process's context; the worker builds it before forking so jobs inherit it."""
+    global _context
+    if _context is None:
+        _context = WorkerContext.from_settings(load_settings())
+    return _context
+
+
+def set_worker_context(ctx: WorkerContext) -> None:
+    global _context
+    _context = ctx
+
+
+class JobControl:
+    """Handed to a job body: its id, folder, and the checks it makes at safe points."""
+
+    def __init__(self, ctx: WorkerContext, kind: Kind, record_id: str, folder: Path) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self.record_id = record_id
+        self.folder = folder
+        self.store = ctx.store(kind)
+
+    def cancelled(self) -> bool:
+        return self.store.is_cancelled(self.record_id)
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled(f"{self.kind} {self.record_id} cancelled by request")
+
+
+class _Heartbeat:
+    def __init__(self, store: StatusStore, record_id: str, interval: float, ttl: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(store, record_id, interval, ttl), daemon=True
+        )
+
+    def _run(self, store: StatusStore, record_id: str, interval: float, ttl: int) -> None:
+        while not self._stop.is_set():
+            try:
+                store.heartbeat(record_id, ttl)
+            except (RedisError, OSError) as exc:
+                # A missed beat is not worth failing a day-long run for; the next one may land.
+                log.warning("heartbeat failed: %s", exc, extra=log_fields("heartbeat_failed"))
+            self._stop.wait(interval)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _retries_left() -> int:
+    job = get_current_job()
+    left = job.retries_left if job is not None else None
+    return int(left) if left else 0
+
+
+@contextmanager
+def running_job(
+    ctx: WorkerContext,
+    kind: Kind,
+    record_id: str,
+    folder: Path,
+    user_id: int = 0,
+    on_failure: Callable[[], None] | None = None,
+) -> Iterator[JobControl]:
+    """Run a job body with status, heartbeat, logs and the failure policy of the table above."""
+    var = run_id_var if kind == "run" else tokenizer_id_var
+    store = ctx.store(kind)
+    control = JobControl(ctx, kind, record_id, folder)
+    app = ctx.settings.app
+    with (
+        bound(var, record_id),
+        capture_job_logs(ctx.redis, record_id, folder, app.log_stream_maxlen),
+    ):
+        if store.status(record_id) is Status.CANCELLED or control.cancelled():
+            log.info("cancelled before it started", extra=log_fields("job_skipped"))
+            store.set_status(record_id, Status.CANCELLED, "cancelled before it started")
+            return
+        store.set_status(record_id, Status.RUNNING)
+        try:
+            with _Heartbeat(store, record_id, app.heartbeat_interval_sec, app.heartbeat_ttl_sec):
+                yield control
+        except UserError as exc:
+            _fail(ctx, kind, record_id, user_id, exc.message, "user", on_failure, exc.code.value)
+        except JobCancelled:
+            log.info("stopped: cancelled by request", extra=log_fields("job_cancelled"))
+            _cleanup(on_failure)
+            store.set_status(record_id, Status.CANCELLED, "cancelled by request")
+            _publish_failed(ctx, kind, record_id, user_id, "cancelled by request", "user", True)
+        except ArtifactUploadFailed as exc:
+            log.error(
+                "artifact upload failed: %s",
+                exc.detail,
+                extra=log_fields("artifact_upload_failed", error_code=exc.code.value),
+            )
+            _fail(ctx, kind, record_id, user_id, exc.message, "system", on_failure, exc.code.value)
+        except WorkerShutdown:
+            log.info(
+                "interrupted by worker shutdown; will resume", extra=log_fields("job_interrupted")
+            )
+            store.set_status(
+                record_id, Status.QUEUED, "interrupted by worker shutdown; will resume"
+            )
+            raise
+        except Exception as exc:
+            left = _retries_left()
+            log.exception(
+                "job failed with a system error (%d retries left)",
+                left,
+                extra=log_fields("job_system_error", error_code=ErrorCode.INTERNAL_ERROR.value),
+            )
+            reason = f"system error: {type(exc).__name__}: {exc}"
+            if left > 0:
+                store.set_status(record_id, Status.QUEUED, f"{reason}; retrying ({left} left)")
+            else:
+                _fail(ctx, kind, record_id, user_id, reason, "system", on_failure, None)
+            raise
+
+
+def _cleanup(on_failure: Callable[[], None] | None) -> None:
+    if on_failure is not None:
+        on_failure()
+
+
+def _fail(
+    ctx: WorkerContext,
+    kind: Kind,
+    record_id: str,
+    user_id: int,
+    message: str,
+    error_kind: Literal["user", "system"],
+    on_failure: Callable[[], None] | None,
+    error_code: str | None,
+) -> None:
+    log.error(
+        "failed: %s", message, extra=log_fields("job_failed", error_code=error_code or "FAILED")
+    )
+    _cleanup(on_failure)
+    store = ctx.store(kind)
+    store.clear_file_id(record_id)  # a failed job leaves no pointer
+    store.set_status(record_id, Status.FAILED, message)
+    _publish_failed(ctx, kind, record_id, user_id, message, error_kind, False)
+
+
+def _publish_failed(
+    ctx: WorkerContext,
+    kind: Kind,
+    record_id: str,
+    user_id: int,
+    message: str,
+    error_kind: Literal["user", "system"],
+    cancelled: bool,
+) -> None:
+    if kind != "run":
+        return  # trainer:events is about training runs only
+    ctx.events.publish(
+        TrainFailed(
+            request_id=record_id,
+            run_id=record_id,
+            user_id=user_id,
+            error_kind=error_kind,
+            message=message,
+            status="canceled" if cancelled else "failed",
+        )
+    )

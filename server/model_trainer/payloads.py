@@ -1,0 +1,45 @@
+"""Job payloads: what the API puts on the queue and the worker reads back, validated twice."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model_trainer.tokenization.config import TokenizerTrainConfig
+from model_trainer.training.config import ModelTrainConfig
+
+FILE_ID_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerJob(_Payload):
+    tokenizer_id: str
+    config: TokenizerTrainConfig
+
+
+class TrainJob(_Payload):
+    run_id: str
+    config: ModelTrainConfig
+
+
+class EvaluateRequest(_Payload):
+    """`{"split": "validation" | "test"}` or `{"corpus_file_id": "..."}` (another text)."""
+
+    split: Literal["validation", "test"] | None = None
+    corpus_file_id: str | None = Field(default=None, pattern=FILE_ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluateRequest:
+        if (self.split is None) == (self.corpus_file_id is None):
+            raise ValueError("give exactly one of split or corpus_file_id")
+        return self
+
+
+class EvaluateJob(_Payload):
+    run_id: str
+    eval_id: str
+    request: EvaluateRequest

@@ -1,0 +1,244 @@
+"""Train a tokenizer from a local corpus file into a folder: the worker job's library core.
+
+    scan (hash, UTF-8 check, holdout split) -> train -> holdout stats -> save
+
+Files in `out_dir`:
+- both methods: `tokenizer.json` (Hugging Face `tokenizers`), `tokenizer_config.json` and
+  `special_tokens_map.json` (transformers' `AutoTokenizer`), `manifest.json`;
+- SentencePiece also `tokenizer.model` (`sentencepiece.SentencePieceProcessor`).
+
+The user's mistakes (bad corpus, vocabulary too big for it) raise `UserError`; anything
+else propagates as a system error. `should_stop` is polled between phases and while the
+corpus streams; when it answers true, `TrainingStopped` is raised. The job around this
+fetches the corpus, reports status, tars and uploads the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from importlib import metadata
+from itertools import chain
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from tokenizers import Tokenizer
+
+from model_trainer.jsonlog import log_fields
+from model_trainer.tokenization.bpe_trainer import train_bpe
+from model_trainer.tokenization.config import TokenizerTrainConfig
+from model_trainer.tokenization.corpus import (
+    CorpusScan,
+    HoldoutSplitter,
+    iter_train_batches,
+    scan_corpus,
+)
+from model_trainer.tokenization.sentencepiece_convert import to_tokenizers
+from model_trainer.tokenization.sentencepiece_trainer import (
+    SamplingInfo,
+    SentencePieceModel,
+    plan_sampling,
+    train_sentencepiece,
+)
+from model_trainer.tokenization.stats import DEFAULT_STATS_MAX_BYTES, TokenizerStats, compute_stats
+from model_trainer.tokenization.stopping import StopCheck, check_stop
+from model_trainer.tokenization.transformers_files import (
+    TOKENIZER_JSON,
+    special_tokens_map,
+    write_transformers_files,
+)
+
+log = logging.getLogger("model_trainer.tokenization")
+
+SENTENCEPIECE_MODEL = "tokenizer.model"
+MANIFEST_JSON = "manifest.json"
+MANIFEST_VERSION = 1
+_VERSIONED = ("tokenizers", "sentencepiece", "transformers", "numpy", "model-trainer")
+
+
+class TrainTimings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split_seconds: float  # hash, UTF-8 check and holdout split (the scan pass)
+    train_seconds: float  # the trainer, including its streamed read of the corpus
+    stats_seconds: float
+    save_seconds: float
+    total_seconds: float
+
+
+class TokenizerTrainResult(BaseModel):
+    """Everything `manifest.json` records, and what the job reports as progress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer_id: str
+    config: TokenizerTrainConfig
+    vocab_size: int
+    special_token_ids: dict[str, int]  # role (eos_token, pad_token, ...) -> id
+    corpus: CorpusScan
+    sampling: SamplingInfo | None  # SentencePiece only
+    stats: TokenizerStats | None  # None when the holdout is empty
+    timings: TrainTimings
+    threads: int
+    library_versions: dict[str, str]
+    files: list[str]  # written to out_dir, manifest.json included
+
+
+def train_tokenizer(
+    config: TokenizerTrainConfig,
+    corpus_path: Path,
+    out_dir: Path,
+    *,
+    threads: int,
+    sample_bytes: int,
+    should_stop: StopCheck | None = None,
+    stats_max_bytes: int = DEFAULT_STATS_MAX_BYTES,
+) -> TokenizerTrainResult:
+    """Train, measure and save the tokenizer `config` describes on the corpus at `corpus_path`.
+
+    `threads` (>= 1) bounds the trainers' parallelism; SentencePiece samples about
+    `sample_bytes` of text when the train split is larger.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "training %s tokenizer (vocab %d) on %s",
+        config.method,
+        config.vocab_size,
+        corpus_path.name,
+        extra=log_fields("tokenizer_train_started"),
+    )
+    # The holdout can be large (up to half the corpus): keep it beside the output, on the
+    # disk that already has room for artifacts, not in a possibly small /tmp.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
+        holdout_path = Path(work) / "holdout.txt"
+        splitter = HoldoutSplitter(config.seed, config.holdout_fraction)
+        mark = time.perf_counter()
+        scan = scan_corpus(corpus_path, splitter, holdout_path, should_stop)
+        split_seconds = time.perf_counter() - mark
+        log.info(
+            "corpus scanned: %d bytes, %d lines, %d in the holdout",
+            scan.size_bytes,
+            scan.lines,
+            scan.holdout_lines,
+            extra=log_fields("tokenizer_corpus_scanned", duration_ms=_ms(split_seconds)),
+        )
+
+        mark = time.perf_counter()
+        batches = iter_train_batches(corpus_path, splitter, should_stop)
+        sampling: SamplingInfo | None = None
+        spm_model: SentencePieceModel | None = None
+        if config.method == "bpe":
+            tokenizer = train_bpe(config, batches, threads=threads)
+            byte_ids: frozenset[int] = frozenset()
+        else:
+            sampling = plan_sampling(scan.train_lines, scan.train_bytes, sample_bytes)
+            spm_model = train_sentencepiece(
+                config, chain.from_iterable(batches), threads=threads, sampling=sampling
+            )
+            tokenizer = to_tokenizers(spm_model, config.model_type or "unigram")
+            byte_ids = _byte_piece_ids(tokenizer)
+        train_seconds = time.perf_counter() - mark
+        check_stop(should_stop, "training")
+
+        mark = time.perf_counter()
+        unk = config.special_tokens.unk
+        stats = compute_stats(
+            tokenizer,
+            holdout_path,
+            unk_id=None if unk is None else tokenizer.token_to_id(unk),
+            byte_ids=byte_ids,
+            max_bytes=stats_max_bytes,
+            should_stop=should_stop,
+        )
+        stats_seconds = time.perf_counter() - mark
+        check_stop(should_stop, "holdout stats")
+
+    mark = time.perf_counter()
+    files = _save(config, tokenizer, spm_model, out_dir)
+    finished = time.perf_counter()
+    result = TokenizerTrainResult(
+        tokenizer_id=config.tokenizer_id(),
+        config=config,
+        vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        special_token_ids=_special_token_ids(config, tokenizer),
+        corpus=scan,
+        sampling=sampling,
+        stats=stats,
+        timings=TrainTimings(
+            split_seconds=split_seconds,
+            train_seconds=train_seconds,
+            stats_seconds=stats_seconds,
+            save_seconds=finished - mark,
+            total_seconds=finished - started,
+        ),
+        threads=threads,
+        library_versions=library_versions(),
+        files=[*files, MANIFEST_JSON],
+    )
+    write_manifest(out_dir, result)
+    log.info(
+        "tokenizer %s trained: %d tokens",
+        result.tokenizer_id,
+        result.vocab_size,
+        extra=log_fields("tokenizer_train_finished", duration_ms=_ms(finished - started)),
+    )
+    return result
+
+
+def _save(
+    config: TokenizerTrainConfig,
+    tokenizer: Tokenizer,
+    spm_model: SentencePieceModel | None,
+    out_dir: Path,
+) -> list[str]:
+    tokenizer.save(str(out_dir / TOKENIZER_JSON))
+    files = [TOKENIZER_JSON]
+    if spm_model is not None:
+        (out_dir / SENTENCEPIECE_MODEL).write_bytes(spm_model.proto)
+        files.append(SENTENCEPIECE_MODEL)
+    return files + write_transformers_files(config, out_dir)
+
+
+def write_manifest(out_dir: Path, result: TokenizerTrainResult) -> Path:
+    """`manifest.json`: the request, corpus, stats, timings and versions, as JSON."""
+    manifest: dict[str, object] = {"kind": "tokenizer", "manifest_version": MANIFEST_VERSION}
+    manifest.update(result.model_dump(mode="json"))
+    path = out_dir / MANIFEST_JSON
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _special_token_ids(config: TokenizerTrainConfig, tokenizer: Tokenizer) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for role, token in special_tokens_map(config).items():
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:  # the trainers always add them: a bug, not the user's problem
+            raise RuntimeError(f"special token {token!r} ({role}) missing from the vocabulary")
+        ids[role] = token_id
+    return ids
+
+
+def _byte_piece_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    """Ids of SentencePiece's byte-fallback pieces <0x00>..<0xFF> (none without fallback)."""
+    found = (tokenizer.token_to_id(f"<0x{value:02X}>") for value in range(256))
+    return frozenset(i for i in found if i is not None)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

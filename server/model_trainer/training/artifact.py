@@ -1,0 +1,144 @@
+"""The artifact folder: a stock `transformers` checkpoint plus what explains it.
+
+    config.json, generation_config.json, model.safetensors   model.save_pretrained
+    tokenizer.json, tokenizer_config.json                     AutoTokenizer.from_pretrained
+    manifest.json                                             config, versions, CPU, timings,
+                                                              metrics summary
+    metrics.jsonl                                             the loss curve
+    eval/metrics.json, eval/samples.jsonl                     see evaluate.py
+
+The folder is assembled under a temporary name and renamed into place, so a crash never
+leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel
+
+from model_trainer.training.config import Architecture, ModelTrainConfig, Precision
+from model_trainer.training.evaluate import EvalMetrics
+from model_trainer.training.hardware import CpuInfo
+from model_trainer.training.tokenizer_folder import TokenizerFolder
+
+MANIFEST_FILE = "manifest.json"
+# Copied from the tokenizer folder when present.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+VERSIONED = ("torch", "transformers", "tokenizers", "numpy", "safetensors", "model-trainer")
+
+
+class DataSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    corpus_sha256: str
+    tokenizer_id: str
+    vocab_size: int
+    token_dtype: str
+    tokens_from_cache: bool
+    train_tokens: int
+    validation_tokens: int
+    train_chars: int
+    validation_chars: int
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokenize_seconds: float
+    train_seconds: float  # training time summed over sessions (a resumed run has several)
+    session_seconds: float  # this session's training loop
+    eval_seconds: float
+    total_seconds: float  # this session, tokenization to artifact
+
+
+class TrainingSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int
+    tokens_seen: int
+    epochs: float
+    resumed_at_steps: list[int]
+    final_train_loss: float | None
+    final_val_loss: float | None
+    best_val_loss: float | None
+    tokens_per_sec: float | None  # mean over the run's metrics rows
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: int = 1
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    config: ModelTrainConfig
+    architecture: Architecture
+    n_params: int
+    flops_per_token: int
+    seed: int
+    precision_requested: Precision
+    precision: Precision
+    threads: int
+    cpu: CpuInfo
+    versions: dict[str, str]
+    data: DataSummary
+    timings: Timings
+    training: TrainingSummary
+    eval: EvalMetrics | None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def staging_dir(artifact_dir: Path) -> Path:
+    """A clean folder to assemble the artifact in; `publish` renames it into place."""
+    staging = artifact_dir.with_name(artifact_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def save_model(model: PreTrainedModel, tokenizer: TokenizerFolder, folder: Path) -> None:
+    model.save_pretrained(folder)  # safetensors (the only format transformers 5 writes)
+    for name in TOKENIZER_FILES:
+        source = tokenizer.folder / name
+        if source.is_file():
+            shutil.copyfile(source, folder / name)
+    if not (folder / "tokenizer_config.json").is_file():
+        # Without it AutoTokenizer would guess a class from config.json (GPT2Tokenizer) and
+        # its GPT-2 defaults; the generic fast tokenizer reads tokenizer.json as it is.
+        eos = _token(tokenizer, tokenizer.eos_id)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": int(model.config.max_position_embeddings),
+            "eos_token": eos,
+            "bos_token": eos,
+            "pad_token": _token(tokenizer, tokenizer.pad_id),
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _token(tokenizer: TokenizerFolder, token_id: int | None) -> str | None:
+    return None if token_id is None else tokenizer.tokenizer.id_to_token(token_id)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", "utf-8")
+
+
+def publish(staging: Path, artifact_dir: Path) -> Path:
+    shutil.rmtree(artifact_dir, ignore_errors=True)
+    staging.rename(artifact_dir)
+    return artifact_dir

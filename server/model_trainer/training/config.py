@@ -1,0 +1,151 @@
+"""What a training run is asked to do: `ModelTrainConfig`, also the body of `POST /runs/train`.
+
+Everything a run needs that is not the data itself lives here, validated up front so that a
+config that cannot work (a width not divisible by the head count, a context of 0, two
+budgets at once...) is refused at submit time with a message that names the field.
+
+The defaults are the demo's: they are the settings that gave the best validation bits per
+character on tinyshakespeare in a 95 s budget on a 2-core CPU (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelFamily(StrEnum):
+    """Architectures the trainer can build (see `model.MODEL_BUILDERS`)."""
+
+    GPT2 = "gpt2"
+
+
+class ModelSize(StrEnum):
+    TINY = "tiny"  # nanoGPT's CPU recipe
+    MINI = "mini"  # nanoGPT's "baby GPT" for shakespeare_char
+    SMALL = "small"  # GPT-2 small (124M with GPT-2's vocabulary)
+
+
+class LrSchedule(StrEnum):
+    COSINE = "cosine"  # linear warmup, then cosine decay to the floor
+    LINEAR = "linear"  # linear warmup, then linear decay to the floor
+    CONSTANT = "constant"  # linear warmup, then flat
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 autocast where the CPU has native bf16, fp32 elsewhere
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class Architecture(BaseModel):
+    """The effective model shape: a preset with the request's overrides applied."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+
+
+PRESETS: dict[ModelSize, Architecture] = {
+    ModelSize.TINY: Architecture(n_layer=4, n_head=4, n_embd=128),
+    ModelSize.MINI: Architecture(n_layer=6, n_head=6, n_embd=384),
+    ModelSize.SMALL: Architecture(n_layer=12, n_head=12, n_embd=768),
+}
+
+# Without any of the three budgets, a run trains for this long (the demo's budget).
+DEFAULT_MAX_TRAIN_SECONDS = 95.0
+
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+class Budget(BaseModel):
+    """How long to train: exactly one of epochs, optimizer steps or seconds of training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["epochs", "steps", "seconds"]
+    value: float
+
+
+class ModelTrainConfig(BaseModel):
+    # `model_` is pydantic's protected prefix; our field names are the API's, so lift it.
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_family: ModelFamily = ModelFamily.GPT2
+    model_size: ModelSize = ModelSize.TINY
+    n_layer: int | None = Field(default=None, ge=1, le=96, description="overrides the preset")
+    n_head: int | None = Field(default=None, ge=1, le=128, description="overrides the preset")
+    n_embd: int | None = Field(default=None, ge=8, le=16384, description="overrides the preset")
+    max_seq_len: int = Field(default=128, ge=2, le=8192, description="context length in tokens")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="windows per optimizer step")
+
+    num_epochs: float | None = Field(default=None, gt=0, le=10_000, allow_inf_nan=False)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_train_seconds: float | None = Field(
+        default=None, gt=0, le=30 * 24 * 3600, allow_inf_nan=False
+    )
+
+    learning_rate: float = Field(default=2e-3, gt=0, allow_inf_nan=False)
+    warmup_steps: int = Field(default=50, ge=0, le=10_000_000)
+    lr_schedule: LrSchedule = LrSchedule.COSINE
+    min_lr_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="floor of the decay, as a fraction of learning_rate"
+    )
+    weight_decay: float = Field(default=0.1, ge=0, le=10, allow_inf_nan=False)
+    grad_clip: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0 disables")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    eval_interval: int = Field(default=250, ge=1, description="steps between validations")
+    eval_batches: int = Field(default=8, ge=1, le=10_000, description="batches per validation")
+    checkpoint_interval: int = Field(default=500, ge=1, description="steps between checkpoints")
+    precision: Precision = Precision.AUTO
+    threads: int | None = Field(default=None, ge=1, le=256)
+    seed: int = Field(default=1337, ge=0, le=2**32 - 1)
+    holdout_fraction: float = Field(default=0.1, ge=0.001, le=0.5)
+
+    corpus_file_id: str = Field(pattern=HEX64, description="Data Bank id (SHA-256) of the corpus")
+    tokenizer_id: str = Field(min_length=1, max_length=128)
+    user_id: int = Field(default=0, ge=0, description="Discord user to notify")
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Self:
+        budgets = [
+            name
+            for name in ("num_epochs", "max_steps", "max_train_seconds")
+            if getattr(self, name) is not None
+        ]
+        if len(budgets) > 1:
+            raise ValueError(
+                f"give at most one of num_epochs, max_steps, max_train_seconds "
+                f"(got {', '.join(budgets)})"
+            )
+        arch = self.resolved()
+        if arch.n_embd % arch.n_head != 0:
+            raise ValueError(
+                f"n_embd ({arch.n_embd}) must be divisible by n_head ({arch.n_head}); "
+                f"model_size {self.model_size.value!r} gives "
+                f"{PRESETS[self.model_size].n_embd} wide with {PRESETS[self.model_size].n_head} "
+                f"heads before overrides"
+            )
+        return self
+
+    def resolved(self) -> Architecture:
+        """The effective architecture: the preset, then any override."""
+        preset = PRESETS[self.model_size]
+        return Architecture(
+            n_layer=self.n_layer if self.n_layer is not None else preset.n_layer,
+            n_head=self.n_head if self.n_head is not None else preset.n_head,
+            n_embd=self.n_embd if self.n_embd is not None else preset.n_embd,
+        )
+
+    def budget(self) -> Budget:
+        if self.num_epochs is not None:
+            return Budget(kind="epochs", value=self.num_epochs)
+        if self.max_steps is not None:
+            return Budget(kind="steps", value=self.max_steps)
+        seconds = self.max_train_seconds
+        return Budget(kind="seconds", value=seconds or DEFAULT_MAX_TRAIN_SECONDS)

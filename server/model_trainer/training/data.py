@@ -1,0 +1,290 @@
+"""Corpus to tokens, once; then training and validation windows from a memory map.
+
+1. `tokenize_corpus` streams the corpus in chunks of whole lines through the tokenizer's
+   batch encoder (Rust, parallel) into a flat token file: uint16 when the vocabulary fits,
+   uint32 otherwise. The file is cached under a key of corpus SHA-256 + tokenizer id and
+   written atomically (temp file + rename), so a retried or repeated run skips this step.
+2. `split_tokens` cuts the token stream by position: the first (1 - holdout) is training
+   data, the rest validation, and counts the characters each part spells (for bits/char).
+3. `WindowSampler` draws random training windows, as nanoGPT's `get_batch` does, from a
+   seeded generator whose state goes into checkpoints; `validation_batches` is a fixed set
+   of evenly spaced windows, so every periodic validation measures the same thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from model_trainer.errors import ErrorCode, UserError
+from model_trainer.jsonlog import log_fields
+from model_trainer.training.tokenizer_folder import TokenizerFolder
+
+log = logging.getLogger("model_trainer.training")
+
+# Text handed to the encoder per chunk, and chunks per encode_batch call: big enough for the
+# Rust encoder to use every core, small enough that memory stays flat on huge corpora.
+CHUNK_CHARS = 256 * 1024
+CHUNKS_PER_BATCH = 8
+# Decoding a split to count its characters, in pieces of this many tokens.
+DECODE_PIECE = 1 << 20
+
+TokenArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
+
+
+class TokenFileMeta(BaseModel):
+    """The sidecar `<key>.json` of a token file; its presence means the file is complete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus_sha256: str
+    tokenizer_id: str
+    vocab_size: int
+    dtype: Literal["uint16", "uint32"]
+    n_tokens: int
+    n_chars: int
+    tokenize_seconds: float
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    path: Path
+    meta: TokenFileMeta
+    from_cache: bool
+
+    def tokens(self) -> TokenArray:
+        if self.meta.dtype == "uint16":
+            return np.memmap(self.path, dtype=np.uint16, mode="r")
+        return np.memmap(self.path, dtype=np.uint32, mode="r")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def token_dtype(vocab_size: int) -> Literal["uint16", "uint32"]:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def cache_key(corpus_sha256: str, tokenizer_id: str) -> str:
+    # Ids come from our own API, but a file name must never be a path: keep it readable
+    # where it is safe and make it unique with a hash.
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", tokenizer_id)[:40]
+    tok_hash = hashlib.sha256(tokenizer_id.encode()).hexdigest()[:12]
+    return f"{corpus_sha256}-{readable}-{tok_hash}"
+
+
+def tokenize_corpus(
+    corpus_path: Path,
+    tokenizer: TokenizerFolder,
+    tokenizer_id: str,
+    cache_dir: Path,
+    *,
+    corpus_sha256: str | None = None,
+) -> TokenCache:
+    """Tokenize the corpus once into `cache_dir`; later calls reuse the file."""
+    sha = corpus_sha256 or sha256_file(corpus_path)
+    key = cache_key(sha, tokenizer_id)
+    bin_path, meta_path = cache_dir / f"{key}.bin", cache_dir / f"{key}.json"
+    if bin_path.is_file() and meta_path.is_file():
+        meta = TokenFileMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+        log.info(
+            "token cache hit: %d tokens",
+            meta.n_tokens,
+            extra=log_fields("tokens_cached", corpus_sha256=sha, tokenizer_id=tokenizer_id),
+        )
+        return TokenCache(path=bin_path, meta=meta, from_cache=True)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    started = time.perf_counter()
+    n_tokens = n_chars = 0
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, _open_text(corpus_path) as text:
+            for batch in _batches(_line_chunks(text, CHUNK_CHARS), CHUNKS_PER_BATCH):
+                for ids in tokenizer.encode_batch(batch):
+                    np.asarray(ids, dtype=dtype).tofile(out)
+                    n_tokens += len(ids)
+                n_chars += sum(len(chunk) for chunk in batch)
+            out.flush()
+            os.fsync(out.fileno())
+        if n_tokens == 0:
+            raise UserError(f"corpus {corpus_path.name} is empty: nothing to train on")
+        os.replace(tmp_name, bin_path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    meta = TokenFileMeta(
+        corpus_sha256=sha,
+        tokenizer_id=tokenizer_id,
+        vocab_size=tokenizer.vocab_size,
+        dtype=dtype,
+        n_tokens=n_tokens,
+        n_chars=n_chars,
+        tokenize_seconds=round(time.perf_counter() - started, 3),
+    )
+    _write_atomic(meta_path, meta.model_dump_json(indent=2))
+    log.info(
+        "tokenized %d characters into %d tokens in %.2f s",
+        n_chars,
+        n_tokens,
+        meta.tokenize_seconds,
+        extra=log_fields("tokens_written", corpus_sha256=sha, tokenizer_id=tokenizer_id),
+    )
+    return TokenCache(path=bin_path, meta=meta, from_cache=False)
+
+
+def _open_text(path: Path) -> TextIO:
+    # newline="" keeps "\r\n" as two characters, so character counts match the file.
+    return path.open("r", encoding="utf-8", newline="")
+
+
+def _line_chunks(text: TextIO, size: int) -> Iterator[str]:
+    """Pieces of about `size` characters, each cut just after a newline.
+
+    The cut is placed before a non-space character so that the encoder's pre-tokenizer sees
+    the same words and whitespace runs as it would in the whole text: chunking must not
+    change the tokens.
+    """
+    carry = ""
+    try:
+        while block := text.read(size):
+            buf = carry + block
+            cut = _safe_cut(buf)
+            if cut <= 0 and len(buf) < 8 * size:
+                carry = buf  # no safe place yet: read more
+                continue
+            cut = cut if cut > 0 else len(buf)  # a single enormous line: cut anyway
+            yield buf[:cut]
+            carry = buf[cut:]
+    except UnicodeDecodeError as exc:
+        raise UserError(f"corpus is not UTF-8 text ({exc.reason})") from exc
+    if carry:
+        yield carry
+
+
+def _safe_cut(buf: str) -> int:
+    i = buf.rfind("\n")
+    while i >= 0 and (i + 1 >= len(buf) or buf[i + 1].isspace()):
+        i = buf.rfind("\n", 0, i)
+    return i + 1
+
+
+def _batches(chunks: Iterator[str], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for chunk in chunks:
+        batch.append(chunk)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp_name, path)
+
+
+@dataclass(frozen=True)
+class TokenSplits:
+    train: TokenArray
+    validation: TokenArray
+    train_chars: int
+    validation_chars: int
+
+
+def split_tokens(
+    cache: TokenCache, holdout_fraction: float, tokenizer: TokenizerFolder
+) -> TokenSplits:
+    """First (1 - holdout) of the token stream for training, the rest for validation."""
+    tokens = cache.tokens()
+    cut = int(len(tokens) * (1.0 - holdout_fraction))
+    train, validation = tokens[:cut], tokens[cut:]
+    validation_chars = count_chars(validation, tokenizer)
+    return TokenSplits(
+        train=train,
+        validation=validation,
+        train_chars=cache.meta.n_chars - validation_chars,
+        validation_chars=validation_chars,
+    )
+
+
+def count_chars(tokens: TokenArray, tokenizer: TokenizerFolder) -> int:
+    """Characters spelled by `tokens` (exact for lossless tokenizers such as byte-level BPE)."""
+    return sum(
+        len(tokenizer.decode(tokens[i : i + DECODE_PIECE].tolist()))
+        for i in range(0, len(tokens), DECODE_PIECE)
+    )
+
+
+class WindowSampler:
+    """Random training windows of `seq_len + 1` tokens (inputs and next-token targets)."""
+
+    def __init__(self, data: TokenArray, seq_len: int, batch_size: int, seed: int) -> None:
+        if len(data) < seq_len + 1:
+            raise UserError(
+                f"the training split has {len(data)} tokens, fewer than one window of "
+                f"max_seq_len + 1 = {seq_len + 1}: use a larger corpus or a smaller max_seq_len",
+                ErrorCode.CONFIG_INVALID,
+            )
+        self.data = data
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        # A generator of its own, so the batch sequence depends only on the seed and the
+        # number of batches drawn, and resumes exactly from a checkpoint.
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        high = len(self.data) - self.seq_len
+        starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
+        windows = torch.from_numpy(self.data[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def validation_batches(
+    data: TokenArray, seq_len: int, batch_size: int, n_batches: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed set of windows spread evenly over the validation split."""
+    if len(data) < seq_len + 1:
+        raise UserError(
+            f"the validation split has {len(data)} tokens, fewer than one window of "
+            f"max_seq_len + 1 = {seq_len + 1}: raise holdout_fraction or lower max_seq_len",
+            ErrorCode.CONFIG_INVALID,
+        )
+    n_windows = n_batches * batch_size
+    starts = np.linspace(0, len(data) - seq_len - 1, n_windows).astype(np.int64)
+    windows = torch.from_numpy(
+        data[starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)].astype(np.int64)
+    )
+    return [
+        (windows[i : i + batch_size, :-1], windows[i : i + batch_size, 1:])
+        for i in range(0, n_windows, batch_size)
+    ]

@@ -1,0 +1,467 @@
+"""The training loop: plain PyTorch, in the spirit of nanoGPT's train.py.
+
+    evaluate once at step 0
+    until the budget (steps, epochs or seconds) is spent:
+        stop if cancelled; checkpoint and stop if the worker is shutting down
+        set the learning rate from the plan (warmup, then cosine to a floor)
+        draw a random batch of windows, forward, cross-entropy, backward
+        clip the gradient norm, AdamW step
+        every eval_interval steps: loss on the fixed validation windows (keep the best)
+        every log_interval steps: a metrics row and a progress callback
+        every checkpoint_interval steps: a checkpoint
+    evaluate and checkpoint at the end
+
+If `run_dir` already holds a checkpoint (a retried job), the loop resumes from it. The job
+talks to the loop only through `TrainingCallbacks`, passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from model_trainer.errors import ErrorCode, UserError
+from model_trainer.jsonlog import log_fields
+from model_trainer.shutdown import check_shutdown, stop_requested
+from model_trainer.training.checkpoint import (
+    LoopState,
+    MetricRow,
+    TrainingCheckpoint,
+    load_last,
+    save_best,
+    save_last,
+)
+from model_trainer.training.config import Budget, ModelTrainConfig, Precision
+from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
+from model_trainer.training.schedule import LrPlan
+
+log = logging.getLogger("model_trainer.training")
+
+METRICS_FILE = "metrics.jsonl"
+LOG_INTERVAL = 10  # steps per metrics row / progress callback
+# Steps of each session left out of the seconds-per-step estimate: the first ones are slow
+# (memory allocation, kernel selection) and would make the time-budget plan too short.
+PACE_WARMUP_STEPS = 5
+# AdamW betas as nanoGPT uses for small batches (beta2 0.99 rather than 0.999).
+BETAS = (0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    step: int
+    total_steps: int
+    epoch: float
+    train_loss: float | None
+    val_loss: float | None
+    lr: float
+    tokens_per_sec: float | None
+    elapsed: float
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    step: int
+    val_loss: float
+    best_val_loss: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+    kind: str  # "last" or "best"
+    elapsed: float
+
+
+class TrainingCallbacks:
+    """What the loop tells its caller, and asks it. The defaults do nothing; override."""
+
+    def on_progress(self, info: ProgressInfo) -> None:
+        return None
+
+    def on_eval(self, info: EvalInfo) -> None:
+        return None
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        """True to cancel the run; checked before every step."""
+        return False
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    outcome: Outcome
+    state: LoopState
+    session_seconds: float  # wall time of this session only (a resumed run has several)
+
+
+def autocast(precision: Precision) -> contextlib.AbstractContextManager[None]:
+    if precision is Precision.BF16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    output = model(input_ids=input_ids, use_cache=False)
+    logits = output.logits
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{type(model).__name__} returned no logits")
+    return logits
+
+
+def make_optimizer(model: nn.Module, config: ModelTrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices of the blocks (not biases, norms, embeddings)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():  # a tied matrix appears once
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups: list[dict[str, object]] = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # The fused kernel does the whole update in one pass over memory (faster on CPU).
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=BETAS, fused=True)
+
+
+def planned_steps(budget: Budget, train_tokens: int, tokens_per_step: int) -> int:
+    if budget.kind == "steps":
+        return int(budget.value)
+    if budget.kind == "epochs":
+        return max(1, math.ceil(budget.value * train_tokens / tokens_per_step))
+    # A first guess for a time budget; replaced by measurements after a few steps.
+    return max(1, int(budget.value * 10))
+
+
+@torch.inference_mode()
+def validation_loss(
+    model: PreTrainedModel,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    precision: Precision,
+) -> float:
+    """Mean cross-entropy (nats per token) over the fixed validation windows."""
+    model.train(False)  # model.eval(): no dropout
+    total, count = 0.0, 0
+    for x, y in batches:
+        with autocast(precision):
+            logits = forward_logits(model, x)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train()
+    return total / count
+
+
+class MetricsLog:
+    """`metrics.jsonl`: rewritten from the checkpoint's rows at start, then appended to."""
+
+    def __init__(self, path: Path, rows: list[MetricRow]) -> None:
+        self.path = path
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(row.model_dump_json() + "\n" for row in rows)
+        os.replace(tmp, path)
+
+    def append(self, row: MetricRow) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(row.model_dump_json() + "\n")
+
+
+class _Pace:
+    """Seconds per step in this session, measured after its first few steps."""
+
+    def __init__(self) -> None:
+        self.anchor: tuple[int, float] | None = None
+        self.session_steps = 0
+
+    def tick(self, step: int, elapsed: float) -> None:
+        self.session_steps += 1
+        if self.session_steps == PACE_WARMUP_STEPS:
+            self.anchor = (step, elapsed)
+
+    def seconds_per_step(self, step: int, elapsed: float) -> float | None:
+        if self.anchor is None or step <= self.anchor[0]:
+            return None
+        return (elapsed - self.anchor[1]) / (step - self.anchor[0])
+
+
+def _comparable(config_json: str) -> dict[str, object]:
+    # Fields that may change between attempts of the same run without changing its math.
+    fields = json.loads(config_json)
+    if not isinstance(fields, dict):
+        raise ValueError("config is not a JSON object")
+    for name in ("threads", "user_id", "eval_interval", "checkpoint_interval"):
+        fields.pop(name, None)
+    return {str(k): v for k, v in fields.items()}
+
+
+def train(
+    model: PreTrainedModel,
+    config: ModelTrainConfig,
+    splits: TokenSplits,
+    run_dir: Path,
+    *,
+    precision: Precision,
+    callbacks: TrainingCallbacks,
+    log_interval: int = LOG_INTERVAL,
+) -> LoopResult:
+    """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
+
+    `precision` is the resolved one (fp32 or bf16, see hardware.resolve_precision).
+    """
+    return _Trainer(model, config, splits, run_dir, precision, callbacks, log_interval).run()
+
+
+class _Trainer:
+    """The loop of `train`, with its bookkeeping in small methods."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        config: ModelTrainConfig,
+        splits: TokenSplits,
+        run_dir: Path,
+        precision: Precision,
+        callbacks: TrainingCallbacks,
+        log_interval: int,
+    ) -> None:
+        self.session_start = time.perf_counter()
+        self.model, self.config, self.run_dir = model, config, run_dir
+        self.precision, self.callbacks, self.log_interval = precision, callbacks, log_interval
+        self.train_tokens = len(splits.train)
+        self.tokens_per_step = config.batch_size * config.max_seq_len
+        self.budget = config.budget()
+        self.sampler = WindowSampler(
+            splits.train, config.max_seq_len, config.batch_size, config.seed
+        )
+        self.val_batches = validation_batches(
+            splits.validation, config.max_seq_len, config.batch_size, config.eval_batches
+        )
+        self.optimizer = make_optimizer(model, config)
+        self.plan = LrPlan(
+            peak=config.learning_rate,
+            warmup_steps=config.warmup_steps,
+            schedule=config.lr_schedule,
+            min_lr_ratio=config.min_lr_ratio,
+            total_steps=planned_steps(self.budget, self.train_tokens, self.tokens_per_step),
+        )
+        self.state = LoopState(total_steps=self.plan.total_steps)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, self.state.metrics)
+        self.elapsed_before = self.state.elapsed
+        self.pace = _Pace()
+        # Tokens/s is measured per metrics row, over training steps only.
+        self.window_t0, self.window_tokens = time.perf_counter(), 0
+        self.window_eval_seconds = 0.0
+
+    def run(self) -> LoopResult:
+        state, config = self.state, self.config
+        log.info(
+            "training from step %d (%s, %d tokens per step)",
+            state.step,
+            self.precision.value,
+            self.tokens_per_step,
+            extra=log_fields("training_started", step=state.step),
+        )
+        self.model.train()
+        if state.step == 0:
+            self._record(self._evaluate(), self.plan.lr(0))
+
+        while not self._budget_spent():
+            if self.callbacks.should_stop():
+                log.info("cancelled", extra=log_fields("training_cancelled", step=state.step))
+                return self._result(Outcome.CANCELLED)
+            if stop_requested.is_set():
+                self._checkpoint()
+                check_shutdown()  # raises WorkerShutdown: the job is retried and resumes here
+
+            lr = self._train_step()
+            last = self._budget_spent()  # the final step is always evaluated and logged
+            val = self._evaluate() if last or state.step % config.eval_interval == 0 else None
+            if val is not None or state.step % self.log_interval == 0:
+                self._record(val, lr)
+            if state.step % config.checkpoint_interval == 0 and not last:
+                self._checkpoint()
+
+        self._checkpoint()
+        log.info(
+            "training finished at step %d, validation loss %.4f",
+            state.step,
+            state.last_val_loss or float("nan"),
+            extra=log_fields("training_finished", step=state.step),
+        )
+        return self._result(Outcome.COMPLETED)
+
+    def _train_step(self) -> float:
+        """One optimizer update; returns the learning rate it used."""
+        lr = self.plan.lr(self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.sampler.next_batch()
+        with autocast(self.precision):
+            logits = forward_logits(self.model, x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise _diverged("training loss", loss_value, self.state.step, self.config)
+        torch.autograd.backward(loss)  # loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        state = self.state
+        state.step += 1
+        state.tokens_seen += self.tokens_per_step
+        state.window_loss_sum += loss_value
+        state.window_steps += 1
+        self.window_tokens += self.tokens_per_step
+        self.pace.tick(state.step, self._elapsed())
+        return lr
+
+    def _evaluate(self) -> float:
+        started, state = time.perf_counter(), self.state
+        val = validation_loss(self.model, self.val_batches, self.precision)
+        if not math.isfinite(val):
+            raise _diverged("validation loss", val, state.step, self.config)
+        state.last_val_loss, state.last_eval_step = val, state.step
+        if state.best_val_loss is None or val < state.best_val_loss:
+            state.best_val_loss = val
+            path = save_best(self.run_dir, self.model.state_dict(), state.step, val)
+            self.callbacks.on_checkpoint(CheckpointInfo(state.step, path, "best", self._elapsed()))
+        log.info(
+            "step %d: validation loss %.4f",
+            state.step,
+            val,
+            extra=log_fields("evaluated", step=state.step),
+        )
+        self.callbacks.on_eval(EvalInfo(state.step, val, state.best_val_loss, self._elapsed()))
+        self.window_eval_seconds += time.perf_counter() - started
+        return val
+
+    def _record(self, val_loss: float | None, lr: float) -> None:
+        """A metrics row and a progress callback for the steps since the last row."""
+        state = self.state
+        train_loss = state.window_loss_sum / state.window_steps if state.window_steps else None
+        # Tokens/s measures training: the window's evaluation time is left out.
+        window_seconds = time.perf_counter() - self.window_t0 - self.window_eval_seconds
+        tokens_per_sec = self.window_tokens / window_seconds if self.window_tokens else None
+        spent = self._elapsed()
+        per_step = self.pace.seconds_per_step(state.step, spent)
+        if self.budget.kind == "seconds" and per_step is not None:
+            self.plan.replan(state.step, self.budget.value - spent, per_step)
+            state.total_steps = self.plan.total_steps
+        row = MetricRow(
+            step=state.step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            lr=lr,
+            tokens_per_sec=tokens_per_sec,
+            elapsed=round(spent, 3),
+        )
+        state.metrics.append(row)
+        self.metrics.append(row)
+        state.window_loss_sum, state.window_steps = 0.0, 0
+        self.window_t0, self.window_tokens = time.perf_counter(), 0
+        self.window_eval_seconds = 0.0
+        self.callbacks.on_progress(
+            ProgressInfo(
+                step=state.step,
+                total_steps=state.total_steps,
+                epoch=state.tokens_seen / self.train_tokens,
+                train_loss=train_loss,
+                val_loss=state.last_val_loss,
+                lr=lr,
+                tokens_per_sec=tokens_per_sec,
+                elapsed=spent,
+                eta_seconds=_eta(self.budget, state, spent, per_step),
+            )
+        )
+
+    def _checkpoint(self) -> None:
+        state = self.state
+        state.elapsed = self._elapsed()
+        path = save_last(
+            self.run_dir,
+            TrainingCheckpoint(
+                config_json=self.config.model_dump_json(),
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                sampler=self.sampler.state_dict(),
+                loop=state,
+            ),
+        )
+        log.info("checkpoint saved", extra=log_fields("checkpoint_saved", step=state.step))
+        self.callbacks.on_checkpoint(CheckpointInfo(state.step, path, "last", state.elapsed))
+
+    def _resume(self) -> None:
+        ckpt = load_last(self.run_dir)
+        if ckpt is None:
+            return
+        if _comparable(ckpt.config_json) != _comparable(self.config.model_dump_json()):
+            raise UserError(
+                f"{self.run_dir} holds a checkpoint of a different config; use a new run",
+                ErrorCode.CONFIG_INVALID,
+            )
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.sampler.load_state_dict(ckpt.sampler)
+        self.state = ckpt.loop
+        self.state.resumed_at.append(self.state.step)
+        self.plan.total_steps = self.state.total_steps
+        log.info(
+            "resuming from the checkpoint at step %d",
+            self.state.step,
+            extra=log_fields("training_resumed", step=self.state.step),
+        )
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def _budget_spent(self) -> bool:
+        if self.budget.kind == "seconds":
+            return self._elapsed() >= self.budget.value
+        return self.state.step >= self.state.total_steps
+
+    def _result(self, outcome: Outcome) -> LoopResult:
+        self.state.elapsed = self._elapsed()
+        return LoopResult(outcome, self.state, time.perf_counter() - self.session_start)
+
+
+def _eta(budget: Budget, state: LoopState, spent: float, per_step: float | None) -> float | None:
+    if budget.kind == "seconds":
+        return max(0.0, budget.value - spent)
+    if per_step is None:
+        return None
+    return max(0, state.total_steps - state.step) * per_step
+
+
+def _diverged(what: str, value: float, step: int, config: ModelTrainConfig) -> UserError:
+    return UserError(
+        f"the {what} became {value} at step {step}: training diverged. The learning rate "
+        f"({config.learning_rate:g}) is probably too high; lower learning_rate "
+        f"(or raise warmup_steps) and try again",
+        ErrorCode.CONFIG_INVALID,
+    )

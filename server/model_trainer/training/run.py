@@ -1,0 +1,185 @@
+"""`run_training`: the whole job, from a corpus file and a tokenizer folder to an artifact.
+
+    threads and precision -> tokens (cached) -> train/validation split -> a fresh model
+    -> the loop (resuming from run_dir's checkpoint if any) -> artifact folder
+    -> evaluation of the final model on the whole validation split -> manifest
+
+Run folder:
+    run_dir/metrics.jsonl                 the loss curve, one row per logged step
+    run_dir/checkpoints/last.pt, best.pt  see checkpoint.py
+    run_dir/artifact/                     see artifact.py (the lead tars and uploads it)
+
+The caller (the RQ job) owns Redis, events and uploads; it passes `TrainingCallbacks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from model_trainer.jsonlog import log_fields
+from model_trainer.training.artifact import (
+    DataSummary,
+    Manifest,
+    Timings,
+    TrainingSummary,
+    library_versions,
+    publish,
+    save_model,
+    staging_dir,
+    write_manifest,
+)
+from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.data import sha256_file, split_tokens, tokenize_corpus
+from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
+from model_trainer.training.hardware import cpu_info, resolve_precision, resolve_threads
+from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
+from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
+from model_trainer.training.tokenizer_folder import load_tokenizer_folder
+
+log = logging.getLogger("model_trainer.training")
+
+ARTIFACT_DIR = "artifact"
+
+
+class TrainingResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Outcome
+    steps: int
+    artifact_dir: Path | None  # None when cancelled
+    manifest: Manifest | None
+    eval: EvalMetrics | None
+
+
+def run_training(
+    config: ModelTrainConfig,
+    corpus_path: Path,
+    tokenizer_dir: Path,
+    run_dir: Path,
+    cache_dir: Path,
+    *,
+    threads: int | None = None,
+    callbacks: TrainingCallbacks | None = None,
+    corpus_sha256: str | None = None,
+) -> TrainingResult:
+    """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
+
+    `threads` is the worker's setting (0 or None: every usable core); the config's own
+    `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
+    `WorkerShutdown` after checkpointing when the worker is asked to stop.
+    """
+    started = time.perf_counter()
+    n_threads = resolve_threads(config.threads, threads)
+    torch.set_num_threads(n_threads)
+    precision = resolve_precision(config.precision)
+
+    tokenizer = load_tokenizer_folder(tokenizer_dir)
+    sha = corpus_sha256 or sha256_file(corpus_path)
+    t0 = time.perf_counter()
+    cache = tokenize_corpus(
+        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_sha256=sha
+    )
+    splits = split_tokens(cache, config.holdout_fraction, tokenizer)
+    tokenize_seconds = time.perf_counter() - t0
+
+    spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    model = build_model(spec, config.model_family, config.seed)
+    log.info(
+        "model %s: %d parameters, %d threads, %s",
+        config.model_family.value,
+        count_params(model),
+        n_threads,
+        precision.value,
+        extra=log_fields("model_built", threads=n_threads, precision=precision.value),
+    )
+    result = train(
+        model,
+        config,
+        splits,
+        run_dir,
+        precision=precision,
+        callbacks=callbacks or TrainingCallbacks(),
+    )
+    state = result.state
+    if result.outcome is Outcome.CANCELLED:
+        return TrainingResult(
+            outcome=result.outcome, steps=state.step, artifact_dir=None, manifest=None, eval=None
+        )
+
+    artifact_dir = run_dir / ARTIFACT_DIR
+    staging = staging_dir(artifact_dir)
+    save_model(model, tokenizer, staging)
+    t0 = time.perf_counter()
+    # Start one token early so that every validation token is scored (see evaluate.py).
+    tokens = cache.tokens()
+    eval_tokens = tokens[max(0, len(splits.train) - 1) :]
+    metrics = evaluate_model(
+        model, tokenizer, eval_tokens, staging / EVAL_DIR, split="validation", seed=config.seed
+    )
+    eval_seconds = time.perf_counter() - t0
+    shutil.copyfile(run_dir / METRICS_FILE, staging / METRICS_FILE)
+
+    rates = [r.tokens_per_sec for r in state.metrics if r.tokens_per_sec is not None]
+    train_losses = [r.train_loss for r in state.metrics if r.train_loss is not None]
+    manifest = Manifest(
+        config=config,
+        architecture=config.resolved(),
+        n_params=count_params(model),
+        flops_per_token=flops_per_token(model, spec),
+        seed=config.seed,
+        precision_requested=config.precision,
+        precision=precision,
+        threads=n_threads,
+        cpu=cpu_info(),
+        versions=library_versions(),
+        data=DataSummary(
+            corpus_sha256=sha,
+            tokenizer_id=config.tokenizer_id,
+            vocab_size=tokenizer.vocab_size,
+            token_dtype=cache.meta.dtype,
+            tokens_from_cache=cache.from_cache,
+            train_tokens=len(splits.train),
+            validation_tokens=len(splits.validation),
+            train_chars=splits.train_chars,
+            validation_chars=splits.validation_chars,
+        ),
+        timings=Timings(
+            tokenize_seconds=round(tokenize_seconds, 3),
+            train_seconds=round(state.elapsed, 3),
+            session_seconds=round(result.session_seconds, 3),
+            eval_seconds=round(eval_seconds, 3),
+            total_seconds=round(time.perf_counter() - started, 3),
+        ),
+        training=TrainingSummary(
+            steps=state.step,
+            tokens_seen=state.tokens_seen,
+            epochs=state.tokens_seen / len(splits.train),
+            resumed_at_steps=state.resumed_at,
+            final_train_loss=train_losses[-1] if train_losses else None,
+            final_val_loss=state.last_val_loss,
+            best_val_loss=state.best_val_loss,
+            tokens_per_sec=sum(rates) / len(rates) if rates else None,
+        ),
+        eval=metrics,
+    )
+    write_manifest(staging, manifest)
+    publish(staging, artifact_dir)
+    log.info(
+        "artifact written: %d steps, %.4f bits/char on validation",
+        state.step,
+        metrics.bits_per_char,
+        extra=log_fields("artifact_written", step=state.step),
+    )
+    return TrainingResult(
+        outcome=result.outcome,
+        steps=state.step,
+        artifact_dir=artifact_dir,
+        manifest=manifest,
+        eval=metrics,
+    )

@@ -1,0 +1,125 @@
+"""The real stack for end-to-end tests: Data Bank and worker processes, the API in-process.
+
+`Stack` owns one Data Bank server (no size cap), one queue of its own and the worker
+processes serving it; `stack.client()` is an HTTP client for an API app bound to them. API and
+workers get different data roots, as in production.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from redis import Redis
+from rq import Queue, Worker
+
+from model_trainer.api.main import build_context, create_app
+from model_trainer.databank.client import DataBankClient
+from model_trainer.settings import AppSettings, RQSettings, Settings
+from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
+from tests.processes import BIN_DIR, Proc, child_env, wait_until
+
+
+class Stack:
+    def __init__(self, root: Path, redis_url: str, **rq: int) -> None:
+        self.root = root
+        self.redis_url = redis_url
+        self.queue_name = f"e2e-{uuid.uuid4().hex[:10]}"
+        self.rq = RQSettings(queue_name=self.queue_name, retry_intervals_sec=[1, 1], **rq)
+        self.databank: DataBankServer = start_databank(
+            root / "databank", API_UPLOAD_KEYS=UPLOAD_KEY, MIN_FREE_GB="0"
+        )
+        self.workers: list[Proc] = []
+        self.redis = Redis.from_url(redis_url)
+
+    def settings(self, name: str = "api") -> Settings:
+        base = self.root / name
+        return Settings(
+            redis_url=self.redis_url,
+            app=AppSettings(
+                data_root=base / "data",
+                artifacts_root=base / "artifacts",
+                runs_root=base / "runs",
+                logs_root=base / "logs",
+                threads=1,
+                data_bank_api_url=self.databank.url,
+                data_bank_api_key=SecretStr(UPLOAD_KEY),
+                heartbeat_interval_sec=0.5,
+                heartbeat_ttl_sec=10,
+            ),
+            rq=self.rq,
+        )
+
+    def client(self) -> TestClient:
+        return TestClient(create_app(build_context(self.settings())))
+
+    def bank(self) -> DataBankClient:
+        return DataBankClient(self.databank.url, UPLOAD_KEY, backoff_base_sec=0.05)
+
+    def upload_text(self, text: str | bytes, name: str = "corpus.txt") -> str:
+        path = self.root / "uploads" / f"{uuid.uuid4().hex[:8]}-{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        with self.bank() as bank:
+            return bank.upload_file(path).file_id
+
+    def start_worker(self, **env: str) -> Proc:
+        name = f"worker{len(self.workers)}"
+        s = self.settings(name)
+        environment = child_env(
+            {
+                "REDIS_URL": self.redis_url,
+                "RQ__QUEUE_NAME": self.queue_name,
+                "RQ__RETRY_INTERVALS_SEC": "[1,1]",
+                "RQ__JOB_MONITORING_INTERVAL_SEC": "2",
+                "RQ__ABANDONED_GRACE_SEC": "3",
+                "RQ__MAINTENANCE_INTERVAL_SEC": "2",
+                "APP__DATA_ROOT": str(s.app.data_root),
+                "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
+                "APP__RUNS_ROOT": str(s.app.runs_root),
+                "APP__LOGS_ROOT": str(s.app.logs_root),
+                "APP__THREADS": "2",
+                "APP__DATA_BANK_API_URL": self.databank.url,
+                "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
+                "APP__HEARTBEAT_INTERVAL_SEC": "0.5",
+                "APP__HEARTBEAT_TTL_SEC": "10",
+                **env,
+            }
+        )
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        proc = Proc(
+            [str(BIN_DIR / "modeltrainer-rq-worker")], environment, self.root / f"{name}.log"
+        )
+        self.workers.append(proc)
+        queue = Queue(self.queue_name, connection=self.redis)
+        wait_until(
+            lambda: any(w.name.endswith(f"-{proc.pid}") for w in Worker.all(queue=queue)),
+            60,
+            "the worker to register",
+            proc,
+        )
+        return proc
+
+    def close(self) -> None:
+        for proc in self.workers:
+            proc.stop(timeout=20)
+        self.databank.proc.stop(timeout=10)
+        self.redis.close()
+
+
+def poll(
+    get: Callable[[], dict[str, object]], done: Callable[[dict[str, object]], bool], timeout: float
+) -> dict[str, object]:
+    """Call `get` until `done(answer)`; return the answer (fail with the last one on timeout)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        last = get()
+        if done(last):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s; last answer: {last}")

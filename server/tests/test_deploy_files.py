@@ -1,0 +1,117 @@
+"""docker-compose.yml, railway*.toml and the Dockerfile state the facts deployments rely on."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from model_trainer.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DATABANK_SETTINGS = {
+    "DATA_ROOT",
+    "MIN_FREE_GB",
+    "MAX_FILE_BYTES",
+    "API_UPLOAD_KEYS",
+    "API_READ_KEYS",
+    "API_DELETE_KEYS",
+    "DELETE_STRICT_404",
+}
+
+
+def _setting_names() -> set[str]:
+    names = {"REDIS_URL", "HF_HOME"}
+    for section, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(f"{section.upper()}__{sub.upper()}" for sub in annotation.model_fields)
+    return names
+
+
+def _compose() -> dict[str, dict[str, object]]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    services = data["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _as_dict(value: object) -> dict[str, object]:
+    assert isinstance(value, dict), value
+    return {str(k): v for k, v in value.items()}
+
+
+def test_compose_has_the_four_services_with_their_commands() -> None:
+    services = _compose()
+    assert {"redis", "databank", "api", "worker"} <= set(services)
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert "noeviction" in " ".join(str(c) for c in _list(services["redis"]["command"]))
+    assert _list(services["worker"]["command"]) == ["modeltrainer-rq-worker"]
+    assert _list(services["databank"]["command"])[0] == "modeltrainer-databank"
+    assert "command" not in services["api"], "the API runs the image's default command"
+    assert any("8000" in str(p) for p in _list(services["api"]["ports"]))
+
+
+def _list(value: object) -> list[object]:
+    assert isinstance(value, list), value
+    return value
+
+
+def test_compose_health_checks_and_dependencies() -> None:
+    services = _compose()
+    for name in ("redis", "databank", "api"):
+        check = _as_dict(services[name]["healthcheck"])
+        assert check["test"], name
+    assert "/readyz" in str(_as_dict(services["api"]["healthcheck"])["test"])
+    for name in ("api", "worker"):
+        deps = _as_dict(services[name]["depends_on"])
+        assert _as_dict(deps["redis"])["condition"] == "service_healthy"
+        assert _as_dict(deps["databank"])["condition"] == "service_healthy"
+
+
+def test_api_and_workers_do_not_share_a_disk() -> None:
+    services = _compose()
+    mounts: dict[str, set[str]] = {}
+    for name in ("api", "worker", "worker-2", "databank"):
+        volumes = [str(v).split(":")[0] for v in _list(services[name]["volumes"])]
+        mounts[name] = set(volumes)
+    assert not (mounts["api"] & mounts["worker"])
+    assert not (mounts["worker"] & mounts["worker-2"])
+    assert _list(services["worker-2"]["profiles"]) == ["two-workers"]
+
+
+def test_compose_environment_names_exist_in_the_settings() -> None:
+    services = _compose()
+    known = _setting_names()
+    for name in ("api", "worker", "worker-2"):
+        env = _as_dict(services[name]["environment"])
+        unknown = set(env) - known
+        assert not unknown, (name, unknown)
+    unknown_bank = set(_as_dict(services["databank"]["environment"])) - DATABANK_SETTINGS
+    assert not unknown_bank
+
+
+def test_railway_files() -> None:
+    api = tomllib.loads((ROOT / "railway.toml").read_text())
+    worker = tomllib.loads((ROOT / "railway.worker.toml").read_text())
+    for config in (api, worker):
+        assert config["build"]["builder"] == "DOCKERFILE"
+        assert config["build"]["dockerfilePath"] == "server/Dockerfile"
+        assert (ROOT / config["build"]["dockerfilePath"]).exists()
+    assert api["deploy"]["healthcheckPath"] == "/readyz"
+    assert "startCommand" not in api["deploy"], "the API uses the image's CMD (Hypercorn on $PORT)"
+    assert worker["deploy"]["startCommand"] == "modeltrainer-rq-worker"
+    assert "healthcheckPath" not in worker["deploy"]
+
+
+def test_dockerfile_runs_hypercorn_on_port_as_non_root() -> None:
+    text = (ROOT / "server" / "Dockerfile").read_text()
+    assert "model_trainer.api.main:create_app()" in text
+    assert "${PORT:-8000}" in text
+    assert "\nUSER app" in text
+    assert "TORCH_INDEX_URL" in text and "PIP_FIND_LINKS" in text
+    ignore = (ROOT / ".dockerignore").read_text()
+    assert ".env" in ignore
