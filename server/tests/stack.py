@@ -67,8 +67,9 @@ class Stack:
         with self.bank() as bank:
             return bank.upload_file(path).file_id
 
-    def start_worker(self, **env: str) -> Proc:
-        name = f"worker{len(self.workers)}"
+    def start_worker(self, name: str | None = None, **env: str) -> Proc:
+        """A worker process; `name` picks its data root (the same name = the same disk)."""
+        name = name or f"worker{len(self.workers)}"
         s = self.settings(name)
         environment = child_env(
             {
@@ -91,9 +92,8 @@ class Stack:
             }
         )
         (self.root / name).mkdir(parents=True, exist_ok=True)
-        proc = Proc(
-            [str(BIN_DIR / "modeltrainer-rq-worker")], environment, self.root / f"{name}.log"
-        )
+        log_path = self.root / f"{name}-{len(self.workers)}.log"
+        proc = Proc([str(BIN_DIR / "modeltrainer-rq-worker")], environment, log_path)
         self.workers.append(proc)
         queue = Queue(self.queue_name, connection=self.redis)
         wait_until(

@@ -182,3 +182,18 @@ def test_worker_shutdown_checkpoints_then_resumes(
     assert (outcome, steps) == (Outcome.COMPLETED, 30)
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20, 30]
     shutil.rmtree(run_dir)
+
+
+def test_a_time_budget_ends_on_time_with_the_schedule_decayed(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    outcome, steps = inputs.run(tmp_path / "run", recorder, max_train_seconds=3, warmup_steps=2)
+    assert outcome is Outcome.COMPLETED
+    last = recorder.progress[-1]
+    assert last.step == steps
+    assert 2.0 < last.elapsed < 3.5
+    # The plan re-estimated the total from measured step times and decayed towards its floor
+    # (0.1 of the peak) as the time ran out.
+    assert last.total_steps == pytest.approx(steps, rel=0.25)
+    assert last.lr < 0.5 * float(str(TINY["learning_rate"]))

@@ -6,7 +6,10 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from model_trainer.payloads import EvalInfo, RunProgress
 from model_trainer.status_store import Status
+
+__all__ = ["EvalInfo", "RunProgress"]
 
 
 class _Body(BaseModel):
@@ -49,21 +52,6 @@ class RunAccepted(_Body):
     status: Status
 
 
-class RunProgress(_Body):
-    step: int = 0
-    total_steps: int | None = None
-    epoch: int = 0
-    train_loss: float | None = None
-    val_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_sec: float | None = None
-    percent: float = 0.0
-    eta_seconds: float | None = None
-    started_at: float | None = None
-    updated_at: float | None = None
-    resumed_from_step: int | None = None
-
-
 class RunInfo(_Body):
     run_id: str
     status: Status
@@ -95,22 +83,6 @@ class EvalAccepted(_Body):
     eval_id: str
     job_id: str
     status: Status
-
-
-class EvalInfo(_Body):
-    run_id: str
-    eval_id: str
-    status: Status
-    message: str | None = None
-    split: str | None = None
-    corpus_file_id: str | None = None
-    loss: float | None = None
-    perplexity: float | None = None
-    bits_per_char: float | None = None
-    tokens_per_char: float | None = None
-    num_tokens: int | None = None
-    num_chars: int | None = None
-    samples: list[dict[str, str]] | None = None
 
 
 def json_object(raw: str | None) -> dict[str, JsonValue]:

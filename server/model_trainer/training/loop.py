@@ -275,6 +275,7 @@ class _Trainer:
         # Tokens/s is measured per metrics row, over training steps only.
         self.window_t0, self.window_tokens = time.perf_counter(), 0
         self.window_eval_seconds = 0.0
+        self.last_eval_seconds = 0.0
 
     def run(self) -> LoopResult:
         state, config = self.state, self.config
@@ -358,7 +359,8 @@ class _Trainer:
             extra=log_fields("evaluated", step=state.step),
         )
         self.callbacks.on_eval(EvalInfo(state.step, val, state.best_val_loss, self._elapsed()))
-        self.window_eval_seconds += time.perf_counter() - started
+        self.last_eval_seconds = time.perf_counter() - started
+        self.window_eval_seconds += self.last_eval_seconds
         return val
 
     def _record(self, val_loss: float | None, lr: float) -> None:
@@ -371,7 +373,8 @@ class _Trainer:
         spent = self._elapsed()
         per_step = self.pace.seconds_per_step(state.step, spent)
         if self.budget.kind == "seconds" and per_step is not None:
-            self.plan.replan(state.step, self.budget.value - spent, per_step)
+            seconds_left = self.budget.value - spent - self.last_eval_seconds
+            self.plan.replan(state.step, seconds_left, per_step)
             state.total_steps = self.plan.total_steps
         row = MetricRow(
             step=state.step,
@@ -442,7 +445,11 @@ class _Trainer:
 
     def _budget_spent(self) -> bool:
         if self.budget.kind == "seconds":
-            return self._elapsed() >= self.budget.value
+            # Stop when one more step and the final validation would overrun the budget, so
+            # that the run ends on it rather than a step or an evaluation past it.
+            spent = self._elapsed()
+            per_step = self.pace.seconds_per_step(self.state.step, spent) or 0.0
+            return spent + per_step + self.last_eval_seconds >= self.budget.value
         return self.state.step >= self.state.total_steps
 
     def _result(self, outcome: Outcome) -> LoopResult:
