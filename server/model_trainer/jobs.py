@@ -21,6 +21,8 @@ from pathlib import Path
 from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError
+from model_trainer.errors import UserError
+from model_trainer.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.job_runner import (
     ArtifactUploadFailed,
     JobCancelled,
@@ -29,8 +31,6 @@ from model_trainer.job_runner import (
     running_job,
     worker_context,
 )
-from model_trainer.errors import UserError
-from model_trainer.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.jsonlog import bound, log_fields, run_id_var
 from model_trainer.payloads import (
     EvalInfo,

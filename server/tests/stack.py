@@ -123,3 +123,18 @@ def poll(
             return last
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s; last answer: {last}")
+
+
+def json_dict(value: object) -> dict[str, object]:
+    """Narrow a JSON answer to an object (fails the test if it is not one)."""
+    assert isinstance(value, dict), value
+    return {str(k): v for k, v in value.items()}
+
+
+def num(value: object) -> float:
+    assert isinstance(value, int | float) and not isinstance(value, bool), value
+    return float(value)
+
+
+def get_json(client: TestClient, path: str) -> dict[str, object]:
+    return json_dict(client.get(path).json())

@@ -49,7 +49,7 @@ Train = Callable[..., tuple[TokenizerTrainResult, Path]]
 
 def write_corpus(path: Path, lines: int = 3000, seed: int = 0) -> Path:
     """Sentences over a small made-up vocabulary, with some indentation and non-ASCII words."""
-    rng = random.Random(seed)  # noqa: S311 - test text, not security
+    rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ren", "tu", "sa", "vel", "dor", "in", "est", "qu", "ph"]
     words = ["".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(400)]
     words += ["café", "naïve", "東京", "größe", "smörgåsbord", "🙂"]

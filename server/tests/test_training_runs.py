@@ -15,15 +15,22 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from model_trainer.databank.archive import safe_extract
-from model_trainer.events import TrainCompleted, TrainFailed, TrainProgress, TrainStarted
+from model_trainer.events import (
+    TrainCompleted,
+    TrainerEvent,
+    TrainFailed,
+    TrainProgress,
+    TrainStarted,
+)
 from model_trainer.status_store import TOKENIZER_KEYS, StatusStore
-from tests.stack import Stack, poll
+from model_trainer.training.evaluate import CanGenerate
+from tests.stack import Stack, get_json, json_dict, num, poll
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
-EVENT_TYPES = {
+EVENT_TYPES: dict[str, type[TrainerEvent]] = {
     "trainer.train.started.v1": TrainStarted,
     "trainer.train.progress.v1": TrainProgress,
     "trainer.train.completed.v1": TrainCompleted,
@@ -34,7 +41,24 @@ EVENT_TYPES = {
 def _text() -> str:
     if SHAKESPEARE.exists():
         return SHAKESPEARE.read_text()[:150_000]
-    words = "to be or not to be that is the question whether tis nobler in the mind".split()
+    words = [
+        "to",
+        "be",
+        "or",
+        "not",
+        "to",
+        "be",
+        "that",
+        "is",
+        "the",
+        "question",
+        "whether",
+        "tis",
+        "nobler",
+        "in",
+        "the",
+        "mind",
+    ]
     return "\n".join(" ".join(words[(i + j) % len(words)] for j in range(9)) for i in range(4000))
 
 
@@ -129,7 +153,7 @@ def _wait_status(
     client: TestClient, run_id: str, statuses: set[str], timeout: float
 ) -> dict[str, object]:
     return poll(
-        lambda: client.get(f"/runs/{run_id}").json(), lambda a: a["status"] in statuses, timeout
+        lambda: get_json(client, f"/runs/{run_id}"), lambda a: a["status"] in statuses, timeout
     )
 
 
@@ -143,7 +167,7 @@ def test_full_run_trains_evaluates_and_loads(
             run_id = _submit(client, _run_body(corpus_id, tokenizer_id))
 
             def status() -> dict[str, object]:
-                answer = client.get(f"/runs/{run_id}").json()
+                answer = get_json(client, f"/runs/{run_id}")
                 if not seen or seen[-1] != answer["status"]:
                     seen.append(str(answer["status"]))
                 return answer
@@ -205,12 +229,11 @@ def test_full_run_trains_evaluates_and_loads(
     ):
         assert (folder / name).exists(), name
     model = AutoModelForCausalLM.from_pretrained(folder)
+    assert isinstance(model, GPT2LMHeadModel)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt = tokenizer("The ", return_tensors="pt")
-    out = model.generate(
-        **prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id
-    )
-    assert isinstance(out, torch.Tensor) and out.shape[1] > prompt["input_ids"].shape[1]
+    prompt = torch.tensor([tokenizer.encode("The ")])
+    out = _generate(model, prompt, int(tokenizer.pad_token_id))
+    assert out.shape[1] == prompt.shape[1] + 8
 
     run_events = events.for_run(run_id)
     types = [e["type"] for e in run_events]
@@ -225,6 +248,15 @@ def test_full_run_trains_evaluates_and_loads(
     assert all(", " not in r and ": " not in r for r in raw), "compact JSON"
 
 
+def _generate(model: object, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    assert isinstance(model, CanGenerate)
+    out = model.generate(
+        input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=pad_id
+    )
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
 def test_evaluate_on_request(stack: Stack, corpus_id: str, tokenizer_id: str) -> None:
     with stack.client() as client:
         run_id = _submit(client, _run_body(corpus_id, tokenizer_id, max_steps=20))
@@ -233,14 +265,14 @@ def test_evaluate_on_request(stack: Stack, corpus_id: str, tokenizer_id: str) ->
         for body in ({"split": "validation"}, {"split": "test"}, {"corpus_file_id": other}):
             accepted = client.post(f"/runs/{run_id}/evaluate", json=body)
             assert accepted.status_code == 202, accepted.text
-            eval_id = accepted.json()["eval_id"]
-            result = poll(
-                lambda: client.get(f"/runs/{run_id}/eval").json(),
-                lambda a, e=eval_id: a["eval_id"] == e and a["status"] in ("completed", "failed"),
-                120,
-            )
+            eval_id = str(accepted.json()["eval_id"])
+
+            def finished(answer: dict[str, object], expected: str = eval_id) -> bool:
+                return answer["eval_id"] == expected and answer["status"] in ("completed", "failed")
+
+            result = poll(lambda: get_json(client, f"/runs/{run_id}/eval"), finished, 120)
             assert result["status"] == "completed", result
-            assert result["bits_per_char"] > 0 and result["perplexity"] > 1
+            assert num(result["bits_per_char"]) > 0 and num(result["perplexity"]) > 1
             assert result["samples"], "seeded generations are reported"
         bad = client.post(
             f"/runs/{run_id}/evaluate", json={"split": "validation", "corpus_file_id": other}
@@ -254,8 +286,8 @@ def test_cancel_mid_run(stack: Stack, corpus_id: str, tokenizer_id: str) -> None
         with stack.client() as client:
             run_id = _submit(client, _run_body(corpus_id, tokenizer_id, max_steps=100_000))
             poll(
-                lambda: client.get(f"/runs/{run_id}").json(),
-                lambda a: a["status"] == "running" and a["progress"]["step"] >= 10,
+                lambda: get_json(client, f"/runs/{run_id}"),
+                lambda a: a["status"] == "running" and num(json_dict(a["progress"])["step"]) >= 10,
                 120,
             )
             cancelled = client.post(f"/runs/{run_id}/cancel")
@@ -334,8 +366,8 @@ def test_killed_worker_run_resumes_from_checkpoint(
         body = _run_body(corpus_id, tokenizer_id, max_steps=400, checkpoint_interval=40)
         run_id = _submit(client, body)
         poll(
-            lambda: client.get(f"/runs/{run_id}").json(),
-            lambda a: a["status"] == "running" and a["progress"]["step"] >= 100,
+            lambda: get_json(client, f"/runs/{run_id}"),
+            lambda a: a["status"] == "running" and num(json_dict(a["progress"])["step"]) >= 100,
             180,
         )
         for pid in [*_children(victim.pid), victim.pid]:
