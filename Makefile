@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup lint format test check start stop logs clean
+.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,24 @@ stop:
 
 logs:
 	$(PY) scripts/stack.py logs
+
+# The README's first command: stack up, tokenizer + tiny GPT-2 through the API, eval, stack down.
+demo: setup
+	$(PY) scripts/demo.py
+
+# Benchmarks (not tests): results go to docs/benchmarks.md.
+bench-tokenizers: setup
+	$(PY) scripts/bench_tokenizers.py
+
+bench-train: setup
+	$(PY) scripts/bench_train.py
+
+bench-databank: setup
+	$(PY) scripts/bench_databank.py
+
+# Builds the image and runs API, worker and Data Bank containers against Redis (slow).
+container-smoke:
+	sh scripts/container_smoke.sh
 
 clean: stop
 	rm -rf $(VENV) .stack server/.mypy_cache server/.pytest_cache .ruff_cache server/*.egg-info

@@ -37,7 +37,7 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _dotenv() -> dict[str, str]:
+def dotenv() -> dict[str, str]:
     """`.env` values, for the few this script itself needs (REDIS_URL, PORT...)."""
     values: dict[str, str] = {}
     path = ROOT / ".env"
@@ -51,7 +51,7 @@ def _dotenv() -> dict[str, str]:
 
 
 def _setting(name: str, default: str) -> str:
-    return os.environ.get(name) or _dotenv().get(name) or default
+    return os.environ.get(name) or dotenv().get(name) or default
 
 
 def _free_port() -> int:
@@ -63,6 +63,8 @@ def _free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As servers do: a port with only TIME_WAIT connections left is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -125,6 +127,12 @@ def _tail(name: str, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def read_state() -> dict[str, str]:
+    """Where the running stack listens: {"api": url, "databank": url}."""
+    raw = json.loads(STATE_FILE.read_text())
+    return {k: v for k, v in raw.items() if isinstance(v, str)}
+
+
 def start() -> int:
     if STATE_FILE.exists():
         _say("stack already started (make stop first); state in .stack/stack.json")
@@ -157,7 +165,7 @@ def start() -> int:
     bank_key = _setting("APP__DATA_BANK_API_KEY", "") or secrets.token_hex(16)
 
     base = dict(os.environ)
-    base.update(_dotenv())
+    base.update(dotenv())
     base.update({"REDIS_URL": redis_url, "APP__DATA_BANK_API_URL": bank_url})
     base["APP__DATA_BANK_API_KEY"] = bank_key
 
@@ -190,7 +198,8 @@ def start() -> int:
             args = [str(BIN / "modeltrainer-rq-worker")]
         pids[name] = _spawn(name, args, base_for)
 
-    STATE_FILE.write_text(json.dumps({"pids": pids, "api": f"http://127.0.0.1:{api_port}"}))
+    state = {"pids": pids, "api": f"http://127.0.0.1:{api_port}", "databank": bank_url}
+    STATE_FILE.write_text(json.dumps(state))
     api = f"http://127.0.0.1:{api_port}"
     _wait(lambda: _http_status(f"{api}/readyz") == 200, 120, "api /readyz", pids)
     _say(f"api        {api}  (docs at {api}/docs)")
