@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stack  # noqa: E402 - the sibling script that runs the local stack
+import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -177,9 +177,8 @@ def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: floa
 
         evaluation = client.get(f"/runs/{run_id}/eval").json()
         say("== evaluation (validation split: the last 10% of the corpus)")
-        say(
-            f"   loss {evaluation['loss']:.4f} nats/token, perplexity {evaluation['perplexity']:.2f}"
-        )
+        loss, ppl = evaluation["loss"], evaluation["perplexity"]
+        say(f"   loss {loss:.4f} nats/token, perplexity {ppl:.2f}")
         say(f"   bits per character: {evaluation['bits_per_char']:.3f}")
         say(f"   tokens per character: {evaluation['tokens_per_char']:.3f}")
         for sample in (evaluation.get("samples") or [])[:1]:
@@ -190,9 +189,8 @@ def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: floa
         pointer = client.get(f"/runs/{run_id}/artifact").json()
         say("== artifact")
         say(f"   Data Bank file_id {pointer['file_id']} (a tar of model-{run_id}/)")
-        say(
-            f"   download: curl -H 'X-API-Key: ...' {databank}/files/{pointer['file_id']} -o model.tar"
-        )
+        url = f"{databank}/files/{pointer['file_id']}"
+        say(f"   download: curl -H 'X-API-Key: ...' {url} -o model.tar")
         say(f"   worker's copy: .stack/worker/runs/{run_id}/artifact/")
     say(f"== demo finished in {time.monotonic() - started:.0f} s")
     return 0
