@@ -7,8 +7,10 @@
 (file input, read by the library itself); "library" is `train_tokenizer` (scan, holdout
 split, train, holdout stats, save). Every trial runs in a fresh process, as a worker job
 does, alternating raw and library so that load from other processes on the machine hits
-both alike; the table reports the fastest and the median of `--repeat` trials.
-`raw_seconds()` is importable for a benchmark of the whole job.
+both alike; the table reports the fastest and the median of `--repeat` trials, in wall
+time and in CPU time (all threads of the trial process), which other processes' load on a
+shared machine disturbs much less. `raw_seconds()` is importable for a benchmark of the
+whole job.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("bpe", "unigram")
 
 
-def raw_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> float:
+Seconds = tuple[float, float]  # wall, CPU
+
+
+def raw_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> Seconds:
     """Seconds for the bare library call; `method` is `bpe` or `unigram` (SentencePiece)."""
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     if method == "bpe":
@@ -43,14 +48,14 @@ def raw_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> flo
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         tokenizer.train([str(corpus)], trainer)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
     import sentencepiece as spm
 
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         spm.SentencePieceTrainer.train(
             input=str(corpus),
             model_prefix=str(Path(out) / "m"),
@@ -69,10 +74,10 @@ def raw_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> flo
             pad_piece="<|pad|>",
             minloglevel=2,
         )
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
 
-def library_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> float:
+def library_seconds(method: str, corpus: Path, vocab_size: int, threads: int) -> Seconds:
     """Seconds for `train_tokenizer` (everything but fetching, tarring and uploading)."""
     sys.path.insert(0, str(ROOT / "server"))
     from model_trainer.tokenization import TokenizerTrainConfig, train_tokenizer
@@ -87,12 +92,12 @@ def library_seconds(method: str, corpus: Path, vocab_size: int, threads: int) ->
             corpus_file_id="0" * 64,
         )
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         train_tokenizer(config, corpus, Path(out), threads=threads, sample_bytes=100_000_000)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
 
-def _trial(kind: str, method: str, corpus: Path, vocab_size: int, threads: int) -> float:
+def _trial(kind: str, method: str, corpus: Path, vocab_size: int, threads: int) -> Seconds:
     """Run one trial in a fresh interpreter and return its seconds."""
     command = [
         sys.executable,
@@ -109,10 +114,10 @@ def _trial(kind: str, method: str, corpus: Path, vocab_size: int, threads: int) 
         str(threads),
     ]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    seconds = json.loads(done.stdout.strip().splitlines()[-1])
-    if not isinstance(seconds, float):
-        raise RuntimeError(f"trial printed {seconds!r}")
-    return seconds
+    wall, cpu = json.loads(done.stdout.strip().splitlines()[-1])
+    if not isinstance(wall, float) or not isinstance(cpu, float):
+        raise RuntimeError(f"trial printed {done.stdout!r}")
+    return wall, cpu
 
 
 def main() -> None:
@@ -128,28 +133,35 @@ def main() -> None:
 
     if args.trial is not None:
         run = raw_seconds if args.trial == "raw" else library_seconds
-        seconds = run(methods[0], args.corpus[0], args.vocab, args.threads)
-        sys.stdout.write(json.dumps(seconds) + "\n")
+        wall, cpu = run(methods[0], args.corpus[0], args.vocab, args.threads)
+        sys.stdout.write(json.dumps([wall, cpu]) + "\n")
         return
 
     sys.stdout.write(
-        f"vocab {args.vocab}, {args.threads} threads, best and median of {args.repeat}\n\n"
-        "| corpus | MB | method | raw s | train_tokenizer s | ratio (best) |\n"
-        "| --- | ---: | --- | ---: | ---: | ---: |\n"
+        f"vocab {args.vocab}, {args.threads} threads; best (median) of {args.repeat} trials\n\n"
+        "| corpus | MB | method | raw wall s | train_tokenizer wall s | wall ratio "
+        "| raw CPU s | train_tokenizer CPU s | CPU ratio |\n"
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     for corpus in args.corpus:
         megabytes = corpus.stat().st_size / 1e6
         for method in methods:
-            raw: list[float] = []
-            lib: list[float] = []
+            raw: list[Seconds] = []
+            lib: list[Seconds] = []
             for _ in range(args.repeat):
                 raw.append(_trial("raw", method, corpus, args.vocab, args.threads))
                 lib.append(_trial("library", method, corpus, args.vocab, args.threads))
+            cells = []
+            for kind in (0, 1):  # wall, CPU
+                raw_s = [t[kind] for t in raw]
+                lib_s = [t[kind] for t in lib]
+                cells += [
+                    f"{min(raw_s):.2f} ({statistics.median(raw_s):.2f})",
+                    f"{min(lib_s):.2f} ({statistics.median(lib_s):.2f})",
+                    f"{min(lib_s) / min(raw_s):.2f}",
+                ]
             sys.stdout.write(
-                f"| {corpus.name} | {megabytes:.1f} | {method} "
-                f"| {min(raw):.2f} ({statistics.median(raw):.2f}) "
-                f"| {min(lib):.2f} ({statistics.median(lib):.2f}) "
-                f"| {min(lib) / min(raw):.2f} |\n"
+                f"| {corpus.name} | {megabytes:.1f} | {method} | {' | '.join(cells)} |\n"
             )
             sys.stdout.flush()
 

@@ -15,6 +15,15 @@ from model_trainer.databank.archive import UnsafeArchiveError, pack_directory, s
 LIMITS = {"max_members": 10, "max_total_bytes": 1000}
 
 
+@pytest.fixture(params=["data-filter", "no-filter"])
+def extraction(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both paths of safe_extract: tarfile's "data" filter, and Pythons without filters."""
+    mode = str(request.param)
+    if mode == "no-filter":
+        monkeypatch.delattr(tarfile, "data_filter")
+    return mode
+
+
 def _tree(root: Path) -> dict[str, bytes | None]:
     """Relative path -> bytes (None for folders)."""
     return {
@@ -23,7 +32,7 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     }
 
 
-def test_pack_and_extract_round_trip(tmp_path: Path) -> None:
+def test_pack_and_extract_round_trip(tmp_path: Path, extraction: str) -> None:
     src = tmp_path / "model"
     (src / "sub" / "deeper").mkdir(parents=True)
     (src / "weights.bin").write_bytes(os.urandom(500))
@@ -95,7 +104,9 @@ HOSTILE: dict[str, tuple[Callable[[Path], list[Member]], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_archives_are_refused_without_a_trace(tmp_path: Path, case: str) -> None:
+def test_hostile_archives_are_refused_without_a_trace(
+    tmp_path: Path, case: str, extraction: str
+) -> None:
     members, reason = HOSTILE[case]
     archive = tmp_path / "in" / "hostile.tar"
     archive.parent.mkdir()

@@ -57,8 +57,7 @@ def safe_extract(tar_path: Path, dest_dir: Path, *, max_members: int, max_total_
     try:
         with tarfile.open(tar_path, "r:*") as tar:
             members = _checked_members(tar, max_members, max_total_bytes)
-            # The "data" filter is a second line of defence behind our own checks.
-            tar.extractall(staging, members=members, filter="data")
+            _extract(tar, members, staging)
         staging.rename(dest_dir)
     except tarfile.TarError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -67,6 +66,28 @@ def safe_extract(tar_path: Path, dest_dir: Path, *, max_members: int, max_total_
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest_dir
+
+
+def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], staging: Path) -> None:
+    if hasattr(tarfile, "data_filter"):
+        # The "data" filter is a second line of defence behind our own checks.
+        tar.extractall(staging, members=members, filter="data")
+        return
+    # Python 3.11 before 3.11.4 (Debian bookworm's, for one) has no extraction filters: the
+    # members are already checked to be plain files and folders under the target, so write
+    # them ourselves, with ordinary permissions, never trusting the archive's modes or owners.
+    for member in members:
+        target = staging / member.name
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        if source is None:
+            raise UnsafeArchiveError(f"cannot read member {member.name!r}")
+        with source, target.open("wb") as out:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+        target.chmod(0o644)
 
 
 def _checked_members(

@@ -20,6 +20,8 @@ import logging
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from itertools import chain
 from pathlib import Path
@@ -131,18 +133,8 @@ def train_tokenizer(
 
         mark = time.perf_counter()
         batches = iter_train_batches(corpus_path, splitter, should_stop)
-        sampling: SamplingInfo | None = None
-        spm_model: SentencePieceModel | None = None
-        if config.method == "bpe":
-            tokenizer = train_bpe(config, batches, threads=threads)
-            byte_ids: frozenset[int] = frozenset()
-        else:
-            sampling = plan_sampling(scan.train_lines, scan.train_bytes, sample_bytes)
-            spm_model = train_sentencepiece(
-                config, chain.from_iterable(batches), threads=threads, sampling=sampling
-            )
-            tokenizer = to_tokenizers(spm_model, config.model_type or "unigram")
-            byte_ids = _byte_piece_ids(tokenizer)
+        trained = _train(config, batches, scan, threads=threads, sample_bytes=sample_bytes)
+        tokenizer = trained.tokenizer
         train_seconds = time.perf_counter() - mark
         check_stop(should_stop, "training")
 
@@ -152,7 +144,7 @@ def train_tokenizer(
             tokenizer,
             holdout_path,
             unk_id=None if unk is None else tokenizer.token_to_id(unk),
-            byte_ids=byte_ids,
+            byte_ids=trained.byte_ids,
             max_bytes=stats_max_bytes,
             should_stop=should_stop,
         )
@@ -160,7 +152,7 @@ def train_tokenizer(
         check_stop(should_stop, "holdout stats")
 
     mark = time.perf_counter()
-    files = _save(config, tokenizer, spm_model, out_dir)
+    files = _save(config, tokenizer, trained.spm_model, out_dir)
     finished = time.perf_counter()
     result = TokenizerTrainResult(
         tokenizer_id=config.tokenizer_id(),
@@ -168,7 +160,7 @@ def train_tokenizer(
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
         special_token_ids=_special_token_ids(config, tokenizer),
         corpus=scan,
-        sampling=sampling,
+        sampling=trained.sampling,
         stats=stats,
         timings=TrainTimings(
             split_seconds=split_seconds,
@@ -189,6 +181,33 @@ def train_tokenizer(
         extra=log_fields("tokenizer_train_finished", duration_ms=_ms(finished - started)),
     )
     return result
+
+
+@dataclass(frozen=True)
+class _Trained:
+    tokenizer: Tokenizer  # the tokenizer.json pipeline, for either method
+    spm_model: SentencePieceModel | None
+    sampling: SamplingInfo | None
+    byte_ids: frozenset[int]  # SentencePiece's byte-fallback pieces
+
+
+def _train(
+    config: TokenizerTrainConfig,
+    batches: Iterator[list[str]],
+    scan: CorpusScan,
+    *,
+    threads: int,
+    sample_bytes: int,
+) -> _Trained:
+    if config.method == "bpe":
+        tokenizer = train_bpe(config, batches, threads=threads)
+        return _Trained(tokenizer, spm_model=None, sampling=None, byte_ids=frozenset())
+    sampling = plan_sampling(scan.train_lines, scan.train_bytes, sample_bytes)
+    model = train_sentencepiece(
+        config, chain.from_iterable(batches), threads=threads, sampling=sampling
+    )
+    tokenizer = to_tokenizers(model, config.model_type or "unigram")
+    return _Trained(tokenizer, model, sampling, _byte_piece_ids(tokenizer))
 
 
 def _save(
