@@ -48,6 +48,7 @@ API_PORT=$(free_port); BANK_PORT=$(free_port)
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 # Our own database on the shared Redis, so a developer's stack (db 0) is not touched.
 REDIS_URL=$(echo "$REDIS_URL" | sed 's#/[0-9]*$##')/15
+"$PY" -c "import sys; from redis import Redis; Redis.from_url(sys.argv[1]).flushdb()" "$REDIS_URL"
 QUEUE="smoke-$(date +%s)"
 BANK_KEY="smoke-$(date +%s)-key"
 containers=""

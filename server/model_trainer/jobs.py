@@ -20,7 +20,7 @@ from pathlib import Path
 
 from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.corpus import CorpusFetcher
-from model_trainer.databank.errors import DataBankError
+from model_trainer.databank.errors import DataBankError, NotFound
 from model_trainer.errors import UserError
 from model_trainer.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.job_runner import (
@@ -64,7 +64,12 @@ MAX_ARTIFACT_BYTES = 20 * 1024**3
 
 
 def fetch_corpus(ctx: WorkerContext, file_id: str) -> Path:
-    return CorpusFetcher(ctx.databank, ctx.settings.app.data_root / "corpora").fetch(file_id)
+    try:
+        return CorpusFetcher(ctx.databank, ctx.settings.app.data_root / "corpora").fetch(file_id)
+    except NotFound as exc:
+        raise UserError(
+            f"corpus {file_id} is not in Data Bank (deleted?): upload it again"
+        ) from exc
 
 
 def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) -> Path:
@@ -75,7 +80,13 @@ def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) 
         return _single_child(target)
     tar = root / f"{file_id}.tar"
     root.mkdir(parents=True, exist_ok=True)
-    ctx.databank.download(file_id, tar)
+    try:
+        ctx.databank.download(file_id, tar)
+    except NotFound as exc:
+        raise UserError(
+            f"the artifact of {kind} {record_id} ({file_id}) is not in Data Bank any more: "
+            f"train the {kind} again"
+        ) from exc
     try:
         safe_extract(
             tar, target, max_members=MAX_ARTIFACT_MEMBERS, max_total_bytes=MAX_ARTIFACT_BYTES

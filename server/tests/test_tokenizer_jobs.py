@@ -214,3 +214,27 @@ def test_bad_corpus_fails_with_a_clear_message_and_no_retry(
         assert client.get(f"/tokenizers/{tokenizer_id}/artifact").status_code == 404
     job = Job.fetch(tokenizer_id, connection=stack.redis)
     assert job.get_status() == "finished", "a user error is not handed to RQ's retry"
+
+
+def test_a_tokenizer_whose_artifact_is_gone_is_trained_again(stack: Stack, corpus_id: str) -> None:
+    body: dict[str, object] = {
+        "method": "bpe",
+        "vocab_size": 280,
+        "corpus_file_id": corpus_id,
+        "seed": 99,
+    }
+    with stack.client() as client:
+        tokenizer_id = str(_train(client, body)["tokenizer_id"])
+        assert _wait_done(client, tokenizer_id)["status"] == "completed"
+        file_id = client.get(f"/tokenizers/{tokenizer_id}/artifact").json()["file_id"]
+        with stack.bank() as bank:
+            bank.delete(file_id)
+        run = client.post(
+            "/runs/train", json={"corpus_file_id": corpus_id, "tokenizer_id": tokenizer_id}
+        )
+        assert run.status_code == 409
+        assert "not in Data Bank" in run.json()["message"]
+        again = _train(client, body)
+        assert again["tokenizer_id"] == tokenizer_id and again["status"] == "queued"
+        assert _wait_done(client, tokenizer_id)["status"] == "completed"
+        assert client.get(f"/tokenizers/{tokenizer_id}/artifact").status_code == 200

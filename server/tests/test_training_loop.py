@@ -23,6 +23,7 @@ from model_trainer.training.loop import (
 from model_trainer.training.run import run_training
 from tests.test_training_data import train_bpe, write_corpus
 
+LEARNING_RATE = 3e-3
 TINY = {
     "corpus_file_id": "cd" * 32,
     "tokenizer_id": "tok-loop",
@@ -31,7 +32,7 @@ TINY = {
     "n_embd": 32,
     "max_seq_len": 32,
     "batch_size": 8,
-    "learning_rate": 3e-3,
+    "learning_rate": LEARNING_RATE,
     "warmup_steps": 5,
     "eval_interval": 20,
     "eval_batches": 2,
@@ -196,4 +197,4 @@ def test_a_time_budget_ends_on_time_with_the_schedule_decayed(
     # The plan re-estimated the total from measured step times and decayed towards its floor
     # (0.1 of the peak) as the time ran out.
     assert last.total_steps == pytest.approx(steps, rel=0.25)
-    assert last.lr < 0.5 * float(str(TINY["learning_rate"]))
+    assert last.lr < 0.5 * LEARNING_RATE

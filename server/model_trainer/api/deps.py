@@ -71,3 +71,15 @@ def require_corpus(ctx: ApiContext, file_id: str) -> None:
             f"cannot check the corpus in Data Bank: {exc.message}",
             503,
         ) from exc
+
+
+def artifact_available(ctx: ApiContext, file_id: str | None) -> bool:
+    """Whether Data Bank still holds an artifact we point to."""
+    if file_id is None:
+        return False
+    try:
+        return ctx.databank.exists(file_id)
+    except bank_errors.DataBankError as exc:
+        raise AppError(
+            ErrorCode.UPSTREAM_ERROR, f"cannot check the artifact in Data Bank: {exc.message}", 503
+        ) from exc

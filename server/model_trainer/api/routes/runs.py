@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from model_trainer.api.deps import Ctx, require_corpus
+from model_trainer.api.deps import Ctx, artifact_available, require_corpus
 from model_trainer.api.schemas import (
     EvalAccepted,
     EvalInfo,
@@ -44,13 +44,15 @@ def train_run(config: ModelTrainConfig, ctx: Ctx) -> RunAccepted:
     tokenizer_status = ctx.tokenizers.status(config.tokenizer_id)
     if tokenizer_status is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
-    if (
-        tokenizer_status is not Status.COMPLETED
-        or ctx.tokenizers.file_id(config.tokenizer_id) is None
-    ):
+    if tokenizer_status is not Status.COMPLETED:
         raise ConflictError(
             f"tokenizer {config.tokenizer_id!r} is {tokenizer_status.value}, not completed: "
             "wait for it to finish (GET /tokenizers/{id})"
+        )
+    if not artifact_available(ctx, ctx.tokenizers.file_id(config.tokenizer_id)):
+        raise ConflictError(
+            f"the artifact of tokenizer {config.tokenizer_id!r} is not in Data Bank any more: "
+            "train the tokenizer again (POST /tokenizers/train with the same request)"
         )
     require_corpus(ctx, config.corpus_file_id)
     run_id = f"run-{uuid.uuid4().hex[:16]}"

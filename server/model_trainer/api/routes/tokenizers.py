@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from model_trainer.api.deps import Ctx, require_corpus
+from model_trainer.api.deps import Ctx, artifact_available, require_corpus
 from model_trainer.api.schemas import (
     Page,
     TokenizerAccepted,
@@ -30,6 +30,8 @@ def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx) -> TokenizerAccepted
     tokenizer_id = config.tokenizer_id()
     store = ctx.tokenizers
     current = store.status(tokenizer_id)
+    if current is Status.COMPLETED and not artifact_available(ctx, store.file_id(tokenizer_id)):
+        current = Status.FAILED  # its artifact is gone from Data Bank: train it again
     # The same request twice is the same tokenizer: answer its current state instead of
     # training it again. Only a failed or cancelled one is trained anew.
     if current is not None and current not in (Status.FAILED, Status.CANCELLED):
