@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""The local stack as processes: `make start`, `make stop`, `make logs`.
+"""The local stack: `make start`, `make stop`, `make logs`.
 
-start: use the Redis at REDIS_URL if it answers, otherwise start `redis-server` on a free
-port; then the local Data Bank, the API (Hypercorn) and one worker, each with its own data
-folder under `.stack/` (API and worker do not share a disk, as in production). Returns when
-the API's /readyz answers 200, or exits 1 with the reason and the failing log's tail.
+With a working Docker engine (and STACK unset or `compose`): `docker compose up --wait` of
+docker-compose.yml (Redis, Data Bank, API, worker, each with its own volume).
+
+Otherwise (or STACK=processes) the same stack as local processes: the Redis at REDIS_URL if it
+answers, else `redis-server` on a free port; then the local Data Bank, the API (Hypercorn) and
+one worker, each with its own data folder under `.stack/` (API and worker do not share a
+disk, as in production), pid files and per-process logs in `.stack/logs/`.
+
+`start` returns when the API's /readyz answers 200, or exits 1 with the reason.
 """
 
 from __future__ import annotations
@@ -133,11 +138,46 @@ def read_state() -> dict[str, str]:
     return {k: v for k, v in raw.items() if isinstance(v, str)}
 
 
+def _docker_engine() -> bool:
+    if os.environ.get("STACK", "") == "processes" or shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20)
+    return probe.returncode == 0
+
+
+def _compose(*args: str) -> int:
+    return subprocess.run(["docker", "compose", *args], cwd=ROOT, check=False).returncode
+
+
 def start() -> int:
     if STATE_FILE.exists():
         _say("stack already started (make stop first); state in .stack/stack.json")
         return 1
     STATE.mkdir(exist_ok=True)
+    if os.environ.get("STACK", "") != "processes" and _docker_engine():
+        return _start_compose()
+    return _start_processes()
+
+
+def _start_compose() -> int:
+    api = f"http://127.0.0.1:{_setting('PORT', '8000')}"
+    _say("docker engine found: docker compose up (STACK=processes to run local processes)")
+    os.environ.setdefault(
+        "DATA_BANK_API_KEY", _setting("APP__DATA_BANK_API_KEY", "local-databank-key")
+    )
+    if _compose("up", "-d", "--build", "--wait") != 0:
+        _compose("logs", "--tail", "30")
+        _compose("down")
+        return 1
+    state = {"mode": "compose", "api": api, "databank": "http://127.0.0.1:8001"}
+    STATE_FILE.write_text(json.dumps(state))
+    _say(f"api        {api}  (docs at {api}/docs)")
+    _say("databank   http://127.0.0.1:8001")
+    _say("logs       make logs; stop with make stop")
+    return 0
+
+
+def _start_processes() -> int:
     pids: dict[str, int] = {}
     redis_url = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
     if _redis_answers(redis_url):
@@ -232,7 +272,12 @@ def stop() -> int:
     if not STATE_FILE.exists():
         _say("stack not running")
         return 0
-    pids: dict[str, int] = json.loads(STATE_FILE.read_text()).get("pids", {})
+    state = json.loads(STATE_FILE.read_text())
+    if state.get("mode") == "compose":
+        code = _compose("down")
+        STATE_FILE.unlink()
+        return code
+    pids: dict[str, int] = state.get("pids", {})
     # Worker first (it may be mid-job and wants its grace period), Redis last.
     order = ["worker", "api", "databank", "redis"]
     for name in sorted(pids, key=lambda n: order.index(n) if n in order else 0):
@@ -256,6 +301,8 @@ def stop() -> int:
 
 
 def logs() -> int:
+    if STATE_FILE.exists() and json.loads(STATE_FILE.read_text()).get("mode") == "compose":
+        return _compose("logs", "--tail", "100")
     names = sorted(p.stem for p in LOGS.glob("*.log")) if LOGS.exists() else []
     for name in names:
         _say(f"--- {name} ---\n{_tail(name, 40)}")
