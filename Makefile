@@ -49,8 +49,13 @@ demo: setup
 	$(PY) scripts/demo.py
 
 # Benchmarks (not tests): results go to docs/benchmarks.md.
+# Raw library call vs our train_tokenizer, BPE and SentencePiece unigram at vocabulary 8192, on
+# tinyshakespeare and the concatenated .py files of the standard library (~30 MB).
+BENCH_DIR := .stack/bench
 bench-tokenizers: setup
-	$(PY) scripts/bench_tokenizers.py
+	mkdir -p $(BENCH_DIR)
+	test -s $(BENCH_DIR)/stdlib.txt || find "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" -name '*.py' -type f -exec cat {} + > $(BENCH_DIR)/stdlib.txt 2>/dev/null
+	$(PY) scripts/bench_tokenizers_raw.py --corpus ../shared/corpora/tinyshakespeare.txt --corpus $(BENCH_DIR)/stdlib.txt
 
 bench-train: setup
 	$(PY) scripts/bench_train.py

@@ -305,8 +305,19 @@ def test_sentencepiece_samples_large_corpora(tmp_path: Path, corpus: Path) -> No
     assert sampling.input_sentence_size is not None
     assert 0 < sampling.input_sentence_size < result.corpus.train_lines // 3
     assert result.stats is None  # no holdout, no stats
+    assert result.corpus.holdout_lines == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sampling"]["sampled"] is True
+
+
+def test_bpe_without_holdout_trains_on_the_corpus_itself(tmp_path: Path, corpus: Path) -> None:
+    config = TokenizerTrainConfig(
+        method="bpe", vocab_size=400, corpus_file_id=CORPUS_ID, holdout_fraction=0.0
+    )
+    result = train_tokenizer(config, corpus, tmp_path / "out", threads=1, sample_bytes=10**9)
+    assert result.vocab_size == 400
+    assert result.stats is None
+    assert result.corpus.train_lines == result.corpus.lines
 
 
 @pytest.mark.parametrize("method", ["bpe", "sentencepiece"])
@@ -329,12 +340,19 @@ def test_bad_corpora_fail_before_training(tmp_path: Path) -> None:
         train_tokenizer(config, empty, tmp_path / "b", threads=1, sample_bytes=10**9)
 
 
-@pytest.mark.parametrize("method", ["bpe", "sentencepiece"])
 @pytest.mark.parametrize(
-    ("stop_at_check", "phase"),
-    # The small corpus is one chunk: checks come from the scan, the trainer's input
-    # (raised inside the library's training call), then between the phases.
-    [(1, "corpus scan"), (2, "training input"), (3, "training"), (4, "holdout stats")],
+    ("method", "stop_at_check", "phase"),
+    # The small corpus is one chunk. Checks come from the scan, then (SentencePiece only)
+    # the trainer's input, raised inside the library's training call, then between phases.
+    [
+        ("bpe", 1, "corpus scan"),
+        ("bpe", 2, "training"),
+        ("bpe", 3, "holdout stats"),
+        ("sentencepiece", 1, "corpus scan"),
+        ("sentencepiece", 2, "training input"),
+        ("sentencepiece", 3, "training"),
+        ("sentencepiece", 4, "holdout stats"),
+    ],
 )
 def test_should_stop_interrupts_the_job(
     tmp_path: Path, corpus: Path, method: Method, stop_at_check: int, phase: str

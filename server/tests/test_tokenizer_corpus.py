@@ -111,6 +111,21 @@ def test_holdout_is_deterministic_and_about_the_right_size(tmp_path: Path) -> No
     assert _scan(path, fraction=0.0).holdout_lines == 0
 
 
+def test_scan_can_write_the_train_lines(tmp_path: Path) -> None:
+    lines = [f"line {i} é" for i in range(5000)] + ["", "  ", "last, no newline"]
+    path = _write(tmp_path, "\n".join(lines).encode())
+    train_path = tmp_path / "train.txt"
+    splitter = HoldoutSplitter(3, 0.2)
+    scan = scan_corpus(path, splitter, tmp_path / "holdout.txt", train_path)
+    held = splitter.holdout_mask(0, len(lines))
+    expected = [line for line, h in zip(lines, held, strict=True) if not h]
+    written = train_path.read_bytes().decode()
+    assert written.split("\n")[: len(expected)] == expected
+    assert written.rstrip("\n").count("\n") + 1 == len(expected) == scan.train_lines
+    holdout = (tmp_path / "holdout.txt").read_text().split("\n")[:-1]
+    assert holdout == [line for line, h in zip(lines, held, strict=True) if h]
+
+
 def test_scan_reports_hash_and_sizes(tmp_path: Path) -> None:
     import hashlib
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from pathlib import Path
 
 from tokenizers import (
     Tokenizer,
@@ -29,10 +29,12 @@ from model_trainer.tokenization.config import TokenizerTrainConfig
 log = logging.getLogger("model_trainer.tokenization")
 
 
-def train_bpe(
-    config: TokenizerTrainConfig, batches: Iterator[list[str]], *, threads: int
-) -> Tokenizer:
-    """Train on the batches of lines; `UserError` when the corpus cannot fill the vocabulary."""
+def train_bpe(config: TokenizerTrainConfig, train_file: Path, *, threads: int) -> Tokenizer:
+    """Train on a text file; `UserError` when it cannot fill the vocabulary.
+
+    The Rust trainer reads the file itself (line by line, each line with its newline), which
+    keeps the whole count phase out of Python.
+    """
     _limit_threads(threads)
     tokenizer = Tokenizer(models.BPE())
     normalizer = _normalizer(config)
@@ -49,7 +51,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(batches, trainer)
+    tokenizer.train([str(train_file)], trainer)
     learned = tokenizer.get_vocab_size(with_added_tokens=True)
     log.info(
         "byte-level BPE trained: %d tokens",

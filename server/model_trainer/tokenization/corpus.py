@@ -5,8 +5,10 @@ the current line. The work is two passes over the file:
 
 1. `scan_corpus` hashes it, checks that it is UTF-8 (reporting the byte offset of the first
    bad byte), counts lines and writes the holdout lines to a small file, so a bad corpus
-   fails in seconds rather than after training;
-2. `iter_train_batches` streams it again into the trainer, without the holdout lines.
+   fails in seconds rather than after training; for byte-level BPE it also writes the
+   train lines to a file, which the Rust trainer reads faster than Python can feed it;
+2. for SentencePiece, `iter_train_batches` streams the corpus again into the trainer,
+   without the holdout lines.
 
 Lines are split on "\\n" only (a "\\r" stays part of its line) and handed on without it.
 Line `i` belongs to the holdout when a 64-bit mix of (seed, i) is below
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -150,17 +154,21 @@ def scan_corpus(
     path: Path,
     splitter: HoldoutSplitter,
     holdout_path: Path,
+    train_path: Path | None = None,
     should_stop: StopCheck | None = None,
 ) -> CorpusScan:
-    """Pass 1: hash and validate the corpus, and write its holdout lines to `holdout_path`.
+    """Pass 1: hash and validate the corpus, and write its holdout lines to `holdout_path`
+    (and, when `train_path` is given, the other lines there, as they are in the corpus).
 
-    Works on bytes: lines are located with numpy, and only holdout lines are sliced out,
-    so the cost is a read, a hash and a UTF-8 check per chunk.
+    Works on bytes: lines are located with numpy and only holdout lines are sliced out, so
+    the cost is a read, a hash and a UTF-8 check per chunk (and a copy, for `train_path`).
     """
     sha = hashlib.sha256()
     size = lines = holdout_lines = holdout_bytes = 0
     has_text = train_has_text = False
-    with holdout_path.open("wb") as holdout:
+    with ExitStack() as files:
+        holdout = files.enter_context(holdout_path.open("wb"))
+        train = files.enter_context(train_path.open("wb")) if train_path else None
         for chunk in read_raw_chunks(path):
             check_stop(should_stop, "corpus scan")
             sha.update(chunk.raw)
@@ -170,12 +178,14 @@ def scan_corpus(
             has_text = has_text or bool(chunk.raw.strip())
             mask = splitter.holdout_mask(chunk.first_line, chunk.line_count)
             spans = _line_spans(chunk.raw, chunk.line_count)
-            picked = [chunk.raw[start:end] for start, end in spans[mask].tolist()]
-            if picked:
-                text = b"\n".join(picked) + b"\n"
+            held = spans[mask].tolist()
+            if held:
+                text = b"\n".join(chunk.raw[start:end] for start, end in held) + b"\n"
                 holdout.write(text)
-                holdout_lines += len(picked)
+                holdout_lines += len(held)
                 holdout_bytes += len(text)
+            if train is not None:
+                _write_all_but(train, chunk.raw, held)
             if not train_has_text:  # usually settled by the first train line
                 kept = (chunk.raw[int(start) : int(end)] for start, end in spans[~mask])
                 train_has_text = any(line.strip() for line in kept)
@@ -200,6 +210,16 @@ def scan_corpus(
         holdout_lines=holdout_lines,
         holdout_bytes=holdout_bytes,
     )
+
+
+def _write_all_but(out: BinaryIO, raw: bytes, held: list[list[int]]) -> None:
+    """Write `raw` without the held-out lines (spans without their newline)."""
+    view = memoryview(raw)
+    position = 0
+    for start, end in held:
+        out.write(view[position:start])
+        position = end + 1
+    out.write(view[position:])
 
 
 def _line_spans(raw: bytes, line_count: int) -> npt.NDArray[np.int64]:

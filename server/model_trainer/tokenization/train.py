@@ -119,9 +119,13 @@ def train_tokenizer(
     # disk that already has room for artifacts, not in a possibly small /tmp.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
         holdout_path = Path(work) / "holdout.txt"
+        # Byte-level BPE trains from a file of the train lines (the corpus itself when
+        # nothing is held out); SentencePiece streams them from the corpus instead.
+        copy_train = config.method == "bpe" and config.holdout_fraction > 0
+        train_path = Path(work) / "train.txt" if copy_train else None
         splitter = HoldoutSplitter(config.seed, config.holdout_fraction)
         mark = time.perf_counter()
-        scan = scan_corpus(corpus_path, splitter, holdout_path, should_stop)
+        scan = scan_corpus(corpus_path, splitter, holdout_path, train_path, should_stop)
         split_seconds = time.perf_counter() - mark
         log.info(
             "corpus scanned: %d bytes, %d lines, %d in the holdout",
@@ -132,8 +136,13 @@ def train_tokenizer(
         )
 
         mark = time.perf_counter()
-        batches = iter_train_batches(corpus_path, splitter, should_stop)
-        trained = _train(config, batches, scan, threads=threads, sample_bytes=sample_bytes)
+        if config.method == "bpe":
+            trained = _train_bpe(config, train_path or corpus_path, threads=threads)
+        else:
+            batches = iter_train_batches(corpus_path, splitter, should_stop)
+            trained = _train_sentencepiece(
+                config, batches, scan, threads=threads, sample_bytes=sample_bytes
+            )
         tokenizer = trained.tokenizer
         train_seconds = time.perf_counter() - mark
         check_stop(should_stop, "training")
@@ -191,7 +200,12 @@ class _Trained:
     byte_ids: frozenset[int]  # SentencePiece's byte-fallback pieces
 
 
-def _train(
+def _train_bpe(config: TokenizerTrainConfig, train_file: Path, *, threads: int) -> _Trained:
+    tokenizer = train_bpe(config, train_file, threads=threads)
+    return _Trained(tokenizer, spm_model=None, sampling=None, byte_ids=frozenset())
+
+
+def _train_sentencepiece(
     config: TokenizerTrainConfig,
     batches: Iterator[list[str]],
     scan: CorpusScan,
@@ -199,9 +213,6 @@ def _train(
     threads: int,
     sample_bytes: int,
 ) -> _Trained:
-    if config.method == "bpe":
-        tokenizer = train_bpe(config, batches, threads=threads)
-        return _Trained(tokenizer, spm_model=None, sampling=None, byte_ids=frozenset())
     sampling = plan_sampling(scan.train_lines, scan.train_bytes, sample_bytes)
     model = train_sentencepiece(
         config, chain.from_iterable(batches), threads=threads, sampling=sampling
