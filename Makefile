@@ -59,6 +59,7 @@ bench-tokenizers: setup
 
 bench-train: setup
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_first_event.py
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py

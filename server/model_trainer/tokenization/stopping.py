@@ -1,8 +1,10 @@
 """Stopping a tokenizer job early (cancelled by the user, or the worker shutting down).
 
 The trainers themselves run in Rust / C++ and cannot be interrupted, so the job checks the
-caller's `should_stop` between phases and while it streams the corpus (every chunk of a
-few megabytes), which covers reading, the trainers' input loading, and the stats.
+caller's `should_stop` between phases and whenever it reads a chunk of a few megabytes:
+during the corpus scan, the stats and SentencePiece's input loading (its sentences are
+streamed from Python). Byte-level BPE reads its training file itself, so once it starts, a
+stop takes effect when its training ends.
 """
 
 from __future__ import annotations

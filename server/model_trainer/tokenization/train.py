@@ -115,8 +115,9 @@ def train_tokenizer(
         corpus_path.name,
         extra=log_fields("tokenizer_train_started"),
     )
-    # The holdout can be large (up to half the corpus): keep it beside the output, on the
-    # disk that already has room for artifacts, not in a possibly small /tmp.
+    # The work files are as big as the corpus (the holdout, up to half of it, and for BPE
+    # a copy of the train lines): keep them beside the output, on the disk that has room
+    # for artifacts, not in a possibly small /tmp. They are gone when this returns.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
         holdout_path = Path(work) / "holdout.txt"
         # Byte-level BPE trains from a file of the train lines (the corpus itself when
