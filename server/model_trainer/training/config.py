@@ -80,8 +80,8 @@ class ModelTrainConfig(BaseModel):
     n_layer: int | None = Field(default=None, ge=1, le=96, description="overrides the preset")
     n_head: int | None = Field(default=None, ge=1, le=128, description="overrides the preset")
     n_embd: int | None = Field(default=None, ge=8, le=16384, description="overrides the preset")
-    max_seq_len: int = Field(default=128, ge=2, le=8192, description="context length in tokens")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="windows per optimizer step")
+    max_seq_len: int = Field(default=64, ge=2, le=8192, description="context length in tokens")
+    batch_size: int = Field(default=12, ge=1, le=4096, description="windows per optimizer step")
 
     num_epochs: float | None = Field(default=None, gt=0, le=10_000, allow_inf_nan=False)
     max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
