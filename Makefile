@@ -54,8 +54,8 @@ demo: setup
 BENCH_DIR := .stack/bench
 bench-tokenizers: setup
 	mkdir -p $(BENCH_DIR)
-	test -s $(BENCH_DIR)/stdlib.txt || find "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" -name '*.py' -type f -exec cat {} + > $(BENCH_DIR)/stdlib.txt 2>/dev/null
-	$(PY) scripts/bench_tokenizers_raw.py --corpus ../shared/corpora/tinyshakespeare.txt --corpus $(BENCH_DIR)/stdlib.txt
+	test -s $(BENCH_DIR)/stdlib.txt || $(PY) -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get_paths()['stdlib']); out = open('$(BENCH_DIR)/stdlib.txt', 'w', encoding='utf-8'); [out.write(t) for p in sorted(root.rglob('*.py')) for t in [p.read_bytes().decode('utf-8', 'replace')] if '\ufffd' not in t]"
+	$(PY) scripts/bench_tokenizer_job.py --corpus ../shared/corpora/tinyshakespeare.txt --corpus $(BENCH_DIR)/stdlib.txt --method bpe --method unigram
 
 bench-train: setup
 	$(PY) scripts/bench_train.py
