@@ -187,7 +187,7 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
         f"{info.torch_capability}, native bf16: {info.native_bf16} {info.bf16_flags}; "
         f"torch threads {torch.get_num_threads()}"
     )
-    log(f"precision auto resolves to: {resolve_precision(Precision.AUTO).value}")
+    log(f"precision auto resolves to: {resolve_precision(Precision.AUTO, info).value}")
     peaks = {
         Precision.FP32: matmul_peak(torch.float32),
         Precision.BF16: matmul_peak(torch.bfloat16),
@@ -277,7 +277,7 @@ def quality(
     )
     started = time.perf_counter()
     cpu0 = time.process_time()
-    result = run_training(config, CORPUS, tok_dir, work / "run", work / "cache")
+    result = run_training(config, CORPUS, tok_dir, work / "run", work / "cache", cpu=cpu_info())
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     assert result.manifest is not None and result.eval is not None

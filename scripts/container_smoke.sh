@@ -44,16 +44,20 @@ size=$($CLI image inspect "$IMAGE" --format '{{.Size}}')
 echo "smoke: built in ${build_seconds}s, image size $(( size / 1024 / 1024 )) MiB"
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-API_PORT=$(free_port); BANK_PORT=$(free_port)
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-# Our own database on the shared Redis, so a developer's stack (db 0) is not touched.
-REDIS_URL=$(echo "$REDIS_URL" | sed 's#/[0-9]*$##')/15
-"$PY" -c "import sys; from redis import Redis; Redis.from_url(sys.argv[1]).flushdb()" "$REDIS_URL"
+API_PORT=$(free_port); BANK_PORT=$(free_port); REDIS_PORT=$(free_port)
+# A redis-server of our own (never the one in REDIS_URL: that is somebody's data).
+command -v redis-server >/dev/null 2>&1 || { echo "smoke: redis-server is not installed"; exit 1; }
+REDIS_DIR=$(mktemp -d)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" \
+  --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 QUEUE="smoke-$(date +%s)"
 BANK_KEY="smoke-$(date +%s)-key"
 containers=""
 cleanup() {
   for c in $containers; do $CLI rm -f "$c" >/dev/null 2>&1 || true; done
+  [ -f "$REDIS_DIR/redis.pid" ] && kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true
+  rm -rf "$REDIS_DIR"
 }
 trap cleanup EXIT INT TERM
 

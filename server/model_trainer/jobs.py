@@ -48,6 +48,7 @@ from model_trainer.tokenization.train import train_tokenizer as train_tokenizer_
 from model_trainer.tokenization.train import write_manifest
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_folder
+from model_trainer.training.hardware import cpu_info
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
 from model_trainer.training.run import run_training
@@ -327,6 +328,7 @@ def train_model(payload_json: str) -> None:
             tokenizer_dir,
             run_dir,
             ctx.settings.app.data_root / "tokens",
+            cpu=cpu_info(ctx.settings.app.native_bf16),
             threads=threads,
             callbacks=reporter,
         )

@@ -33,6 +33,9 @@ class AppSettings(_Section):
     logs_root: Path = Path("/data/logs")
     # 0 means "all cores this process may use" (cgroup- and affinity-aware).
     threads: int = Field(default=0, ge=0, le=256)
+    # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
+    # where a VM hides or misreports them; `precision: auto` follows this answer.
+    native_bf16: bool | None = None
     data_bank_api_url: str = "http://127.0.0.1:8001"
     data_bank_api_key: SecretStr | None = None
     # Corpora larger than this are sampled for SentencePiece (input_sentence_size).

@@ -68,6 +68,13 @@ class GracefulWorker(Worker):
 
     abandoned_grace_sec = 20
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ blocks an idle worker in BLPOP for worker_ttl - 15 s (405 s) and sweeps for
+        # abandoned jobs only between two BLPOPs. Wake up every maintenance interval instead,
+        # so an idle worker finds a dead worker's job within one interval of it expiring.
+        return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = int(self.job_monitoring_interval)
         if job.timeout and job.timeout > 0:

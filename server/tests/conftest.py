@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,17 +12,56 @@ from redis import Redis
 from rq import Queue, Worker
 
 from model_trainer.settings import AppSettings, RQSettings, Settings
+from model_trainer.training.hardware import CpuInfo, cpu_info
 from tests.processes import BIN_DIR, Proc, child_env, wait_until
-from tests.redis_db import claimed_database
+from tests.redis_server import RedisServer
 
 # One Data Bank server process for the whole session (see tests/databank_fixtures.py).
 pytest_plugins = ("tests.databank_fixtures",)
 
+_REDIS = pytest.StashKey[RedisServer]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the run's own redis-server before anything else, and aim REDIS_URL at it.
+
+    Everything the suite starts (workers, the API, settings read from the environment) then
+    finds this server, never the one the developer's REDIS_URL named.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="modeltrainer-test-redis-"))
+    server = RedisServer(directory).start()
+    config.stash[_REDIS] = server
+    os.environ["REDIS_URL"] = server.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Runs when the session ends in any way: passed, failed or interrupted."""
+    server = config.stash.get(_REDIS, None)
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    with claimed_database() as url:
-        yield url
+def cpu() -> CpuInfo:
+    """This machine's CPU as the project sees it, passed to whatever depends on it.
+
+    `APP__NATIVE_BF16=true|false` (the product's own setting) states the bf16 answer for the
+    whole run, the worker processes it starts included: run the suite both ways to show that
+    no test depends on the CPU it runs on.
+    """
+    forced = os.environ.get("APP__NATIVE_BF16") or None
+    return cpu_info(AppSettings.model_validate({"native_bf16": forced}).native_bf16)
+
+
+@pytest.fixture(scope="session")
+def redis_server(pytestconfig: pytest.Config) -> RedisServer:
+    return pytestconfig.stash[_REDIS]
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture
@@ -77,6 +119,18 @@ StartWorker = Callable[..., Proc]
 @pytest.fixture
 def start_worker(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator[StartWorker]:
     """Start real `modeltrainer-rq-worker` processes; each waits until it is registered."""
+    yield from _worker_starter(tmp_path, redis_url, queue_name)
+
+
+@pytest.fixture(scope="module")
+def module_worker(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, queue_name: str
+) -> Iterator[StartWorker]:
+    """As `start_worker`, for workers that serve a whole module (override `queue_name` there)."""
+    yield from _worker_starter(tmp_path_factory.mktemp("workers"), redis_url, queue_name)
+
+
+def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator[StartWorker]:
     procs: list[Proc] = []
 
     def start(queue: str = queue_name, root: Path | None = None, **extra: str) -> Proc:

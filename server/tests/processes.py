@@ -22,8 +22,17 @@ def free_port() -> int:
         return port
 
 
+# Hardware facts the whole run states (see conftest's `cpu`): children get them too.
+HARDWARE_ENV = ("APP__NATIVE_BF16",)
+
+
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP__", "RQ__", "SECURITY__"))}
+    """The environment for a child process: ours without the project's settings, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("APP__", "RQ__", "SECURITY__")) or k in HARDWARE_ENV
+    }
     env["PYTHONPATH"] = str(SERVER_DIR)
     env.update(extra)
     return env

@@ -29,7 +29,10 @@ class Stack:
         self.root = root
         self.redis_url = redis_url
         self.queue_name = f"e2e-{uuid.uuid4().hex[:10]}"
-        self.rq = RQSettings(queue_name=self.queue_name, retry_intervals_sec=[1, 1], **rq)
+        # Retries are enqueued at once, not scheduled: a scheduled retry waits for RQ's
+        # scheduler, whose lock a killed worker holds for a minute, and tests wait only on
+        # conditions they name.
+        self.rq = RQSettings(queue_name=self.queue_name, retry_intervals_sec=[0, 0], **rq)
         self.databank: DataBankServer = start_databank(
             root / "databank", API_UPLOAD_KEYS=UPLOAD_KEY, MIN_FREE_GB="0"
         )
@@ -75,7 +78,7 @@ class Stack:
             {
                 "REDIS_URL": self.redis_url,
                 "RQ__QUEUE_NAME": self.queue_name,
-                "RQ__RETRY_INTERVALS_SEC": "[1,1]",
+                "RQ__RETRY_INTERVALS_SEC": "[0,0]",
                 "RQ__JOB_MONITORING_INTERVAL_SEC": "2",
                 "RQ__ABANDONED_GRACE_SEC": "3",
                 "RQ__MAINTENANCE_INTERVAL_SEC": "2",

@@ -1,4 +1,8 @@
-"""The RQ adapter against a real worker process."""
+"""The RQ adapter against a real worker process.
+
+One queue and one worker process serve the whole module (a worker takes seconds to start);
+each test enqueues with the `RQSettings` it needs, which are per job, not per queue.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,17 @@ from model_trainer.job_queue import JobState, RQJobQueue
 from model_trainer.settings import RQSettings
 from tests.conftest import StartWorker
 from tests.jobs_for_tests import FUNCTIONS, Payload
-from tests.processes import wait_until
+from tests.processes import Proc, wait_until
+
+
+@pytest.fixture(scope="module")
+def queue_name() -> str:
+    return f"test-jq-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def worker(module_worker: StartWorker) -> Proc:
+    return module_worker()
 
 
 def _queue(
@@ -32,14 +46,14 @@ def _queue(
 
 
 def test_enqueue_uses_our_id_and_runs_to_finished(
-    redis_client: Redis, queue_name: str, start_worker: StartWorker
+    redis_client: Redis, queue_name: str, request: pytest.FixtureRequest
 ) -> None:
     queue = _queue(redis_client, queue_name)
     our_id = f"run-{uuid.uuid4().hex}"
     key = f"k:{our_id}"
     assert queue.enqueue("record", Payload(key=key), job_id=our_id) == our_id
     assert queue.state(our_id) is JobState.QUEUED
-    start_worker()
+    request.getfixturevalue("worker")  # started only now (the module's first use of it)
     wait_until(lambda: queue.state(our_id) is JobState.FINISHED, 60, "job to finish")
     assert redis_client.llen(key) == 1
     job = Job.fetch(our_id, connection=redis_client)
@@ -48,9 +62,8 @@ def test_enqueue_uses_our_id_and_runs_to_finished(
 
 
 def test_state_walks_started_then_finished(
-    redis_client: Redis, queue_name: str, start_worker: StartWorker
+    redis_client: Redis, queue_name: str, worker: Proc
 ) -> None:
-    start_worker()
     queue = _queue(redis_client, queue_name)
     job_id = uuid.uuid4().hex
     queue.enqueue("sleep", Payload(key=f"k:{job_id}", seconds=1.5), job_id=job_id)
@@ -58,10 +71,7 @@ def test_state_walks_started_then_finished(
     wait_until(lambda: queue.state(job_id) is JobState.FINISHED, 30, "job to finish")
 
 
-def test_job_timeout_is_honoured(
-    redis_client: Redis, queue_name: str, start_worker: StartWorker
-) -> None:
-    start_worker()
+def test_job_timeout_is_honoured(redis_client: Redis, queue_name: str, worker: Proc) -> None:
     queue = _queue(redis_client, queue_name, job_timeout_sec=1, retry_max=0)
     job_id = uuid.uuid4().hex
     key = f"k:{job_id}"
@@ -74,9 +84,8 @@ def test_job_timeout_is_honoured(
 
 
 def test_raising_job_is_retried_until_it_succeeds(
-    redis_client: Redis, queue_name: str, start_worker: StartWorker
+    redis_client: Redis, queue_name: str, worker: Proc
 ) -> None:
-    start_worker()
     queue = _queue(redis_client, queue_name, retry_max=2, retry_intervals_sec=(1,))
     job_id = uuid.uuid4().hex
     queue.enqueue("flaky", Payload(key=f"k:{job_id}", fail_times=2), job_id=job_id)
@@ -86,10 +95,7 @@ def test_raising_job_is_retried_until_it_succeeds(
     assert job.return_value() == "succeeded on attempt 3"
 
 
-def test_retries_are_bounded(
-    redis_client: Redis, queue_name: str, start_worker: StartWorker
-) -> None:
-    start_worker()
+def test_retries_are_bounded(redis_client: Redis, queue_name: str, worker: Proc) -> None:
     queue = _queue(redis_client, queue_name, retry_max=1, retry_intervals_sec=(0,))
     job_id = uuid.uuid4().hex
     queue.enqueue("flaky", Payload(key=f"k:{job_id}", fail_times=5), job_id=job_id)

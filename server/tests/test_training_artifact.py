@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import ModelTrainConfig, Precision
 from model_trainer.training.evaluate import CanGenerate, evaluate_folder
+from model_trainer.training.hardware import CpuInfo, resolve_precision
 from model_trainer.training.run import TrainingResult, run_training
 from tests.test_training_data import train_bpe, write_corpus
 
@@ -32,16 +33,18 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainingResult, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, cpu: CpuInfo) -> tuple[TrainingResult, Path]:
     root = tmp_path_factory.mktemp("artifact")
     tok_dir = train_bpe(root / "tok", write_corpus(root / "corpus.txt"))
     config = ModelTrainConfig.model_validate(CONFIG)
-    result = run_training(config, root / "corpus.txt", tok_dir, root / "run", root / "cache")
+    result = run_training(
+        config, root / "corpus.txt", tok_dir, root / "run", root / "cache", cpu=cpu
+    )
     return result, root
 
 
 def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
-    trained: tuple[TrainingResult, Path],
+    trained: tuple[TrainingResult, Path], cpu: CpuInfo
 ) -> None:
     result, _ = trained
     folder = result.artifact_dir
@@ -60,7 +63,11 @@ def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["max_steps"] == 40
     assert manifest["architecture"] == {"n_layer": 2, "n_head": 2, "n_embd": 32}
-    assert manifest["precision"] == "fp32"  # auto on a CPU without native bf16 (or asked)
+    # `auto` is whatever the resolver says for this machine's facts (tested both ways in
+    # test_hardware.py), and the manifest records both the facts and the choice.
+    assert manifest["precision_requested"] == "auto"
+    assert manifest["precision"] == resolve_precision(Precision.AUTO, cpu).value
+    assert manifest["cpu"]["native_bf16"] is cpu.native_bf16
     assert manifest["threads"] == 1
     assert manifest["data"]["token_dtype"] in {"uint16"}
     assert set(manifest["versions"]) >= {"torch", "transformers", "tokenizers", "python"}

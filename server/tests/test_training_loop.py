@@ -13,6 +13,7 @@ import torch
 from model_trainer.errors import UserError
 from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.hardware import CpuInfo
 from model_trainer.training.loop import (
     METRICS_FILE,
     CheckpointInfo,
@@ -42,24 +43,31 @@ TINY = {
 
 
 class Inputs:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cpu: CpuInfo) -> None:
         self.corpus = root / "corpus.txt"
         self.tokenizer = train_bpe(root / "tok", write_corpus(self.corpus))
         self.cache = root / "cache"
+        self.cpu = cpu
 
     def run(
         self, run_dir: Path, callbacks: TrainingCallbacks | None = None, **fields: object
     ) -> tuple[Outcome, int]:
         config = ModelTrainConfig.model_validate({**TINY, **fields})
         result = run_training(
-            config, self.corpus, self.tokenizer, run_dir, self.cache, callbacks=callbacks
+            config,
+            self.corpus,
+            self.tokenizer,
+            run_dir,
+            self.cache,
+            cpu=self.cpu,
+            callbacks=callbacks,
         )
         return result.outcome, result.steps
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    return Inputs(tmp_path_factory.mktemp("loop"))
+def inputs(tmp_path_factory: pytest.TempPathFactory, cpu: CpuInfo) -> Inputs:
+    return Inputs(tmp_path_factory.mktemp("loop"), cpu)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import signal
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
+from rq.registry import StartedJobRegistry
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from model_trainer.databank.archive import safe_extract
@@ -27,6 +27,7 @@ from model_trainer.events import (
 )
 from model_trainer.status_store import TOKENIZER_KEYS, StatusStore
 from model_trainer.training.evaluate import CanGenerate
+from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, num, poll
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -139,8 +140,17 @@ class EventCollector:
                 self.raw.append(data.decode() if isinstance(data, bytes) else str(data))
 
     def for_run(self, run_id: str) -> list[dict[str, object]]:
-        events = [json.loads(r) for r in self.raw]
+        events = [json.loads(r) for r in list(self.raw)]
         return [e for e in events if isinstance(e, dict) and e.get("run_id") == run_id]
+
+    def wait_for(self, run_id: str, event_type: str, timeout: float = 30) -> dict[str, object]:
+        """The run's last event of `event_type`, once it has arrived."""
+        wait_until(
+            lambda: any(e["type"] == event_type for e in self.for_run(run_id)),
+            timeout,
+            f"a {event_type} event for {run_id}",
+        )
+        return [e for e in self.for_run(run_id) if e["type"] == event_type][-1]
 
     def close(self) -> None:
         self._stop.set()
@@ -209,8 +219,8 @@ def test_full_run_trains_evaluates_and_loads(
             pointer = client.get(f"/runs/{run_id}/artifact").json()
             listing = client.get("/runs", params={"status": "completed"}).json()
             assert run_id in [r["run_id"] for r in listing["items"]]
+        events.wait_for(run_id, "trainer.train.completed.v1")
     finally:
-        time.sleep(0.5)
         events.close()
 
     tar = tmp_path / "model.tar"
@@ -297,11 +307,10 @@ def test_cancel_mid_run(stack: Stack, corpus_id: str, tokenizer_id: str) -> None
             assert client.get(f"/runs/{run_id}/artifact").status_code == 404
             again = client.post(f"/runs/{run_id}/cancel")
             assert again.status_code == 409
+        failed = events.wait_for(run_id, "trainer.train.failed.v1")
     finally:
-        time.sleep(0.5)
         events.close()
-    failed = [e for e in events.for_run(run_id) if e["type"] == "trainer.train.failed.v1"]
-    assert failed and failed[-1]["status"] == "canceled"
+    assert failed["status"] == "canceled"
 
 
 def test_diverging_learning_rate_fails_as_a_user_error(
@@ -318,11 +327,10 @@ def test_diverging_learning_rate_fails_as_a_user_error(
             assert done["status"] == "failed"
             assert "learning rate" in str(done["message"]).lower()
             assert client.get(f"/runs/{run_id}/artifact").status_code == 404
+        failed = events.wait_for(run_id, "trainer.train.failed.v1")
     finally:
-        time.sleep(0.5)
         events.close()
-    failed = [e for e in events.for_run(run_id) if e["type"] == "trainer.train.failed.v1"]
-    assert failed and failed[-1]["error_kind"] == "user"
+    assert failed["error_kind"] == "user"
 
 
 def test_bad_submissions_are_refused_at_submit_time(
@@ -358,29 +366,34 @@ def _children(pid: int) -> list[int]:
 def test_killed_worker_run_resumes_from_checkpoint(
     stack: Stack, corpus_id: str, tokenizer_id: str, tmp_path: Path
 ) -> None:
-    victim = stack.start_worker("worker-resume")
-    # The module's first worker must not pick this run up: stop it while this test runs.
-    first = stack.workers[0]
-    first.stop(timeout=30)
+    """SIGKILL the worker (and its job and scheduler processes) after a checkpoint; a new
+    worker on the same disk resumes from it. Each step waits on the condition it needs."""
+    victim = stack.workers[0]  # the module's only worker: the run goes to it
     with stack.client() as client:
         body = _run_body(corpus_id, tokenizer_id, max_steps=400, checkpoint_interval=40)
         run_id = _submit(client, body)
-        poll(
-            lambda: get_json(client, f"/runs/{run_id}"),
-            lambda a: a["status"] == "running" and num(json_dict(a["progress"])["step"]) >= 100,
-            180,
-        )
+
+        def checkpointed() -> bool:
+            lines = client.get(f"/runs/{run_id}/logs", params={"tail": 500}).json()["lines"]
+            return any(line.get("event") == "checkpoint_saved" for line in lines)
+
+        wait_until(checkpointed, 180, "a checkpoint of the run", victim)
         for pid in [*_children(victim.pid), victim.pid]:
             os.kill(pid, signal.SIGKILL)
         victim.kill()
-        stack.start_worker("worker-resume")  # the same disk: its checkpoints are there
+        # The run's RQ heartbeat runs out (monitoring interval + grace): the job is abandoned.
+        started = StartedJobRegistry(stack.queue_name, connection=stack.redis)
+        wait_until(
+            lambda: run_id in started.get_expired_job_ids(), 60, "the job to count as abandoned"
+        )
+        # A worker sweeps for abandoned jobs as it starts: this one retries the run at once.
+        stack.workers[0] = stack.start_worker("worker-a")  # the same disk: its checkpoint
         done = _wait_status(client, run_id, {"completed", "failed"}, 300)
         assert done["status"] == "completed", done
         logs = client.get(f"/runs/{run_id}/logs", params={"tail": 2000}).json()["lines"]
         resumed = [line for line in logs if line.get("event") == "training_resumed"]
         assert resumed and int(str(resumed[0]["step"])) >= 40
         file_id = client.get(f"/runs/{run_id}/artifact").json()["file_id"]
-    stack.workers[0] = stack.start_worker("worker-a")
     tar = tmp_path / "m.tar"
     with stack.bank() as bank:
         bank.download(file_id, tar)

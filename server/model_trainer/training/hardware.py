@@ -3,6 +3,11 @@
 `precision: auto` must not assume bf16 is fast: on a CPU without bf16 instructions PyTorch
 still runs bf16 autocast, by converting in software, which is slower than fp32. So we read
 the instruction-set flags ourselves: x86 `avx512_bf16` or `amx_bf16`, Arm `bf16`.
+
+The facts are detected once (`cpu_info()`) and then passed in as a `CpuInfo` to whatever
+depends on them (`resolve_precision`, `run_training`), so code and tests can state the
+hardware instead of reading it from a global. An operator whose VM hides or misreports the
+flags overrides the answer with the `APP__NATIVE_BF16` setting.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -31,12 +37,22 @@ class CpuInfo(BaseModel):
     torch_capability: str
     native_bf16: bool
     bf16_flags: list[str]
+    # Where `native_bf16` came from: the CPU's flags, or the APP__NATIVE_BF16 setting.
+    native_bf16_source: Literal["cpuinfo", "setting"] = "cpuinfo"
+
+
+def cpu_info(native_bf16: bool | None = None) -> CpuInfo:
+    """This machine's CPU; `native_bf16` (when not None) overrides what its flags say."""
+    detected = _detect()
+    if native_bf16 is None:
+        return detected
+    return detected.model_copy(update={"native_bf16": native_bf16, "native_bf16_source": "setting"})
 
 
 @lru_cache(maxsize=1)
-def cpu_info() -> CpuInfo:
+def _detect() -> CpuInfo:
     model_name, flags = _read_cpuinfo()
-    bf16 = sorted(flags & NATIVE_BF16_FLAGS)
+    bf16 = native_bf16_flags(flags)
     return CpuInfo(
         model_name=model_name or platform.processor() or "unknown",
         machine=platform.machine(),
@@ -51,9 +67,14 @@ def cpu_info() -> CpuInfo:
 def _read_cpuinfo() -> tuple[str, set[str]]:
     if not CPUINFO.is_file():
         return "", set()
+    return parse_cpuinfo(CPUINFO.read_text(encoding="utf-8", errors="replace"))
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """The model name and the feature flags from the text of /proc/cpuinfo."""
     model_name = ""
     flags: set[str] = set()
-    for line in CPUINFO.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "cpu model") and not model_name:
@@ -63,6 +84,11 @@ def _read_cpuinfo() -> tuple[str, set[str]]:
     return model_name, flags
 
 
+def native_bf16_flags(flags: set[str]) -> list[str]:
+    """The flags among `flags` that mean the CPU computes bf16 natively."""
+    return sorted(flags & NATIVE_BF16_FLAGS)
+
+
 def usable_cpus() -> int:
     """Cores this process may run on (affinity- and therefore cgroup-cpuset-aware)."""
     if hasattr(os, "sched_getaffinity"):
@@ -70,10 +96,10 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def resolve_precision(requested: Precision) -> Precision:
+def resolve_precision(requested: Precision, cpu: CpuInfo) -> Precision:
     """`auto` becomes bf16 only where the CPU computes in bf16 natively, else fp32."""
     if requested is Precision.AUTO:
-        return Precision.BF16 if cpu_info().native_bf16 else Precision.FP32
+        return Precision.BF16 if cpu.native_bf16 else Precision.FP32
     return requested
 
 

@@ -37,7 +37,7 @@ from model_trainer.training.artifact import (
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.data import sha256_file, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
-from model_trainer.training.hardware import cpu_info, resolve_precision, resolve_threads
+from model_trainer.training.hardware import CpuInfo, resolve_precision, resolve_threads
 from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
 from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
 from model_trainer.training.tokenizer_folder import load_tokenizer_folder
@@ -64,20 +64,22 @@ def run_training(
     run_dir: Path,
     cache_dir: Path,
     *,
+    cpu: CpuInfo,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
     corpus_sha256: str | None = None,
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
-    `threads` is the worker's setting (0 or None: every usable core); the config's own
-    `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
+    `cpu` is the machine's facts (`hardware.cpu_info()`): `precision: auto` resolves
+    against them. `threads` is the worker's setting (0 or None: every usable core); the
+    config's own `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
     `WorkerShutdown` after checkpointing when the worker is asked to stop.
     """
     started = time.perf_counter()
     n_threads = resolve_threads(config.threads, threads)
     torch.set_num_threads(n_threads)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, cpu)
 
     tokenizer = load_tokenizer_folder(tokenizer_dir)
     sha = corpus_sha256 or sha256_file(corpus_path)
@@ -136,7 +138,7 @@ def run_training(
         precision_requested=config.precision,
         precision=precision,
         threads=n_threads,
-        cpu=cpu_info(),
+        cpu=cpu,
         versions=library_versions(),
         data=DataSummary(
             corpus_sha256=sha,
