@@ -20,8 +20,10 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 run_id_var: ContextVar[str | None] = ContextVar("run_id", default=None)
 tokenizer_id_var: ContextVar[str | None] = ContextVar("tokenizer_id", default=None)
 
-_OPTIONAL_FIELDS = ("error_code", "file_id", "job_id", "step", "status", "duration_ms")
 JsonScalar = str | int | float | bool | None
+# `log_fields` puts a call's structured fields under this LogRecord attribute; the formatter
+# writes every one of them (none is dropped for not being on a list).
+FIELDS_ATTR = "fields"
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,18 +43,20 @@ class JsonFormatter(logging.Formatter):
             "event": _attr_str(record, "event") or "log",
             "message": record.getMessage(),
         }
+        fields = record.__dict__.get(FIELDS_ATTR)
         for name, var in (
             ("request_id", request_id_var),
             ("run_id", run_id_var),
             ("tokenizer_id", tokenizer_id_var),
         ):
-            value = _attr_str(record, name) or var.get()
+            given = fields.get(name) if isinstance(fields, dict) else None
+            value = given if isinstance(given, str) and given else var.get()
             if value:
                 out[name] = value
-        for name in _OPTIONAL_FIELDS:
-            raw = record.__dict__.get(name)
-            if isinstance(raw, str | int | float | bool):
-                out[name] = raw
+        if isinstance(fields, dict):
+            for name, raw in fields.items():
+                if isinstance(name, str) and name not in out and raw is not None:
+                    out[name] = raw if isinstance(raw, str | int | float | bool) else str(raw)
         if record.exc_info and record.exc_info[0] is not None:
             out["stack"] = "".join(traceback.format_exception(*record.exc_info))
         return out
@@ -77,9 +81,13 @@ def setup_logging(level: str, service: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def log_fields(event: str, **fields: JsonScalar) -> Mapping[str, JsonScalar]:
-    """`extra=` for a log call: `log.info("...", extra=log_fields("run_started", step=0))`."""
-    return {"event": event, **fields}
+def log_fields(event: str, **fields: JsonScalar) -> Mapping[str, str | Mapping[str, JsonScalar]]:
+    """`extra=` for a log call: `log.info("...", extra=log_fields("run_started", step=0))`.
+
+    The fields travel together under one attribute, so none can clash with a LogRecord
+    attribute (logging refuses `name`, `message`...), and the formatter writes each of them.
+    """
+    return {"event": event, FIELDS_ATTR: fields}
 
 
 @contextmanager

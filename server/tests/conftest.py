@@ -13,7 +13,7 @@ from rq import Queue, Worker
 
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.training.hardware import CpuInfo, cpu_info
-from tests.processes import BIN_DIR, Proc, child_env, wait_until
+from tests.processes import WORKER_COMMAND, Proc, child_env, wait_until
 from tests.redis_server import RedisServer
 
 # One Data Bank server process for the whole session (see tests/databank_fixtures.py).
@@ -137,7 +137,7 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
         root = root or tmp_path / f"worker{len(procs)}"
         root.mkdir(parents=True, exist_ok=True)
         env = worker_env(redis_url, queue, root, **extra)
-        proc = Proc([str(BIN_DIR / "modeltrainer-rq-worker")], env, root / "worker.log")
+        proc = Proc(WORKER_COMMAND, env, root / "worker.log")
         procs.append(proc)
         conn = Redis.from_url(redis_url)
         before = Worker.count(connection=conn, queue=Queue(queue, connection=conn))

@@ -13,6 +13,9 @@ from pathlib import Path
 
 SERVER_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
+# `modeltrainer-rq-worker`'s entry point (pyproject), run as a module so the tests use this
+# tree's code whatever the virtualenv's generated scripts point at.
+WORKER_COMMAND = [sys.executable, "-m", "model_trainer.jobs.worker"]
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
-from tests.processes import BIN_DIR, Proc, child_env, wait_until
+from tests.processes import WORKER_COMMAND, Proc, child_env, wait_until
 
 
 class Stack:
@@ -86,7 +86,9 @@ class Stack:
                 "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
                 "APP__RUNS_ROOT": str(s.app.runs_root),
                 "APP__LOGS_ROOT": str(s.app.logs_root),
-                "APP__THREADS": "2",
+                # One thread: tiny models gain nothing from two, and a loaded machine (CI, the
+                # crash tests under stress) slows oversubscribed torch threads tenfold.
+                "APP__THREADS": "1",
                 "APP__DATA_BANK_API_URL": self.databank.url,
                 "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
                 "APP__HEARTBEAT_INTERVAL_SEC": "0.5",
@@ -96,7 +98,7 @@ class Stack:
         )
         (self.root / name).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{name}-{len(self.workers)}.log"
-        proc = Proc([str(BIN_DIR / "modeltrainer-rq-worker")], environment, log_path)
+        proc = Proc(WORKER_COMMAND, environment, log_path)
         self.workers.append(proc)
         queue = Queue(self.queue_name, connection=self.redis)
         wait_until(
@@ -126,6 +128,28 @@ def poll(
             return last
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s; last answer: {last}")
+
+
+def wait_while_progressing(
+    get: Callable[[], dict[str, object]],
+    done: Callable[[dict[str, object]], bool],
+    stall_timeout: float,
+) -> dict[str, object]:
+    """Like `poll`, for a run: no deadline while its status or step keeps changing; fail only
+    when nothing changed for `stall_timeout` seconds (a stuck run, not a slow machine)."""
+    last_change = time.monotonic()
+    seen: tuple[object, object] | None = None
+    answer: dict[str, object] = {}
+    while time.monotonic() - last_change < stall_timeout:
+        answer = get()
+        if done(answer):
+            return answer
+        progress = answer.get("progress")
+        state = (answer.get("status"), progress.get("step") if isinstance(progress, dict) else None)
+        if state != seen:
+            seen, last_change = state, time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"no progress for {stall_timeout:.0f}s; last answer: {answer}")
 
 
 def json_dict(value: object) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import tomllib
 from pathlib import Path
 
@@ -115,3 +116,13 @@ def test_dockerfile_runs_hypercorn_on_port_as_non_root() -> None:
     assert "TORCH_INDEX_URL" in text and "PIP_FIND_LINKS" in text
     ignore = (ROOT / ".dockerignore").read_text()
     assert ".env" in ignore
+
+
+def test_console_scripts_name_importable_entry_points() -> None:
+    """The deploy files start `modeltrainer-rq-worker` and `modeltrainer-databank`: each
+    must name a function that exists in this tree (the tests themselves run them by module)."""
+    scripts = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) >= {"modeltrainer-rq-worker", "modeltrainer-databank"}
+    for target in scripts.values():
+        module_name, _, function = str(target).partition(":")
+        assert callable(getattr(importlib.import_module(module_name), function)), target

@@ -12,7 +12,7 @@ import pytest
 from redis import Redis
 from rq.job import Job
 
-from model_trainer.job_queue import JobState, RQJobQueue
+from model_trainer.jobs.queue import JobState, RQJobQueue
 from model_trainer.settings import RQSettings
 from tests.conftest import StartWorker
 from tests.jobs_for_tests import FUNCTIONS, Payload

@@ -12,9 +12,10 @@ from redis import Redis
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
-from model_trainer.job_queue import JobQueue
+from model_trainer.jobs.queue import JobQueue
 from model_trainer.settings import Settings
-from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, StatusStore
+from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
+from model_trainer.store.records import RunProgress, StatusStore, TokenizerSummary
 
 
 class ApiContext:
@@ -27,8 +28,8 @@ class ApiContext:
         self.redis = redis
         self.queue = queue
         self.databank = databank
-        self.runs = StatusStore(redis, RUN_KEYS)
-        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS)
+        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
 
 
 def get_context(request: Request) -> ApiContext:

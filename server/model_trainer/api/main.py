@@ -11,9 +11,9 @@ from redis import Redis
 from model_trainer.api.deps import ApiContext, require_api_key
 from model_trainer.api.errors import install_error_handlers
 from model_trainer.api.middleware import RequestIdMiddleware
-from model_trainer.api.routes import artifacts, health, runs, tokenizers
+from model_trainer.api.routes import health, runs, tokenizers
 from model_trainer.databank.client import DataBankClient
-from model_trainer.job_queue import RQJobQueue
+from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.jsonlog import setup_logging
 from model_trainer.settings import Settings, load_settings
 
@@ -49,6 +49,6 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
-    for router in (tokenizers.router, runs.router, artifacts.router):
+    for router in (tokenizers.router, runs.router):
         app.include_router(router, dependencies=protected)
     return app

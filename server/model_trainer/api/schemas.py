@@ -1,13 +1,13 @@
-"""Response bodies of the tokenizer and run routes."""
+"""Response bodies of the tokenizer and run routes, built from the store's typed records."""
 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from model_trainer.payloads import EvalInfo, RunProgress
-from model_trainer.status_store import Status
+from model_trainer.store.records import EvalInfo, Record, RunProgress, Status, TokenizerSummary
 
 __all__ = ["EvalInfo", "RunProgress"]
 
@@ -33,6 +33,21 @@ class TokenizerInfo(_Body):
     stats: dict[str, JsonValue] | None = None
     timings: dict[str, float] | None = None
     file_id: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Record[TokenizerSummary]) -> TokenizerInfo:
+        summary = record.progress
+        return cls(
+            tokenizer_id=record.id,
+            status=record.status,
+            message=record.message,
+            created_at=record.meta.created_at if record.meta else None,
+            last_heartbeat_ts=record.last_heartbeat_ts,
+            request=record.meta.request if record.meta else None,
+            stats=summary.stats if summary else None,
+            timings=summary.timings if summary else None,
+            file_id=record.file_id,
+        )
 
 
 class Page(_Body):
@@ -62,6 +77,19 @@ class RunInfo(_Body):
     request: dict[str, JsonValue] | None = None
     file_id: str | None = None
 
+    @classmethod
+    def from_record(cls, record: Record[RunProgress]) -> RunInfo:
+        return cls(
+            run_id=record.id,
+            status=record.status,
+            message=record.message,
+            created_at=record.meta.created_at if record.meta else None,
+            last_heartbeat_ts=record.last_heartbeat_ts,
+            progress=record.progress or RunProgress(),
+            request=record.meta.request if record.meta else None,
+            file_id=record.file_id,
+        )
+
 
 class RunList(_Body):
     items: list[RunInfo]
@@ -83,6 +111,13 @@ class EvalAccepted(_Body):
     eval_id: str
     job_id: str
     status: Status
+
+
+class ArtifactPointer(_Body):
+    """Where in Data Bank a run's or tokenizer's tarball lives (clients download it there)."""
+
+    storage: Literal["data-bank"] = "data-bank"
+    file_id: str
 
 
 def json_object(raw: str | None) -> dict[str, JsonValue]:

@@ -28,12 +28,12 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 
-from model_trainer.job_runner import WorkerContext, set_worker_context
+from model_trainer.jobs.runner import WorkerContext, set_worker_context
 from model_trainer.jsonlog import log_fields, setup_logging
 from model_trainer.settings import load_settings
 from model_trainer.shutdown import stop_requested
 
-log = logging.getLogger("model_trainer.worker")
+log = logging.getLogger("model_trainer.jobs.worker")
 
 # Imported once in the parent so every forked job finds them loaded.
 HEAVY_MODULES = (
@@ -43,7 +43,9 @@ HEAVY_MODULES = (
     "tokenizers",
     "sentencepiece",
     "safetensors.torch",
-    "model_trainer.jobs",
+    "model_trainer.jobs.tokenizer_training",
+    "model_trainer.jobs.model_training",
+    "model_trainer.jobs.model_evaluation",
 )
 
 

@@ -30,12 +30,19 @@ from rq import get_current_job
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, UserError
-from model_trainer.events import EventPublisher, TrainFailed
 from model_trainer.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
-from model_trainer.runlog import capture_job_logs
 from model_trainer.settings import Settings, load_settings
-from model_trainer.shutdown import WorkerShutdown
-from model_trainer.status_store import RUN_KEYS, TOKENIZER_KEYS, Status, StatusStore
+from model_trainer.shutdown import WorkerShutdown, stop_requested
+from model_trainer.store.events import EventPublisher, TrainFailed
+from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
+from model_trainer.store.records import (
+    AnyStatusStore,
+    RunProgress,
+    Status,
+    StatusStore,
+    TokenizerSummary,
+)
+from model_trainer.store.runlog import capture_job_logs
 
 log = logging.getLogger("model_trainer.jobs")
 
@@ -59,8 +66,8 @@ class WorkerContext:
         self.settings = settings
         self.redis = redis
         self.databank = databank
-        self.runs = StatusStore(redis, RUN_KEYS)
-        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS)
+        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.events = EventPublisher(redis, settings.app.events_channel)
 
     @classmethod
@@ -72,7 +79,7 @@ class WorkerContext:
         )
         return cls(settings, redis, databank)
 
-    def store(self, kind: Kind) -> StatusStore:
+    def store(self, kind: Kind) -> AnyStatusStore:
         return self.runs if kind == "run" else self.tokenizers
 
 
@@ -111,13 +118,13 @@ class JobControl:
 
 
 class _Heartbeat:
-    def __init__(self, store: StatusStore, record_id: str, interval: float, ttl: int) -> None:
+    def __init__(self, store: AnyStatusStore, record_id: str, interval: float, ttl: int) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(store, record_id, interval, ttl), daemon=True
         )
 
-    def _run(self, store: StatusStore, record_id: str, interval: float, ttl: int) -> None:
+    def _run(self, store: AnyStatusStore, record_id: str, interval: float, ttl: int) -> None:
         while not self._stop.is_set():
             try:
                 store.heartbeat(record_id, ttl)
@@ -250,3 +257,14 @@ def _publish_failed(
             status="canceled" if cancelled else "failed",
         )
     )
+
+
+def stop_check(job: JobControl) -> bool:
+    return stop_requested.is_set() or job.cancelled()
+
+
+def raise_stop_reason(job: JobControl) -> None:
+    """After a library stopped early: say why, as the exception the runner expects."""
+    if stop_requested.is_set():
+        raise WorkerShutdown("worker shutting down; job will be retried")
+    raise JobCancelled(f"{job.kind} {job.record_id} cancelled by request")

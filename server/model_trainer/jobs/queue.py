@@ -29,9 +29,9 @@ class JobName(StrEnum):
 
 # Where the worker finds each job. Only the worker imports these modules.
 JOB_FUNCTIONS: Mapping[str, str] = {
-    JobName.TRAIN_TOKENIZER: "model_trainer.jobs.train_tokenizer",
-    JobName.TRAIN_MODEL: "model_trainer.jobs.train_model",
-    JobName.EVALUATE_MODEL: "model_trainer.jobs.evaluate_model",
+    JobName.TRAIN_TOKENIZER: "model_trainer.jobs.tokenizer_training.run",
+    JobName.TRAIN_MODEL: "model_trainer.jobs.model_training.run",
+    JobName.EVALUATE_MODEL: "model_trainer.jobs.model_evaluation.run",
 }
 
 

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from model_trainer.jsonlog import log_fields
 
-log = logging.getLogger("model_trainer.events")
+log = logging.getLogger("model_trainer.store.events")
 
 
 class _Event(BaseModel):

@@ -17,17 +17,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from model_trainer.jsonlog import JsonFormatter, run_id_var, tokenizer_id_var
-from model_trainer.status_store import RECORD_TTL_SEC, as_str
-
-METRICS_MAX_POINTS = 50_000
-
-
-def logs_key(record_id: str) -> str:
-    return f"runs:logs:{record_id}"
-
-
-def metrics_key(record_id: str) -> str:
-    return f"runs:metrics:{record_id}"
+from model_trainer.store.keys import METRICS_MAX_POINTS, RECORD_TTL_SEC, logs_key, metrics_key
+from model_trainer.store.records import as_str
 
 
 class LogLine(BaseModel):

@@ -1,0 +1,98 @@
+"""Every Redis key the API and the worker share: the whole schema, in one place.
+
+Runs and tokenizers have the same life (queued -> running -> completed | failed | cancelled),
+so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records expire
+`RECORD_TTL_SEC` after their last write unless noted.
+
+| key                           | type                  | TTL               | written by   |
+| ----------------------------- | --------------------- | ----------------- | ------------ |
+| `runs:index`                  | zset (score = ts)     | none              | API          |
+| `runs:meta:{id}`              | string (RecordMeta)   | 30 d              | API          |
+| `runs:status:{id}`            | string (Status)       | 30 d              | API, worker  |
+| `runs:msg:{id}`               | string                | 30 d              | API, worker  |
+| `runs:hb:{id}`                | string (unix ts)      | heartbeat TTL     | worker       |
+| `runs:{id}:cancelled`         | string "1"            | 30 d              | API          |
+| `runs:progress:{id}`          | string (RunProgress)  | 30 d              | worker       |
+| `runs:artifact:{id}:file_id`  | string (Data Bank id) | 30 d              | worker       |
+| `runs:eval:{id}`              | string (EvalInfo)     | 30 d              | API, worker  |
+| `runs:logs:{id}`              | stream (`line`)       | 30 d after a job  | worker       |
+| `runs:metrics:{id}`           | list (MetricPoint)    | 30 d              | worker       |
+| `tokenizers:index`            | zset                  | none              | API          |
+| `tokenizer:{id}:meta`         | string (RecordMeta)   | 30 d              | API          |
+| `tokenizer:{id}:status`       | string (Status)       | 30 d              | API, worker  |
+| `tokenizer:{id}:msg`          | string                | 30 d              | worker       |
+| `tokenizer:{id}:hb`           | string (unix ts)      | heartbeat TTL     | worker       |
+| `tokenizer:{id}:cancelled`    | string "1"            | 30 d              | API          |
+| `tokenizer:{id}:progress`     | string (TokenizerSummary) | 30 d          | worker       |
+| `tokenizer:{id}:file_id`      | string (Data Bank id) | 30 d              | worker       |
+| `runs:logs:{tokenizer id}`    | stream                | 30 d after a job  | worker       |
+| `trainer:events` (setting)    | pub/sub channel       | -                 | worker       |
+| `rq:*`                        | RQ's own              | RQ's              | RQ           |
+
+A tokenizer job's log lines share the `runs:logs:` stream namespace: ids never collide
+(`tok-...` vs `run-...`) and one reader serves both. DESIGN.md repeats this table; keep the
+two in step.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+# Records and their satellites live this long after their last write (30 days).
+RECORD_TTL_SEC = 30 * 24 * 3600
+# The loss curve of a run keeps at most this many points (a run logs one every few steps).
+METRICS_MAX_POINTS = 50_000
+
+
+class KeySchema(BaseModel):
+    """Key names for one kind of record; `{id}` is replaced by the record's id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: str
+    message: str
+    heartbeat: str
+    cancelled: str
+    file_id: str
+    meta: str
+    progress: str
+    eval: str
+    index: str
+
+    def key(self, template: str, record_id: str) -> str:
+        return template.replace("{id}", record_id)
+
+
+RUN_KEYS = KeySchema(
+    status="runs:status:{id}",
+    message="runs:msg:{id}",
+    heartbeat="runs:hb:{id}",
+    cancelled="runs:{id}:cancelled",
+    file_id="runs:artifact:{id}:file_id",
+    meta="runs:meta:{id}",
+    progress="runs:progress:{id}",
+    eval="runs:eval:{id}",
+    index="runs:index",
+)
+
+TOKENIZER_KEYS = KeySchema(
+    status="tokenizer:{id}:status",
+    message="tokenizer:{id}:msg",
+    heartbeat="tokenizer:{id}:hb",
+    cancelled="tokenizer:{id}:cancelled",
+    file_id="tokenizer:{id}:file_id",
+    meta="tokenizer:{id}:meta",
+    progress="tokenizer:{id}:progress",
+    eval="tokenizer:{id}:eval",
+    index="tokenizers:index",
+)
+
+
+def logs_key(record_id: str) -> str:
+    """A job's log lines (a run's or a tokenizer's); stream ids are the SSE event ids."""
+    return f"runs:logs:{record_id}"
+
+
+def metrics_key(run_id: str) -> str:
+    """A run's loss curve: one JSON `MetricPoint` per element, oldest first."""
+    return f"runs:metrics:{run_id}"

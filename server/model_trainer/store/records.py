@@ -1,0 +1,275 @@
+"""Run and tokenizer records: typed, written by the API and the worker, read in one round trip.
+
+Runs and tokenizers have the same life (queued -> running -> completed | failed |
+cancelled), so one `StatusStore` serves both, parameterised by the record kind's `KeySchema`
+(keys.py) and the model of what its job reports as progress. `record()` and `records()` read
+everything the API shows of a record with one MGET, and hand back a typed `Record`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from redis import Redis
+
+from model_trainer.store.keys import RECORD_TTL_SEC, KeySchema
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class _Stored(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordMeta(_Stored):
+    """Written once at submit: when, and the validated request."""
+
+    created_at: float
+    request: dict[str, JsonValue]
+
+
+class RunProgress(_Stored):
+    """A run's progress as the worker last reported it."""
+
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float = 0.0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_sec: float | None = None
+    percent: float = 0.0
+    eta_seconds: float | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    resumed_from_step: int | None = None
+
+
+class TokenizerSummary(_Stored):
+    """What a finished tokenizer job reports: holdout stats, timings, vocabulary size."""
+
+    stats: dict[str, JsonValue] | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    vocab_size: int
+
+
+class SampleText(_Stored):
+    prompt: str
+    completion: str
+
+
+class EvalInfo(_Stored):
+    """The latest evaluation of a run and its status."""
+
+    run_id: str
+    eval_id: str
+    status: Status
+    message: str | None = None
+    split: str | None = None
+    corpus_file_id: str | None = None
+    loss: float | None = None
+    perplexity: float | None = None
+    bits_per_char: float | None = None
+    tokens_per_char: float | None = None
+    num_tokens: int | None = None
+    num_chars: int | None = None
+    samples: list[SampleText] | None = None
+
+
+ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary)
+
+
+class Record(BaseModel, Generic[ProgressT]):
+    """Everything the API shows of one run or tokenizer, read in one round trip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: Status
+    message: str | None
+    meta: RecordMeta | None
+    last_heartbeat_ts: float | None
+    progress: ProgressT | None
+    file_id: str | None
+
+
+def as_str(value: object) -> str | None:
+    """Narrow a Redis reply (bytes, str or None) to `str | None`."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"unexpected Redis reply type {type(value).__name__}")
+
+
+class StatusStore(Generic[ProgressT]):
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySchema,
+        progress_model: type[ProgressT],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = redis
+        self._keys = keys
+        self._progress_model: type[ProgressT] = progress_model
+        self._clock = clock
+
+    def _k(self, template: str, record_id: str) -> str:
+        return self._keys.key(template, record_id)
+
+    # --- typed reads: one round trip ------------------------------------------------
+    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id")
+
+    def record(self, record_id: str) -> Record[ProgressT] | None:
+        """The record, or None if there is no such id."""
+        return self.records([record_id])[0]
+
+    def records(self, ids: Sequence[str]) -> list[Record[ProgressT] | None]:
+        """The records of `ids`, in order (None for an unknown id), with one MGET."""
+        if not ids:
+            return []
+        keys = [self._k(getattr(self._keys, f), i) for i in ids for f in self._FIELDS]
+        raw = [as_str(v) for v in self._r.mget(keys)]
+        n = len(self._FIELDS)
+        return [self._record(i, raw[j * n : (j + 1) * n]) for j, i in enumerate(ids)]
+
+    def _record(self, record_id: str, values: list[str | None]) -> Record[ProgressT] | None:
+        status, message, meta, heartbeat, progress, file_id = values
+        if status is None:
+            return None
+        return Record(
+            id=record_id,
+            status=Status(status),
+            message=message,
+            meta=RecordMeta.model_validate_json(meta) if meta else None,
+            last_heartbeat_ts=float(heartbeat) if heartbeat else None,
+            progress=self._progress_model.model_validate_json(progress) if progress else None,
+            file_id=file_id,
+        )
+
+    def ids_with_status(self, status: Status) -> list[str]:
+        """Ids (newest first) whose status is `status`: two commands however many records."""
+        ids = self.all_ids()
+        if not ids:
+            return []
+        statuses = self._r.mget([self._k(self._keys.status, i) for i in ids])
+        return [i for i, s in zip(ids, statuses, strict=True) if as_str(s) == status.value]
+
+    # --- creation and listing -------------------------------------------------------
+    def create(self, record_id: str, meta: RecordMeta) -> bool:
+        """Register a new record as queued. False if the id already exists (idempotent submit)."""
+        k = self._keys
+        meta_json = meta.model_dump_json()
+        created = self._r.set(self._k(k.meta, record_id), meta_json, nx=True, ex=RECORD_TTL_SEC)
+        if not created:
+            return False
+        pipe = self._r.pipeline()
+        pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
+        pipe.delete(self._k(k.message, record_id), self._k(k.cancelled, record_id))
+        pipe.zadd(k.index, {record_id: self._clock()})
+        pipe.execute()
+        return True
+
+    def reset(self, record_id: str, meta: RecordMeta) -> None:
+        """Queue a failed or cancelled record again (a re-submitted request)."""
+        k = self._keys
+        pipe = self._r.pipeline()
+        pipe.set(self._k(k.meta, record_id), meta.model_dump_json(), ex=RECORD_TTL_SEC)
+        pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
+        for template in (k.message, k.cancelled, k.file_id, k.progress, k.heartbeat):
+            pipe.delete(self._k(template, record_id))
+        pipe.zadd(k.index, {record_id: self._clock()})
+        pipe.execute()
+
+    def list_ids(self, offset: int, limit: int) -> tuple[list[str], int]:
+        """Ids newest first, and the total count."""
+        index = self._keys.index
+        total = int(self._r.zcard(index))
+        raw = self._r.zrevrange(index, offset, offset + limit - 1)
+        ids = [s for s in (as_str(v) for v in raw) if s is not None]
+        return ids, total
+
+    def all_ids(self) -> list[str]:
+        raw = self._r.zrevrange(self._keys.index, 0, -1)
+        return [s for s in (as_str(v) for v in raw) if s is not None]
+
+    # --- status and message ---------------------------------------------------------
+    def set_status(self, record_id: str, status: Status, message: str | None = None) -> None:
+        k = self._keys
+        pipe = self._r.pipeline()
+        pipe.set(self._k(k.status, record_id), status.value, ex=RECORD_TTL_SEC)
+        if message is not None:
+            pipe.set(self._k(k.message, record_id), message, ex=RECORD_TTL_SEC)
+        if status.terminal:
+            pipe.delete(self._k(k.heartbeat, record_id))
+        pipe.execute()
+
+    def status(self, record_id: str) -> Status | None:
+        raw = as_str(self._r.get(self._k(self._keys.status, record_id)))
+        return Status(raw) if raw is not None else None
+
+    def message(self, record_id: str) -> str | None:
+        return as_str(self._r.get(self._k(self._keys.message, record_id)))
+
+    # --- liveness -------------------------------------------------------------------
+    def heartbeat(self, record_id: str, ttl_sec: int) -> float:
+        now = self._clock()
+        self._r.set(self._k(self._keys.heartbeat, record_id), repr(now), ex=ttl_sec)
+        return now
+
+    def last_heartbeat(self, record_id: str) -> float | None:
+        raw = as_str(self._r.get(self._k(self._keys.heartbeat, record_id)))
+        return float(raw) if raw is not None else None
+
+    # --- cancellation ---------------------------------------------------------------
+    def request_cancel(self, record_id: str) -> None:
+        self._r.set(self._k(self._keys.cancelled, record_id), "1", ex=RECORD_TTL_SEC)
+
+    def is_cancelled(self, record_id: str) -> bool:
+        return bool(self._r.exists(self._k(self._keys.cancelled, record_id)))
+
+    # --- progress and artifact pointer ----------------------------------------------
+    def set_progress(self, record_id: str, progress: ProgressT) -> None:
+        key = self._k(self._keys.progress, record_id)
+        self._r.set(key, progress.model_dump_json(), ex=RECORD_TTL_SEC)
+
+    def progress(self, record_id: str) -> ProgressT | None:
+        raw = as_str(self._r.get(self._k(self._keys.progress, record_id)))
+        return self._progress_model.model_validate_json(raw) if raw else None
+
+    def set_eval(self, record_id: str, info: EvalInfo) -> None:
+        self._r.set(self._k(self._keys.eval, record_id), info.model_dump_json(), ex=RECORD_TTL_SEC)
+
+    def eval(self, record_id: str) -> EvalInfo | None:
+        raw = as_str(self._r.get(self._k(self._keys.eval, record_id)))
+        return EvalInfo.model_validate_json(raw) if raw else None
+
+    def set_file_id(self, record_id: str, file_id: str) -> None:
+        self._r.set(self._k(self._keys.file_id, record_id), file_id, ex=RECORD_TTL_SEC)
+
+    def file_id(self, record_id: str) -> str | None:
+        return as_str(self._r.get(self._k(self._keys.file_id, record_id)))
+
+    def clear_file_id(self, record_id: str) -> None:
+        self._r.delete(self._k(self._keys.file_id, record_id))
+
+
+# Either kind of store, where only the shared life cycle matters (status, heartbeat, pointer).
+AnyStatusStore = StatusStore[RunProgress] | StatusStore[TokenizerSummary]
