@@ -115,3 +115,13 @@ def test_dockerfile_runs_hypercorn_on_port_as_non_root() -> None:
     assert "TORCH_INDEX_URL" in text and "PIP_FIND_LINKS" in text
     ignore = (ROOT / ".dockerignore").read_text()
     assert ".env" in ignore
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    text = (ROOT / "server" / "Dockerfile").read_text()
+    for pattern in patterns:
+        package = str(pattern).removesuffix("*")
+        assert f"COPY server/{package} /app/server/{package}" in text, package
+        assert (ROOT / "server" / package / "__init__.py").is_file(), package
