@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Throughput of the local Data Bank with our client: upload and download one big file.
 
-Starts `modeltrainer-databank` on a free port with its files in a temp folder, uploads a
-random file (200 MB by default) with `DataBankClient.upload_file`, downloads it with
-`DataBankClient.download` (verified), and prints MB/s for each, plus the peak memory of the
-server and of this process (both should stay far below the file size: everything streams).
+Starts the local Data Bank (`python -m databank_server`) on a free port with its files in a
+temp folder, uploads a random file (200 MB by default) with `DataBankClient.upload_file`,
+downloads it with `DataBankClient.download` (verified), and prints MB/s for each, plus the
+peak memory of the server and of this process (both should stay far below the file size:
+everything streams).
 
     .venv/bin/python scripts/bench_databank.py [--mb 200]
 """
@@ -27,7 +28,7 @@ import httpx
 
 from model_trainer.databank.client import DataBankClient
 
-BIN = Path(sys.executable).parent
+SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
 
 
 def _say(message: str) -> None:
@@ -85,8 +86,9 @@ def main() -> int:
         env = dict(os.environ, DATA_ROOT=str(tmp / "files"), API_UPLOAD_KEYS=key, MIN_FREE_GB="0")
         log = (tmp / "databank.log").open("wb")
         server = subprocess.Popen(
-            [str(BIN / "modeltrainer-databank"), "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
+            cwd=SERVER_DIR,  # where `-m databank_server` finds the package
             stdout=log,
             stderr=subprocess.STDOUT,
         )

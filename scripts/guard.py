@@ -6,7 +6,8 @@ Bans, in the package, the tests and the scripts:
 - `# type: ignore`: fix the type instead of silencing the checker;
 - bare `except:`, and broad `except Exception` / `except BaseException` whose handler
   neither re-raises nor logs (a silent failure loses the reason a job died);
-- `print(` in library code (`server/model_trainer`): use the JSON logger.
+- `print(` in library code (`server/model_trainer`, `server/databank_server`,
+  `server/service_common`): use the JSON logger.
 
 Exit status 1 with one line per finding, 0 when clean.
 """
@@ -20,8 +21,10 @@ import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ROOT / "server" / "model_trainer"
-SCANNED = [LIBRARY, ROOT / "server" / "tests", ROOT / "scripts"]
+LIBRARIES = [
+    ROOT / "server" / name for name in ("model_trainer", "databank_server", "service_common")
+]
+SCANNED = [*LIBRARIES, ROOT / "server" / "tests", ROOT / "scripts"]
 BANNED_TYPING = {"Any", "cast"}
 BROAD = {"Exception", "BaseException"}
 LOG_METHODS = {"exception", "error", "critical", "warning"}
@@ -88,6 +91,10 @@ def check_source(path: Path, source: str, library: bool) -> list[str]:
     return findings
 
 
+def _is_library(path: Path) -> bool:
+    return any(path.is_relative_to(library) for library in LIBRARIES)
+
+
 def main(argv: list[str]) -> int:
     paths = [Path(a).resolve() for a in argv] or SCANNED
     files: list[Path] = []
@@ -97,7 +104,7 @@ def main(argv: list[str]) -> int:
     for f in files:
         if ".venv" in f.parts or "__pycache__" in f.parts:
             continue
-        findings.extend(check_source(f, f.read_text(encoding="utf-8"), f.is_relative_to(LIBRARY)))
+        findings.extend(check_source(f, f.read_text(encoding="utf-8"), _is_library(f)))
     for finding in findings:
         sys.stdout.write(finding + "\n")
     sys.stdout.write(f"guard: {len(files)} files, {len(findings)} findings\n")

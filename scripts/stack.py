@@ -210,14 +210,14 @@ def _start_processes() -> int:
     base["APP__DATA_BANK_API_KEY"] = bank_key
 
     bank_env = base | {"DATA_ROOT": str(STATE / "databank"), "API_UPLOAD_KEYS": bank_key}
-    if (BIN / "modeltrainer-databank").exists():
-        pids["databank"] = _spawn(
-            "databank",
-            [str(BIN / "modeltrainer-databank"), "--host", "127.0.0.1", "--port", str(bank_port)],
-            bank_env,
-        )
-        _wait(lambda: _http_status(f"{bank_url}/readyz") == 200, 30, "databank", pids)
-        _say(f"databank   {bank_url}  (files in .stack/databank)")
+    # `-m` from server/ (the spawn's cwd): the module runs whatever the installed scripts say.
+    pids["databank"] = _spawn(
+        "databank",
+        [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", str(bank_port)],
+        bank_env,
+    )
+    _wait(lambda: _http_status(f"{bank_url}/readyz") == 200, 30, "databank", pids)
+    _say(f"databank   {bank_url}  (files in .stack/databank)")
 
     for name in ("api", "worker"):
         root = STATE / name

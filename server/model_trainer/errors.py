@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from service_common.service_error import ServiceError
+
 
 class ErrorCode(StrEnum):
     UNAUTHORIZED = "UNAUTHORIZED"
@@ -30,12 +32,14 @@ class ErrorCode(StrEnum):
     ARTIFACT_UPLOAD_FAILED = "ARTIFACT_UPLOAD_FAILED"
 
 
-class AppError(Exception):
+class AppError(ServiceError[ErrorCode]):
+    # A ServiceError, so the API's shared error handlers answer it with its status and code.
     def __init__(self, code: ErrorCode, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status_code = status_code
+        super().__init__(status_code, code, message)
+
+    @property
+    def status_code(self) -> int:
+        return self.status
 
 
 class NotFoundError(AppError):

@@ -1,4 +1,4 @@
-"""Data Bank for tests: the real `modeltrainer-databank` process and a fault-injecting proxy.
+"""Data Bank for tests: the real `databank_server` process and a fault-injecting proxy.
 
 Use it from a test module with `pytest_plugins = ("tests.databank_fixtures",)` (pytest then
 registers these fixtures once for the session, so every module shares one server process).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import pytest
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.corpus import CorpusFetcher
-from tests.processes import BIN_DIR, Proc, child_env, free_port, wait_until
+from tests.processes import Proc, child_env, free_port, wait_until
 
 UPLOAD_KEY = "upload-key-for-tests"
 READ_KEY = "read-key-for-tests"
@@ -46,12 +47,16 @@ class DataBankServer:
 
 
 def start_databank(root: Path, **env: str) -> DataBankServer:
-    """Start `modeltrainer-databank` on a free port with DATA_ROOT under `root`."""
+    """Start `python -m databank_server` on a free port with DATA_ROOT under `root`.
+
+    The module, not the `modeltrainer-databank` script: the script in the venv runs whatever
+    the last install pointed it at, the module is this checkout's (PYTHONPATH, see child_env).
+    """
     root.mkdir(parents=True, exist_ok=True)
     data_root = root / "files"
     port = free_port()
     proc = Proc(
-        [str(BIN_DIR / "modeltrainer-databank"), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", str(port)],
         child_env({"DATA_ROOT": str(data_root), **env}),
         root / "databank.log",
     )

@@ -9,7 +9,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
+from model_trainer.errors import ErrorCode
 from model_trainer.settings import SecuritySettings, Settings
 from tests.conftest import StartWorker
 from tests.databank_fixtures import DataBankServer
@@ -180,3 +182,19 @@ def test_readyz_degraded_when_redis_is_unreachable(settings: Settings) -> None:
         assert response.json()["status"] == "degraded"
         assert "redis unreachable" in response.json()["reason"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_starlette_errors_get_the_api_codes_by_status() -> None:
+    expected = {
+        400: ErrorCode.BAD_REQUEST,
+        401: ErrorCode.UNAUTHORIZED,
+        403: ErrorCode.FORBIDDEN,
+        404: ErrorCode.NOT_FOUND,
+        405: ErrorCode.METHOD_NOT_ALLOWED,
+        409: ErrorCode.CONFLICT,
+        413: ErrorCode.PAYLOAD_TOO_LARGE,
+        422: ErrorCode.VALIDATION_ERROR,
+        503: ErrorCode.SERVICE_UNAVAILABLE,
+        418: ErrorCode.BAD_REQUEST,  # no code of its own: the fallback
+    }
+    assert {status: VOCABULARY.code_for_status(status) for status in expected} == expected

@@ -25,7 +25,7 @@ from model_trainer.databank.errors import (
     Unauthorized,
     Unavailable,
 )
-from model_trainer.jsonlog import bound, request_id_var
+from service_common.jsonlog import bound, request_id_var
 from tests.databank_fixtures import (
     MAX_FILE_BYTES,
     READ_KEY,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import socket
@@ -12,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_trainer.databank.ranges import MalformedRange, UnsatisfiableRange, parse_range
-from model_trainer.databank.server import DataBankSettings, Permission
-from model_trainer.databank.storage import FileStore
+from databank_server.errors import VOCABULARY
+from databank_server.ranges import MalformedRange, UnsatisfiableRange, parse_range
+from databank_server.server import DataBankSettings, Permission
+from databank_server.storage import FileStore
+from service_common.databank_contract import ErrorCode
 from tests.databank_fixtures import (
     DELETE_KEY,
     MAX_FILE_BYTES,
@@ -26,6 +29,7 @@ from tests.databank_fixtures import (
 from tests.processes import wait_until
 
 ALL = {"X-API-Key": UPLOAD_KEY}
+SERVER_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -280,3 +284,43 @@ def test_upload_cut_by_the_client_leaves_no_temp_file(databank_server: DataBankS
     wait_until(lambda: not any(tmp.iterdir()), 10, "the partial upload to be removed")
     time.sleep(0.2)
     assert "unhandled" not in databank_server.proc.output()
+
+
+def _imported_top_packages(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (SERVER_DIR / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_server_and_the_common_package_never_import_the_trainer() -> None:
+    # Two services: the Data Bank server shares only service_common with the trainer.
+    assert "model_trainer" not in _imported_top_packages("databank_server")
+    assert not {"model_trainer", "databank_server"} & _imported_top_packages("service_common")
+
+
+def test_starlette_errors_get_the_contract_codes_by_status() -> None:
+    expected = {
+        400: ErrorCode.BAD_REQUEST,
+        401: ErrorCode.UNAUTHORIZED,
+        403: ErrorCode.FORBIDDEN,
+        404: ErrorCode.NOT_FOUND,
+        405: ErrorCode.METHOD_NOT_ALLOWED,
+        413: ErrorCode.PAYLOAD_TOO_LARGE,
+        # The contract has no code named for these: the fallback, as for any other status.
+        409: ErrorCode.BAD_REQUEST,
+        422: ErrorCode.BAD_REQUEST,
+        503: ErrorCode.BAD_REQUEST,
+    }
+    assert {status: VOCABULARY.code_for_status(status) for status in expected} == expected
+
+
+def test_unknown_routes_and_methods_answer_the_error_body(http: httpx.Client) -> None:
+    response = http.get("/nowhere", headers={"X-Request-ID": "trace-7"})
+    assert response.status_code == 404
+    assert response.json() == {"code": "NOT_FOUND", "message": "Not Found", "request_id": "trace-7"}
+    assert http.put("/files", headers=ALL).json()["code"] == "METHOD_NOT_ALLOWED"

@@ -126,3 +126,13 @@ def test_console_scripts_name_importable_entry_points() -> None:
     for target in scripts.values():
         module_name, _, function = str(target).partition(":")
         assert callable(getattr(importlib.import_module(module_name), function)), target
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    text = (ROOT / "server" / "Dockerfile").read_text()
+    for pattern in patterns:
+        package = str(pattern).removesuffix("*")
+        assert f"COPY server/{package} /app/server/{package}" in text, package
+        assert (ROOT / "server" / package / "__init__.py").is_file(), package

@@ -1,23 +1,28 @@
-"""One error shape everywhere: `{code, message, request_id}` (+ `details` for 422)."""
+"""The API's error vocabulary on the shared error body: `{code, message, request_id}`.
+
+The body, the handlers and the request-id middleware (X-Request-ID, access log, the
+last-resort 500) are `service_common`'s; this module gives them the API's vocabulary: its
+ErrorCode, AppError, and validation errors answered 422 with `details` (one FieldError per
+field).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
-from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from model_trainer.errors import AppError, ErrorCode
-from model_trainer.jsonlog import log_fields, request_id_var
+from service_common.error_bodies import ErrorVocabulary, error_response
 
 log = logging.getLogger("model_trainer.api")
 
 
 class FieldError(BaseModel):
+    """One entry of a 422's `details`: which field, what is wrong with it."""
+
     model_config = ConfigDict(extra="forbid")
 
     field: str
@@ -25,68 +30,7 @@ class FieldError(BaseModel):
     type: str
 
 
-class ErrorBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    code: ErrorCode
-    message: str
-    request_id: str | None
-    details: list[FieldError] | None = None
-
-
-_CODE_BY_STATUS = {
-    400: ErrorCode.BAD_REQUEST,
-    401: ErrorCode.UNAUTHORIZED,
-    403: ErrorCode.FORBIDDEN,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    409: ErrorCode.CONFLICT,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-    422: ErrorCode.VALIDATION_ERROR,
-    503: ErrorCode.SERVICE_UNAVAILABLE,
-}
-
-
-def error_response(
-    status: int,
-    code: ErrorCode,
-    message: str,
-    details: list[FieldError] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorBody(code=code, message=message, request_id=request_id_var.get(), details=details)
-    return JSONResponse(
-        body.model_dump(mode="json", exclude_none=True) | {"request_id": body.request_id},
-        status_code=status,
-        headers=headers,
-    )
-
-
-async def _app_error(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, AppError):
-        raise exc
-    log.info(
-        "%s %s -> %s: %s",
-        request.method,
-        request.url.path,
-        exc.status_code,
-        exc.message,
-        extra=log_fields("request_rejected", error_code=exc.code.value),
-    )
-    return error_response(exc.status_code, exc.code, exc.message)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, StarletteHTTPException):
-        raise exc
-    code = _CODE_BY_STATUS.get(exc.status_code, ErrorCode.BAD_REQUEST)
-    message = exc.detail if isinstance(exc.detail, str) else code.value
-    return error_response(exc.status_code, code, message, headers=exc.headers)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, RequestValidationError):
-        raise exc
+def _validation_response(exc: RequestValidationError) -> Response:
     details: list[FieldError] = []
     for err in exc.errors():
         loc = err.get("loc", ())
@@ -101,11 +45,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         )
     fields = ", ".join(d.field for d in details)
     return error_response(
-        422, ErrorCode.VALIDATION_ERROR, f"invalid request: check {fields}", details
+        422, ErrorCode.VALIDATION_ERROR, f"invalid request: check {fields}", details=details
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+# Pass to `service_common.error_bodies.install_error_bodies`.
+VOCABULARY = ErrorVocabulary(
+    log=log,
+    codes=ErrorCode,
+    error_type=AppError,
+    fallback_code=ErrorCode.BAD_REQUEST,
+    internal_error=ErrorCode.INTERNAL_ERROR,
+    internal_message="internal error; see the server logs",
+    validation_response=_validation_response,
+)

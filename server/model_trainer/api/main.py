@@ -9,13 +9,13 @@ from fastapi import Depends, FastAPI
 from redis import Redis
 
 from model_trainer.api.deps import ApiContext, require_api_key
-from model_trainer.api.errors import install_error_handlers
-from model_trainer.api.middleware import RequestIdMiddleware
+from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.routes import health, runs, tokenizers
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import RQJobQueue
-from model_trainer.jsonlog import setup_logging
 from model_trainer.settings import Settings, load_settings
+from service_common.error_bodies import install_error_bodies
+from service_common.jsonlog import setup_logging
 
 
 def build_context(settings: Settings) -> ApiContext:
@@ -45,8 +45,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
 
     app = FastAPI(title="Model Trainer", version="0.1.0", lifespan=lifespan)
     app.state.ctx = context
-    app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
+    install_error_bodies(app, VOCABULARY)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
     for router in (tokenizers.router, runs.router):

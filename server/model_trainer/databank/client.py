@@ -39,14 +39,14 @@ from model_trainer.databank.errors import (
     Unavailable,
     UnexpectedAnswer,
 )
-from model_trainer.databank.wire import (
+from service_common.databank_contract import (
     API_KEY_HEADER,
     REQUEST_ID_HEADER,
     ErrorBody,
     FileInfo,
     is_file_id,
 )
-from model_trainer.jsonlog import log_fields, request_id_var
+from service_common.jsonlog import log_fields, request_id_var
 
 log = logging.getLogger("model_trainer.databank")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import InvalidFileId
-from model_trainer.databank.wire import is_file_id
-from model_trainer.jsonlog import log_fields
+from service_common.databank_contract import is_file_id
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.databank")
 

@@ -15,8 +15,8 @@ from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError, NotFound
 from model_trainer.errors import UserError
 from model_trainer.jobs.runner import ArtifactUploadFailed, WorkerContext
-from model_trainer.jsonlog import log_fields
 from model_trainer.store.records import ProgressT, StatusStore
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
 

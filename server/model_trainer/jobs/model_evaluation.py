@@ -14,11 +14,11 @@ from model_trainer.errors import UserError
 from model_trainer.jobs.artifacts import MANIFEST, fetch_artifact, fetch_corpus
 from model_trainer.jobs.payloads import EvaluateJob
 from model_trainer.jobs.runner import WorkerContext, worker_context
-from model_trainer.jsonlog import bound, log_fields, run_id_var
 from model_trainer.store.records import EvalInfo, SampleText, Status
 from model_trainer.store.runlog import capture_job_logs
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
+from service_common.jsonlog import bound, log_fields, run_id_var
 
 log = logging.getLogger("model_trainer.jobs")
 

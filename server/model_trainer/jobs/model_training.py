@@ -24,7 +24,6 @@ from model_trainer.jobs.runner import (
     running_job,
     worker_context,
 )
-from model_trainer.jsonlog import log_fields
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.store.records import RunProgress, Status
 from model_trainer.store.runlog import MetricPoint, MetricsWriter
@@ -34,6 +33,7 @@ from model_trainer.training.hardware import cpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
 from model_trainer.training.run import run_training
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
 

@@ -30,7 +30,6 @@ from rq import get_current_job
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, UserError
-from model_trainer.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
 from model_trainer.settings import Settings, load_settings
 from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.store.events import EventPublisher, TrainFailed
@@ -43,6 +42,7 @@ from model_trainer.store.records import (
     TokenizerSummary,
 )
 from model_trainer.store.runlog import capture_job_logs
+from service_common.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
 
 log = logging.getLogger("model_trainer.jobs")
 

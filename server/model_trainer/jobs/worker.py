@@ -29,9 +29,9 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from model_trainer.jobs.runner import WorkerContext, set_worker_context
-from model_trainer.jsonlog import log_fields, setup_logging
 from model_trainer.settings import load_settings
 from model_trainer.shutdown import stop_requested
+from service_common.jsonlog import log_fields, setup_logging
 
 log = logging.getLogger("model_trainer.jobs.worker")
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from redis import Redis
 from redis.exceptions import RedisError
 
-from model_trainer.jsonlog import log_fields
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.store.events")
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict
 from redis import Redis
 from redis.exceptions import RedisError
 
-from model_trainer.jsonlog import JsonFormatter, run_id_var, tokenizer_id_var
 from model_trainer.store.keys import METRICS_MAX_POINTS, RECORD_TTL_SEC, logs_key, metrics_key
 from model_trainer.store.records import as_str
+from service_common.jsonlog import JsonFormatter, run_id_var, tokenizer_id_var
 
 
 class LogLine(BaseModel):

@@ -23,8 +23,8 @@ from tokenizers import (
 )
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.jsonlog import log_fields
 from model_trainer.tokenization.config import TokenizerTrainConfig
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.tokenization")
 

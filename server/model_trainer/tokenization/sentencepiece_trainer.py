@@ -24,9 +24,9 @@ import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.jsonlog import log_fields
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus import MAX_LINE_BYTES
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.tokenization")
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from tokenizers import Tokenizer
 
-from model_trainer.jsonlog import log_fields
 from model_trainer.tokenization.bpe_trainer import train_bpe
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus import (
@@ -52,6 +51,7 @@ from model_trainer.tokenization.transformers_files import (
     special_tokens_map,
     write_transformers_files,
 )
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.tokenization")
 

@@ -30,8 +30,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.jsonlog import log_fields
 from model_trainer.training.tokenizer_folder import TokenizerFolder
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
 

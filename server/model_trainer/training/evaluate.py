@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from model_trainer.errors import UserError
-from model_trainer.jsonlog import log_fields
 from model_trainer.training.data import (
     TokenArray,
     count_chars,
@@ -41,6 +40,7 @@ from model_trainer.training.data import (
 )
 from model_trainer.training.loop import forward_logits
 from model_trainer.training.tokenizer_folder import TokenizerFolder, load_tokenizer_folder
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
 

@@ -34,7 +34,6 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.jsonlog import log_fields
 from model_trainer.shutdown import check_shutdown, stop_requested
 from model_trainer.training.checkpoint import (
     LoopState,
@@ -47,6 +46,7 @@ from model_trainer.training.checkpoint import (
 from model_trainer.training.config import Budget, ModelTrainConfig, Precision
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
 from model_trainer.training.schedule import LrPlan
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model_trainer.jsonlog import log_fields
 from model_trainer.training.artifact import (
     DataSummary,
     Manifest,
@@ -41,6 +40,7 @@ from model_trainer.training.hardware import CpuInfo, resolve_precision, resolve_
 from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
 from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
 from model_trainer.training.tokenizer_folder import load_tokenizer_folder
+from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
 

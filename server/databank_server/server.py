@@ -1,4 +1,4 @@
-"""A Data Bank-compatible file server for local runs and tests (`modeltrainer-databank`).
+"""A Data Bank-compatible file server for local runs and tests (`python -m databank_server`).
 
 It speaks /work/shared/contracts/data-bank-api.md with the real service's settings, so the
 trainer's client cannot tell the two apart. Choices the contract leaves open:
@@ -25,11 +25,11 @@ from hypercorn.run import run
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_trainer.databank.ranges import MalformedRange, UnsatisfiableRange, parse_range
-from model_trainer.databank.server_http import ApiError, RequestIdMiddleware, install_error_handlers
-from model_trainer.databank.storage import FileStore
-from model_trainer.databank.upload import UploadRejected, drain_body, receive_upload
-from model_trainer.databank.wire import (
+from databank_server.errors import VOCABULARY, ApiError
+from databank_server.ranges import MalformedRange, UnsatisfiableRange, parse_range
+from databank_server.storage import FileStore
+from databank_server.upload import UploadRejected, drain_body, receive_upload
+from service_common.databank_contract import (
     API_KEY_HEADER,
     ErrorCode,
     FileInfo,
@@ -37,9 +37,11 @@ from model_trainer.databank.wire import (
     ReadyBody,
     is_file_id,
 )
-from model_trainer.jsonlog import log_fields, setup_logging
+from service_common.error_bodies import install_error_bodies
+from service_common.jsonlog import log_fields, setup_logging
 
-log = logging.getLogger("model_trainer.databank")
+# Named for the service, so its JSON log lines say category "databank".
+log = logging.getLogger("databank")
 
 READ_CHUNK_BYTES = 1 << 20
 DEFAULT_PORT = 8000
@@ -92,8 +94,7 @@ def create_databank_app(settings: DataBankSettings) -> FastAPI:
             "cannot prepare %s: %s", settings.data_root, exc, extra=log_fields("storage_error")
         )
     app = FastAPI(title="Data Bank (local)", version="0.1.0")
-    app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
+    install_error_bodies(app, VOCABULARY)
     app.include_router(_health_routes(store))
     app.include_router(_file_routes(store, settings))
     return app
@@ -253,7 +254,7 @@ def _serve_bytes(store: FileStore, info: FileInfo, range_header: str | None) -> 
 
 
 def app_from_environment() -> FastAPI:
-    """Hypercorn's entry: `hypercorn 'model_trainer.databank.server:app_from_environment()'`."""
+    """Hypercorn's entry: `hypercorn 'databank_server.server:app_from_environment()'`."""
     settings = DataBankSettings()
     setup_logging(settings.log_level, service="databank")
     log.info(

@@ -1,7 +1,8 @@
-"""The Data Bank wire contract shared by our client and our compatible server.
+"""The Data Bank wire contract shared by the trainer's client and the local server.
 
-See /work/shared/contracts/data-bank-api.md. Both sides import these names, so a field or a
-code spelled here is spelled the same on the way out and on the way back.
+See /work/shared/contracts/data-bank-api.md. Both sides (`model_trainer.databank` and
+`databank_server`) import these names, so a field or a code spelled here is spelled the same
+on the way out and on the way back.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+# The contract's X-Request-ID is the header every service of ours echoes: re-exported.
+from service_common.jsonlog import REQUEST_ID_HEADER as REQUEST_ID_HEADER
+
 # A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id.
 FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 API_KEY_HEADER = "X-API-Key"
-REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def is_file_id(value: str) -> bool:

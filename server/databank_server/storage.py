@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from model_trainer.databank.wire import FileInfo
+from service_common.databank_contract import FileInfo
 
 READINESS_PROBE_BYTES = b"ready?"
 

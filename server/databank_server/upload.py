@@ -25,8 +25,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from model_trainer.databank.storage import FileStore
-from model_trainer.databank.wire import ErrorCode, FileInfo
+from databank_server.storage import FileStore
+from service_common.databank_contract import ErrorCode, FileInfo
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

@@ -2,7 +2,8 @@
 
 Fields: timestamp, level, category, service, event, message, and request_id / run_id /
 tokenizer_id / error_code when known. Request and run ids come from context variables set by
-the API middleware and the job runner, so call sites need not pass them around.
+the request-id middleware and the trainer's job runner, so call sites need not pass them
+around. Both services log through this module, so their lines have one shape.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+# The header that carries a request id between services (and back in every answer).
+REQUEST_ID_HEADER = "X-Request-ID"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 run_id_var: ContextVar[str | None] = ContextVar("run_id", default=None)
 tokenizer_id_var: ContextVar[str | None] = ContextVar("tokenizer_id", default=None)
 
-JsonScalar = str | int | float | bool | None
 # `log_fields` puts a call's structured fields under this LogRecord attribute; the formatter
 # writes every one of them (none is dropped for not being on a list).
 FIELDS_ATTR = "fields"
+JsonScalar = str | int | float | bool | None
 
 
 class JsonFormatter(logging.Formatter):
