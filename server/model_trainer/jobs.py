@@ -32,6 +32,7 @@ from model_trainer.job_runner import (
     worker_context,
 )
 from model_trainer.jsonlog import bound, log_fields, run_id_var
+from model_trainer.manifest import add_artifact_pointer, read_manifest
 from model_trainer.payloads import (
     EvalInfo,
     EvaluateJob,
@@ -45,7 +46,6 @@ from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.status_store import Status, StatusStore
 from model_trainer.tokenization.stopping import TrainingStopped
 from model_trainer.tokenization.train import train_tokenizer as train_tokenizer_files
-from model_trainer.tokenization.train import write_manifest
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_folder
 from model_trainer.training.hardware import cpu_info
@@ -55,7 +55,6 @@ from model_trainer.training.run import run_training
 
 log = logging.getLogger("model_trainer.jobs")
 
-MANIFEST = "manifest.json"
 # Artifacts we download are ours, but a tar is still input: cap what extraction may write.
 MAX_ARTIFACT_MEMBERS = 10_000
 MAX_ARTIFACT_BYTES = 20 * 1024**3
@@ -117,12 +116,7 @@ def publish_artifact(
         info = ctx.databank.upload_directory(folder, top_name)
     except (DataBankError, OSError) as exc:
         raise ArtifactUploadFailed(f"{type(exc).__name__}: {exc}") from exc
-    manifest_path = folder / MANIFEST
-    manifest: dict[str, object] = (
-        json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    )
-    manifest["artifact_pointer"] = {"storage": "data-bank", "file_id": info.file_id}
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    add_artifact_pointer(folder, info.file_id)
     store.set_file_id(record_id, info.file_id)
     log.info(
         "artifact uploaded (%d bytes)",
@@ -167,7 +161,6 @@ def train_tokenizer(payload_json: str) -> None:
         except TrainingStopped:
             raise_stop_reason(job)
             raise
-        write_manifest(folder, result)
         job.raise_if_cancelled()
         publish_artifact(ctx, ctx.tokenizers, tokenizer_id, folder, f"tokenizer-{tokenizer_id}")
         summary = {
@@ -443,27 +436,24 @@ def _evaluate(ctx: WorkerContext, payload: EvaluateJob) -> EvalInfo:
     if file_id is None:
         raise UserError(f"run {run_id} has no artifact to evaluate")
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
-    manifest = json.loads((model_dir / MANIFEST).read_text())
+    manifest = read_manifest(model_dir)
     config = ModelTrainConfig.model_validate(manifest["config"])
     out_dir = ctx.settings.app.runs_root / run_id / "evals" / payload.eval_id
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
         corpus = fetch_corpus(ctx, request.corpus_file_id)
         metrics = evaluate_folder(
-            model_dir, corpus, cache, out_dir, tokenizer_id=config.tokenizer_id, split="all"
+            model_dir, corpus, cache, out_dir, corpus_id=request.corpus_file_id, split="all"
         )
     else:
         corpus = fetch_corpus(ctx, config.corpus_file_id)
-        # validation: the whole held-out tail of the corpus; test: its last half.
-        holdout = config.holdout_fraction / (2 if request.split == "test" else 1)
         metrics = evaluate_folder(
             model_dir,
             corpus,
             cache,
             out_dir,
-            tokenizer_id=config.tokenizer_id,
-            split="validation",
-            holdout_fraction=holdout,
+            corpus_id=config.corpus_file_id,
+            split="test" if request.split == "test" else "validation",
             seed=config.seed,
         )
     result = _eval_info(run_id, payload.eval_id, metrics, out_dir)

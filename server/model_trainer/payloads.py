@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model_trainer.databank.wire import FILE_ID_PATTERN
 from model_trainer.status_store import Status
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import ModelTrainConfig
-
-FILE_ID_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class _Payload(BaseModel):

@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-# A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id.
+# A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id. The one
+# spelling of that rule: the training and tokenization configs and the job payloads use it too.
 FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 API_KEY_HEADER = "X-API-Key"
