@@ -27,7 +27,7 @@ def job_trial(corpus: Path, method: str, vocab: int, bank_url: str, threads: int
     from model_trainer.databank.client import DataBankClient
     from model_trainer.databank.corpus import CorpusFetcher
     from model_trainer.tokenization.config import TokenizerTrainConfig
-    from model_trainer.tokenization.train import train_tokenizer, write_manifest
+    from model_trainer.tokenization.train import train_tokenizer
 
     with DataBankClient(bank_url, KEY) as bank, tempfile.TemporaryDirectory() as work:
         file_id = bank.upload_file(corpus).file_id  # not timed: the user's upload
@@ -39,8 +39,7 @@ def job_trial(corpus: Path, method: str, vocab: int, bank_url: str, threads: int
             {**fields, "vocab_size": vocab, "corpus_file_id": file_id}
         )
         out = Path(work) / "tok"
-        result = train_tokenizer(config, local, out, threads=threads, sample_bytes=100_000_000)
-        write_manifest(out, result)
+        train_tokenizer(config, local, out, threads=threads, sample_bytes=100_000_000)
         bank.upload_directory(out, "tokenizer-bench")
         return time.perf_counter() - started
 

@@ -7,9 +7,10 @@ throughput  tokens/s and MFU of our loop (`training.loop.train`) next to a bare 
             FLOPs per token times tokens/s over the matmul peak measured here and now.
             Cases: tiny (context 64, batch 12) and mini (context 256, batch 16), fp32 and
             bf16, plus what `precision: auto` resolves to on this CPU.
-quality     validation bits per character on tinyshakespeare (first 90% train, last 10%
-            validation) after a `max_train_seconds` budget (95 s) with the config defaults,
-            using a byte-level BPE tokenizer trained on the training 90% only.
+quality     validation bits per character on tinyshakespeare (first 90% train, the next
+            5% validation, the last 5% test: `training.data.Holdout`) after a
+            `max_train_seconds` budget (95 s) with the config defaults, using a byte-level
+            BPE tokenizer trained on the training 90% only.
 
 Usage: .venv/bin/python scripts/bench_train.py [throughput|quality|all] [--seconds 95]
        [--vocab 1024] [--set field=value ...] [--json results.jsonl]
@@ -19,6 +20,7 @@ The machine is shared: the script prints the load average before and after each 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -34,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model_trainer.tokenization.handle import load_tokenizer
+from model_trainer.tokenization.transformers_files import write_special_token_files
 from model_trainer.training.config import (
     Architecture,
     ModelSize,
@@ -42,7 +46,6 @@ from model_trainer.training.config import (
 )
 from model_trainer.training.data import (
     TokenSplits,
-    sha256_file,
     split_tokens,
     tokenize_corpus,
 )
@@ -60,7 +63,6 @@ from model_trainer.training.model import (
     model_spec,
 )
 from model_trainer.training.run import run_training
-from model_trainer.training.tokenizer_folder import load_tokenizer_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -88,7 +90,7 @@ def train_bpe(text: str, vocab_size: int, folder: Path) -> Path:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>"],
+        special_tokens=["<|endoftext|>", "<|pad|>"],
         show_progress=False,
     )
     step = 100_000
@@ -97,7 +99,19 @@ def train_bpe(text: str, vocab_size: int, folder: Path) -> Path:
     )
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
+    # The roles the tokenizer job writes, which the loader reads.
+    eos = "<|endoftext|>"
+    write_special_token_files(folder, {"bos_token": eos, "eos_token": eos, "pad_token": "<|pad|>"})
     return folder
+
+
+def corpus_id(path: Path) -> str:
+    """The corpus's Data Bank id: the SHA-256 of its bytes (hashed once, here)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def prepare_tokenizer(work: Path, vocab: int) -> Path:
@@ -197,8 +211,10 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
         f"bf16 {peaks[Precision.BF16] / 1e9:.1f} GFLOP/s"
     )
     tok_dir = prepare_tokenizer(work, vocab)
-    tokenizer = load_tokenizer_folder(tok_dir)
-    cache = tokenize_corpus(CORPUS, tokenizer, f"bench-bpe{vocab}", work / "cache")
+    tokenizer = load_tokenizer(tok_dir)
+    cache = tokenize_corpus(
+        CORPUS, tokenizer, f"bench-bpe{vocab}", work / "cache", corpus_id=corpus_id(CORPUS)
+    )
     splits = split_tokens(cache, 1 - TRAIN_FRACTION, tokenizer)
     log(
         "\n| model | context x batch | precision | params | reference tok/s | ours tok/s "
@@ -268,7 +284,7 @@ def quality(
     tok_dir = prepare_tokenizer(work, vocab)
     config = ModelTrainConfig.model_validate(
         {
-            "corpus_file_id": sha256_file(CORPUS),
+            "corpus_file_id": corpus_id(CORPUS),
             "tokenizer_id": f"bench-bpe{vocab}",
             "max_train_seconds": seconds,
             "holdout_fraction": 1 - TRAIN_FRACTION,

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 # The contract's X-Request-ID is the header every service of ours echoes: re-exported.
 from service_common.jsonlog import REQUEST_ID_HEADER as REQUEST_ID_HEADER
 
-# A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id.
+# A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id. The one
+# spelling of that rule: the training and tokenization configs and the job payloads use it too.
 FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 API_KEY_HEADER = "X-API-Key"

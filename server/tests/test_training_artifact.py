@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from model_trainer.training.config import ModelTrainConfig, Precision
-from model_trainer.training.evaluate import CanGenerate, evaluate_folder
+from model_trainer.training.data import EvalSplit
+from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_folder
 from model_trainer.training.hardware import CpuInfo, resolve_precision
 from model_trainer.training.run import TrainingResult, run_training
-from tests.test_training_data import train_bpe, write_corpus
+from tests.test_training_data import file_id, train_bpe, write_corpus
 
 CONFIG = {
-    "corpus_file_id": "ef" * 32,
     "tokenizer_id": "tok-artifact",
     "n_layer": 2,
     "n_head": 2,
@@ -36,7 +36,9 @@ CONFIG = {
 def trained(tmp_path_factory: pytest.TempPathFactory, cpu: CpuInfo) -> tuple[TrainingResult, Path]:
     root = tmp_path_factory.mktemp("artifact")
     tok_dir = train_bpe(root / "tok", write_corpus(root / "corpus.txt"))
-    config = ModelTrainConfig.model_validate(CONFIG)
+    config = ModelTrainConfig.model_validate(
+        {**CONFIG, "corpus_file_id": file_id(root / "corpus.txt")}
+    )
     result = run_training(
         config, root / "corpus.txt", tok_dir, root / "run", root / "cache", cpu=cpu
     )
@@ -97,19 +99,27 @@ def test_artifact_loads_with_auto_classes_and_generates(
     assert isinstance(text, str) and text.startswith("the quick")
 
 
+def _evaluate(
+    trained: tuple[TrainingResult, Path], out_dir: Path, split: EvalSplit
+) -> tuple[EvalMetrics, EvalMetrics, dict[str, object]]:
+    """Evaluate the run's artifact on its own corpus, as an evaluation request does.
+
+    Returns the metrics, the run's own end-of-run ones and the manifest's data summary.
+    """
+    result, root = trained
+    assert result.artifact_dir is not None and result.eval is not None
+    corpus = root / "corpus.txt"
+    metrics = evaluate_folder(
+        result.artifact_dir, corpus, root / "cache", out_dir, corpus_id=file_id(corpus), split=split
+    )
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    return metrics, result.eval, manifest["data"]
+
+
 def test_evaluate_scores_the_validation_split_and_writes_files(
     trained: tuple[TrainingResult, Path], tmp_path: Path
 ) -> None:
-    result, root = trained
-    assert result.artifact_dir is not None and result.eval is not None
-    metrics = evaluate_folder(
-        result.artifact_dir,
-        root / "corpus.txt",
-        root / "cache",
-        tmp_path / "eval",
-        tokenizer_id="tok-artifact",
-        split="validation",
-    )
+    metrics, run_eval, data = _evaluate(trained, tmp_path / "eval", "validation")
     for value in (metrics.loss, metrics.perplexity, metrics.bits_per_char, metrics.tokens_per_char):
         assert math.isfinite(value) and value > 0
     assert metrics.perplexity == pytest.approx(math.exp(metrics.loss))
@@ -117,12 +127,22 @@ def test_evaluate_scores_the_validation_split_and_writes_files(
         metrics.loss * metrics.tokens_per_char / math.log(2)
     )
     # The same numbers as the run's own evaluation: the saved weights are the trained ones.
-    assert metrics.loss == pytest.approx(result.eval.loss, rel=1e-5)
-    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
-    assert metrics.n_chars == manifest["data"]["validation_chars"]
-    assert metrics.n_tokens == manifest["data"]["validation_tokens"]
+    assert metrics.loss == pytest.approx(run_eval.loss, rel=1e-5)
+    assert metrics.n_chars == data["validation_chars"]
+    assert metrics.n_tokens == data["validation_tokens"]
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["bits_per_char"] == pytest.approx(metrics.bits_per_char)
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").open()]
     assert len(samples) == 3
     assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
+
+
+def test_evaluate_test_scores_the_test_split_apart_from_validation(
+    trained: tuple[TrainingResult, Path], tmp_path: Path
+) -> None:
+    metrics, run_eval, data = _evaluate(trained, tmp_path / "eval", "test")
+    assert metrics.split == "test"
+    # Every test token scored, exactly the test split's characters: not validation's.
+    assert metrics.n_tokens == data["test_tokens"]
+    assert metrics.n_chars == data["test_chars"]
+    assert metrics.loss != pytest.approx(run_eval.loss, rel=1e-9)

@@ -22,11 +22,10 @@ from model_trainer.training.loop import (
     TrainingCallbacks,
 )
 from model_trainer.training.run import run_training
-from tests.test_training_data import train_bpe, write_corpus
+from tests.test_training_data import file_id, train_bpe, write_corpus
 
 LEARNING_RATE = 3e-3
 TINY = {
-    "corpus_file_id": "cd" * 32,
     "tokenizer_id": "tok-loop",
     "n_layer": 2,
     "n_head": 2,
@@ -46,13 +45,16 @@ class Inputs:
     def __init__(self, root: Path, cpu: CpuInfo) -> None:
         self.corpus = root / "corpus.txt"
         self.tokenizer = train_bpe(root / "tok", write_corpus(self.corpus))
+        self.corpus_id = file_id(self.corpus)
         self.cache = root / "cache"
         self.cpu = cpu
 
     def run(
         self, run_dir: Path, callbacks: TrainingCallbacks | None = None, **fields: object
     ) -> tuple[Outcome, int]:
-        config = ModelTrainConfig.model_validate({**TINY, **fields})
+        config = ModelTrainConfig.model_validate(
+            {**TINY, "corpus_file_id": self.corpus_id, **fields}
+        )
         result = run_training(
             config,
             self.corpus,

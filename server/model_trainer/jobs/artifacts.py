@@ -6,7 +6,6 @@ and everything it produces goes back there; Redis keeps the pointers.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError, NotFound
 from model_trainer.errors import UserError
 from model_trainer.jobs.runner import ArtifactUploadFailed, WorkerContext
+from model_trainer.manifest import add_artifact_pointer
 from model_trainer.store.records import ProgressT, StatusStore
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
 
-MANIFEST = "manifest.json"
 # Artifacts we download are ours, but a tar is still input: cap what extraction may write.
 MAX_ARTIFACT_MEMBERS = 10_000
 MAX_ARTIFACT_BYTES = 20 * 1024**3
@@ -83,12 +82,7 @@ def publish_artifact(
         info = ctx.databank.upload_directory(folder, top_name)
     except (DataBankError, OSError) as exc:
         raise ArtifactUploadFailed(f"{type(exc).__name__}: {exc}") from exc
-    manifest_path = folder / MANIFEST
-    manifest: dict[str, object] = (
-        json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    )
-    manifest["artifact_pointer"] = {"storage": "data-bank", "file_id": info.file_id}
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    add_artifact_pointer(folder, info.file_id)
     store.set_file_id(record_id, info.file_id)
     log.info(
         "artifact uploaded (%d bytes)",

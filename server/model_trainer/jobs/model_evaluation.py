@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 
 from model_trainer.errors import UserError
-from model_trainer.jobs.artifacts import MANIFEST, fetch_artifact, fetch_corpus
+from model_trainer.jobs.artifacts import fetch_artifact, fetch_corpus
 from model_trainer.jobs.payloads import EvaluateJob
 from model_trainer.jobs.runner import WorkerContext, worker_context
+from model_trainer.manifest import read_manifest
 from model_trainer.store.records import EvalInfo, SampleText, Status
 from model_trainer.store.runlog import capture_job_logs
 from model_trainer.training.config import ModelTrainConfig
@@ -74,26 +75,24 @@ def _evaluate(ctx: WorkerContext, payload: EvaluateJob, out_dir: Path) -> EvalIn
     if file_id is None:
         raise UserError(f"run {run_id} has no artifact to evaluate")
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
-    manifest = json.loads((model_dir / MANIFEST).read_text())
+    manifest = read_manifest(model_dir)
     config = ModelTrainConfig.model_validate(manifest["config"])
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
         corpus = fetch_corpus(ctx, request.corpus_file_id)
         metrics = evaluate_folder(
-            model_dir, corpus, cache, out_dir, tokenizer_id=config.tokenizer_id, split="all"
+            model_dir, corpus, cache, out_dir, corpus_id=request.corpus_file_id, split="all"
         )
     else:
+        # The run's own corpus: validation or test as `data.Holdout` defines them.
         corpus = fetch_corpus(ctx, config.corpus_file_id)
-        # validation: the whole held-out tail of the corpus; test: its last half.
-        holdout = config.holdout_fraction / (2 if request.split == "test" else 1)
         metrics = evaluate_folder(
             model_dir,
             corpus,
             cache,
             out_dir,
-            tokenizer_id=config.tokenizer_id,
-            split="validation",
-            holdout_fraction=holdout,
+            corpus_id=config.corpus_file_id,
+            split="test" if request.split == "test" else "validation",
             seed=config.seed,
         )
     result = eval_info(run_id, payload.eval_id, metrics, out_dir)

@@ -8,8 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import ModelTrainConfig
-
-FILE_ID_PATTERN = r"^[0-9a-f]{64}$"
+from service_common.databank_contract import FILE_ID_PATTERN
 
 
 class _Payload(BaseModel):

@@ -9,7 +9,7 @@ from model_trainer.jobs.payloads import TokenizerJob
 from model_trainer.jobs.runner import raise_stop_reason, running_job, stop_check, worker_context
 from model_trainer.store.records import Status, TokenizerSummary
 from model_trainer.tokenization.stopping import TrainingStopped
-from model_trainer.tokenization.train import train_tokenizer, write_manifest
+from model_trainer.tokenization.train import train_tokenizer
 from model_trainer.training.hardware import resolve_threads
 
 
@@ -34,7 +34,6 @@ def run(payload_json: str) -> None:
         except TrainingStopped:
             raise_stop_reason(job)
             raise
-        write_manifest(folder, result)
         job.raise_if_cancelled()
         publish_artifact(ctx, ctx.tokenizers, tokenizer_id, folder, f"tokenizer-{tokenizer_id}")
         summary = TokenizerSummary(

@@ -22,6 +22,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from service_common.databank_contract import FILE_ID_PATTERN
+
 Method = Literal["bpe", "sentencepiece"]
 SpmModelType = Literal["unigram", "bpe"]
 
@@ -87,7 +89,7 @@ class TokenizerTrainConfig(BaseModel):
         "instead of the unknown piece.",
     )
     corpus_file_id: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="Data Bank id of the corpus (64 hex characters)."
+        pattern=FILE_ID_PATTERN, description="Data Bank id of the corpus (64 hex characters)."
     )
     holdout_fraction: float = Field(
         default=0.01,

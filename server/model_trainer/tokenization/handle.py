@@ -1,20 +1,26 @@
-"""A trained tokenizer folder as model training uses it, for either method.
+"""A trained tokenizer folder as model training (and the tests) use it, for either method.
 
-Loads `tokenizer.json` with `tokenizers` (fast, and the same pipeline for BPE and
-SentencePiece) and takes the special tokens' roles from `special_tokens_map.json`.
-Same shape as `training.tokenizer_folder.TokenizerFolder`, so either can be passed.
+The one loader of tokenizer folders. It loads `tokenizer.json` with `tokenizers` (fast, and
+the same pipeline for BPE and SentencePiece) and takes the special tokens' roles from the
+folder's own `tokenizer_config.json` / `special_tokens_map.json` (as `train_tokenizer`
+writes them, see transformers_files.py) rather than guessing them from token spellings: a
+folder that does not say which token ends a text or pads is refused with a clear error.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.tokenization.transformers_files import SPECIAL_TOKENS_MAP_JSON, TOKENIZER_JSON
+from model_trainer.tokenization.transformers_files import (
+    SPECIAL_TOKENS_MAP_JSON,
+    TOKENIZER_CONFIG_JSON,
+    TOKENIZER_JSON,
+    read_special_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -24,10 +30,12 @@ class TokenizerHandle:
     vocab_size: int
     eos_id: int
     pad_id: int
+    bos_id: int | None
     unk_id: int | None  # None for byte-level BPE
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids per text, no special tokens added; the Rust encoder runs the batch in parallel."""
+        """Ids per text, no special tokens added (a corpus is one stream of text, not a list
+        of sentences); the Rust encoder runs the batch in parallel."""
         return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = False) -> str:
@@ -38,36 +46,42 @@ class TokenizerHandle:
 
 
 def load_tokenizer(folder: Path) -> TokenizerHandle:
-    """Load a folder written by `train_tokenizer`; `UserError` if it is not one."""
+    """Load a tokenizer folder; `UserError` if it is not one or does not name eos and pad."""
     path = folder / TOKENIZER_JSON
-    roles_path = folder / SPECIAL_TOKENS_MAP_JSON
-    if not path.is_file() or not roles_path.is_file():
+    if not path.is_file():
         raise UserError(
-            f"{folder} is not a tokenizer folder: it needs {TOKENIZER_JSON} and "
-            f"{SPECIAL_TOKENS_MAP_JSON}",
+            f"{folder} is not a tokenizer folder: it has no {TOKENIZER_JSON}",
+            ErrorCode.DATA_INVALID,
+        )
+    roles = read_special_tokens(folder)
+    missing = [role for role in ("eos_token", "pad_token") if role not in roles]
+    if missing:
+        raise UserError(
+            f"tokenizer folder {folder} does not name its {' and '.join(missing)}: "
+            f"{TOKENIZER_CONFIG_JSON} or {SPECIAL_TOKENS_MAP_JSON} must give them",
             ErrorCode.DATA_INVALID,
         )
     tokenizer = Tokenizer.from_file(str(path))
-    loaded = json.loads(roles_path.read_text(encoding="utf-8"))
-    if not isinstance(loaded, dict):
-        raise UserError(f"{roles_path} is not a JSON object", ErrorCode.DATA_INVALID)
-    roles = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, str)}
 
-    def role_id(role: str) -> int | None:
-        token = roles.get(role)
-        return None if token is None else tokenizer.token_to_id(token)
+    def role_id(role: str) -> int:
+        token = roles[role]
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:
+            raise UserError(
+                f"tokenizer folder {folder}: its {role} {token!r} is not in the vocabulary",
+                ErrorCode.DATA_INVALID,
+            )
+        return token_id
 
-    eos_id, pad_id = role_id("eos_token"), role_id("pad_token")
-    if eos_id is None or pad_id is None:
-        raise UserError(
-            f"{roles_path} must name eos_token and pad_token tokens of the vocabulary",
-            ErrorCode.DATA_INVALID,
-        )
+    def optional_id(role: str) -> int | None:
+        return role_id(role) if role in roles else None
+
     return TokenizerHandle(
         folder=folder,
         tokenizer=tokenizer,
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
-        eos_id=eos_id,
-        pad_id=pad_id,
-        unk_id=role_id("unk_token"),
+        eos_id=role_id("eos_token"),
+        pad_id=role_id("pad_token"),
+        bos_id=optional_id("bos_token"),
+        unk_id=optional_id("unk_token"),
     )

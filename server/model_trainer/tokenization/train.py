@@ -15,20 +15,18 @@ fetches the corpus, reports status, tars and uploads the folder.
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from itertools import chain
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 from tokenizers import Tokenizer
 
+from model_trainer.manifest import MANIFEST_JSON, library_versions, write_manifest
 from model_trainer.tokenization.bpe_trainer import train_bpe
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus import (
@@ -56,9 +54,7 @@ from service_common.jsonlog import log_fields
 log = logging.getLogger("model_trainer.tokenization")
 
 SENTENCEPIECE_MODEL = "tokenizer.model"
-MANIFEST_JSON = "manifest.json"
 MANIFEST_VERSION = 1
-_VERSIONED = ("tokenizers", "sentencepiece", "transformers", "numpy", "model-trainer")
 
 
 class TrainTimings(BaseModel):
@@ -183,7 +179,7 @@ def train_tokenizer(
         library_versions=library_versions(),
         files=[*files, MANIFEST_JSON],
     )
-    write_manifest(out_dir, result)
+    write_manifest(out_dir, _manifest(result))  # once, the folder's last file
     log.info(
         "tokenizer %s trained: %d tokens",
         result.tokenizer_id,
@@ -236,13 +232,13 @@ def _save(
     return files + write_transformers_files(config, out_dir)
 
 
-def write_manifest(out_dir: Path, result: TokenizerTrainResult) -> Path:
-    """`manifest.json`: the request, corpus, stats, timings and versions, as JSON."""
-    manifest: dict[str, object] = {"kind": "tokenizer", "manifest_version": MANIFEST_VERSION}
-    manifest.update(result.model_dump(mode="json"))
-    path = out_dir / MANIFEST_JSON
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+def _manifest(result: TokenizerTrainResult) -> dict[str, object]:
+    """`manifest.json`'s content: the request, corpus, stats, timings and versions."""
+    return {
+        "kind": "tokenizer",
+        "manifest_version": MANIFEST_VERSION,
+        **result.model_dump(mode="json"),
+    }
 
 
 def _special_token_ids(config: TokenizerTrainConfig, tokenizer: Tokenizer) -> dict[str, int]:
@@ -259,16 +255,6 @@ def _byte_piece_ids(tokenizer: Tokenizer) -> frozenset[int]:
     """Ids of SentencePiece's byte-fallback pieces <0x00>..<0xFF> (none without fallback)."""
     found = (tokenizer.token_to_id(f"<0x{value:02X}>") for value in range(256))
     return frozenset(i for i in found if i is not None)
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _ms(seconds: float) -> int:

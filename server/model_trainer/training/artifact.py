@@ -3,7 +3,8 @@
     config.json, generation_config.json, model.safetensors   model.save_pretrained
     tokenizer.json, tokenizer_config.json                     AutoTokenizer.from_pretrained
     manifest.json                                             config, versions, CPU, timings,
-                                                              metrics summary
+                                                              metrics summary (written with
+                                                              model_trainer.manifest)
     metrics.jsonl                                             the loss curve
     eval/metrics.json, eval/samples.jsonl                     see evaluate.py
 
@@ -13,25 +14,28 @@ leaves a half-written artifact behind.
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
+from model_trainer.tokenization.handle import TokenizerHandle
+from model_trainer.tokenization.transformers_files import (
+    SPECIAL_TOKENS_MAP_JSON,
+    TOKENIZER_CONFIG_JSON,
+    TOKENIZER_JSON,
+    read_special_tokens,
+    write_special_token_files,
+)
 from model_trainer.training.config import Architecture, ModelTrainConfig, Precision
 from model_trainer.training.evaluate import EvalMetrics
 from model_trainer.training.hardware import CpuInfo
-from model_trainer.training.tokenizer_folder import TokenizerFolder
 
-MANIFEST_FILE = "manifest.json"
-# Copied from the tokenizer folder when present.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-VERSIONED = ("torch", "transformers", "tokenizers", "numpy", "safetensors", "model-trainer")
+# Copied from the tokenizer folder when present (`load_tokenizer` insists on tokenizer.json
+# and on the special tokens' roles, from one of the other two).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, SPECIAL_TOKENS_MAP_JSON)
 
 
 class DataSummary(BaseModel):
@@ -46,6 +50,8 @@ class DataSummary(BaseModel):
     validation_tokens: int
     train_chars: int
     validation_chars: int
+    test_tokens: int
+    test_chars: int
 
 
 class Timings(BaseModel):
@@ -92,16 +98,6 @@ class Manifest(BaseModel):
     eval: EvalMetrics | None
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def staging_dir(artifact_dir: Path) -> Path:
     """A clean folder to assemble the artifact in; `publish` renames it into place."""
     staging = artifact_dir.with_name(artifact_dir.name + ".partial")
@@ -110,32 +106,17 @@ def staging_dir(artifact_dir: Path) -> Path:
     return staging
 
 
-def save_model(model: PreTrainedModel, tokenizer: TokenizerFolder, folder: Path) -> None:
+def save_model(model: PreTrainedModel, tokenizer: TokenizerHandle, folder: Path) -> None:
     model.save_pretrained(folder)  # safetensors (the only format transformers 5 writes)
     for name in TOKENIZER_FILES:
         source = tokenizer.folder / name
         if source.is_file():
             shutil.copyfile(source, folder / name)
-    if not (folder / "tokenizer_config.json").is_file():
+    if not (folder / TOKENIZER_CONFIG_JSON).is_file():
         # Without it AutoTokenizer would guess a class from config.json (GPT2Tokenizer) and
-        # its GPT-2 defaults; the generic fast tokenizer reads tokenizer.json as it is.
-        eos = _token(tokenizer, tokenizer.eos_id)
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": int(model.config.max_position_embeddings),
-            "eos_token": eos,
-            "bos_token": eos,
-            "pad_token": _token(tokenizer, tokenizer.pad_id),
-        }
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _token(tokenizer: TokenizerFolder, token_id: int | None) -> str | None:
-    return None if token_id is None else tokenizer.tokenizer.id_to_token(token_id)
-
-
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", "utf-8")
+        # its GPT-2 defaults; the roles come from special_tokens_map.json, which the loader
+        # found when this one is missing.
+        write_special_token_files(folder, read_special_tokens(tokenizer.folder))
 
 
 def publish(staging: Path, artifact_dir: Path) -> Path:

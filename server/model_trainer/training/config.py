@@ -15,6 +15,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service_common.databank_contract import FILE_ID_PATTERN
+
 
 class ModelFamily(StrEnum):
     """Architectures the trainer can build (see `model.MODEL_BUILDERS`)."""
@@ -58,8 +60,6 @@ PRESETS: dict[ModelSize, Architecture] = {
 
 # Without any of the three budgets, a run trains for this long (the demo's budget).
 DEFAULT_MAX_TRAIN_SECONDS = 95.0
-
-HEX64 = r"^[0-9a-f]{64}$"
 
 
 class Budget(BaseModel):
@@ -105,9 +105,17 @@ class ModelTrainConfig(BaseModel):
     precision: Precision = Precision.AUTO
     threads: int | None = Field(default=None, ge=1, le=256)
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
-    holdout_fraction: float = Field(default=0.1, ge=0.001, le=0.5)
+    holdout_fraction: float = Field(
+        default=0.1,
+        ge=0.001,
+        le=0.5,
+        description="Tail of the token stream kept out of training: its first half is the "
+        "validation split, its second half the test split (see training.data.Holdout).",
+    )
 
-    corpus_file_id: str = Field(pattern=HEX64, description="Data Bank id (SHA-256) of the corpus")
+    corpus_file_id: str = Field(
+        pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
+    )
     tokenizer_id: str = Field(min_length=1, max_length=128)
     user_id: int = Field(default=0, ge=0, description="Discord user to notify")
 

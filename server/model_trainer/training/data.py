@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal, TextIO, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.training.tokenizer_folder import TokenizerFolder
+from model_trainer.manifest import write_text_atomic
+from model_trainer.tokenization.handle import TokenizerHandle
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -43,6 +44,9 @@ CHUNKS_PER_BATCH = 8
 DECODE_PIECE = 1 << 20
 
 TokenArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
+# What an evaluation can be asked to score (see `Holdout`).
+EvalSplit = Literal["validation", "test", "all"]
+EVAL_SPLITS: tuple[EvalSplit, ...] = get_args(EvalSplit)
 
 
 class TokenFileMeta(BaseModel):
@@ -50,7 +54,7 @@ class TokenFileMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    corpus_sha256: str
+    corpus_sha256: str  # the corpus id (its Data Bank file id is its SHA-256)
     tokenizer_id: str
     vocab_size: int
     dtype: Literal["uint16", "uint32"]
@@ -71,14 +75,6 @@ class TokenCache:
         return np.memmap(self.path, dtype=np.uint32, mode="r")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def token_dtype(vocab_size: int) -> Literal["uint16", "uint32"]:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
@@ -93,22 +89,25 @@ def cache_key(corpus_sha256: str, tokenizer_id: str) -> str:
 
 def tokenize_corpus(
     corpus_path: Path,
-    tokenizer: TokenizerFolder,
+    tokenizer: TokenizerHandle,
     tokenizer_id: str,
     cache_dir: Path,
     *,
-    corpus_sha256: str | None = None,
+    corpus_id: str,
 ) -> TokenCache:
-    """Tokenize the corpus once into `cache_dir`; later calls reuse the file."""
-    sha = corpus_sha256 or sha256_file(corpus_path)
-    key = cache_key(sha, tokenizer_id)
+    """Tokenize the corpus once into `cache_dir`; later calls reuse the file.
+
+    `corpus_id` is the corpus's Data Bank file id, the SHA-256 of `corpus_path`'s bytes:
+    the cache key, trusted as given (the Data Bank fetch verified it).
+    """
+    key = cache_key(corpus_id, tokenizer_id)
     bin_path, meta_path = cache_dir / f"{key}.bin", cache_dir / f"{key}.json"
     if bin_path.is_file() and meta_path.is_file():
         meta = TokenFileMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
         log.info(
             "token cache hit: %d tokens",
             meta.n_tokens,
-            extra=log_fields("tokens_cached", corpus_sha256=sha, tokenizer_id=tokenizer_id),
+            extra=log_fields("tokens_cached", corpus_sha256=corpus_id, tokenizer_id=tokenizer_id),
         )
         return TokenCache(path=bin_path, meta=meta, from_cache=True)
 
@@ -133,7 +132,7 @@ def tokenize_corpus(
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     meta = TokenFileMeta(
-        corpus_sha256=sha,
+        corpus_sha256=corpus_id,
         tokenizer_id=tokenizer_id,
         vocab_size=tokenizer.vocab_size,
         dtype=dtype,
@@ -141,13 +140,13 @@ def tokenize_corpus(
         n_chars=n_chars,
         tokenize_seconds=round(time.perf_counter() - started, 3),
     )
-    _write_atomic(meta_path, meta.model_dump_json(indent=2))
+    write_text_atomic(meta_path, meta.model_dump_json(indent=2))
     log.info(
         "tokenized %d characters into %d tokens in %.2f s",
         n_chars,
         n_tokens,
         meta.tokenize_seconds,
-        extra=log_fields("tokens_written", corpus_sha256=sha, tokenizer_id=tokenizer_id),
+        extra=log_fields("tokens_written", corpus_sha256=corpus_id, tokenizer_id=tokenizer_id),
     )
     return TokenCache(path=bin_path, meta=meta, from_cache=False)
 
@@ -199,38 +198,73 @@ def _batches(chunks: Iterator[str], n: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp_name, path)
+@dataclass(frozen=True)
+class Holdout:
+    """Where each split starts and ends in a token stream (the module docstring's table)."""
+
+    n_tokens: int
+    validation_start: int
+    test_start: int
+
+    @classmethod
+    def of(cls, n_tokens: int, holdout_fraction: float) -> Holdout:
+        validation_start = int(n_tokens * (1.0 - holdout_fraction))
+        test_start = validation_start + (n_tokens - validation_start) // 2
+        return cls(n_tokens, validation_start, test_start)
+
+    def bounds(self, split: EvalSplit) -> tuple[int, int]:
+        """[start, end) of `split`; training's part is [0, validation_start)."""
+        match split:
+            case "validation":
+                return self.validation_start, self.test_start
+            case "test":
+                return self.test_start, self.n_tokens
+            case "all":
+                return 0, self.n_tokens
+
+
+def eval_tokens(tokens: TokenArray, holdout: Holdout, split: EvalSplit) -> TokenArray:
+    """The tokens to score for `split`: the split itself, one token early.
+
+    Scoring predicts every token but the first of what it is given; starting at the token
+    before the split (when there is one) makes every token of the split scored, and the
+    characters counted exactly those of the split.
+    """
+    start, end = holdout.bounds(split)
+    return tokens[max(0, start - 1) : end]
 
 
 @dataclass(frozen=True)
 class TokenSplits:
     train: TokenArray
     validation: TokenArray
+    test: TokenArray
     train_chars: int
     validation_chars: int
+    test_chars: int
 
 
 def split_tokens(
-    cache: TokenCache, holdout_fraction: float, tokenizer: TokenizerFolder
+    cache: TokenCache, holdout_fraction: float, tokenizer: TokenizerHandle
 ) -> TokenSplits:
-    """First (1 - holdout) of the token stream for training, the rest for validation."""
+    """The train, validation and test parts of the cached token stream (see `Holdout`)."""
     tokens = cache.tokens()
-    cut = int(len(tokens) * (1.0 - holdout_fraction))
-    train, validation = tokens[:cut], tokens[cut:]
+    holdout = Holdout.of(len(tokens), holdout_fraction)
+    validation = tokens[holdout.validation_start : holdout.test_start]
+    test = tokens[holdout.test_start :]
     validation_chars = count_chars(validation, tokenizer)
+    test_chars = count_chars(test, tokenizer)
     return TokenSplits(
-        train=train,
+        train=tokens[: holdout.validation_start],
         validation=validation,
-        train_chars=cache.meta.n_chars - validation_chars,
+        test=test,
+        train_chars=cache.meta.n_chars - validation_chars - test_chars,
         validation_chars=validation_chars,
+        test_chars=test_chars,
     )
 
 
-def count_chars(tokens: TokenArray, tokenizer: TokenizerFolder) -> int:
+def count_chars(tokens: TokenArray, tokenizer: TokenizerHandle) -> int:
     """Characters spelled by `tokens` (exact for lossless tokenizers such as byte-level BPE)."""
     return sum(
         len(tokenizer.decode(tokens[i : i + DECODE_PIECE].tolist()))

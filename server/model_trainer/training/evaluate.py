@@ -9,9 +9,10 @@ Metrics (written to `eval/metrics.json`):
 
 The span is cut into consecutive windows of the model's context, and every token after the
 first is predicted exactly once, from the tokens before it in its window (the first token
-has no context, so it is the only one not scored). For the validation split we start one
-token early, at the last training token, so that every validation token is scored and the
-characters counted are exactly those of the validation split.
+has no context, so it is the only one not scored). For the validation and test splits we
+start one token early, at the token before the split, so that every token of the split is
+scored and the characters counted are exactly the split's (`data.eval_tokens`; the splits
+themselves are defined once, by `data.Holdout`).
 
 `eval/samples.jsonl` holds one seeded continuation per prompt of a fixed set.
 """
@@ -23,7 +24,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -32,14 +33,18 @@ from pydantic import BaseModel, ConfigDict
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from model_trainer.errors import UserError
+from model_trainer.manifest import read_manifest
+from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
+from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.data import (
+    EvalSplit,
+    Holdout,
     TokenArray,
     count_chars,
-    sha256_file,
+    eval_tokens,
     tokenize_corpus,
 )
 from model_trainer.training.loop import forward_logits
-from model_trainer.training.tokenizer_folder import TokenizerFolder, load_tokenizer_folder
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -109,7 +114,7 @@ def _window_nats(model: PreTrainedModel, windows: torch.Tensor) -> float:
 
 def score(
     model: PreTrainedModel,
-    tokenizer: TokenizerFolder,
+    tokenizer: TokenizerHandle,
     tokens: TokenArray,
     split: str,
     context: int,
@@ -141,7 +146,7 @@ class CanGenerate(Protocol):
 @torch.inference_mode()
 def generate_samples(
     model: PreTrainedModel,
-    tokenizer: TokenizerFolder,
+    tokenizer: TokenizerHandle,
     *,
     prompts: tuple[str, ...] = DEFAULT_PROMPTS,
     seed: int = 1337,
@@ -153,10 +158,9 @@ def generate_samples(
         raise TypeError(f"{type(model).__name__} cannot generate text")
     model.train(False)  # model.eval()
     context = int(model.config.max_position_embeddings)
-    fallback = tokenizer.eos_id if tokenizer.eos_id is not None else 0
     samples: list[Sample] = []
     for prompt in prompts:
-        ids = tokenizer.encode_batch([prompt])[0][-(context - 1) :] or [fallback]
+        ids = tokenizer.encode_batch([prompt])[0][-(context - 1) :] or [tokenizer.eos_id]
         n_new = max(1, min(max_new_tokens, context - len(ids)))
         torch.manual_seed(seed)  # each prompt's sample is reproducible on its own
         output = model.generate(
@@ -166,7 +170,7 @@ def generate_samples(
             max_new_tokens=n_new,
             temperature=temperature,
             top_k=top_k,
-            pad_token_id=fallback,
+            pad_token_id=tokenizer.pad_id,
         )
         if not isinstance(output, torch.Tensor):
             raise TypeError("generate() returned no token tensor")
@@ -193,7 +197,7 @@ def write_eval(out_dir: Path, metrics: EvalMetrics, samples: list[Sample]) -> No
 
 def evaluate_model(
     model: PreTrainedModel,
-    tokenizer: TokenizerFolder,
+    tokenizer: TokenizerHandle,
     tokens: TokenArray,
     out_dir: Path,
     *,
@@ -220,26 +224,25 @@ def evaluate_folder(
     cache_dir: Path,
     out_dir: Path,
     *,
-    tokenizer_id: str,
-    split: Literal["validation", "all"],
-    holdout_fraction: float = 0.1,
+    corpus_id: str,
+    split: EvalSplit,
     seed: int = 1337,
 ) -> EvalMetrics:
-    """Evaluate a saved model folder (weights + tokenizer files) on a corpus.
+    """Evaluate a saved model folder (weights, tokenizer files, manifest) on a corpus.
 
-    `split="validation"` scores the part of the corpus the run held out (the same cut as
-    training, so pass the run's `holdout_fraction`); `"all"` scores the whole text (another
-    corpus, say).
+    `corpus_id` is the corpus's Data Bank file id (its SHA-256), the token cache's key.
+    `"validation"` and `"test"` score those parts of the run's own corpus, cut as training
+    cut it (`data.Holdout`, with the run's `holdout_fraction` from the folder's manifest);
+    `"all"` scores the whole text (another corpus, say).
     """
     loaded = AutoModelForCausalLM.from_pretrained(model_dir)
     if not isinstance(loaded, PreTrainedModel):
         raise TypeError(f"{model_dir} does not hold a causal language model")
-    tokenizer = load_tokenizer_folder(model_dir)
+    config = ModelTrainConfig.model_validate(read_manifest(model_dir)["config"])
+    tokenizer = load_tokenizer(model_dir)
     cache = tokenize_corpus(
-        corpus_path, tokenizer, tokenizer_id, cache_dir, corpus_sha256=sha256_file(corpus_path)
+        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_id=corpus_id
     )
     tokens = cache.tokens()
-    if split == "validation":
-        cut = int(len(tokens) * (1.0 - holdout_fraction))
-        tokens = tokens[max(0, cut - 1) :]
-    return evaluate_model(loaded, tokenizer, tokens, out_dir, split=split, seed=seed)
+    scored = eval_tokens(tokens, Holdout.of(len(tokens), config.holdout_fraction), split)
+    return evaluate_model(loaded, tokenizer, scored, out_dir, split=split, seed=seed)

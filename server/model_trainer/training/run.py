@@ -1,8 +1,9 @@
 """`run_training`: the whole job, from a corpus file and a tokenizer folder to an artifact.
 
-    threads and precision -> tokens (cached) -> train/validation split -> a fresh model
-    -> the loop (resuming from run_dir's checkpoint if any) -> artifact folder
-    -> evaluation of the final model on the whole validation split -> manifest
+    threads and precision -> tokens (cached under the corpus id) -> train/validation/test
+    split (data.Holdout) -> a fresh model -> the loop (resuming from run_dir's checkpoint if
+    any) -> artifact folder -> evaluation of the final model on the whole validation split
+    -> manifest
 
 Run folder:
     run_dir/metrics.jsonl                 the loss curve, one row per logged step
@@ -22,24 +23,23 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from model_trainer.manifest import library_versions, write_manifest
+from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.artifact import (
     DataSummary,
     Manifest,
     Timings,
     TrainingSummary,
-    library_versions,
     publish,
     save_model,
     staging_dir,
-    write_manifest,
 )
 from model_trainer.training.config import ModelTrainConfig
-from model_trainer.training.data import sha256_file, split_tokens, tokenize_corpus
+from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
 from model_trainer.training.hardware import CpuInfo, resolve_precision, resolve_threads
 from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
 from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
-from model_trainer.training.tokenizer_folder import load_tokenizer_folder
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -67,7 +67,6 @@ def run_training(
     cpu: CpuInfo,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
-    corpus_sha256: str | None = None,
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
@@ -75,17 +74,19 @@ def run_training(
     against them. `threads` is the worker's setting (0 or None: every usable core); the
     config's own `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
     `WorkerShutdown` after checkpointing when the worker is asked to stop.
+
+    `config.corpus_file_id`, the Data Bank id of the corpus (the SHA-256 of
+    `corpus_path`'s bytes), keys the token cache: the corpus is not hashed again.
     """
     started = time.perf_counter()
     n_threads = resolve_threads(config.threads, threads)
     torch.set_num_threads(n_threads)
     precision = resolve_precision(config.precision, cpu)
 
-    tokenizer = load_tokenizer_folder(tokenizer_dir)
-    sha = corpus_sha256 or sha256_file(corpus_path)
+    tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
     cache = tokenize_corpus(
-        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_sha256=sha
+        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_id=config.corpus_file_id
     )
     splits = split_tokens(cache, config.holdout_fraction, tokenizer)
     tokenize_seconds = time.perf_counter() - t0
@@ -118,11 +119,15 @@ def run_training(
     staging = staging_dir(artifact_dir)
     save_model(model, tokenizer, staging)
     t0 = time.perf_counter()
-    # Start one token early so that every validation token is scored (see evaluate.py).
     tokens = cache.tokens()
-    eval_tokens = tokens[max(0, len(splits.train) - 1) :]
+    holdout = Holdout.of(len(tokens), config.holdout_fraction)
     metrics = evaluate_model(
-        model, tokenizer, eval_tokens, staging / EVAL_DIR, split="validation", seed=config.seed
+        model,
+        tokenizer,
+        eval_tokens(tokens, holdout, "validation"),
+        staging / EVAL_DIR,
+        split="validation",
+        seed=config.seed,
     )
     eval_seconds = time.perf_counter() - t0
     shutil.copyfile(run_dir / METRICS_FILE, staging / METRICS_FILE)
@@ -141,7 +146,7 @@ def run_training(
         cpu=cpu,
         versions=library_versions(),
         data=DataSummary(
-            corpus_sha256=sha,
+            corpus_sha256=config.corpus_file_id,
             tokenizer_id=config.tokenizer_id,
             vocab_size=tokenizer.vocab_size,
             token_dtype=cache.meta.dtype,
@@ -150,6 +155,8 @@ def run_training(
             validation_tokens=len(splits.validation),
             train_chars=splits.train_chars,
             validation_chars=splits.validation_chars,
+            test_tokens=len(splits.test),
+            test_chars=splits.test_chars,
         ),
         timings=Timings(
             tokenize_seconds=round(tokenize_seconds, 3),
@@ -170,7 +177,7 @@ def run_training(
         ),
         eval=metrics,
     )
-    write_manifest(staging, manifest)
+    write_manifest(staging, manifest.model_dump(mode="json"))
     publish(staging, artifact_dir)
     log.info(
         "artifact written: %d steps, %.4f bits/char on validation",
