@@ -34,6 +34,17 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis at `url` answers PING now (short timeouts: it may be gone)."""
+    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except RedisError:
+        return False
+    finally:
+        client.close()
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
@@ -83,13 +94,7 @@ class RedisServer:
     def answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
             raise RuntimeError(f"redis-server exited: {self.log()}")
-        client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except RedisError:
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.url)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

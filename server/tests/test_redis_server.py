@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from tests.processes import SERVER_DIR, child_env, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, redis_answers
 
 
 def test_the_suite_runs_on_a_private_diskless_redis(redis_server: RedisServer) -> None:
@@ -22,16 +21,6 @@ def test_the_suite_runs_on_a_private_diskless_redis(redis_server: RedisServer) -
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("appendonly") == {"appendonly": "no"}
         assert client.config_get("dir")["dir"] == str(redis_server.directory)
-    finally:
-        client.close()
-
-
-def _answers(url: str) -> bool:
-    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except RedisError:
-        return False
     finally:
         client.close()
 
@@ -54,10 +43,10 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> Non
     try:
         assert starter.stdout is not None
         url = starter.stdout.readline().strip()
-        assert url.startswith("redis://127.0.0.1:") and _answers(url)
+        assert url.startswith("redis://127.0.0.1:") and redis_answers(url)
         starter.send_signal(signal.SIGKILL)
         starter.wait(10)
-        wait_until(lambda: not _answers(url), 20, "the orphaned redis-server to exit")
+        wait_until(lambda: not redis_answers(url), 20, "the orphaned redis-server to exit")
     finally:
         if starter.poll() is None:
             starter.kill()
