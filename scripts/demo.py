@@ -176,7 +176,7 @@ def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: floa
             return 1
 
         evaluation = client.get(f"/runs/{run_id}/eval").json()
-        say("== evaluation (validation split: the last 10% of the corpus)")
+        say("== evaluation (validation split: the first half of the held-out last 10%)")
         loss, ppl = evaluation["loss"], evaluation["perplexity"]
         say(f"   loss {loss:.4f} nats/token, perplexity {ppl:.2f}")
         say(f"   bits per character: {evaluation['bits_per_char']:.3f}")
