@@ -289,6 +289,11 @@ def test_evaluate_on_request(stack: Stack, corpus_id: str, tokenizer_id: str) ->
             f"/runs/{run_id}/evaluate", json={"split": "validation", "corpus_file_id": other}
         )
         assert bad.status_code == 422
+        # Evaluations log to the run's own stream, with their structured fields.
+        lines = client.get(f"/runs/{run_id}/logs", params={"tail": 2000}).json()["lines"]
+        started = [line for line in lines if line.get("event") == "eval_started"]
+        assert [line.get("split") for line in started] == ["validation", "test", "corpus"]
+        assert len([line for line in lines if line.get("event") == "eval_completed"]) == 3
 
 
 def test_cancel_mid_run(stack: Stack, corpus_id: str, tokenizer_id: str) -> None:
