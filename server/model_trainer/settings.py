@@ -61,14 +61,45 @@ class RQSettings(_Section):
     job_timeout_sec: int = Field(default=7 * 24 * 3600, ge=1)
     result_ttl_sec: int = Field(default=7 * 24 * 3600, ge=0)
     failure_ttl_sec: int = Field(default=30 * 24 * 3600, ge=0)
+    # Tokenizer and evaluation jobs: RQ's retries. Training runs follow `recovery` instead.
     retry_max: int = Field(default=2, ge=0, le=20)
     retry_intervals_sec: list[int] = Field(default_factory=lambda: [10, 60])
     # How often the worker refreshes a running job's RQ heartbeat, and how long past that a
     # job of a dead worker counts as abandoned (then retried, resuming from its checkpoint).
-    job_monitoring_interval_sec: int = Field(default=10, ge=1, le=600)
+    job_monitoring_interval_sec: int = Field(default=5, ge=1, le=600)
     abandoned_grace_sec: int = Field(default=20, ge=1, le=3600)
     # How often an idle worker sweeps RQ's registries (finds abandoned jobs).
     maintenance_interval_sec: int = Field(default=30, ge=1, le=3600)
+
+
+class RecoverySettings(_Section):
+    """How training runs survive workers dying, redeploys and outages (DESIGN.md, "Durable runs").
+
+    A worker owns a run through a lease in Redis that it renews; every worker's reaper hands
+    a run whose lease lapsed to the queue again. Checkpoints go to Data Bank so that any
+    worker, with any disk, can continue.
+    """
+
+    # A run's lease lives this long unless its worker renews it (every third of it).
+    lease_ttl_sec: float = Field(default=15.0, ge=1.0, le=600)
+    # How often each worker renews its presence and runs the reaper / reconcile pass.
+    reaper_interval_sec: float = Field(default=5.0, gt=0, le=300)
+    # A worker not seen for this long is not counted by /readyz.
+    worker_presence_ttl_sec: float = Field(default=20.0, ge=1.0, le=3600)
+    # Checkpoint at least this often (seconds of training), besides every checkpoint_interval.
+    checkpoint_every_seconds: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    # Periodic checkpoints kept in Data Bank per run (the best one is kept besides).
+    checkpoints_keep_last: int = Field(default=2, ge=1, le=100)
+    # Transient failures and lost workers, together, per run before it fails for good.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    # Retry delay: base * 2**(attempt-1), capped, times a random factor in [1-jitter, 1+jitter].
+    backoff_base_sec: float = Field(default=5.0, ge=0, le=3600)
+    backoff_max_sec: float = Field(default=300.0, ge=0, le=24 * 3600)
+    backoff_jitter: float = Field(default=0.5, ge=0, le=1)
+    # How long a job keeps retrying the final artifact upload while Data Bank is down.
+    upload_retry_sec: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # How long a finished job waits for Redis to come back to record its result.
+    redis_wait_sec: float = Field(default=300.0, ge=0, le=24 * 3600)
 
 
 class Settings(BaseSettings):
@@ -86,6 +117,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     rq: RQSettings = Field(default_factory=RQSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
 
     @classmethod
     def settings_customise_sources(

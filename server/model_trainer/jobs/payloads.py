@@ -20,9 +20,19 @@ class TokenizerJob(_Payload):
     config: TokenizerTrainConfig
 
 
+class InitFrom(_Payload):
+    """Another run's checkpoint to start from, resolved by the API at submit time."""
+
+    run_id: str
+    step: int
+    kind: Literal["last", "best"]
+    file_id: str = Field(pattern=FILE_ID_PATTERN)
+
+
 class TrainJob(_Payload):
     run_id: str
     config: ModelTrainConfig
+    init_from: InitFrom | None = None
 
 
 class EvaluateRequest(_Payload):

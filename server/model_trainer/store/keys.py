@@ -17,6 +17,15 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `runs:eval:{id}`              | string (EvalInfo)     | 30 d              | API, worker  |
 | `runs:logs:{id}`              | stream (`line`)       | 30 d after a job  | worker       |
 | `runs:metrics:{id}`           | list (MetricPoint)    | 30 d              | worker       |
+| `runs:error:{id}`             | string (ErrorInfo)    | 30 d              | worker       |
+| `runs:lease:{id}`             | string (owner token)  | lease TTL         | owning worker |
+| `runs:epoch:{id}`             | int (fencing epoch)   | 30 d              | worker, reaper |
+| `runs:attempts:{id}`          | int (failed attempts) | 30 d              | worker, reaper |
+| `runs:checkpoints:{id}`       | string (CheckpointIndex) | 30 d           | owning worker |
+| `runs:started:{id}`           | string "1"            | 30 d              | worker       |
+| `runs:job:{id}`               | string (RQ job id)    | 30 d              | API, worker  |
+| `trainer:runs:delayed`        | zset (score = due ts) | none              | worker       |
+| `trainer:workers:{queue}`     | zset (score = seen ts)| none              | worker       |
 | `tokenizers:index`            | zset                  | none              | API          |
 | `tokenizer:{id}:meta`         | string (RecordMeta)   | 30 d              | API          |
 | `tokenizer:{id}:status`       | string (Status)       | 30 d              | API, worker  |
@@ -25,6 +34,7 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `tokenizer:{id}:cancelled`    | string "1"            | 30 d              | API          |
 | `tokenizer:{id}:progress`     | string (TokenizerSummary) | 30 d          | worker       |
 | `tokenizer:{id}:file_id`      | string (Data Bank id) | 30 d              | worker       |
+| `tokenizer:{id}:error`        | string (ErrorInfo)    | 30 d              | worker       |
 | `runs:logs:{tokenizer id}`    | stream                | 30 d after a job  | worker       |
 | `trainer:events` (setting)    | pub/sub channel       | -                 | worker       |
 | `rq:*`                        | RQ's own              | RQ's              | RQ           |
@@ -32,6 +42,10 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 A tokenizer job's log lines share the `runs:logs:` stream namespace: ids never collide
 (`tok-...` vs `run-...`) and one reader serves both. DESIGN.md repeats this table; keep the
 two in step.
+
+Every write the owner of a run makes (status, progress, metrics, checkpoints, pointer,
+events) is fenced: it happens only while `runs:lease:{id}` still holds the owner's token
+(store/fencing.py), so a worker that lost its run cannot overwrite the new owner's state.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ class KeySchema(BaseModel):
     meta: str
     progress: str
     eval: str
+    error: str
     index: str
 
     def key(self, template: str, record_id: str) -> str:
@@ -72,6 +87,7 @@ RUN_KEYS = KeySchema(
     meta="runs:meta:{id}",
     progress="runs:progress:{id}",
     eval="runs:eval:{id}",
+    error="runs:error:{id}",
     index="runs:index",
 )
 
@@ -84,6 +100,7 @@ TOKENIZER_KEYS = KeySchema(
     meta="tokenizer:{id}:meta",
     progress="tokenizer:{id}:progress",
     eval="tokenizer:{id}:eval",
+    error="tokenizer:{id}:error",
     index="tokenizers:index",
 )
 
@@ -96,3 +113,40 @@ def logs_key(record_id: str) -> str:
 def metrics_key(run_id: str) -> str:
     """A run's loss curve: one JSON `MetricPoint` per element, oldest first."""
     return f"runs:metrics:{run_id}"
+
+
+class RunKeys:
+    """The keys only training runs have: ownership, attempts, checkpoints (see the table)."""
+
+    @staticmethod
+    def lease(run_id: str) -> str:
+        return f"runs:lease:{run_id}"
+
+    @staticmethod
+    def epoch(run_id: str) -> str:
+        return f"runs:epoch:{run_id}"
+
+    @staticmethod
+    def attempts(run_id: str) -> str:
+        return f"runs:attempts:{run_id}"
+
+    @staticmethod
+    def checkpoints(run_id: str) -> str:
+        return f"runs:checkpoints:{run_id}"
+
+    @staticmethod
+    def started(run_id: str) -> str:
+        return f"runs:started:{run_id}"
+
+    @staticmethod
+    def job(run_id: str) -> str:
+        return f"runs:job:{run_id}"
+
+
+# Runs waiting out a retry delay: member = run id, score = when to enqueue it again.
+DELAYED_RUNS = "trainer:runs:delayed"
+
+
+def workers_key(queue: str) -> str:
+    """Live workers of a queue: member = worker name, score = when it last said so."""
+    return f"trainer:workers:{queue}"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from redis import Redis
 
+from model_trainer.store.fencing import Command, DirectWriter, Writer
 from model_trainer.store.keys import RECORD_TTL_SEC, KeySchema
+
+TTL = str(RECORD_TTL_SEC)
 
 
 class Status(StrEnum):
@@ -93,6 +96,27 @@ class EvalInfo(_Stored):
 ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary)
 
 
+ErrorKind = Literal["user", "transient", "fatal"]
+
+
+class ErrorInfo(_Stored):
+    """Why a job failed (or why its last attempt did): design §26's classes.
+
+    `user`: bad input or hyper-parameters, never retried. `transient`: a remote (Data Bank,
+    Redis, the network) was unavailable, retried with backoff. `fatal`: a bug, a corrupt
+    checkpoint, out of memory, a worker dying on every attempt: not retried.
+    """
+
+    kind: ErrorKind
+    code: str
+    message: str
+
+    @property
+    def event_kind(self) -> Literal["user", "system"]:
+        """The `error_kind` of trainer:events (its contract knows only these two)."""
+        return "user" if self.kind == "user" else "system"
+
+
 class Record(BaseModel, Generic[ProgressT]):
     """Everything the API shows of one run or tokenizer, read in one round trip."""
 
@@ -105,6 +129,7 @@ class Record(BaseModel, Generic[ProgressT]):
     last_heartbeat_ts: float | None
     progress: ProgressT | None
     file_id: str | None
+    error: ErrorInfo | None = None
 
 
 def as_str(value: object) -> str | None:
@@ -125,17 +150,26 @@ class StatusStore(Generic[ProgressT]):
         keys: KeySchema,
         progress_model: type[ProgressT],
         clock: Callable[[], float] = time.time,
+        writer: Writer | None = None,
     ) -> None:
         self._r = redis
         self._keys = keys
         self._progress_model: type[ProgressT] = progress_model
         self._clock = clock
+        self._writer: Writer = writer or DirectWriter(redis)
+
+    def with_writer(self, writer: Writer) -> StatusStore[ProgressT]:
+        """The same store whose writes go through `writer` (a run owner's fenced writer)."""
+        return StatusStore(self._r, self._keys, self._progress_model, self._clock, writer)
+
+    def _set(self, template: str, record_id: str, value: str) -> Command:
+        return ("SET", self._k(template, record_id), value, "EX", TTL)
 
     def _k(self, template: str, record_id: str) -> str:
         return self._keys.key(template, record_id)
 
     # --- typed reads: one round trip ------------------------------------------------
-    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id")
+    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id", "error")
 
     def record(self, record_id: str) -> Record[ProgressT] | None:
         """The record, or None if there is no such id."""
@@ -151,7 +185,7 @@ class StatusStore(Generic[ProgressT]):
         return [self._record(i, raw[j * n : (j + 1) * n]) for j, i in enumerate(ids)]
 
     def _record(self, record_id: str, values: list[str | None]) -> Record[ProgressT] | None:
-        status, message, meta, heartbeat, progress, file_id = values
+        status, message, meta, heartbeat, progress, file_id, error = values
         if status is None:
             return None
         return Record(
@@ -162,6 +196,7 @@ class StatusStore(Generic[ProgressT]):
             last_heartbeat_ts=float(heartbeat) if heartbeat else None,
             progress=self._progress_model.model_validate_json(progress) if progress else None,
             file_id=file_id,
+            error=ErrorInfo.model_validate_json(error) if error else None,
         )
 
     def ids_with_status(self, status: Status) -> list[str]:
@@ -193,7 +228,7 @@ class StatusStore(Generic[ProgressT]):
         pipe = self._r.pipeline()
         pipe.set(self._k(k.meta, record_id), meta.model_dump_json(), ex=RECORD_TTL_SEC)
         pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
-        for template in (k.message, k.cancelled, k.file_id, k.progress, k.heartbeat):
+        for template in (k.message, k.cancelled, k.file_id, k.progress, k.heartbeat, k.error):
             pipe.delete(self._k(template, record_id))
         pipe.zadd(k.index, {record_id: self._clock()})
         pipe.execute()
@@ -211,15 +246,38 @@ class StatusStore(Generic[ProgressT]):
         return [s for s in (as_str(v) for v in raw) if s is not None]
 
     # --- status and message ---------------------------------------------------------
-    def set_status(self, record_id: str, status: Status, message: str | None = None) -> None:
+    def set_status(
+        self,
+        record_id: str,
+        status: Status,
+        message: str | None = None,
+        *,
+        error: ErrorInfo | None = None,
+        also: tuple[Command, ...] = (),
+    ) -> None:
+        """Status, message and error in one write, with `also` (more commands) in the same one."""
+        self._writer.write(self.status_commands(record_id, status, message, error) + also)
+
+    def status_commands(
+        self,
+        record_id: str,
+        status: Status,
+        message: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> tuple[Command, ...]:
         k = self._keys
-        pipe = self._r.pipeline()
-        pipe.set(self._k(k.status, record_id), status.value, ex=RECORD_TTL_SEC)
+        commands: list[Command] = [self._set(k.status, record_id, status.value)]
         if message is not None:
-            pipe.set(self._k(k.message, record_id), message, ex=RECORD_TTL_SEC)
+            commands.append(self._set(k.message, record_id, message))
+        if error is not None:
+            commands.append(self._set(k.error, record_id, error.model_dump_json()))
+        elif status is not Status.FAILED:
+            # A run that is going again (or finished) carries no stale error; a queued run
+            # waiting out a retry delay keeps it (set with `error=`) so users see why.
+            commands.append(("DEL", self._k(k.error, record_id)))
         if status.terminal:
-            pipe.delete(self._k(k.heartbeat, record_id))
-        pipe.execute()
+            commands.append(("DEL", self._k(k.heartbeat, record_id)))
+        return tuple(commands)
 
     def status(self, record_id: str) -> Status | None:
         raw = as_str(self._r.get(self._k(self._keys.status, record_id)))
@@ -228,10 +286,15 @@ class StatusStore(Generic[ProgressT]):
     def message(self, record_id: str) -> str | None:
         return as_str(self._r.get(self._k(self._keys.message, record_id)))
 
+    def error(self, record_id: str) -> ErrorInfo | None:
+        raw = as_str(self._r.get(self._k(self._keys.error, record_id)))
+        return ErrorInfo.model_validate_json(raw) if raw else None
+
     # --- liveness -------------------------------------------------------------------
     def heartbeat(self, record_id: str, ttl_sec: int) -> float:
         now = self._clock()
-        self._r.set(self._k(self._keys.heartbeat, record_id), repr(now), ex=ttl_sec)
+        key = self._k(self._keys.heartbeat, record_id)
+        self._writer.write([("SET", key, repr(now), "EX", str(ttl_sec))])
         return now
 
     def last_heartbeat(self, record_id: str) -> float | None:
@@ -247,28 +310,27 @@ class StatusStore(Generic[ProgressT]):
 
     # --- progress and artifact pointer ----------------------------------------------
     def set_progress(self, record_id: str, progress: ProgressT) -> None:
-        key = self._k(self._keys.progress, record_id)
-        self._r.set(key, progress.model_dump_json(), ex=RECORD_TTL_SEC)
+        self._writer.write([self._set(self._keys.progress, record_id, progress.model_dump_json())])
 
     def progress(self, record_id: str) -> ProgressT | None:
         raw = as_str(self._r.get(self._k(self._keys.progress, record_id)))
         return self._progress_model.model_validate_json(raw) if raw else None
 
     def set_eval(self, record_id: str, info: EvalInfo) -> None:
-        self._r.set(self._k(self._keys.eval, record_id), info.model_dump_json(), ex=RECORD_TTL_SEC)
+        self._writer.write([self._set(self._keys.eval, record_id, info.model_dump_json())])
 
     def eval(self, record_id: str) -> EvalInfo | None:
         raw = as_str(self._r.get(self._k(self._keys.eval, record_id)))
         return EvalInfo.model_validate_json(raw) if raw else None
 
     def set_file_id(self, record_id: str, file_id: str) -> None:
-        self._r.set(self._k(self._keys.file_id, record_id), file_id, ex=RECORD_TTL_SEC)
+        self._writer.write([self._set(self._keys.file_id, record_id, file_id)])
 
     def file_id(self, record_id: str) -> str | None:
         return as_str(self._r.get(self._k(self._keys.file_id, record_id)))
 
     def clear_file_id(self, record_id: str) -> None:
-        self._r.delete(self._k(self._keys.file_id, record_id))
+        self._writer.write([("DEL", self._k(self._keys.file_id, record_id))])
 
 
 # Either kind of store, where only the shared life cycle matters (status, heartbeat, pointer).

@@ -58,6 +58,8 @@ PRESETS: dict[ModelSize, Architecture] = {
     ModelSize.SMALL: Architecture(n_layer=12, n_head=12, n_embd=768),
 }
 
+RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
+
 # Without any of the three budgets, a run trains for this long (the demo's budget).
 DEFAULT_MAX_TRAIN_SECONDS = 95.0
 
@@ -102,6 +104,26 @@ class ModelTrainConfig(BaseModel):
     eval_interval: int = Field(default=250, ge=1, description="steps between validations")
     eval_batches: int = Field(default=8, ge=1, le=10_000, description="batches per validation")
     checkpoint_interval: int = Field(default=500, ge=1, description="steps between checkpoints")
+    early_stopping_patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="end the run after this many validations without a new best loss",
+    )
+    artifact_weights: Literal["best", "last"] = Field(
+        default="best",
+        description="weights the artifact ships: the best by validation loss, or the last",
+    )
+    from_run_id: str | None = Field(
+        default=None,
+        pattern=RUN_ID_PATTERN,
+        description="start from another run's weights (same architecture and tokenizer)",
+    )
+    from_checkpoint: str | None = Field(
+        default=None,
+        pattern=r"^(last|best|[0-9]{1,12})$",
+        description="which checkpoint of from_run_id: last (default), best, or a step",
+    )
     precision: Precision = Precision.AUTO
     threads: int | None = Field(default=None, ge=1, le=256)
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
@@ -131,6 +153,8 @@ class ModelTrainConfig(BaseModel):
                 f"give at most one of num_epochs, max_steps, max_train_seconds "
                 f"(got {', '.join(budgets)})"
             )
+        if self.from_checkpoint is not None and self.from_run_id is None:
+            raise ValueError("from_checkpoint needs from_run_id")
         arch = self.resolved()
         if arch.n_embd % arch.n_head != 0:
             raise ValueError(

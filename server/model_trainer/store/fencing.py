@@ -1,0 +1,173 @@
+"""Who owns a run, and writes that only its owner can make.
+
+A worker that takes a run gets a lease: `runs:lease:{id}` holds its token (`worker#epoch`)
+and expires unless renewed. `runs:epoch:{id}` counts how many times the run changed hands;
+taking a run (or the reaper taking it back from a dead owner) increments it, so a token can
+never be handed out twice.
+
+Every write the owner makes goes through a `Writer`. The `FencedWriter` runs the commands in
+one Lua script that first checks that the lease still holds the owner's token: a worker that
+was paused, partitioned or presumed dead, and has since been replaced, has its writes
+refused (`LeaseLost`) instead of overwriting the new owner's status or checkpoints. The
+`DirectWriter` is for writers that own nothing (the API, the reaper).
+
+Scripts touch keys they do not declare: fine on a single Redis (what we deploy), not on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis import Redis
+
+from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
+
+# One Redis command, every argument as text (Lua receives strings either way).
+Command = tuple[str, ...]
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the run: another took it over. Stop, write nothing."""
+
+
+class Writer(Protocol):
+    def write(self, commands: Sequence[Command]) -> None:
+        """Run `commands` in order, atomically where the implementation can."""
+        ...
+
+
+class DirectWriter:
+    """Commands in one MULTI/EXEC pipeline, no ownership check."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def write(self, commands: Sequence[Command]) -> None:
+        if not commands:
+            return
+        pipe = self._redis.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
+
+
+_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local commands = cjson.decode(ARGV[2])
+for i = 1, #commands do redis.call(unpack(commands[i])) end
+return 1
+"""
+
+_ACQUIRE = """
+local status = redis.call('GET', KEYS[3])
+if status ~= 'queued' and status ~= 'running' then return {0, status or ''} end
+local holder = redis.call('GET', KEYS[1])
+if holder then return {-1, holder} end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local token = ARGV[1] .. '#' .. epoch
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return {epoch, token}
+"""
+
+# Renew our lease. After an outage long enough for it to expire, take it again only if
+# nobody took the run in between (the epoch is still ours).
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif (not holder) and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  return 0
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Acquired:
+    epoch: int
+    token: str
+
+
+@dataclass(frozen=True)
+class NotAcquired:
+    """The run is owned by someone else (`holder`) or ended (`status`)."""
+
+    holder: str | None
+    status: str | None
+
+
+class Lease:
+    """A run's ownership record in Redis; `acquire` once, then `renew` periodically."""
+
+    def __init__(self, redis: Redis, run_id: str, status_key: str, ttl_sec: float) -> None:
+        self._redis = redis
+        self.run_id = run_id
+        self.key = RunKeys.lease(run_id)
+        self._epoch_key = RunKeys.epoch(run_id)
+        self._status_key = status_key
+        self.ttl_ms = max(1, int(ttl_sec * 1000))
+        self._fenced = redis.register_script(_FENCED)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self.epoch = 0
+        self.token = ""
+
+    def acquire(self, worker: str) -> Acquired | NotAcquired:
+        """Take the run if it is queued or running and nobody holds it."""
+        reply = self._acquire(
+            keys=[self.key, self._epoch_key, self._status_key],
+            args=[worker, self.ttl_ms, RECORD_TTL_SEC],
+        )
+        code, detail = _pair(reply)
+        if code > 0:
+            self.epoch, self.token = code, detail
+            return Acquired(code, detail)
+        if code == 0:
+            return NotAcquired(holder=None, status=detail or None)
+        return NotAcquired(holder=detail, status=None)
+
+    def renew(self) -> bool:
+        """Extend the lease; False when another worker owns the run now."""
+        reply = self._renew(
+            keys=[self.key, self._epoch_key], args=[self.token, self.ttl_ms, str(self.epoch)]
+        )
+        return bool(reply)
+
+    def writer(self) -> FencedWriter:
+        return FencedWriter(self)
+
+    def run_fenced(self, commands: Sequence[Command]) -> bool:
+        payload = json.dumps([list(c) for c in commands])
+        return bool(self._fenced(keys=[self.key], args=[self.token, payload]))
+
+    def release_command(self) -> Command:
+        """Deleting the lease, for the last fenced write of an owner handing the run back."""
+        return ("DEL", self.key)
+
+
+class FencedWriter:
+    """Writes that land only while the lease is ours; raises `LeaseLost` otherwise."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def write(self, commands: Sequence[Command]) -> None:
+        if commands and not self._lease.run_fenced(commands):
+            raise LeaseLost(f"run {self._lease.run_id}: lease {self._lease.token} lost")
+
+
+def _pair(reply: object) -> tuple[int, str]:
+    if not isinstance(reply, list) or len(reply) != 2:
+        raise TypeError(f"unexpected lease script reply {reply!r}")
+    code, detail = reply
+    text = detail.decode() if isinstance(detail, bytes) else str(detail)
+    if not isinstance(code, int):
+        raise TypeError(f"unexpected lease script code {code!r}")
+    return code, text
