@@ -46,15 +46,16 @@ class DataBankServer:
     proc: Proc
 
 
-def start_databank(root: Path, **env: str) -> DataBankServer:
+def start_databank(root: Path, port: int | None = None, **env: str) -> DataBankServer:
     """Start `python -m databank_server` on a free port with DATA_ROOT under `root`.
 
     The module, not the `modeltrainer-databank` script: the script in the venv runs whatever
     the last install pointed it at, the module is this checkout's (PYTHONPATH, see child_env).
+    `port`: the port of a server started before on the same `root` (a restart).
     """
     root.mkdir(parents=True, exist_ok=True)
     data_root = root / "files"
-    port = free_port()
+    port = port or free_port()
     proc = Proc(
         [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", str(port)],
         child_env({"DATA_ROOT": str(data_root), **env}),

@@ -15,13 +15,26 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
-from rq import Queue, Worker
 
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
-from model_trainer.settings import AppSettings, RQSettings, Settings
+from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Settings
+from model_trainer.store.keys import workers_key
+from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
 from tests.processes import WORKER_COMMAND, Proc, child_env, wait_until
+
+# Durable-run timings scaled down so that tests of dead workers and outages take seconds: a
+# lease lapses 3 s after its owner stops, reapers look every 0.5 s.
+RECOVERY_ENV = {
+    "RECOVERY__LEASE_TTL_SEC": "3",
+    "RECOVERY__REAPER_INTERVAL_SEC": "0.5",
+    "RECOVERY__WORKER_PRESENCE_TTL_SEC": "3",
+    "RECOVERY__BACKOFF_BASE_SEC": "0.5",
+    "RECOVERY__BACKOFF_MAX_SEC": "2",
+    "RECOVERY__UPLOAD_RETRY_SEC": "2",
+    "RECOVERY__REDIS_WAIT_SEC": "300",
+}
 
 
 class Stack:
@@ -33,11 +46,22 @@ class Stack:
         # scheduler, whose lock a killed worker holds for a minute, and tests wait only on
         # conditions they name.
         self.rq = RQSettings(queue_name=self.queue_name, retry_intervals_sec=[0, 0], **rq)
-        self.databank: DataBankServer = start_databank(
-            root / "databank", API_UPLOAD_KEYS=UPLOAD_KEY, MIN_FREE_GB="0"
-        )
+        self.databank: DataBankServer = self._databank()
         self.workers: list[Proc] = []
         self.redis = Redis.from_url(redis_url)
+
+    def _databank(self, port: int | None = None) -> DataBankServer:
+        return start_databank(
+            self.root / "databank", port, API_UPLOAD_KEYS=UPLOAD_KEY, MIN_FREE_GB="0"
+        )
+
+    def stop_databank(self) -> None:
+        self.databank.proc.stop(timeout=10)
+
+    def restart_databank(self) -> None:
+        """The same Data Bank (files and port) again, after `stop_databank`."""
+        port = int(self.databank.url.rsplit(":", 1)[1])
+        self.databank = self._databank(port)
 
     def settings(self, name: str = "api") -> Settings:
         base = self.root / name
@@ -55,6 +79,7 @@ class Stack:
                 heartbeat_ttl_sec=10,
             ),
             rq=self.rq,
+            recovery=RecoverySettings(worker_presence_ttl_sec=3),
         )
 
     def client(self) -> TestClient:
@@ -93,6 +118,7 @@ class Stack:
                 "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
                 "APP__HEARTBEAT_INTERVAL_SEC": "0.5",
                 "APP__HEARTBEAT_TTL_SEC": "10",
+                **RECOVERY_ENV,
                 **env,
             }
         )
@@ -100,14 +126,13 @@ class Stack:
         log_path = self.root / f"{name}-{len(self.workers)}.log"
         proc = Proc(WORKER_COMMAND, environment, log_path)
         self.workers.append(proc)
-        queue = Queue(self.queue_name, connection=self.redis)
-        wait_until(
-            lambda: any(w.name.endswith(f"-{proc.pid}") for w in Worker.all(queue=queue)),
-            60,
-            "the worker to register",
-            proc,
-        )
+        wait_until(lambda: self.worker_name(proc) is not None, 60, "the worker to register", proc)
         return proc
+
+    def worker_name(self, proc: Proc) -> str | None:
+        """The name a live worker process announces (its reaper's presence), if it has yet."""
+        names = [as_str(n) for n in self.redis.zrange(workers_key(self.queue_name), 0, -1)]
+        return next((n for n in names if n and n.endswith(f"-{proc.pid}")), None)
 
     def close(self) -> None:
         for proc in self.workers:

@@ -13,9 +13,9 @@ from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError, NotFound
 from model_trainer.errors import UserError
-from model_trainer.jobs.runner import ArtifactUploadFailed, WorkerContext
+from model_trainer.jobs.failures import ArtifactUploadFailed
+from model_trainer.jobs.runner import WorkerContext
 from model_trainer.manifest import add_artifact_pointer
-from model_trainer.store.records import ProgressT, StatusStore
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
@@ -66,24 +66,18 @@ def _single_child(folder: Path) -> Path:
     return children[0]
 
 
-def publish_artifact(
-    ctx: WorkerContext,
-    store: StatusStore[ProgressT],
-    record_id: str,
-    folder: Path,
-    top_name: str,
-) -> str:
-    """Tar and upload `folder`, then record the pointer in Redis and in its manifest.
+def publish_artifact(ctx: WorkerContext, folder: Path, top_name: str) -> str:
+    """Tar and upload `folder`; write the pointer into its manifest; return the file_id.
 
     The uploaded manifest cannot contain its own file_id (that is the hash of the tar that
-    holds it), so the pointer is written into the worker's copy after the upload.
+    holds it), so the pointer is written into the worker's copy after the upload. The caller
+    records it in Redis (with the job's final status, in one write).
     """
     try:
         info = ctx.databank.upload_directory(folder, top_name)
     except (DataBankError, OSError) as exc:
         raise ArtifactUploadFailed(f"{type(exc).__name__}: {exc}") from exc
     add_artifact_pointer(folder, info.file_id)
-    store.set_file_id(record_id, info.file_id)
     log.info(
         "artifact uploaded (%d bytes)",
         info.size,

@@ -1,5 +1,11 @@
 """The training job: corpus + tokenizer (Data Bank) -> checkpoints -> model -> eval -> pointer.
 
+    own the run (jobs/ownership.py: lease, fenced writes, how an attempt ends)
+    fetch corpus and tokenizer; restore the newest checkpoint from Data Bank, if any
+    train (training/run.py), uploading each checkpoint to Data Bank as it is written
+    upload the artifact (retrying while Data Bank is down), then complete: status, pointer
+    and `completed` event in one fenced write
+
 `RunReporter` turns the training loop's callbacks into what people watch: progress in Redis,
 the loss curve, log lines and `trainer:events`. `run` says what the job does, in order.
 """
@@ -11,22 +17,24 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
+from model_trainer.databank.errors import NotFound
 from model_trainer.errors import UserError
 from model_trainer.jobs.artifacts import fetch_artifact, fetch_corpus, publish_artifact
+from model_trainer.jobs.checkpoint_sync import CheckpointSync
+from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.model_evaluation import eval_info
+from model_trainer.jobs.ownership import RunOwner, owned_run
 from model_trainer.jobs.payloads import TrainJob
-from model_trainer.jobs.runner import (
-    JobCancelled,
-    JobControl,
-    WorkerContext,
-    running_job,
-    worker_context,
-)
+from model_trainer.jobs.runner import JobCancelled, WorkerContext, worker_context
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
+from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, RunKeys
 from model_trainer.store.records import RunProgress, Status
-from model_trainer.store.runlog import MetricPoint, MetricsWriter
+from model_trainer.store.runlog import MetricPoint
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR
 from model_trainer.training.hardware import cpu_info, resolve_threads
@@ -43,35 +51,57 @@ PROGRESS_WRITE_INTERVAL_SEC = 1.0
 
 
 class RunReporter(TrainingCallbacks):
-    """Turns the loop's callbacks into Redis progress, metric points, logs and events."""
+    """Turns the loop's callbacks into Redis progress, metric points, logs and events.
 
-    def __init__(self, ctx: WorkerContext, job: JobControl, config: ModelTrainConfig) -> None:
-        self._ctx = ctx
-        self._job = job
+    Every write is fenced by the run's lease. A resumed run replays the steps between its
+    checkpoint and the point where the previous attempt stopped: those were reported
+    already, so nothing is reported again until training passes them (the curve, progress
+    and events never go back). During a Redis outage progress is skipped and metric points
+    wait; training goes on.
+    """
+
+    def __init__(
+        self,
+        owner: RunOwner,
+        config: ModelTrainConfig,
+        sync: CheckpointSync,
+        resumed_from_step: int | None,
+    ) -> None:
+        self._owner = owner
         self._config = config
-        self._run_id = job.record_id
-        self._metrics = MetricsWriter(ctx.redis, job.record_id)
-        self._started = time.time()
+        self._sync = sync
+        self._run_id = owner.run_id
+        previous = owner.ctx.runs.progress(owner.run_id)
+        reported = max(previous.step if previous else -1, owner.metrics.last_step() or -1)
+        self._report_after = reported if resumed_from_step is not None else -1
+        owner.metrics.after_step = self._report_after
+        self._resumed_from = resumed_from_step
+        self._started = previous.started_at if previous and previous.started_at else time.time()
         self._last_event = 0.0
         self._last_write = 0.0
-        self._last_val: float | None = None
-        self.total_epochs = 1
+        self._last_val: float | None = previous.val_loss if previous else None
+        self._redis_down = False
 
     def on_progress(self, info: ProgressInfo) -> None:
+        if info.step <= self._report_after:
+            return  # replaying steps already reported before this attempt
         now = time.time()
-        if info.val_loss is not None:
+        if info.evaluated:
             self._last_val = info.val_loss
-        self._metrics.add(
-            MetricPoint(
-                step=info.step,
-                train_loss=info.train_loss,
-                val_loss=info.val_loss,
-                lr=info.lr,
-                tokens_per_sec=info.tokens_per_sec,
-                elapsed_sec=info.elapsed,
-            )
-        )
         final = info.step >= info.total_steps
+        self._quietly(
+            "metrics",
+            lambda: self._owner.metrics.add(
+                MetricPoint(
+                    step=info.step,
+                    train_loss=info.train_loss,
+                    val_loss=info.val_loss if info.evaluated else None,
+                    lr=info.lr,
+                    tokens_per_sec=info.tokens_per_sec,
+                    elapsed_sec=info.elapsed,
+                )
+            ),
+        )
         if final or now - self._last_write >= PROGRESS_WRITE_INTERVAL_SEC:
             self._last_write = now
             progress = RunProgress(
@@ -86,20 +116,22 @@ class RunReporter(TrainingCallbacks):
                 eta_seconds=info.eta_seconds,
                 started_at=self._started,
                 updated_at=now,
+                resumed_from_step=self._resumed_from,
             )
-            self._ctx.runs.set_progress(self._run_id, progress)
+            self._quietly("progress", lambda: self._owner.runs.set_progress(self._run_id, progress))
+        # Events are for people: one per validation, else at most one per EVENT_INTERVAL_SEC.
         if info.train_loss is not None and (
-            final or info.val_loss is not None or now - self._last_event >= EVENT_INTERVAL_SEC
+            final or info.evaluated or now - self._last_event >= EVENT_INTERVAL_SEC
         ):
             self._last_event = now
             c = self._config
-            self._ctx.events.publish(
+            self._owner.events.publish(
                 TrainProgress(
                     request_id=self._run_id,
                     run_id=self._run_id,
                     user_id=c.user_id,
                     epoch=int(info.epoch),
-                    total_epochs=self.total_epochs,
+                    total_epochs=max(1, math.ceil(info.total_epochs)),
                     step=info.step,
                     loss=info.train_loss,
                     total_steps=info.total_steps,
@@ -113,6 +145,22 @@ class RunReporter(TrainingCallbacks):
                     main_rss_mb=_rss_mb(),
                 )
             )
+
+    def _quietly(self, what: str, write: Callable[[], None]) -> None:
+        """Progress writes are skipped while Redis is down (training goes on)."""
+        try:
+            write()
+        except RedisError as exc:
+            if not self._redis_down:
+                log.warning(
+                    "Redis unavailable; %s not recorded, training goes on: %s",
+                    what,
+                    exc,
+                    extra=log_fields("progress_write_failed"),
+                )
+            self._redis_down = True
+            return
+        self._redis_down = False
 
     def on_eval(self, info: LoopEvalInfo) -> None:
         self._last_val = info.val_loss
@@ -131,10 +179,13 @@ class RunReporter(TrainingCallbacks):
             info.step,
             extra=log_fields("run_checkpoint", step=info.step),
         )
+        if info.kind == "last":
+            self._sync.upload(info.file)
 
     def should_stop(self) -> bool:
-        # One Redis GET per step (~0.1 ms against steps of tens of ms): cancel acts within a step.
-        return self._job.cancelled()
+        # Once per step: a lost lease stops at once (LeaseLost); cancel acts within a step.
+        self._owner.check()
+        return self._owner.cancelled()
 
 
 def run(payload_json: str) -> None:
@@ -142,33 +193,33 @@ def run(payload_json: str) -> None:
     ctx = worker_context()
     run_id, config = payload.run_id, payload.config
     run_dir = ctx.settings.app.runs_root / run_id
-    with running_job(ctx, "run", run_id, run_dir, user_id=config.user_id) as job:
-        corpus = fetch_corpus(ctx, config.corpus_file_id)
-        tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
-        if tokenizer_file_id is None:
-            raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")
-        tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", config.tokenizer_id)
-        reporter = RunReporter(ctx, job, config)
-        reporter.total_epochs = max(1, math.ceil(config.num_epochs or 1))
-        threads = resolve_threads(ctx.settings.app.threads)
-        ctx.events.publish(
-            TrainStarted(
-                request_id=run_id,
-                run_id=run_id,
-                user_id=config.user_id,
-                model_family=config.model_family.value,
-                model_size=config.model_size.value,
-                total_epochs=reporter.total_epochs,
-                queue=ctx.settings.rq.queue_name,
-                cpu_cores=os.cpu_count(),
-                optimal_threads=threads,
-                optimal_workers=1,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
-                memory_mb=_memory_mb(),
+    with owned_run(ctx, run_id, config.user_id, run_dir) as owner:
+        if owner is None:
+            return
+        _train(ctx, owner, payload, run_dir)
+
+
+def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path) -> None:
+    """One attempt at the run, from inputs to the completed status (see the module doc)."""
+    run_id, config = payload.run_id, payload.config
+    corpus = fetch_corpus(ctx, config.corpus_file_id)
+    tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
+    if tokenizer_file_id is None:
+        raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")
+    tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", config.tokenizer_id)
+    sync = CheckpointSync(owner, run_dir)
+    try:
+        resumed_from = sync.restore()
+        init_weights = _initial_weights(ctx, payload, run_dir) if resumed_from is None else None
+        if resumed_from is not None:
+            log.info(
+                "resuming from the checkpoint at step %d",
+                resumed_from,
+                extra=log_fields("run_resumed", step=resumed_from),
             )
-        )
-        log.info("run started", extra=log_fields("run_started"))
+        reporter = RunReporter(owner, config, sync, resumed_from)
+        threads = resolve_threads(ctx.settings.app.threads)
+        _announce_start(ctx, owner, config, threads)
         result = run_training(
             config,
             corpus,
@@ -178,37 +229,124 @@ def run(payload_json: str) -> None:
             cpu=cpu_info(ctx.settings.app.native_bf16),
             threads=threads,
             callbacks=reporter,
+            checkpoint_every_seconds=ctx.settings.recovery.checkpoint_every_seconds,
+            init_weights=init_weights,
+            init_label=(
+                f"{payload.init_from.run_id}@{payload.init_from.kind}:{payload.init_from.step}"
+                if payload.init_from and init_weights
+                else None
+            ),
         )
-        if result.outcome is Outcome.CANCELLED or result.artifact_dir is None:
-            raise JobCancelled(f"run {run_id} cancelled by request")
-        artifact = result.artifact_dir
-        # The artifact carries the run's log lines up to here (the stream in Redis has all).
-        shutil.copyfile(run_dir / "logs.jsonl", artifact / "logs.jsonl")
-        job.raise_if_cancelled()
-        publish_artifact(ctx, ctx.runs, run_id, artifact, f"model-{run_id}")
-        metrics = result.eval
-        if metrics is not None:
-            ctx.runs.set_eval(run_id, eval_info(run_id, "final", metrics, artifact / EVAL_DIR))
-        loss = metrics.loss if metrics else float("nan")
-        message = (
-            f"completed {result.steps} steps; validation loss {metrics.loss:.4f}, "
-            f"{metrics.bits_per_char:.3f} bits/char"
-            if metrics
-            else f"completed {result.steps} steps"
+    finally:
+        sync.close()
+    if result.outcome is Outcome.CANCELLED or result.artifact_dir is None:
+        raise JobCancelled(f"run {run_id} cancelled by request")
+    artifact = result.artifact_dir
+    # The artifact carries the run's log lines up to here (the stream in Redis has all).
+    shutil.copyfile(run_dir / "logs.jsonl", artifact / "logs.jsonl")
+    owner.check()
+    if owner.cancelled():
+        raise JobCancelled(f"run {run_id} cancelled by request")
+    file_id = _upload_artifact(ctx, owner, artifact)
+    metrics = result.eval
+    if metrics is not None:
+        info = eval_info(run_id, "final", metrics, artifact / EVAL_DIR)
+        owner.when_redis_is_back("evaluation", lambda: owner.runs.set_eval(run_id, info))
+    stopped = (
+        " (stopped early: no better validation loss)"
+        if result.outcome is Outcome.EARLY_STOPPED
+        else ""
+    )
+    message = (
+        f"completed {result.steps} steps{stopped}; validation loss {metrics.loss:.4f}, "
+        f"{metrics.bits_per_char:.3f} bits/char"
+        if metrics
+        else f"completed {result.steps} steps{stopped}"
+    )
+    completed = None
+    if metrics is not None and math.isfinite(metrics.loss):
+        completed = TrainCompleted(
+            request_id=run_id,
+            run_id=run_id,
+            user_id=config.user_id,
+            loss=metrics.loss,
+            perplexity=metrics.perplexity,
+            artifact_path=str(artifact),
         )
-        ctx.runs.set_status(run_id, Status.COMPLETED, message)
-        log.info(message, extra=log_fields("run_completed"))
-        if metrics is not None and math.isfinite(loss):
-            ctx.events.publish(
-                TrainCompleted(
-                    request_id=run_id,
-                    run_id=run_id,
-                    user_id=config.user_id,
-                    loss=metrics.loss,
-                    perplexity=metrics.perplexity,
-                    artifact_path=str(artifact),
-                )
+    file_id_key = RUN_KEYS.key(RUN_KEYS.file_id, run_id)
+    owner.end(
+        Status.COMPLETED,
+        message,
+        event=completed,
+        also=(("SET", file_id_key, file_id, "EX", str(RECORD_TTL_SEC)),),
+    )
+    log.info(message, extra=log_fields("run_completed"))
+
+
+def _initial_weights(ctx: WorkerContext, payload: TrainJob, run_dir: Path) -> Path | None:
+    """A run started from another run's checkpoint: fetch that file (once per worker)."""
+    source = payload.init_from
+    if source is None:
+        return None
+    path = ctx.settings.app.data_root / "init-checkpoints" / f"{source.file_id}.pt"
+    if not path.is_file():
+        try:
+            ctx.databank.download(source.file_id, path)
+        except NotFound as exc:
+            raise UserError(
+                f"checkpoint {source.kind} at step {source.step} of run {source.run_id} is not "
+                "in Data Bank any more; start from another checkpoint"
+            ) from exc
+    return path
+
+
+def _announce_start(
+    ctx: WorkerContext, owner: RunOwner, config: ModelTrainConfig, threads: int
+) -> None:
+    """`started` goes out once per run, not once per attempt."""
+    run_id = owner.run_id
+    if not ctx.redis.set(RunKeys.started(run_id), "1", nx=True, ex=RECORD_TTL_SEC):
+        return
+    owner.events.publish(
+        TrainStarted(
+            request_id=run_id,
+            run_id=run_id,
+            user_id=config.user_id,
+            model_family=config.model_family.value,
+            model_size=config.model_size.value,
+            total_epochs=max(1, math.ceil(config.num_epochs or 1)),
+            queue=ctx.settings.rq.queue_name,
+            cpu_cores=os.cpu_count(),
+            optimal_threads=threads,
+            optimal_workers=1,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            memory_mb=_memory_mb(),
+        )
+    )
+    log.info("run started", extra=log_fields("run_started"))
+
+
+def _upload_artifact(ctx: WorkerContext, owner: RunOwner, artifact: Path) -> str:
+    """Upload the finished model, retrying with backoff for `upload_retry_sec`; then the
+    failure is transient and a later attempt uploads it without training again."""
+    deadline = time.monotonic() + ctx.settings.recovery.upload_retry_sec
+    delay = 1.0
+    while True:
+        owner.check()
+        try:
+            return publish_artifact(ctx, artifact, f"model-{owner.run_id}")
+        except ArtifactUploadFailed as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "%s; retrying in %.0f s",
+                exc.message,
+                delay,
+                extra=log_fields("artifact_upload_retry"),
             )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _rss_mb() -> int | None:

@@ -3,10 +3,15 @@
 The API never imports job code (that would pull torch into the API process): a job is
 named by a dotted path that only the worker imports. Payloads are Pydantic models sent as
 JSON, so a job sees exactly the validated shape the API accepted.
+
+Training runs are the exception to RQ's retries: they get none from RQ. Their owner and the
+reapers decide when a run goes back on the queue (jobs/ownership.py, jobs/reaper.py), with
+`requeue_run`, which reads the payload the first enqueue kept in `runs:payload:{id}`.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Protocol
@@ -18,7 +23,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 
+from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import RQSettings
+from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
+from model_trainer.store.records import as_str
 
 
 class JobName(StrEnum):
@@ -95,8 +103,15 @@ class RQJobQueue:
         self._drop_finished(job_id)
         s = self._settings
         retry = (
-            Retry(max=s.retry_max, interval=s.retry_intervals_sec or 0) if s.retry_max > 0 else None
+            Retry(max=s.retry_max, interval=s.retry_intervals_sec or 0)
+            if s.retry_max > 0 and name != JobName.TRAIN_MODEL
+            else None
         )
+        if isinstance(payload, TrainJob):
+            # Kept so that any worker can put the run back on the queue (jobs/reaper.py).
+            self._redis.set(
+                RunKeys.payload(payload.run_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
+            )
         job = self._queue.enqueue_call(
             func,
             args=(payload.model_dump_json(),),
@@ -107,7 +122,22 @@ class RQJobQueue:
             retry=retry,
             description=f"{name}:{job_id}",
         )
+        if isinstance(payload, TrainJob):
+            self._redis.set(RunKeys.job(payload.run_id), str(job.id), ex=RECORD_TTL_SEC)
         return str(job.id)
+
+    def requeue_run(self, run_id: str) -> str | None:
+        """Put a run back on the queue as a new RQ job; None if its payload is gone."""
+        raw = as_str(self._redis.get(RunKeys.payload(run_id)))
+        if raw is None:
+            return None
+        payload = TrainJob.model_validate_json(raw)
+        return self.enqueue(JobName.TRAIN_MODEL, payload, job_id=f"{run_id}-{uuid.uuid4().hex[:8]}")
+
+    def run_job_pending(self, run_id: str) -> bool:
+        """Whether the run's current RQ job is waiting or running (False once it ended)."""
+        job_id = as_str(self._redis.get(RunKeys.job(run_id))) or run_id
+        return self.state(job_id) in (JobState.QUEUED, JobState.STARTED, JobState.SCHEDULED)
 
     def _drop_finished(self, job_id: str) -> None:
         """Re-using the id of a finished or failed job (a re-submit): remove the old one first."""

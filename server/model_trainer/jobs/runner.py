@@ -1,5 +1,8 @@
 """What every job shares: the worker's services, status, heartbeat, logs, and failure policy.
 
+Training runs are owned through a lease and settle their own failures (jobs/ownership.py);
+tokenizer and evaluation jobs are short and rely on RQ's retries as below.
+
 A job body runs inside `running_job(...)`, which marks the record running, beats its heartbeat
 on a thread, copies its log lines to Redis and the job folder, and turns the way the body ends
 into a status:
@@ -18,6 +21,8 @@ into a status:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,13 +34,16 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from model_trainer.databank.client import DataBankClient
-from model_trainer.errors import AppError, ErrorCode, UserError
+from model_trainer.errors import ErrorCode, UserError
+from model_trainer.jobs.failures import ArtifactUploadFailed, classify
+from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.store.events import EventPublisher, TrainFailed
 from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
 from model_trainer.store.records import (
     AnyStatusStore,
+    ErrorInfo,
     RunProgress,
     Status,
     StatusStore,
@@ -53,31 +61,41 @@ class JobCancelled(Exception):
     """The user cancelled the job; raised at a safe point by the job body."""
 
 
-class ArtifactUploadFailed(AppError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(ErrorCode.ARTIFACT_UPLOAD_FAILED, "artifact upload failed", 502)
-        self.detail = detail
-
-
 class WorkerContext:
     """The worker's services, built once per worker process (jobs are forked from it)."""
 
-    def __init__(self, settings: Settings, redis: Redis, databank: DataBankClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        databank: DataBankClient,
+        worker_name: str | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.databank = databank
+        self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.queue = RQJobQueue(redis, settings.rq)
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.events = EventPublisher(redis, settings.app.events_channel)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerContext:
+    def from_settings(cls, settings: Settings, worker_name: str | None = None) -> WorkerContext:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-        key = settings.app.data_bank_api_key
-        databank = DataBankClient(
-            settings.app.data_bank_api_url, key.get_secret_value() if key else None
+        ctx = cls(settings, redis, DataBankClient("http://unused"), worker_name)
+        ctx.databank = ctx.databank_client()
+        return ctx
+
+    def databank_client(self, max_retries: int = 4) -> DataBankClient:
+        """A Data Bank client; checkpoints use one that gives up fast (they retry later)."""
+        app = self.settings.app
+        key = app.data_bank_api_key
+        return DataBankClient(
+            app.data_bank_api_url,
+            key.get_secret_value() if key else None,
+            max_retries=max_retries,
         )
-        return cls(settings, redis, databank)
 
     def store(self, kind: Kind) -> AnyStatusStore:
         return self.runs if kind == "run" else self.tokenizers
@@ -175,19 +193,15 @@ def running_job(
             with _Heartbeat(store, record_id, app.heartbeat_interval_sec, app.heartbeat_ttl_sec):
                 yield control
         except UserError as exc:
-            _fail(ctx, kind, record_id, user_id, exc.message, "user", on_failure, exc.code.value)
+            error = ErrorInfo(kind="user", code=exc.code.value, message=exc.message)
+            _fail(ctx, kind, record_id, user_id, exc.message, "user", on_failure, error)
         except JobCancelled:
             log.info("stopped: cancelled by request", extra=log_fields("job_cancelled"))
             _cleanup(on_failure)
             store.set_status(record_id, Status.CANCELLED, "cancelled by request")
             _publish_failed(ctx, kind, record_id, user_id, "cancelled by request", "user", True)
         except ArtifactUploadFailed as exc:
-            log.error(
-                "artifact upload failed: %s",
-                exc.detail,
-                extra=log_fields("artifact_upload_failed", error_code=exc.code.value),
-            )
-            _fail(ctx, kind, record_id, user_id, exc.message, "system", on_failure, exc.code.value)
+            _fail(ctx, kind, record_id, user_id, exc.message, "system", on_failure, classify(exc))
         except WorkerShutdown:
             log.info(
                 "interrupted by worker shutdown; will resume", extra=log_fields("job_interrupted")
@@ -203,11 +217,12 @@ def running_job(
                 left,
                 extra=log_fields("job_system_error", error_code=ErrorCode.INTERNAL_ERROR.value),
             )
-            reason = f"system error: {type(exc).__name__}: {exc}"
+            error = classify(exc)
             if left > 0:
-                store.set_status(record_id, Status.QUEUED, f"{reason}; retrying ({left} left)")
+                message = f"{error.message}; retrying ({left} left)"
+                store.set_status(record_id, Status.QUEUED, message, error=error)
             else:
-                _fail(ctx, kind, record_id, user_id, reason, "system", on_failure, None)
+                _fail(ctx, kind, record_id, user_id, error.message, "system", on_failure, error)
             raise
 
 
@@ -224,15 +239,13 @@ def _fail(
     message: str,
     error_kind: Literal["user", "system"],
     on_failure: Callable[[], None] | None,
-    error_code: str | None,
+    error: ErrorInfo,
 ) -> None:
-    log.error(
-        "failed: %s", message, extra=log_fields("job_failed", error_code=error_code or "FAILED")
-    )
+    log.error("failed: %s", message, extra=log_fields("job_failed", error_code=error.code))
     _cleanup(on_failure)
     store = ctx.store(kind)
     store.clear_file_id(record_id)  # a failed job leaves no pointer
-    store.set_status(record_id, Status.FAILED, message)
+    store.set_status(record_id, Status.FAILED, message, error=error)
     _publish_failed(ctx, kind, record_id, user_id, message, error_kind, False)
 
 

@@ -35,7 +35,8 @@ def run(payload_json: str) -> None:
             raise_stop_reason(job)
             raise
         job.raise_if_cancelled()
-        publish_artifact(ctx, ctx.tokenizers, tokenizer_id, folder, f"tokenizer-{tokenizer_id}")
+        file_id = publish_artifact(ctx, folder, f"tokenizer-{tokenizer_id}")
+        ctx.tokenizers.set_file_id(tokenizer_id, file_id)
         summary = TokenizerSummary(
             stats=result.stats.model_dump(mode="json") if result.stats else None,
             timings=result.timings.model_dump(mode="json"),

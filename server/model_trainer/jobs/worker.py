@@ -6,10 +6,14 @@ starts in milliseconds instead of paying torch's import again.
 
 SIGTERM (a redeploy): the parent stops taking jobs and forwards SIGRTMIN to the horse; the
 horse sets `shutdown.stop_requested`, the job stops at its next safe point (a training step),
-writes a checkpoint, and raises `WorkerShutdown`. RQ records the failure and, the job having
-retries left, re-enqueues it; the next worker resumes from the checkpoint. A second SIGTERM
-(or the platform's SIGKILL after its grace period) kills the horse at once: the run is then
-picked up again from its last periodic checkpoint.
+writes and uploads a checkpoint, and hands the run back to the queue (not counted as an
+attempt: a run survives any number of redeploys); the next worker resumes from the
+checkpoint. A second SIGTERM (or the platform's SIGKILL after its grace period) kills the
+horse at once: its lease lapses and a reaper queues the run again from its last checkpoint.
+
+Besides RQ's loop, the parent runs the reaper (jobs/reaper.py) every `reaper_interval_sec`,
+idle or busy, and rides out Redis outages instead of exiting: RQ retries its own dequeue;
+our overrides below keep heartbeats and maintenance from ending the worker.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import time
 from types import FrameType
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
+from rq.executions import Execution
 from rq.job import Job
 
+from model_trainer.jobs.reaper import Reaper
 from model_trainer.jobs.runner import WorkerContext, set_worker_context
 from model_trainer.settings import load_settings
 from model_trainer.shutdown import stop_requested
@@ -69,13 +76,64 @@ class GracefulWorker(Worker):
     """
 
     abandoned_grace_sec = 20
+    reaper: Reaper | None = None
 
     @property
     def dequeue_timeout(self) -> int:
         # RQ blocks an idle worker in BLPOP for worker_ttl - 15 s (405 s) and sweeps for
-        # abandoned jobs only between two BLPOPs. Wake up every maintenance interval instead,
-        # so an idle worker finds a dead worker's job within one interval of it expiring.
-        return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
+        # abandoned jobs only between two BLPOPs. Wake up every maintenance (and reaper)
+        # interval instead, so an idle worker finds a dead worker's job within one interval.
+        wake = float(self.maintenance_interval)
+        if self.reaper is not None:
+            wake = min(wake, self.reaper.interval)
+        return max(1, min(super().dequeue_timeout, int(wake)))
+
+    def _reap(self) -> None:
+        if self.reaper is not None:
+            self.reaper.tick()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None:
+            self._reap()  # the idle loop beats once per dequeue timeout
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        # Called every job_monitoring_interval while a job runs. A Redis outage must not end
+        # the worker (RQ lets the error escape and the worker exits, orphaning its job).
+        try:
+            super().maintain_heartbeats(job, execution)
+        except RedisError as exc:
+            log.warning(
+                "Redis unavailable; job heartbeat skipped: %s",
+                exc,
+                extra=log_fields("worker_redis_unavailable"),
+            )
+        self._reap()
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            Worker.run_maintenance_tasks(self)
+        except RedisError as exc:
+            log.warning(
+                "Redis unavailable; maintenance skipped: %s",
+                exc,
+                extra=log_fields("worker_redis_unavailable"),
+            )
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except RedisError as exc:
+            log.warning(
+                "Redis unavailable; suspension check skipped: %s",
+                exc,
+                extra=log_fields("worker_redis_unavailable"),
+            )
+
+    def register_death(self) -> None:
+        if self.reaper is not None:
+            self.reaper.leave()
+        Worker.register_death(self)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = int(self.job_monitoring_interval)
@@ -118,10 +176,11 @@ def main() -> int:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.app.threads))
         os.environ.setdefault("MKL_NUM_THREADS", str(settings.app.threads))
     preload_sec = preload_heavy_modules()
-    # Built once here; each forked job inherits it (redis-py reconnects after a fork).
-    set_worker_context(WorkerContext.from_settings(settings))
-    queue = Queue(settings.rq.queue_name, connection=redis)
     name = f"modeltrainer-{socket.gethostname()}-{os.getpid()}"
+    # Built once here; each forked job inherits it (redis-py reconnects after a fork).
+    ctx = WorkerContext.from_settings(settings, worker_name=name)
+    set_worker_context(ctx)
+    queue = Queue(settings.rq.queue_name, connection=redis)
     worker = GracefulWorker(
         [queue],
         connection=redis,
@@ -130,6 +189,8 @@ def main() -> int:
         maintenance_interval=settings.rq.maintenance_interval_sec,
     )
     worker.abandoned_grace_sec = settings.rq.abandoned_grace_sec
+    worker.reaper = Reaper(ctx)
+    worker.reaper.tick(force=True)  # a worker that starts finds what died before it
     log.info(
         "worker %s listening on queue %s (libraries preloaded in %.1f s)",
         name,

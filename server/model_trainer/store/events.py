@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from redis import Redis
 from redis.exceptions import RedisError
 
+from model_trainer.store.fencing import Command, DirectWriter, Writer
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.store.events")
@@ -98,13 +99,20 @@ def encode(event: TrainerEvent) -> str:
 
 
 class EventPublisher:
-    def __init__(self, redis: Redis, channel: str) -> None:
+    """Publishes events; a run's owner passes its fenced writer, so that a worker that lost
+    the run publishes nothing more about it (`LeaseLost` is raised, not swallowed)."""
+
+    def __init__(self, redis: Redis, channel: str, writer: Writer | None = None) -> None:
         self._redis = redis
         self.channel = channel
+        self._writer: Writer = writer or DirectWriter(redis)
+
+    def with_writer(self, writer: Writer) -> EventPublisher:
+        return EventPublisher(self._redis, self.channel, writer)
 
     def publish(self, event: TrainerEvent) -> bool:
         try:
-            self._redis.publish(self.channel, encode(event))
+            self._writer.write([self.command(event)])
         except RedisError as exc:
             log.warning(
                 "could not publish %s: %s",
@@ -114,3 +122,7 @@ class EventPublisher:
             )
             return False
         return True
+
+    def command(self, event: TrainerEvent) -> Command:
+        """The PUBLISH, to go in the same atomic write as a status change."""
+        return ("PUBLISH", self.channel, encode(event))

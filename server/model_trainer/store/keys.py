@@ -24,6 +24,7 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `runs:checkpoints:{id}`       | string (CheckpointIndex) | 30 d           | owning worker |
 | `runs:started:{id}`           | string "1"            | 30 d              | worker       |
 | `runs:job:{id}`               | string (RQ job id)    | 30 d              | API, worker  |
+| `runs:payload:{id}`           | string (TrainJob)     | 30 d              | API          |
 | `trainer:runs:delayed`        | zset (score = due ts) | none              | worker       |
 | `trainer:workers:{queue}`     | zset (score = seen ts)| none              | worker       |
 | `tokenizers:index`            | zset                  | none              | API          |
@@ -141,6 +142,10 @@ class RunKeys:
     @staticmethod
     def job(run_id: str) -> str:
         return f"runs:job:{run_id}"
+
+    @staticmethod
+    def payload(run_id: str) -> str:
+        return f"runs:payload:{run_id}"
 
 
 # Runs waiting out a retry delay: member = run id, score = when to enqueue it again.

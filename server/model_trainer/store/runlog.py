@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from redis import Redis
 from redis.exceptions import RedisError
 
+from model_trainer.store.fencing import DirectWriter, Writer
 from model_trainer.store.keys import METRICS_MAX_POINTS, RECORD_TTL_SEC, logs_key, metrics_key
 from model_trainer.store.records import as_str
 from service_common.jsonlog import JsonFormatter, run_id_var, tokenizer_id_var
@@ -115,20 +116,40 @@ class RunLogReader:
 
 
 class MetricsWriter:
-    """Loss-curve points to Redis (the training loop writes `metrics.jsonl` itself)."""
+    """Loss-curve points to Redis (the training loop writes `metrics.jsonl` itself).
 
-    def __init__(self, redis: Redis, record_id: str) -> None:
+    Points that could not be written (Redis unreachable) wait and go out, in order, with the
+    next write, so an outage leaves no hole in the curve. `after_step` drops points the
+    curve already has: a run resumed from an older checkpoint replays steps it had reported.
+    """
+
+    def __init__(self, redis: Redis, record_id: str, writer: Writer | None = None) -> None:
         self._redis = redis
         self._id = record_id
+        self._writer: Writer = writer or DirectWriter(redis)
+        self._pending: list[str] = []
+        self.after_step = -1
+
+    def last_step(self) -> int | None:
+        """The step of the newest point in Redis (None for an empty curve)."""
+        raw = as_str(self._redis.lindex(metrics_key(self._id), -1))
+        return MetricPoint.model_validate_json(raw).step if raw else None
 
     def add(self, point: MetricPoint) -> None:
-        data = point.model_dump_json(exclude_none=True)
+        """Queue the point and write everything pending; raises RedisError if Redis is down."""
+        if point.step <= self.after_step:
+            return
+        self.after_step = point.step
+        self._pending.append(point.model_dump_json(exclude_none=True))
         key = metrics_key(self._id)
-        pipe = self._redis.pipeline()
-        pipe.rpush(key, data)
-        pipe.ltrim(key, -METRICS_MAX_POINTS, -1)
-        pipe.expire(key, RECORD_TTL_SEC)
-        pipe.execute()
+        self._writer.write(
+            [
+                ("RPUSH", key, *self._pending),
+                ("LTRIM", key, str(-METRICS_MAX_POINTS), "-1"),
+                ("EXPIRE", key, str(RECORD_TTL_SEC)),
+            ]
+        )
+        self._pending = []
 
 
 def _line(entry: object) -> LogLine:
