@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, SecretStr
+from redis import Redis
 
 from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
 from model_trainer.errors import ErrorCode
 from model_trainer.settings import SecuritySettings, Settings
-from tests.conftest import StartWorker
+from model_trainer.store.keys import workers_key
 from tests.databank_fixtures import DataBankServer
 
 
@@ -142,27 +144,41 @@ def test_unknown_exception_is_a_sanitized_500_and_logged(
     )
 
 
-def test_readyz_degraded_without_worker_and_ready_with_one(
-    settings: Settings, start_worker: StartWorker, databank_server: DataBankServer
+def test_readyz_counts_only_workers_seen_lately(
+    settings: Settings, redis_client: Redis, databank_server: DataBankServer
 ) -> None:
+    """Ready needs a member of trainer:workers:{queue} seen within worker_presence_ttl_sec:
+    a worker that died without cleaning up (RQ's registry still lists it) does not count."""
     app_settings = settings.app.model_copy(update={"data_bank_api_url": databank_server.url})
     settings = settings.model_copy(update={"app": app_settings})
+    queue = settings.rq.queue_name
+    ttl = settings.recovery.worker_presence_ttl_sec
+    key = workers_key(queue)
     with TestClient(_app(settings)) as client:
         degraded = client.get("/readyz")
         assert degraded.status_code == 503
-        assert degraded.json()["status"] == "degraded"
-        assert "no worker" in degraded.json()["reason"]
-        start_worker()
+        assert degraded.json() == {
+            "status": "degraded",
+            "reason": f"no live worker for queue {queue!r} (none seen in the last {ttl:g} s)",
+        }
+        # Seen, but longer ago than the TTL; and a live worker of another queue.
+        redis_client.zadd(key, {"worker-gone": time.time() - ttl - 5})
+        redis_client.zadd(workers_key(queue + "-other"), {"worker-elsewhere": time.time()})
+        stale = client.get("/readyz")
+        assert stale.status_code == 503
+        assert "no live worker" in stale.json()["reason"]
+        redis_client.zadd(key, {"worker-a": time.time()})
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"status": "ready"}
         assert client.get("/healthz").json() == {"status": "ok"}
+    redis_client.delete(key, workers_key(queue + "-other"))
 
 
 def test_readyz_degraded_when_data_bank_is_unreachable(
-    settings: Settings, start_worker: StartWorker
+    settings: Settings, redis_client: Redis
 ) -> None:
-    start_worker()
+    redis_client.zadd(workers_key(settings.rq.queue_name), {"worker-a": time.time()})
     app_settings = settings.app.model_copy(update={"data_bank_api_url": "http://127.0.0.1:1"})
     settings = settings.model_copy(update={"app": app_settings})
     with TestClient(_app(settings)) as client:
@@ -172,6 +188,7 @@ def test_readyz_degraded_when_data_bank_is_unreachable(
             "status": "degraded",
             "reason": "data bank unreachable: ConnectError",
         }
+    redis_client.delete(workers_key(settings.rq.queue_name))
 
 
 def test_readyz_degraded_when_redis_is_unreachable(settings: Settings) -> None:

@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from model_trainer.api.deps import ApiContext, require_api_key
-from model_trainer.api.errors import VOCABULARY
+from model_trainer.api.errors import VOCABULARY, error_responses, install_api_error_handlers
 from model_trainer.api.routes import health, runs, tokenizers
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import RQJobQueue
@@ -17,11 +19,23 @@ from model_trainer.settings import Settings, load_settings
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import setup_logging
 
+# Redis unreachable: a request fails at once (503, see errors.py) rather than hanging or
+# retrying with backoff. A refused connection fails in a millisecond, an unanswered connect
+# in 2 s, an unanswered command in 5 s (the API sends no blocking commands). No retries:
+# redis-py's defaults differ by constructor and version (Redis() retries 3 times with up to
+# 10 s of backoff), so say it. A pooled connection the server closed (a Redis restart) is
+# noticed and reconnected when it is taken from the pool, without a retry.
+REDIS_CONNECT_TIMEOUT_SEC = 2.0
+REDIS_SOCKET_TIMEOUT_SEC = 5.0
+
 
 def build_context(settings: Settings) -> ApiContext:
-    # Short timeouts: a readiness probe must answer "degraded", not hang, when Redis is gone.
     redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+        settings.redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SEC,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SEC,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
     )
     key = settings.app.data_bank_api_key
     databank = DataBankClient(
@@ -46,8 +60,10 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     app = FastAPI(title="Model Trainer", version="0.1.0", lifespan=lifespan)
     app.state.ctx = context
     install_error_bodies(app, VOCABULARY)
+    install_api_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
     for router in (tokenizers.router, runs.router):
-        app.include_router(router, dependencies=protected)
+        # Every protected route may answer 401 (a key is configured) and 503 (Redis is down).
+        app.include_router(router, dependencies=protected, responses=error_responses(401, 503))
     return app

@@ -7,9 +7,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from model_trainer.store.records import EvalInfo, Record, RunProgress, Status, TokenizerSummary
+from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
+from model_trainer.store.records import (
+    ErrorInfo,
+    EvalInfo,
+    Record,
+    RunProgress,
+    Status,
+    TokenizerSummary,
+)
 
-__all__ = ["EvalInfo", "RunProgress"]
+__all__ = ["ErrorInfo", "EvalInfo", "RunProgress"]
 
 
 class _Body(BaseModel):
@@ -33,6 +41,8 @@ class TokenizerInfo(_Body):
     stats: dict[str, JsonValue] | None = None
     timings: dict[str, float] | None = None
     file_id: str | None = None
+    # Why the job failed: `{kind: user | transient | fatal, code, message}`.
+    error: ErrorInfo | None = None
 
     @classmethod
     def from_record(cls, record: Record[TokenizerSummary]) -> TokenizerInfo:
@@ -47,6 +57,7 @@ class TokenizerInfo(_Body):
             stats=summary.stats if summary else None,
             timings=summary.timings if summary else None,
             file_id=record.file_id,
+            error=record.error,
         )
 
 
@@ -76,9 +87,13 @@ class RunInfo(_Body):
     progress: RunProgress = Field(default_factory=RunProgress)
     request: dict[str, JsonValue] | None = None
     file_id: str | None = None
+    # Why the run failed, or why its last attempt did while it waits to be retried (queued
+    # with an error): `{kind: user | transient | fatal, code, message}`.
+    error: ErrorInfo | None = None
+    attempts: int = Field(default=0, description="failed attempts so far (0 until one fails)")
 
     @classmethod
-    def from_record(cls, record: Record[RunProgress]) -> RunInfo:
+    def from_record(cls, record: Record[RunProgress], attempts: int = 0) -> RunInfo:
         return cls(
             run_id=record.id,
             status=record.status,
@@ -88,12 +103,48 @@ class RunInfo(_Body):
             progress=record.progress or RunProgress(),
             request=record.meta.request if record.meta else None,
             file_id=record.file_id,
+            error=record.error,
+            attempts=attempts,
         )
 
 
 class RunList(_Body):
     items: list[RunInfo]
     page: Page
+
+
+class CheckpointInfo(_Body):
+    """One checkpoint of a run in Data Bank: `last` ones resume training, `best` has the
+    weights with the lowest validation loss so far. Start another run from one with
+    `from_run_id` and `from_checkpoint` (`last`, `best` or the step of a `last`)."""
+
+    step: int
+    kind: CheckpointKind
+    val_loss: float | None
+    created_at: float
+    file_id: str
+
+    @classmethod
+    def from_entry(cls, entry: CheckpointEntry) -> CheckpointInfo:
+        return cls(
+            step=entry.step,
+            kind=entry.kind,
+            val_loss=entry.val_loss,
+            created_at=entry.created_at,
+            file_id=entry.file_id,
+        )
+
+
+class CheckpointList(_Body):
+    run_id: str
+    checkpoints: list[CheckpointInfo]
+
+    @classmethod
+    def from_index(cls, run_id: str, index: CheckpointIndex) -> CheckpointList:
+        """Oldest first: by step, then by when it was written (`best` and `last` may share
+        a step)."""
+        entries = sorted(index.entries, key=lambda e: (e.step, e.created_at))
+        return cls(run_id=run_id, checkpoints=[CheckpointInfo.from_entry(e) for e in entries])
 
 
 class LogLines(_Body):

@@ -1,7 +1,8 @@
 """What each submit does, one small function per action; routes only map HTTP onto these.
 
 Every check that can be made at submit time is made here (tokenizer finished, artifact and
-corpus still in Data Bank), so a bad request is refused now rather than minutes later in a job.
+corpus still in Data Bank, the checkpoint to start from exists and fits), so a bad request is
+refused now rather than minutes later in a job.
 """
 
 from __future__ import annotations
@@ -9,11 +10,21 @@ from __future__ import annotations
 import time
 import uuid
 
+from pydantic import JsonValue, ValidationError
+
 from model_trainer.api.deps import ApiContext, artifact_available, require_corpus
+from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted
 from model_trainer.errors import ConflictError, NotFoundError
-from model_trainer.jobs.payloads import EvaluateJob, EvaluateRequest, TokenizerJob, TrainJob
+from model_trainer.jobs.payloads import (
+    EvaluateJob,
+    EvaluateRequest,
+    InitFrom,
+    TokenizerJob,
+    TrainJob,
+)
 from model_trainer.jobs.queue import JobName
+from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RecordMeta, RunProgress, Status
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import ModelTrainConfig
@@ -45,7 +56,8 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
 
 
 def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
-    """A new run (runs are never deduplicated) once its tokenizer and corpus are usable."""
+    """A new run (runs are never deduplicated) once its tokenizer and corpus are usable, and
+    the checkpoint it starts from (`from_run_id`) exists and holds the same model."""
     tokenizer = ctx.tokenizers.record(config.tokenizer_id)
     if tokenizer is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
@@ -54,20 +66,108 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
             f"tokenizer {config.tokenizer_id!r} is {tokenizer.status.value}, not completed: "
             "wait for it to finish (GET /tokenizers/{id})"
         )
+    init_from: InitFrom | None = None
+    source_id = config.from_run_id
+    if source_id is not None:
+        # Stored and enqueued as resolved: a request that names no checkpoint says "last".
+        config = config.model_copy(update={"from_checkpoint": config.from_checkpoint or "last"})
+        init_from = resolve_init_from(ctx, config, source_id)
     if not artifact_available(ctx, tokenizer.file_id):
         raise ConflictError(
             f"the artifact of tokenizer {config.tokenizer_id!r} is not in Data Bank any more: "
             "train the tokenizer again (POST /tokenizers/train with the same request)"
+        )
+    if init_from is not None and not artifact_available(ctx, init_from.file_id):
+        raise ConflictError(
+            f"checkpoint {init_from.kind} at step {init_from.step} of run {init_from.run_id!r} "
+            "is not in Data Bank any more: start from another one "
+            f"(GET /runs/{init_from.run_id}/checkpoints)"
         )
     require_corpus(ctx, config.corpus_file_id)
     run_id = f"run-{uuid.uuid4().hex[:16]}"
     ctx.runs.create(
         run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json"))
     )
-    job_id = ctx.queue.enqueue(
-        JobName.TRAIN_MODEL, TrainJob(run_id=run_id, config=config), job_id=run_id
-    )
+    job = TrainJob(run_id=run_id, config=config, init_from=init_from)
+    job_id = ctx.queue.enqueue(JobName.TRAIN_MODEL, job, job_id=run_id)
     return RunAccepted(run_id=run_id, job_id=job_id, status=Status.QUEUED)
+
+
+def resolve_init_from(ctx: ApiContext, config: ModelTrainConfig, source_id: str) -> InitFrom:
+    """The checkpoint of run `source_id` that `config` starts from, once it is known to exist
+    and to hold the model `config` describes.
+
+    404 when the run is unknown; 422 when its model differs (family, architecture, context
+    length or tokenizer; `details` names each differing field); 409 when its request cannot
+    be read or it has no such checkpoint (the message lists those it has).
+    """
+    source = ctx.runs.record(source_id)
+    if source is None:
+        raise NotFoundError(f"unknown from_run_id {source_id!r}")
+    request = source.meta.request if source.meta else None
+    differences = _model_differences(source_id, request, config)
+    if differences:
+        fields = ", ".join(d.field for d in differences)
+        raise FieldsInvalid(
+            f"run {source_id!r} trained a different model than this request: {fields} differ "
+            f"({'; '.join(d.message for d in differences)}); starting from its weights needs "
+            "the same model_family, architecture (model_size, n_layer, n_head, n_embd), "
+            "max_seq_len and tokenizer_id",
+            differences,
+        )
+    which = config.from_checkpoint or "last"
+    index = read_checkpoints(ctx.redis, source_id)
+    entry = index.find(which)
+    if entry is None:
+        raise ConflictError(
+            f"run {source_id!r} has no checkpoint {which!r} (from_checkpoint); "
+            f"{_describe_checkpoints(index)}"
+        )
+    return InitFrom(run_id=source_id, step=entry.step, kind=entry.kind, file_id=entry.file_id)
+
+
+def _describe_checkpoints(index: CheckpointIndex) -> str:
+    lasts = [str(e.step) for e in index.entries if e.kind == "last"]
+    best = index.best()
+    if not lasts and best is None:
+        return "it has no checkpoints yet"
+    parts = []
+    if lasts:
+        parts.append(f"last at step {', '.join(lasts)}")
+    if best is not None:
+        parts.append(f"best at step {best.step}")
+    return f"it has: {'; '.join(parts)} (from_checkpoint: last, best or one of those steps)"
+
+
+def _model_differences(
+    source_id: str, request: dict[str, JsonValue] | None, config: ModelTrainConfig
+) -> list[FieldError]:
+    """The fields whose value in run `source_id`'s request differs from `config`'s."""
+    try:
+        source = ModelTrainConfig.model_validate(request)
+    except ValidationError as exc:
+        raise ConflictError(
+            f"cannot read the request of run {source_id!r} to compare its model: "
+            f"{exc.error_count()} invalid field(s)"
+        ) from exc
+    arch, source_arch = config.resolved(), source.resolved()
+    pairs: list[tuple[str, object, object]] = [
+        ("model_family", source.model_family.value, config.model_family.value),
+        ("n_layer", source_arch.n_layer, arch.n_layer),
+        ("n_head", source_arch.n_head, arch.n_head),
+        ("n_embd", source_arch.n_embd, arch.n_embd),
+        ("max_seq_len", source.max_seq_len, config.max_seq_len),
+        ("tokenizer_id", source.tokenizer_id, config.tokenizer_id),
+    ]
+    return [
+        FieldError(
+            field=name,
+            message=f"run {source_id} has {theirs!r}, this request {ours!r}",
+            type="differs_from_source_run",
+        )
+        for name, theirs, ours in pairs
+        if theirs != ours
+    ]
 
 
 def cancel_run(ctx: ApiContext, run: Record[RunProgress]) -> None:

@@ -1,4 +1,5 @@
-"""`/runs`: submit, status, list, cancel, logs (tail and SSE), metrics, evaluation, artifact."""
+"""`/runs`: submit, status, list, cancel, logs (tail and SSE), metrics, evaluation, artifact,
+checkpoints."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from model_trainer.api import services
 from model_trainer.api.deps import Ctx
+from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
+from model_trainer.api.run_records import RunView, read_run, read_runs
 from model_trainer.api.schemas import (
     ArtifactPointer,
+    CheckpointList,
     EvalAccepted,
     LogLines,
     MetricsBody,
@@ -25,11 +30,13 @@ from model_trainer.api.schemas import (
     RunList,
     json_object,
 )
-from model_trainer.errors import NotFoundError
+from model_trainer.errors import ErrorCode, NotFoundError
 from model_trainer.jobs.payloads import EvaluateRequest
+from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RunProgress, Status
 from model_trainer.store.runlog import RunLogReader
 from model_trainer.training.config import ModelTrainConfig
+from service_common.jsonlog import request_id_var
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -37,8 +44,13 @@ SSE_POLL_SEC = 0.5
 SSE_KEEPALIVE_SEC = 15.0
 
 
-@router.post("/train", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409, 422)
+)
 def train_run(config: ModelTrainConfig, ctx: Ctx) -> RunAccepted:
+    """A new run. With `from_run_id` it starts from that run's checkpoint `from_checkpoint`
+    (`last` by default, `best`, or a step): 404 if the run is unknown, 409 if it has no such
+    checkpoint, 422 if its model (family, architecture, max_seq_len, tokenizer) differs."""
     return services.submit_run(ctx, config)
 
 
@@ -54,43 +66,54 @@ def list_runs(
     else:
         matching = ctx.runs.ids_with_status(status_filter)
         ids, total = matching[offset : offset + limit], len(matching)
-    records = [r for r in ctx.runs.records(ids) if r is not None]
+    views = [v for v in read_runs(ctx.redis, ids) if v is not None]
     return RunList(
-        items=[RunInfo.from_record(r) for r in records],
+        items=[_info(v) for v in views],
         page=Page(offset=offset, limit=limit, total=total),
     )
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=error_responses(404))
 def get_run(run_id: str, ctx: Ctx) -> RunInfo:
-    return RunInfo.from_record(_require_run(ctx, run_id))
+    return _info(_require_view(ctx, run_id))
 
 
-@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409)
+)
 def cancel_run(run_id: str, ctx: Ctx) -> RunInfo:
     services.cancel_run(ctx, _require_run(ctx, run_id))
-    return RunInfo.from_record(_require_run(ctx, run_id))
+    return _info(_require_view(ctx, run_id))
 
 
-@router.get("/{run_id}/logs")
+@router.get("/{run_id}/checkpoints", responses=error_responses(404))
+def run_checkpoints(run_id: str, ctx: Ctx) -> CheckpointList:
+    """The run's checkpoints in Data Bank, oldest first (empty until its first one)."""
+    _require_run(ctx, run_id)
+    return CheckpointList.from_index(run_id, read_checkpoints(ctx.redis, run_id))
+
+
+@router.get("/{run_id}/logs", responses=error_responses(404))
 def run_logs(run_id: str, ctx: Ctx, tail: Annotated[int, Query(ge=1, le=10_000)] = 100) -> LogLines:
     _require_run(ctx, run_id)
     lines = RunLogReader(ctx.redis).tail(run_id, tail)
     return LogLines(run_id=run_id, lines=[json_object(line.line) for line in lines])
 
 
-@router.get("/{run_id}/logs/stream", response_class=StreamingResponse)
+@router.get(
+    "/{run_id}/logs/stream", response_class=StreamingResponse, responses=error_responses(404)
+)
 def stream_run_logs(
     run_id: str,
     ctx: Ctx,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    """Server-sent events: one `data:` per log line, `id:` = its stream id; ends with the run."""
+    """Server-sent events: one `data:` per log line, `id:` = its stream id; ends with the run
+    (`event: end`), or with `event: unavailable` when Redis goes away mid-stream."""
     _require_run(ctx, run_id)
     reader = RunLogReader(ctx.redis)
 
-    async def events() -> AsyncIterator[str]:
-        last = last_event_id or "0"
+    async def lines_then_end(last: str) -> AsyncIterator[str]:
         quiet_since = time.monotonic()
         while True:
             lines = await run_in_threadpool(reader.after, run_id, last)
@@ -112,6 +135,21 @@ def stream_run_logs(
                 yield ": keep-alive\n\n"
             await asyncio.sleep(SSE_POLL_SEC)
 
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for event in lines_then_end(last_event_id or "0"):
+                yield event
+        except RedisError as exc:
+            # Headers are sent: no 503 now. Say why the stream ends; the client reconnects
+            # with Last-Event-ID and gets a 503 until Redis is back.
+            log.warning("log stream of %s ended: redis unavailable: %s", run_id, exc)
+            body = {
+                "code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                "message": REDIS_UNAVAILABLE_MESSAGE,
+                "request_id": request_id_var.get(),
+            }
+            yield f"event: unavailable\ndata: {json.dumps(body)}\n\n"
+
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
@@ -119,19 +157,23 @@ def stream_run_logs(
     )
 
 
-@router.get("/{run_id}/metrics")
+@router.get("/{run_id}/metrics", responses=error_responses(404))
 def run_metrics(run_id: str, ctx: Ctx) -> MetricsBody:
     _require_run(ctx, run_id)
     points = RunLogReader(ctx.redis).metrics(run_id)
     return MetricsBody(run_id=run_id, points=[p.model_dump(exclude_none=True) for p in points])
 
 
-@router.post("/{run_id}/evaluate", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{run_id}/evaluate",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(404, 409),
+)
 def evaluate_run(run_id: str, request: EvaluateRequest, ctx: Ctx) -> EvalAccepted:
     return services.submit_evaluation(ctx, _require_run(ctx, run_id), request)
 
 
-@router.get("/{run_id}/eval")
+@router.get("/{run_id}/eval", responses=error_responses(404))
 def get_run_eval(run_id: str, ctx: Ctx) -> EvalInfo:
     _require_run(ctx, run_id)
     info = ctx.runs.eval(run_id)
@@ -140,7 +182,7 @@ def get_run_eval(run_id: str, ctx: Ctx) -> EvalInfo:
     return info
 
 
-@router.get("/{run_id}/artifact")
+@router.get("/{run_id}/artifact", responses=error_responses(404))
 def run_artifact(run_id: str, ctx: Ctx) -> ArtifactPointer:
     file_id = ctx.runs.file_id(run_id)
     if file_id is None:
@@ -148,8 +190,16 @@ def run_artifact(run_id: str, ctx: Ctx) -> ArtifactPointer:
     return ArtifactPointer(file_id=file_id)
 
 
-def _require_run(ctx: Ctx, run_id: str) -> Record[RunProgress]:
-    record = ctx.runs.record(run_id)
-    if record is None:
+def _require_view(ctx: Ctx, run_id: str) -> RunView:
+    view = read_run(ctx.redis, run_id)
+    if view is None:
         raise NotFoundError(f"unknown run {run_id!r}")
-    return record
+    return view
+
+
+def _require_run(ctx: Ctx, run_id: str) -> Record[RunProgress]:
+    return _require_view(ctx, run_id).record
+
+
+def _info(view: RunView) -> RunInfo:
+    return RunInfo.from_record(view.record, attempts=view.attempts)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from model_trainer.api import services
 from model_trainer.api.deps import Ctx
+from model_trainer.api.errors import error_responses
 from model_trainer.api.schemas import (
     ArtifactPointer,
     Page,
@@ -41,12 +42,12 @@ def list_tokenizers(
     )
 
 
-@router.get("/{tokenizer_id}")
+@router.get("/{tokenizer_id}", responses=error_responses(404))
 def get_tokenizer(tokenizer_id: str, ctx: Ctx) -> TokenizerInfo:
     return TokenizerInfo.from_record(_require(ctx, tokenizer_id))
 
 
-@router.get("/{tokenizer_id}/artifact")
+@router.get("/{tokenizer_id}/artifact", responses=error_responses(404))
 def tokenizer_artifact(tokenizer_id: str, ctx: Ctx) -> ArtifactPointer:
     file_id = ctx.tokenizers.file_id(tokenizer_id)
     if file_id is None:
