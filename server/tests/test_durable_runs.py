@@ -8,6 +8,7 @@ printed so that `pytest -s` shows them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -23,7 +24,7 @@ from model_trainer.store.keys import RunKeys
 from model_trainer.store.records import as_str
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
-from tests.stack import Stack, get_json, poll, wait_while_progressing
+from tests.stack import Stack, get_json, json_dict, poll, wait_while_progressing
 from tests.test_training_runs import EventCollector, _run_body, _submit, _text
 
 RESUME_BOUND_SEC = 60.0
@@ -79,10 +80,8 @@ def _children(pid: int) -> list[int]:
 def _signal_all(worker: Proc, sig: int) -> None:
     """The worker, its job process and its scheduler process (each in its own group)."""
     for pid in [*_children(worker.pid), worker.pid]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _owner(stack: Stack, run_id: str) -> str | None:
@@ -122,6 +121,11 @@ def _assert_continuous(client: TestClient, events: EventCollector, run_id: str) 
     assert progress == sorted(progress), progress
 
 
+def _error(answer: dict[str, object]) -> dict[str, object]:
+    error = answer.get("error")
+    return json_dict(error) if error is not None else {}
+
+
 def _attempts(stack: Stack, run_id: str) -> int:
     raw = as_str(stack.redis.get(RunKeys.attempts(run_id)))
     return int(raw) if raw else 0
@@ -134,9 +138,7 @@ def test_killed_worker_resumes_on_a_fresh_disk_within_a_minute(
     worker_a = stack.start_worker(_disk())
     try:
         with stack.client() as client:
-            body = _run_body(
-                corpus_id, tokenizer_id, max_train_seconds=25, checkpoint_interval=30
-            )
+            body = _run_body(corpus_id, tokenizer_id, max_train_seconds=25, checkpoint_interval=30)
             body.pop("max_steps")
             run_id = _submit(client, body)
             wait_until(
@@ -197,13 +199,13 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
             requeue_seconds: list[float] = []
             last_step = 0
             for _ in range(5):
-                wait_until(
-                    lambda s=last_step: _step(_run(client, run_id)) > s + 10
-                    and _owner(stack, run_id) == stack.worker_name(worker),
-                    120,
-                    "the run to train on the new worker",
-                    worker,
-                )
+                current, since = worker, last_step
+
+                def training_here() -> bool:
+                    here = _owner(stack, run_id) == stack.worker_name(current)  # noqa: B023
+                    return here and _step(_run(client, run_id)) > since + 10  # noqa: B023
+
+                wait_until(training_here, 120, "the run to train on the new worker", worker)
                 worker.popen.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
                 answer = poll(lambda: _run(client, run_id), lambda a: a["status"] == "queued", 60)
@@ -240,8 +242,7 @@ def test_last_attempt_killed_fails_with_a_reason_and_an_event(
             worker_a.kill()
             stack.workers.remove(worker_a)
             answer = poll(lambda: _run(client, run_id), lambda a: a["status"] == "failed", 60)
-            error = answer["error"]
-            assert isinstance(error, dict), answer
+            error = _error(answer)
             assert error["kind"] == "fatal" and error["code"] == "WORKER_LOST", error
             failed = events.wait_for(run_id, "trainer.train.failed.v1")
             assert failed["error_kind"] == "system" and failed["status"] == "failed"
@@ -269,8 +270,10 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
             other = next(w for w in workers if w is not paused)
             _signal_all(paused, signal.SIGSTOP)
             wait_until(
-                lambda: _owner(stack, run_id) == stack.worker_name(other)
-                and _run(client, run_id)["status"] == "running",
+                lambda: (
+                    _owner(stack, run_id) == stack.worker_name(other)
+                    and _run(client, run_id)["status"] == "running"
+                ),
                 60,
                 "the other worker to take the run over",
                 other,
@@ -363,12 +366,11 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
             try:
                 answer = poll(
                     lambda: _run(client, run_id),
-                    lambda a: isinstance(a.get("error"), dict)
-                    and a["error"].get("kind") == "transient",  # type-narrowed by isinstance
+                    lambda a: _error(a).get("kind") == "transient",
                     120,
                 )
                 assert answer["status"] in ("queued", "running"), answer
-                assert answer["error"]["code"] in ("ARTIFACT_UPLOAD_FAILED", "DATABANK_UNAVAILABLE")
+                assert _error(answer)["code"] in ("ARTIFACT_UPLOAD_FAILED", "DATABANK_UNAVAILABLE")
             finally:
                 stack.restart_databank()
             done = _finish(client, run_id)

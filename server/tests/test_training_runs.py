@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -14,7 +12,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
-from rq.registry import StartedJobRegistry
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from model_trainer.databank.archive import safe_extract
@@ -29,7 +26,7 @@ from model_trainer.store.keys import TOKENIZER_KEYS
 from model_trainer.store.records import RecordMeta, StatusStore, TokenizerSummary
 from model_trainer.training.evaluate import CanGenerate
 from tests.processes import wait_until
-from tests.stack import Stack, get_json, json_dict, num, poll, wait_while_progressing
+from tests.stack import Stack, get_json, json_dict, num, poll
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
 EVENT_TYPES: dict[str, type[TrainerEvent]] = {
@@ -364,56 +361,6 @@ def test_bad_submissions_are_refused_at_submit_time(
         assert response.json()["code"] == "CONFLICT"
         for path in ("/runs/run-nope", "/runs/run-nope/eval", "/runs/run-nope/metrics"):
             assert client.get(path).status_code == 404
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def test_killed_worker_run_resumes_from_checkpoint(
-    stack: Stack, corpus_id: str, tokenizer_id: str, tmp_path: Path
-) -> None:
-    """SIGKILL the worker (and its job and scheduler processes) after a checkpoint; a new
-    worker on the same disk resumes from it. Each step waits on the condition it needs."""
-    victim = stack.workers[0]  # the module's only worker: the run goes to it
-    with stack.client() as client:
-        body = _run_body(corpus_id, tokenizer_id, max_steps=200, checkpoint_interval=40)
-        run_id = _submit(client, body)
-
-        def checkpointed() -> bool:
-            lines = client.get(f"/runs/{run_id}/logs", params={"tail": 500}).json()["lines"]
-            return any(line.get("event") == "checkpoint_saved" for line in lines)
-
-        wait_until(checkpointed, 180, "a checkpoint of the run", victim)
-        for pid in [*_children(victim.pid), victim.pid]:
-            os.kill(pid, signal.SIGKILL)
-        victim.kill()
-        # The run's RQ heartbeat runs out (monitoring interval + grace): the job is abandoned.
-        started = StartedJobRegistry(stack.queue_name, connection=stack.redis)
-        wait_until(
-            lambda: run_id in started.get_expired_job_ids(), 60, "the job to count as abandoned"
-        )
-        # A worker sweeps for abandoned jobs as it starts: this one retries the run at once.
-        stack.workers[0] = stack.start_worker("worker-a")  # the same disk: its checkpoint
-        done = wait_while_progressing(
-            lambda: get_json(client, f"/runs/{run_id}"),
-            lambda a: a["status"] in ("completed", "failed"),
-            stall_timeout=180,
-        )
-        assert done["status"] == "completed", done
-        logs = client.get(f"/runs/{run_id}/logs", params={"tail": 2000}).json()["lines"]
-        resumed = [line for line in logs if line.get("event") == "training_resumed"]
-        assert resumed and int(str(resumed[0]["step"])) >= 40
-        file_id = client.get(f"/runs/{run_id}/artifact").json()["file_id"]
-    tar = tmp_path / "m.tar"
-    with stack.bank() as bank:
-        bank.download(file_id, tar)
-    folder = safe_extract(tar, tmp_path / "x", max_members=1000, max_total_bytes=10**9)
-    manifest = json.loads((folder / f"model-{run_id}" / "manifest.json").read_text())
-    assert manifest["training"]["resumed_at_steps"], manifest["training"]
-    assert manifest["training"]["resumed_at_steps"][0] >= 40
-    assert manifest["training"]["steps"] == 200
 
 
 def test_sse_stream_reports_unknown_run(stack: Stack) -> None:

@@ -203,7 +203,7 @@ class Reaper:
                 continue
             self._missing_since.pop(marker, None)
             claimed = self._redis.set(
-                f"runs:claim:{run_id}", self._ctx.worker_name, nx=True, px=30_000
+                RunKeys.claim(run_id), self._ctx.worker_name, nx=True, px=30_000
             )
             if claimed:
                 self._requeue(run_id, "queued without a job")

@@ -25,6 +25,7 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `runs:started:{id}`           | string "1"            | 30 d              | worker       |
 | `runs:job:{id}`               | string (RQ job id)    | 30 d              | API, worker  |
 | `runs:payload:{id}`           | string (TrainJob)     | 30 d              | API          |
+| `runs:claim:{id}`             | string (worker)       | 30 s              | reaper       |
 | `trainer:runs:delayed`        | zset (score = due ts) | none              | worker       |
 | `trainer:workers:{queue}`     | zset (score = seen ts)| none              | worker       |
 | `tokenizers:index`            | zset                  | none              | API          |
@@ -146,6 +147,10 @@ class RunKeys:
     @staticmethod
     def payload(run_id: str) -> str:
         return f"runs:payload:{run_id}"
+
+    @staticmethod
+    def claim(run_id: str) -> str:
+        return f"runs:claim:{run_id}"
 
 
 # Runs waiting out a retry delay: member = run id, score = when to enqueue it again.
