@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from model_trainer.training.checkpoint import (
+    checkpoint_path,
+    load_best,
+    save_best,
+    sidecar_path,
+)
 from model_trainer.training.config import ModelTrainConfig, Precision
 from model_trainer.training.data import EvalSplit
 from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_folder
@@ -32,17 +41,30 @@ CONFIG = {
 }
 
 
+def train(root: Path, run_dir: Path, cpu: CpuInfo, **fields: object) -> TrainingResult:
+    """A run on `root`'s corpus and tokenizer (made by the `trained` fixture)."""
+    config = ModelTrainConfig.model_validate(
+        {**CONFIG, "corpus_file_id": file_id(root / "corpus.txt"), **fields}
+    )
+    return run_training(config, root / "corpus.txt", root / "tok", run_dir, root / "cache", cpu=cpu)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, cpu: CpuInfo) -> tuple[TrainingResult, Path]:
     root = tmp_path_factory.mktemp("artifact")
-    tok_dir = train_bpe(root / "tok", write_corpus(root / "corpus.txt"))
-    config = ModelTrainConfig.model_validate(
-        {**CONFIG, "corpus_file_id": file_id(root / "corpus.txt")}
-    )
-    result = run_training(
-        config, root / "corpus.txt", tok_dir, root / "run", root / "cache", cpu=cpu
-    )
-    return result, root
+    train_bpe(root / "tok", write_corpus(root / "corpus.txt"))
+    return train(root, root / "run", cpu), root
+
+
+def artifact_weights(result: TrainingResult) -> dict[str, torch.Tensor]:
+    assert result.artifact_dir is not None
+    return load_file(result.artifact_dir / "model.safetensors")
+
+
+def same_weights(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> bool:
+    # The artifact leaves out the head tied to the token embedding; the rest must match.
+    assert len(saved) >= len(model) - 1
+    return all(torch.equal(tensor, model[name]) for name, tensor in saved.items())
 
 
 def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
@@ -74,8 +96,78 @@ def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
     assert manifest["data"]["token_dtype"] in {"uint16"}
     assert set(manifest["versions"]) >= {"torch", "transformers", "tokenizers", "python"}
     assert manifest["training"]["steps"] == 40
+    assert manifest["training"]["stopped_early"] is False
+    assert manifest["initialised_from"] is None
     assert result.eval is not None
     assert manifest["eval"]["bits_per_char"] == pytest.approx(result.eval.bits_per_char)
+
+
+def test_the_artifact_ships_the_best_weights_by_default(
+    trained: tuple[TrainingResult, Path],
+) -> None:
+    result, root = trained
+    assert result.manifest is not None
+    weights, training = result.manifest.weights, result.manifest.training
+    assert weights.kind == "best"
+    assert weights.step == training.best_step and weights.step <= training.steps
+    assert weights.val_loss == training.best_val_loss
+    best = load_best(root / "run")
+    assert best is not None and best.step == weights.step
+    assert same_weights(artifact_weights(result), best.model)
+
+
+def test_the_best_weights_are_those_of_the_best_step_not_the_last(
+    trained: tuple[TrainingResult, Path], cpu: CpuInfo, tmp_path: Path
+) -> None:
+    root = trained[1]
+    # An update too small to change the loss (see test_training_loop.FROZEN_LR): no
+    # validation beats step 0's, yet the zero-initialised biases do move, by 1e-30.
+    result = train(root, tmp_path / "run", cpu, learning_rate=1e-30, max_steps=10, eval_interval=5)
+    assert result.manifest is not None
+    assert (result.manifest.weights.kind, result.manifest.weights.step) == ("best", 0)
+    best = load_best(tmp_path / "run")
+    last = torch.load(checkpoint_path(tmp_path / "run", "last"), weights_only=True)["model"]
+    assert best is not None
+    assert same_weights(artifact_weights(result), best.model)
+    assert not same_weights(artifact_weights(result), last)
+
+
+def test_the_artifact_ships_the_last_weights_when_asked(
+    trained: tuple[TrainingResult, Path], cpu: CpuInfo, tmp_path: Path
+) -> None:
+    root = trained[1]
+    result = train(root, tmp_path / "run", cpu, artifact_weights="last")
+    assert result.manifest is not None
+    weights = result.manifest.weights
+    assert (weights.kind, weights.step) == ("last", 40)
+    assert weights.val_loss == result.manifest.training.final_val_loss
+    last = torch.load(checkpoint_path(tmp_path / "run", "last"), weights_only=True)["model"]
+    assert same_weights(artifact_weights(result), last)
+
+
+def test_without_the_runs_best_checkpoint_the_last_weights_ship(
+    trained: tuple[TrainingResult, Path],
+    cpu: CpuInfo,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="model_trainer.training")
+    root = trained[1]
+    # The finished run's last checkpoint alone, as a retry on another worker could fetch it.
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for path in (checkpoint_path(root / "run", "last"), sidecar_path(root / "run", "last")):
+        shutil.copyfile(path, run_dir / "checkpoints" / path.name)
+    last = torch.load(checkpoint_path(run_dir, "last"), weights_only=True)["model"]
+    # A best.pt from past the resumed checkpoint (a rolled-back stretch) is not the run's.
+    save_best(run_dir, {k: torch.zeros_like(v) for k, v in last.items()}, 41, 0.5)
+
+    result = train(root, run_dir, cpu)
+    assert result.manifest is not None
+    assert (result.manifest.weights.kind, result.manifest.weights.step) == ("last", 40)
+    assert same_weights(artifact_weights(result), last)
+    missing = [r for r in caplog.records if r.__dict__.get("event") == "best_weights_missing"]
+    assert len(missing) == 1 and missing[0].levelno == logging.WARNING
 
 
 def test_artifact_loads_with_auto_classes_and_generates(

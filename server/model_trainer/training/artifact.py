@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
@@ -71,10 +72,23 @@ class TrainingSummary(BaseModel):
     tokens_seen: int
     epochs: float
     resumed_at_steps: list[int]
+    stopped_early: bool  # early_stopping_patience ended the run before its budget
+    stopped_early_at_step: int | None
     final_train_loss: float | None
     final_val_loss: float | None
     best_val_loss: float | None
+    best_step: int | None
     tokens_per_sec: float | None  # mean over the run's metrics rows
+
+
+class ArtifactWeights(BaseModel):
+    """Which weights the artifact holds: the run's best by validation loss, or its last."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["best", "last"]
+    step: int
+    val_loss: float | None
 
 
 class Manifest(BaseModel):
@@ -95,7 +109,9 @@ class Manifest(BaseModel):
     data: DataSummary
     timings: Timings
     training: TrainingSummary
-    eval: EvalMetrics | None
+    weights: ArtifactWeights
+    initialised_from: str | None  # the checkpoint a fresh run started from, if any
+    eval: EvalMetrics | None  # of `weights`, on the whole validation split
 
 
 def staging_dir(artifact_dir: Path) -> Path:

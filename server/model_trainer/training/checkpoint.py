@@ -3,29 +3,44 @@
 `checkpoints/last.pt` holds the model, the optimizer, the loop's counters and metrics, the
 sampler's generator and the torch / numpy / Python random states; a run that finds it
 resumes there, and with the same threads it continues bit for bit. `checkpoints/best.pt`
-holds only the weights with the lowest validation loss so far (for people, not for resuming).
+holds only the weights with the lowest validation loss so far (what the artifact ships by
+default, see run.py); either file's `model` entry can start another run (`load_weights`).
+
+Each `.pt` has a sidecar, `last.json` / `best.json` (`CheckpointFile`): its kind, step,
+validation loss, size and SHA-256, so that the job can upload the pair to Data Bank and a
+later attempt, on any machine, can put the pair back in a fresh run folder and resume.
 
 Files are written to a temporary name and renamed, so a crash mid-write leaves the previous
-checkpoint intact. Only tensors and plain Python values are stored, so loading uses
-`torch.load(weights_only=True)`, which cannot run code from a tampered file.
+checkpoint intact. The old sidecar is removed before the new `.pt` takes its place and the
+new one is written after it, so a sidecar never describes another `.pt` than the one beside
+it (`read_checkpoint_file` also checks the size). Only tensors and plain Python values are
+stored, so loading uses `torch.load(weights_only=True)`, which cannot run code from a
+tampered file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 FORMAT_VERSION = 1
+HASH_CHUNK = 1 << 20
+
+CheckpointKind = Literal["last", "best"]
 
 
 class MetricRow(BaseModel):
@@ -51,12 +66,29 @@ class LoopState(BaseModel):
     elapsed: float = 0.0  # seconds of training, summed over every session of this run
     total_steps: int = 0  # the plan's current estimate of where training ends
     best_val_loss: float | None = None
+    best_step: int | None = None  # the step of best.pt's weights
+    evals_since_best: int = 0  # validations in a row without a new best (early stopping)
+    stopped_early: bool = False  # the loop ended on early_stopping_patience, not the budget
     last_val_loss: float | None = None
     last_eval_step: int | None = None
+    initialised_from: str | None = None  # whose weights a fresh run started from, if any
     window_loss_sum: float = 0.0  # training losses since the last metrics row
     window_steps: int = 0
     resumed_at: list[int] = Field(default_factory=list)
     metrics: list[MetricRow] = Field(default_factory=list)
+
+
+class CheckpointFile(BaseModel):
+    """The sidecar of a checkpoint (`last.json`, `best.json`): what the `.pt` beside it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: CheckpointKind
+    step: int
+    val_loss: float | None  # best: the loss of these weights; last: the latest validation
+    sha256: str  # hex digest of the .pt file's bytes
+    size: int  # bytes of the .pt file
+    elapsed: float | None  # seconds of training up to this checkpoint (last only)
 
 
 @dataclass(frozen=True)
@@ -68,11 +100,28 @@ class TrainingCheckpoint:
     loop: LoopState
 
 
+@dataclass(frozen=True)
+class BestWeights:
+    model: dict[str, torch.Tensor]
+    step: int
+    val_loss: float
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_DIR
 
 
-def save_last(run_dir: Path, ckpt: TrainingCheckpoint) -> Path:
+def checkpoint_path(run_dir: Path, kind: CheckpointKind) -> Path:
+    """`run_dir/checkpoints/last.pt` or `best.pt`."""
+    return checkpoint_dir(run_dir) / (LAST if kind == "last" else BEST)
+
+
+def sidecar_path(run_dir: Path, kind: CheckpointKind) -> Path:
+    """`run_dir/checkpoints/last.json` or `best.json`, the `CheckpointFile` of the `.pt`."""
+    return checkpoint_path(run_dir, kind).with_suffix(".json")
+
+
+def save_last(run_dir: Path, ckpt: TrainingCheckpoint) -> CheckpointFile:
     payload = {
         "format_version": FORMAT_VERSION,
         "config_json": ckpt.config_json,
@@ -82,38 +131,108 @@ def save_last(run_dir: Path, ckpt: TrainingCheckpoint) -> Path:
         "loop": ckpt.loop.model_dump(),
         "rng": _rng_states(),
     }
-    return _save_atomic(checkpoint_dir(run_dir) / LAST, payload)
+    loop = ckpt.loop
+    return _save_pair(
+        run_dir, "last", payload, step=loop.step, val_loss=loop.last_val_loss, elapsed=loop.elapsed
+    )
 
 
-def save_best(run_dir: Path, model: dict[str, torch.Tensor], step: int, val_loss: float) -> Path:
+def save_best(
+    run_dir: Path, model: dict[str, torch.Tensor], step: int, val_loss: float
+) -> CheckpointFile:
     payload = {"format_version": FORMAT_VERSION, "model": model, "step": step, "val_loss": val_loss}
-    return _save_atomic(checkpoint_dir(run_dir) / BEST, payload)
+    return _save_pair(run_dir, "best", payload, step=step, val_loss=val_loss, elapsed=None)
 
 
-def _save_atomic(path: Path, payload: dict[str, object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+def write_checkpoint_file(run_dir: Path, info: CheckpointFile) -> Path:
+    """Write the sidecar of `info.kind` atomically (e.g. beside a `.pt` fetched back)."""
+    path = sidecar_path(run_dir, info.kind)
+    with _temporary_beside(path) as tmp:
+        with tmp.open("wb") as f:
+            f.write(info.model_dump_json().encode())
+            _sync(f)
+        os.replace(tmp, path)
     return path
+
+
+def read_checkpoint_file(run_dir: Path, kind: CheckpointKind) -> CheckpointFile | None:
+    """The sidecar of `kind`; None when it or its `.pt` is missing, or they do not match.
+
+    Only the size is compared (hashing a large `.pt` on every read would be slow); a
+    caller that must be sure of the bytes compares `sha256` with the file's own digest.
+    """
+    pt, sidecar = checkpoint_path(run_dir, kind), sidecar_path(run_dir, kind)
+    try:
+        info = CheckpointFile.model_validate_json(sidecar.read_bytes())
+        size = pt.stat().st_size
+    except (OSError, ValidationError):  # missing, or torn or foreign JSON: as good as absent
+        return None
+    if info.kind != kind or info.size != size:
+        return None
+    return info
+
+
+def _save_pair(
+    run_dir: Path,
+    kind: CheckpointKind,
+    payload: dict[str, object],
+    *,
+    step: int,
+    val_loss: float | None,
+    elapsed: float | None,
+) -> CheckpointFile:
+    """Write the `.pt`, then its sidecar, each atomically."""
+    path, sidecar = checkpoint_path(run_dir, kind), sidecar_path(run_dir, kind)
+    with _temporary_beside(path) as tmp:
+        with tmp.open("wb") as f:
+            torch.save(payload, f)
+            _sync(f)
+        sha256, size = _sha256(tmp), tmp.stat().st_size
+        # From the rename until the new sidecar is written, the old sidecar would describe
+        # the wrong file: remove it first, so that a crash in between leaves none.
+        sidecar.unlink(missing_ok=True)
+        os.replace(tmp, path)
+    info = CheckpointFile(
+        kind=kind, step=step, val_loss=val_loss, sha256=sha256, size=size, elapsed=elapsed
+    )
+    write_checkpoint_file(run_dir, info)
+    return info
+
+
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary file in `path`'s folder (a rename onto `path` is then atomic).
+
+    Removed on the way out unless it was renamed, so a crash leaves no stray file behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _sync(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_last(run_dir: Path) -> TrainingCheckpoint | None:
     """The run's last checkpoint, with the random states restored; None if there is none."""
-    path = checkpoint_dir(run_dir) / LAST
+    path = checkpoint_path(run_dir, "last")
     if not path.is_file():
         return None
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    data = _dict(raw, "checkpoint")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint format {data.get('format_version')!r}")
+    data = _load(path)
     state = LoopState.model_validate(data["loop"])
     _restore_rng(_dict(data["rng"], "rng"))
     config_json = data["config_json"]
@@ -126,6 +245,31 @@ def load_last(run_dir: Path) -> TrainingCheckpoint | None:
         sampler=_tensors(data["sampler"], "sampler"),
         loop=state,
     )
+
+
+def load_best(run_dir: Path) -> BestWeights | None:
+    """The run's best weights, with their step and validation loss; None if there are none."""
+    path = checkpoint_path(run_dir, "best")
+    if not path.is_file():
+        return None
+    data = _load(path)
+    return BestWeights(
+        model=_tensors(data["model"], "model"),
+        step=_int(data["step"]),
+        val_loss=_float(data["val_loss"]),
+    )
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The `model` entry of any checkpoint file, `last.pt` or `best.pt` (of any run)."""
+    return _tensors(_load(path)["model"], "model")
+
+
+def _load(path: Path) -> dict[object, object]:
+    data = _dict(torch.load(path, map_location="cpu", weights_only=True), "checkpoint")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint format {data.get('format_version')!r}")
+    return data
 
 
 def _rng_states() -> dict[str, object]:

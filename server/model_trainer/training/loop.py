@@ -1,18 +1,22 @@
 """The training loop: plain PyTorch, in the spirit of nanoGPT's train.py.
 
+    resume from run_dir's last checkpoint if there is one, else (optionally) load the
+        weights of another run's checkpoint into the fresh model
     evaluate once at step 0
     until the budget (steps, epochs or seconds) is spent:
         stop if cancelled; checkpoint and stop if the worker is shutting down
         set the learning rate from the plan (warmup, then cosine to a floor)
         draw a random batch of windows, forward, cross-entropy, backward
         clip the gradient norm, AdamW step
-        every eval_interval steps: loss on the fixed validation windows (keep the best)
+        every eval_interval steps: loss on the fixed validation windows (keep the best);
+            after early_stopping_patience validations in a row without a new best, stop
         every log_interval steps: a metrics row and a progress callback
-        every checkpoint_interval steps: a checkpoint
-    evaluate and checkpoint at the end
+        every checkpoint_interval steps, or checkpoint_every_seconds: a checkpoint
+    evaluate and checkpoint at the end (the budget's end or the early stop)
 
-If `run_dir` already holds a checkpoint (a retried job), the loop resumes from it. The job
-talks to the loop only through `TrainingCallbacks`, passed in explicitly.
+If `run_dir` already holds a checkpoint (a retried job, or one the job fetched back from
+Data Bank), the loop resumes from it. The job talks to the loop only through
+`TrainingCallbacks`, passed in explicitly.
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ from transformers import PreTrainedModel
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.shutdown import check_shutdown, stop_requested
 from model_trainer.training.checkpoint import (
+    CheckpointFile,
+    CheckpointKind,
     LoopState,
     MetricRow,
     TrainingCheckpoint,
+    checkpoint_path,
     load_last,
+    load_weights,
     save_best,
     save_last,
 )
@@ -62,10 +70,12 @@ BETAS = (0.9, 0.99)
 @dataclass(frozen=True)
 class ProgressInfo:
     step: int
-    total_steps: int
+    total_steps: int  # where training is planned to end; the last row's own step
     epoch: float
+    total_epochs: float  # total_steps in passes over the training split
     train_loss: float | None
-    val_loss: float | None
+    val_loss: float | None  # the latest validation loss, computed at this step or before
+    evaluated: bool  # val_loss was computed at this step
     lr: float
     tokens_per_sec: float | None
     elapsed: float
@@ -84,8 +94,9 @@ class EvalInfo:
 class CheckpointInfo:
     step: int
     path: Path
-    kind: str  # "last" or "best"
+    kind: CheckpointKind
     elapsed: float
+    file: CheckpointFile  # what the sidecar beside `path` says (size, SHA-256...)
 
 
 class TrainingCallbacks:
@@ -107,6 +118,7 @@ class TrainingCallbacks:
 
 class Outcome(StrEnum):
     COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"  # the validation loss stopped improving: also a success
     CANCELLED = "cancelled"
 
 
@@ -225,12 +237,30 @@ def train(
     precision: Precision,
     callbacks: TrainingCallbacks,
     log_interval: int = LOG_INTERVAL,
+    checkpoint_every_seconds: float | None = None,
+    init_weights: Path | None = None,
+    init_label: str | None = None,
 ) -> LoopResult:
     """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
 
     `precision` is the resolved one (fp32 or bf16, see hardware.resolve_precision).
+    `checkpoint_every_seconds`: also checkpoint when this much training time has passed
+    since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
+    `best.pt`, of any run) whose weights a run without a checkpoint of its own starts from;
+    `init_label` names it in the logs and the state (default: the file name).
     """
-    return _Trainer(model, config, splits, run_dir, precision, callbacks, log_interval).run()
+    if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
+        raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
+    init = None if init_weights is None else (init_weights, init_label or init_weights.name)
+    options = _Options(log_interval, checkpoint_every_seconds, init)
+    return _Trainer(model, config, splits, run_dir, precision, callbacks, options).run()
+
+
+@dataclass(frozen=True)
+class _Options:
+    log_interval: int
+    checkpoint_every_seconds: float | None
+    init: tuple[Path, str] | None  # a checkpoint file to start from, and its label
 
 
 class _Trainer:
@@ -244,11 +274,13 @@ class _Trainer:
         run_dir: Path,
         precision: Precision,
         callbacks: TrainingCallbacks,
-        log_interval: int,
+        options: _Options,
     ) -> None:
         self.session_start = time.perf_counter()
         self.model, self.config, self.run_dir = model, config, run_dir
-        self.precision, self.callbacks, self.log_interval = precision, callbacks, log_interval
+        self.precision, self.callbacks = precision, callbacks
+        self.log_interval = options.log_interval
+        self.checkpoint_every_seconds = options.checkpoint_every_seconds
         self.train_tokens = len(splits.train)
         self.tokens_per_step = config.batch_size * config.max_seq_len
         self.budget = config.budget()
@@ -268,9 +300,12 @@ class _Trainer:
         )
         self.state = LoopState(total_steps=self.plan.total_steps)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._resume()
+        if not self._resume() and options.init is not None:
+            self._initialise(*options.init)
         self.metrics = MetricsLog(run_dir / METRICS_FILE, self.state.metrics)
         self.elapsed_before = self.state.elapsed
+        # Seconds of training at the previous checkpoint (the resumed one, to begin with).
+        self.checkpointed_at = self.state.elapsed
         self.pace = _Pace()
         # Tokens/s is measured per metrics row, over training steps only.
         self.window_t0, self.window_tokens = time.perf_counter(), 0
@@ -287,10 +322,12 @@ class _Trainer:
             extra=log_fields("training_started", step=state.step),
         )
         self.model.train()
-        if state.step == 0:
+        if state.last_eval_step is None:  # a fresh run (a resumed one has its step-0 row)
             self._record(self._evaluate(), self.plan.lr(0))
 
-        while not self._budget_spent():
+        # A run resumed from its final checkpoint (it crashed after the loop) ends at once.
+        end = self._budget_spent() or state.stopped_early
+        while not end:
             if self.callbacks.should_stop():
                 log.info("cancelled", extra=log_fields("training_cancelled", step=state.step))
                 return self._result(Outcome.CANCELLED)
@@ -301,19 +338,33 @@ class _Trainer:
             lr = self._train_step()
             last = self._budget_spent()  # the final step is always evaluated and logged
             val = self._evaluate() if last or state.step % config.eval_interval == 0 else None
-            if val is not None or state.step % self.log_interval == 0:
-                self._record(val, lr)
-            if state.step % config.checkpoint_interval == 0 and not last:
+            # Patience running out on the budget's last step is a completed run, not a stop.
+            state.stopped_early = not last and self._patience_spent()
+            end = last or state.stopped_early
+            if val is not None or end or state.step % self.log_interval == 0:
+                self._record(val, lr, end=end)
+            if not end and self._checkpoint_due():
                 self._checkpoint()
 
         self._checkpoint()
+        outcome = Outcome.EARLY_STOPPED if state.stopped_early else Outcome.COMPLETED
+        if state.stopped_early:
+            log.info(
+                "stopped early at step %d: %d validations in a row without beating the best "
+                "loss, %.4f at step %s",
+                state.step,
+                state.evals_since_best,
+                state.best_val_loss or float("nan"),
+                state.best_step,
+                extra=log_fields("early_stopped", step=state.step, best_step=state.best_step),
+            )
         log.info(
             "training finished at step %d, validation loss %.4f",
             state.step,
             state.last_val_loss or float("nan"),
             extra=log_fields("training_finished", step=state.step),
         )
-        return self._result(Outcome.COMPLETED)
+        return self._result(outcome)
 
     def _train_step(self) -> float:
         """One optimizer update; returns the learning rate it used."""
@@ -349,9 +400,11 @@ class _Trainer:
             raise _diverged("validation loss", val, state.step, self.config)
         state.last_val_loss, state.last_eval_step = val, state.step
         if state.best_val_loss is None or val < state.best_val_loss:
-            state.best_val_loss = val
-            path = save_best(self.run_dir, self.model.state_dict(), state.step, val)
-            self.callbacks.on_checkpoint(CheckpointInfo(state.step, path, "best", self._elapsed()))
+            state.best_val_loss, state.best_step, state.evals_since_best = val, state.step, 0
+            file = save_best(self.run_dir, self.model.state_dict(), state.step, val)
+            self._checkpoint_saved(file, self._elapsed())
+        else:
+            state.evals_since_best += 1  # counts towards early stopping
         log.info(
             "step %d: validation loss %.4f",
             state.step,
@@ -363,8 +416,12 @@ class _Trainer:
         self.window_eval_seconds += self.last_eval_seconds
         return val
 
-    def _record(self, val_loss: float | None, lr: float) -> None:
-        """A metrics row and a progress callback for the steps since the last row."""
+    def _record(self, val_loss: float | None, lr: float, *, end: bool = False) -> None:
+        """A metrics row and a progress callback for the steps since the last row.
+
+        `val_loss` is the validation computed at this step, if any; `end` marks the run's
+        last row, where the planned end becomes the actual one.
+        """
         state = self.state
         train_loss = state.window_loss_sum / state.window_steps if state.window_steps else None
         # Tokens/s measures training: the window's evaluation time is left out.
@@ -372,7 +429,11 @@ class _Trainer:
         tokens_per_sec = self.window_tokens / window_seconds if self.window_tokens else None
         spent = self._elapsed()
         per_step = self.pace.seconds_per_step(state.step, spent)
-        if self.budget.kind == "seconds" and per_step is not None:
+        if end:
+            # The run ends here, which an early stop or a time budget puts short of (or
+            # just past) the plan's estimate: the last row says where it really ended.
+            state.total_steps = state.step
+        elif self.budget.kind == "seconds" and per_step is not None:
             seconds_left = self.budget.value - spent - self.last_eval_seconds
             self.plan.replan(state.step, seconds_left, per_step)
             state.total_steps = self.plan.total_steps
@@ -394,19 +455,27 @@ class _Trainer:
                 step=state.step,
                 total_steps=state.total_steps,
                 epoch=state.tokens_seen / self.train_tokens,
+                total_epochs=state.total_steps * self.tokens_per_step / self.train_tokens,
                 train_loss=train_loss,
                 val_loss=state.last_val_loss,
+                evaluated=val_loss is not None,
                 lr=lr,
                 tokens_per_sec=tokens_per_sec,
                 elapsed=spent,
-                eta_seconds=_eta(self.budget, state, spent, per_step),
+                eta_seconds=0.0 if end else _eta(self.budget, state, spent, per_step),
             )
         )
 
+    def _checkpoint_due(self) -> bool:
+        if self.state.step % self.config.checkpoint_interval == 0:
+            return True
+        every = self.checkpoint_every_seconds
+        return every is not None and self._elapsed() - self.checkpointed_at >= every
+
     def _checkpoint(self) -> None:
         state = self.state
-        state.elapsed = self._elapsed()
-        path = save_last(
+        state.elapsed = self.checkpointed_at = self._elapsed()
+        file = save_last(
             self.run_dir,
             TrainingCheckpoint(
                 config_json=self.config.model_dump_json(),
@@ -417,12 +486,17 @@ class _Trainer:
             ),
         )
         log.info("checkpoint saved", extra=log_fields("checkpoint_saved", step=state.step))
-        self.callbacks.on_checkpoint(CheckpointInfo(state.step, path, "last", state.elapsed))
+        self._checkpoint_saved(file, state.elapsed)
 
-    def _resume(self) -> None:
+    def _checkpoint_saved(self, file: CheckpointFile, elapsed: float) -> None:
+        path = checkpoint_path(self.run_dir, file.kind)
+        self.callbacks.on_checkpoint(CheckpointInfo(file.step, path, file.kind, elapsed, file))
+
+    def _resume(self) -> bool:
+        """Continue from run_dir's last checkpoint; False if there is none."""
         ckpt = load_last(self.run_dir)
         if ckpt is None:
-            return
+            return False
         if _comparable(ckpt.config_json) != _comparable(self.config.model_dump_json()):
             raise UserError(
                 f"{self.run_dir} holds a checkpoint of a different config; use a new run",
@@ -439,6 +513,25 @@ class _Trainer:
             self.state.step,
             extra=log_fields("training_resumed", step=self.state.step),
         )
+        return True
+
+    def _initialise(self, path: Path, label: str) -> None:
+        """Start a fresh run from the weights of a checkpoint file (optimizer, plan: fresh)."""
+        weights = load_weights(path)
+        problem = _mismatch(self.model.state_dict(), weights)
+        if problem is not None:
+            raise UserError(
+                f"cannot start from {label}: the architectures differ ({problem}); use the "
+                f"same model size, n_layer, n_head, n_embd, max_seq_len and tokenizer",
+                ErrorCode.CONFIG_INVALID,
+            )
+        self.model.load_state_dict(weights)
+        self.state.initialised_from = label
+        log.info(
+            "starting from the weights of %s",
+            label,
+            extra=log_fields("initialised_from", source=label),
+        )
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.session_start
@@ -452,9 +545,30 @@ class _Trainer:
             return spent + per_step + self.last_eval_seconds >= self.budget.value
         return self.state.step >= self.state.total_steps
 
+    def _patience_spent(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return patience is not None and self.state.evals_since_best >= patience
+
     def _result(self, outcome: Outcome) -> LoopResult:
         self.state.elapsed = self._elapsed()
         return LoopResult(outcome, self.state, time.perf_counter() - self.session_start)
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """How a checkpoint's tensors differ from the model's, in words; None if they fit."""
+    missing = sorted(expected.keys() - found.keys())
+    if missing:
+        return f"{len(missing)} tensors missing, e.g. {missing[0]}"
+    unexpected = sorted(found.keys() - expected.keys())
+    if unexpected:
+        return f"{len(unexpected)} unknown tensors, e.g. {unexpected[0]}"
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            return (
+                f"{name} is {tuple(found[name].shape)} in the checkpoint, "
+                f"{tuple(tensor.shape)} in this run"
+            )
+    return None
 
 
 def _eta(budget: Budget, state: LoopState, spent: float, per_step: float | None) -> float | None:

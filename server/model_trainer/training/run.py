@@ -2,13 +2,15 @@
 
     threads and precision -> tokens (cached under the corpus id) -> train/validation/test
     split (data.Holdout) -> a fresh model -> the loop (resuming from run_dir's checkpoint if
-    any) -> artifact folder -> evaluation of the final model on the whole validation split
-    -> manifest
+    any, else starting from `init_weights` if given; it may stop early) -> the weights to
+    ship (best.pt's by default, or the last) -> artifact folder -> evaluation of those
+    weights on the whole validation split -> manifest
 
 Run folder:
-    run_dir/metrics.jsonl                 the loss curve, one row per logged step
-    run_dir/checkpoints/last.pt, best.pt  see checkpoint.py
-    run_dir/artifact/                     see artifact.py (the lead tars and uploads it)
+    run_dir/metrics.jsonl                     the loss curve, one row per logged step
+    run_dir/checkpoints/last.pt, best.pt      see checkpoint.py
+    run_dir/checkpoints/last.json, best.json  their sidecars (CheckpointFile)
+    run_dir/artifact/                         see artifact.py (the lead tars and uploads it)
 
 The caller (the RQ job) owns Redis, events and uploads; it passes `TrainingCallbacks`.
 """
@@ -22,10 +24,12 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from transformers import PreTrainedModel
 
 from model_trainer.manifest import library_versions, write_manifest
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.artifact import (
+    ArtifactWeights,
     DataSummary,
     Manifest,
     Timings,
@@ -34,6 +38,7 @@ from model_trainer.training.artifact import (
     save_model,
     staging_dir,
 )
+from model_trainer.training.checkpoint import LoopState, load_best
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
@@ -67,6 +72,9 @@ def run_training(
     cpu: CpuInfo,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
+    checkpoint_every_seconds: float | None = None,
+    init_weights: Path | None = None,
+    init_label: str | None = None,
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
@@ -77,6 +85,12 @@ def run_training(
 
     `config.corpus_file_id`, the Data Bank id of the corpus (the SHA-256 of
     `corpus_path`'s bytes), keys the token cache: the corpus is not hashed again.
+
+    `checkpoint_every_seconds`: checkpoint on time as well as every
+    `config.checkpoint_interval` steps. `init_weights`: a `last.pt` or `best.pt` (of another
+    run) whose weights a run without a checkpoint of its own starts from; the manifest
+    names it `init_label` (default: the file name). An early stop ends the run like its
+    budget would: artifact, evaluation and manifest.
     """
     started = time.perf_counter()
     n_threads = resolve_threads(config.threads, threads)
@@ -108,6 +122,9 @@ def run_training(
         run_dir,
         precision=precision,
         callbacks=callbacks or TrainingCallbacks(),
+        checkpoint_every_seconds=checkpoint_every_seconds,
+        init_weights=init_weights,
+        init_label=init_label,
     )
     state = result.state
     if result.outcome is Outcome.CANCELLED:
@@ -115,6 +132,7 @@ def run_training(
             outcome=result.outcome, steps=state.step, artifact_dir=None, manifest=None, eval=None
         )
 
+    weights = ship_weights(model, config, run_dir, state)
     artifact_dir = run_dir / ARTIFACT_DIR
     staging = staging_dir(artifact_dir)
     save_model(model, tokenizer, staging)
@@ -170,20 +188,27 @@ def run_training(
             tokens_seen=state.tokens_seen,
             epochs=state.tokens_seen / len(splits.train),
             resumed_at_steps=state.resumed_at,
+            stopped_early=state.stopped_early,
+            stopped_early_at_step=state.step if state.stopped_early else None,
             final_train_loss=train_losses[-1] if train_losses else None,
             final_val_loss=state.last_val_loss,
             best_val_loss=state.best_val_loss,
+            best_step=state.best_step,
             tokens_per_sec=sum(rates) / len(rates) if rates else None,
         ),
+        weights=weights,
+        initialised_from=state.initialised_from,
         eval=metrics,
     )
     write_manifest(staging, manifest.model_dump(mode="json"))
     publish(staging, artifact_dir)
     log.info(
-        "artifact written: %d steps, %.4f bits/char on validation",
+        "artifact written: %d steps, %s weights of step %d, %.4f bits/char on validation",
         state.step,
+        weights.kind,
+        weights.step,
         metrics.bits_per_char,
-        extra=log_fields("artifact_written", step=state.step),
+        extra=log_fields("artifact_written", step=state.step, weights=weights.kind),
     )
     return TrainingResult(
         outcome=result.outcome,
@@ -192,3 +217,28 @@ def run_training(
         manifest=manifest,
         eval=metrics,
     )
+
+
+def ship_weights(
+    model: PreTrainedModel, config: ModelTrainConfig, run_dir: Path, state: LoopState
+) -> ArtifactWeights:
+    """Put the weights the artifact ships into `model` (best.pt's, or the last); say which.
+
+    `model` holds the last weights when training returns. best.pt is used only when it is
+    the run's own best (`state.best_step` and loss): one written past the checkpoint a run
+    resumed from belongs to a stretch of training that was rolled back.
+    """
+    last = ArtifactWeights(kind="last", step=state.step, val_loss=state.last_val_loss)
+    if config.artifact_weights == "last":
+        return last
+    best = load_best(run_dir)
+    if best is None or (best.step, best.val_loss) != (state.best_step, state.best_val_loss):
+        log.warning(
+            "no best checkpoint of step %s in %s: the artifact ships the last weights",
+            state.best_step,
+            run_dir,
+            extra=log_fields("best_weights_missing", step=state.step),
+        )
+        return last
+    model.load_state_dict(best.model)
+    return ArtifactWeights(kind="best", step=best.step, val_loss=best.val_loss)
