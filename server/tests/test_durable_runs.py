@@ -386,10 +386,10 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
         _retire(stack, worker)
 
 
-def test_redis_restart_mid_run(tmp_path: Path, corpus_id: str) -> None:
+def test_redis_restart_mid_run(tmp_path: Path) -> None:
     """Redis (with AOF) stopped and started again mid-run: the API answers 503 meanwhile, the
     worker trains on, and the run completes."""
-    redis = RedisServer(tmp_path / "redis", appendonly=True)
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
     own = Stack(tmp_path / "stack", redis.url)
     try:
         corpus = own.upload_text(_text())

@@ -163,5 +163,5 @@ class CheckpointSync:
 def _better(entry: CheckpointEntry, local: CheckpointFile) -> bool:
     """Is the indexed best checkpoint better than the one on this disk?"""
     if entry.val_loss is None or local.val_loss is None:
-        return bool(entry.step > local.step)
-    return bool(entry.val_loss < local.val_loss)
+        return entry.step > local.step
+    return entry.val_loss < local.val_loss

@@ -49,6 +49,8 @@ from service_common.jsonlog import bound, log_fields, run_id_var
 
 log = logging.getLogger("model_trainer.jobs")
 
+LOST_MESSAGE = "stopped: the run was taken over by another worker; nothing written"
+
 
 class RunOwner:
     """What the job body gets: fenced stores for its run and the checks it makes."""
@@ -288,7 +290,7 @@ def owned_run(
             try:
                 _settle(owner, exc, folder)
             except LeaseLost:
-                _log_lost()
+                log.warning(LOST_MESSAGE, extra=log_fields("run_lost"))
 
 
 def _settle(owner: RunOwner, exc: Exception, folder: Path) -> None:
@@ -310,7 +312,4 @@ def _settle(owner: RunOwner, exc: Exception, folder: Path) -> None:
 
 
 def _log_lost() -> None:
-    log.warning(
-        "stopped: the run was taken over by another worker; nothing written",
-        extra=log_fields("run_lost"),
-    )
+    log.warning(LOST_MESSAGE, extra=log_fields("run_lost"))
