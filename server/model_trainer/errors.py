@@ -66,3 +66,7 @@ class UserError(AppError):
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.DATA_INVALID) -> None:
         super().__init__(code, message, 400)
+
+
+class CheckpointInvalid(ValueError):
+    """A checkpoint file that cannot be read (corrupt, truncated, another format): fatal."""

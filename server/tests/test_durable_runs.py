@@ -19,9 +19,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
-from model_trainer.store.keys import RunKeys
-from model_trainer.store.records import as_str
+from model_trainer.store.checkpoints import (
+    CheckpointEntry,
+    CheckpointIndex,
+    index_command,
+    read_checkpoints,
+)
+from model_trainer.store.keys import RUN_KEYS, RunKeys
+from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
+from model_trainer.training.config import ModelTrainConfig
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
 from tests.stack import Stack, get_json, json_dict, poll, wait_while_progressing
@@ -381,9 +387,46 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
             assert starts[0] == 0 and all(s == 40 for s in starts[1:]) and len(starts) >= 2
             points = client.get(f"/runs/{run_id}/metrics").json()["points"]
             assert [int(p["step"]) for p in points] == sorted({int(p["step"]) for p in points})
+
+            # fatal: start from a run whose checkpoint in Data Bank is not a checkpoint (the
+            # fault injected: a source run record whose index names a corrupt blob).
+            source = _fake_source_run(stack, _run_body(corpus_id, tokenizer_id))
+            body = _run_body(corpus_id, tokenizer_id, from_run_id=source)
+            run_id = _submit(client, body)
+            answer = _finish(client, run_id)
+            assert answer["status"] == "failed", answer
+            assert _error(answer)["kind"] == "fatal"
+            assert _error(answer)["code"] == "CHECKPOINT_INVALID"
+            assert _attempts(stack, run_id) == 0
+            logs = client.get(f"/runs/{run_id}/logs", params={"tail": 5000}).json()["lines"]
+            assert [x.get("event") for x in logs].count("run_owned") == 1  # not retried
+            failed = events.wait_for(run_id, "trainer.train.failed.v1")
+            assert failed["error_kind"] == "system"
     finally:
         events.close()
         _retire(stack, worker)
+
+
+def _fake_source_run(stack: Stack, request: dict[str, object]) -> str:
+    run_id = f"run-{uuid.uuid4().hex[:16]}"
+    config = ModelTrainConfig.model_validate(request)
+    runs = StatusStore(stack.redis, RUN_KEYS, RunProgress)
+    runs.create(run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json")))
+    runs.set_status(run_id, Status.COMPLETED, "completed")
+    blob = stack.upload_text(f"not a checkpoint {uuid.uuid4()}", name="last.pt")
+    entry = CheckpointEntry(
+        step=60,
+        kind="last",
+        file_id=blob,
+        sha256=blob,
+        size=1,
+        val_loss=None,
+        created_at=time.time(),
+        worker="test",
+    )
+    index = CheckpointIndex(entries=[entry])
+    stack.redis.execute_command(*index_command(run_id, index))
+    return run_id
 
 
 def test_redis_restart_mid_run(tmp_path: Path) -> None:

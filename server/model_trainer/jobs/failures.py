@@ -22,7 +22,7 @@ from model_trainer.databank.errors import (
     IntegrityError,
     Unavailable,
 )
-from model_trainer.errors import AppError, ErrorCode, UserError
+from model_trainer.errors import AppError, CheckpointInvalid, ErrorCode, UserError
 from model_trainer.settings import RecoverySettings
 from model_trainer.store.records import ErrorInfo
 
@@ -32,10 +32,6 @@ class ArtifactUploadFailed(AppError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(ErrorCode.ARTIFACT_UPLOAD_FAILED, f"artifact upload failed: {detail}", 502)
-
-
-class CheckpointInvalid(Exception):
-    """A checkpoint that cannot be loaded (corrupt, or of another format): fatal."""
 
 
 def classify(exc: BaseException) -> ErrorInfo:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model_trainer.errors import CheckpointInvalid
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -266,9 +269,16 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load(path: Path) -> dict[object, object]:
-    data = _dict(torch.load(path, map_location="cpu", weights_only=True), "checkpoint")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        # torch raises any of these for a file that is not a checkpoint, or a damaged one.
+        raise CheckpointInvalid(f"{path.name} is not a readable checkpoint: {exc}") from exc
+    data = _dict(raw, "checkpoint")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint format {data.get('format_version')!r}")
+        raise CheckpointInvalid(
+            f"{path.name}: unsupported checkpoint format {data.get('format_version')!r}"
+        )
     return data
 
 
