@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank container-smoke clean
+.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank bench-recovery container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,14 @@ bench-train: setup
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py
+
+# Recovery times with the shipped lease and reaper settings (15 s, 5 s), five tries each:
+# SIGKILL of a worker -> progress on another worker with an empty disk; SIGTERM -> queued.
+bench-recovery: setup
+	cd server && for i in 1 2 3 4 5; do \
+	  DURABLE_PRODUCTION_TIMINGS=1 ../$(PY) -m pytest -q -s -p no:cacheprovider \
+	    tests/test_durable_runs.py -k "killed_worker or redeploys" | grep -E "SIGKILL|SIGTERM|passed|failed"; \
+	done
 
 # Builds the image and runs API, worker and Data Bank containers against Redis (slow).
 container-smoke:
