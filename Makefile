@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank bench-recovery container-smoke clean
+.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,17 @@ bench-train: setup
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py
+
+# API read latency at 200 requests/s, open loop, with the worker idle and while a run trains.
+bench-api: setup
+	$(PY) scripts/bench_api.py
+
+# schemathesis against a live local stack, >= 1,000 generated requests (installed on demand:
+# a tool for this target, not a dependency of the service or its tests).
+SCHEMATHESIS := schemathesis==4.32.5
+fuzz: setup
+	$(PY) -m pip install --quiet $(SCHEMATHESIS)
+	$(PY) scripts/fuzz_api.py
 
 # Recovery times with the shipped lease and reaper settings (15 s, 5 s), five tries each:
 # SIGKILL of a worker -> progress on another worker with an empty disk; SIGTERM -> queued.
