@@ -102,6 +102,15 @@ class RecoverySettings(_Section):
     redis_wait_sec: float = Field(default=300.0, ge=0, le=24 * 3600)
 
 
+class LimitsSettings(_Section):
+    """What the API accepts of a request before any route sees it."""
+
+    # Request bodies over this many bytes are refused with 413 before they are read into
+    # memory: at once by Content-Length, or by counting a chunked body as it arrives. The
+    # API's JSON bodies are under a few KiB; Data Bank, not the API, receives files.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     rq: RQSettings = Field(default_factory=RQSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @classmethod
     def settings_customise_sources(

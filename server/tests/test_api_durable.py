@@ -123,7 +123,7 @@ def test_redis_down_answers_503_fast_and_recovers(
             ("GET", f"/runs/{run_id}", None),
             ("GET", "/runs", None),
             ("POST", "/runs/train", body),
-            ("GET", "/tokenizers/x", None),
+            ("GET", "/tokenizers/tok-0123456789abcdef", None),
             ("GET", f"/runs/{run_id}/checkpoints", None),
             ("POST", f"/runs/{run_id}/cancel", None),
         ]:
@@ -176,7 +176,7 @@ def test_run_and_tokenizer_info_show_error_and_attempts(
     fresh = _new_run(redis_client)
 
     tokenizers = StatusStore(redis_client, TOKENIZER_KEYS, TokenizerSummary)
-    tokenizer_id = f"tok-{uuid.uuid4().hex[:12]}"
+    tokenizer_id = f"tok-{uuid.uuid4().hex[:16]}"
     tokenizers.create(tokenizer_id, RecordMeta(created_at=time.time(), request={}))
     bad_corpus = ErrorInfo(kind="user", code="DATA_INVALID", message="the corpus is empty")
     tokenizers.set_status(tokenizer_id, Status.FAILED, "the corpus is empty", error=bad_corpus)
@@ -262,7 +262,8 @@ def _write_index(redis: Redis, run_id: str, entries: list[CheckpointEntry]) -> N
 def test_checkpoints_route(settings: Settings, redis_client: Redis) -> None:
     run_id = _new_run(redis_client)
     with _client(settings) as client:
-        _assert_error_body(client.get("/runs/run-nope/checkpoints"), 404, "NOT_FOUND")
+        unknown = client.get("/runs/run-0000000000000000/checkpoints")
+        _assert_error_body(unknown, 404, "NOT_FOUND")
         assert client.get(f"/runs/{run_id}/checkpoints").json() == {
             "run_id": run_id,
             "checkpoints": [],
@@ -334,7 +335,7 @@ class FromRunSetup:
     def __init__(self, redis: Redis, bank: DataBankClient, directory: Path) -> None:
         self.redis = redis
         self.corpus_id = _upload(bank, directory, "to be or not to be\n" * 50)
-        self.tokenizer_id = f"tok-{uuid.uuid4().hex[:12]}"
+        self.tokenizer_id = f"tok-{uuid.uuid4().hex[:16]}"
         tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         tokenizers.create(self.tokenizer_id, RecordMeta(created_at=time.time(), request={}))
         tokenizers.set_file_id(self.tokenizer_id, _upload(bank, directory, f"tok {uuid.uuid4()}"))
@@ -444,7 +445,7 @@ def test_start_from_another_run_is_refused_when_it_cannot_work(
         message = str(_assert_error_body(no_checkpoints, 409, "CONFLICT")["message"])
         assert "no checkpoints yet" in message
 
-        other_tokenizer = f"tok-{uuid.uuid4().hex[:12]}"
+        other_tokenizer = f"tok-{uuid.uuid4().hex[:16]}"
         different = client.post(
             "/runs/train",
             json=from_run.body(

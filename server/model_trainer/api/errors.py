@@ -141,9 +141,68 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
 
 
 _DESCRIPTIONS = {
+    400: "malformed request header (the message names it)",
     401: "missing or invalid X-API-Key",
-    404: "unknown id",
+    404: "unknown id (one not shaped like an id included)",
     409: "conflicts with the current state",
+    413: "request body over limits.max_body_bytes (refused before it is read)",
     422: "invalid request (details name the fields)",
     503: "Redis or Data Bank is unavailable; try again shortly",
 }
+
+
+def document_validation_errors(schema: dict[str, object]) -> None:
+    """Make the OpenAPI document's 422s the answers this API gives, in place.
+
+    FastAPI lists a 422 with its own `HTTPValidationError` schema on every operation that has
+    any parameter; this API answers 422 with `ErrorBody` (and `details`), and only where
+    FastAPI can refuse a request: a body or query parameters. Its path and header parameters
+    are plain strings that validation cannot refuse; their own checks answer 404
+    (`ids.RunId`, `ids.TokenizerId`) and 400 (`ids.LastEventId`). So FastAPI's 422 becomes
+    ours where the operation has a body or a query parameter, and is dropped elsewhere.
+    """
+    paths = schema.get("paths")
+    if not isinstance(paths, dict):
+        return
+    for operations in paths.values():
+        if not isinstance(operations, dict):
+            continue
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                _document_422(operation)
+    components = schema.get("components")
+    schemas = components.get("schemas") if isinstance(components, dict) else None
+    if isinstance(schemas, dict):
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _document_422(operation: dict[str, object]) -> None:
+    responses = operation.get("responses")
+    if not isinstance(responses, dict):
+        return
+    if _schema_ref(responses.get("422")) != _FASTAPI_422:
+        return
+    parameters = operation.get("parameters")
+    has_query = isinstance(parameters, list) and any(
+        isinstance(p, dict) and p.get("in") == "query" for p in parameters
+    )
+    if "requestBody" not in operation and not has_query:
+        del responses["422"]
+        return
+    responses["422"] = {
+        "description": _DESCRIPTIONS[422],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+
+
+def _schema_ref(answer: object) -> object:
+    """`content.application/json.schema.$ref` of a documented answer, if it has one."""
+    for key in ("content", "application/json", "schema", "$ref"):
+        if not isinstance(answer, dict):
+            return None
+        answer = answer.get(key)
+    return answer

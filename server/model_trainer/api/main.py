@@ -11,7 +11,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from model_trainer.api.deps import ApiContext, require_api_key
-from model_trainer.api.errors import VOCABULARY, error_responses, install_api_error_handlers
+from model_trainer.api.errors import (
+    VOCABULARY,
+    document_validation_errors,
+    error_responses,
+    install_api_error_handlers,
+)
+from model_trainer.api.limits import BodySizeLimit
 from model_trainer.api.routes import health, runs, tokenizers
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import RQJobQueue
@@ -44,6 +50,19 @@ def build_context(settings: Settings) -> ApiContext:
     return ApiContext(settings, redis, RQJobQueue(redis, settings.rq), databank)
 
 
+class TrainerApi(FastAPI):
+    """FastAPI, with an OpenAPI document whose 422s are this API's (see
+    `errors.document_validation_errors`)."""
+
+    def openapi(self) -> dict[str, object]:
+        if self.openapi_schema:
+            return self.openapi_schema
+        # FastAPI keeps the document it makes (openapi_schema): amended once, in place.
+        schema = super().openapi()
+        document_validation_errors(schema)
+        return schema
+
+
 def create_app(ctx: ApiContext | None = None) -> FastAPI:
     if ctx is None:
         settings = load_settings()
@@ -57,13 +76,19 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
         context.redis.close()
         context.databank.close()
 
-    app = FastAPI(title="Model Trainer", version="0.1.0", lifespan=lifespan)
+    app = TrainerApi(title="Model Trainer", version="0.1.0", lifespan=lifespan)
     app.state.ctx = context
+    # Inside the request-id middleware (added by install_error_bodies, outermost): a 413
+    # carries the request id and is in the access log.
+    app.add_middleware(BodySizeLimit, max_bytes=context.settings.limits.max_body_bytes)
     install_error_bodies(app, VOCABULARY)
     install_api_error_handlers(app)
-    app.include_router(health.router)
+    # The body cap answers 413 on any route, before routing.
+    app.include_router(health.router, responses=error_responses(413))
     protected = [Depends(require_api_key)]
     for router in (tokenizers.router, runs.router):
-        # Every protected route may answer 401 (a key is configured) and 503 (Redis is down).
-        app.include_router(router, dependencies=protected, responses=error_responses(401, 503))
+        # Every protected route may also answer 401 (a key is configured) and 503 (Redis is
+        # down). 401 comes before anything but the body cap; 422 is documented where a body
+        # or query parameter can be refused (`document_validation_errors`).
+        app.include_router(router, dependencies=protected, responses=error_responses(401, 413, 503))
     return app

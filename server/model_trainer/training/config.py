@@ -139,7 +139,8 @@ class ModelTrainConfig(BaseModel):
         pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
     )
     tokenizer_id: str = Field(min_length=1, max_length=128)
-    user_id: int = Field(default=0, ge=0, description="Discord user to notify")
+    # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
+    user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
 
     @model_validator(mode="after")
     def _check_combination(self) -> Self:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from model_trainer.api import services
 from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
+from model_trainer.api.ids import LastEventId, RunId
 from model_trainer.api.run_records import RunView, read_run, read_runs
 from model_trainer.api.schemas import (
     ArtifactPointer,
@@ -74,42 +75,47 @@ def list_runs(
 
 
 @router.get("/{run_id}", responses=error_responses(404))
-def get_run(run_id: str, ctx: Ctx) -> RunInfo:
+def get_run(run_id: RunId, ctx: Ctx) -> RunInfo:
     return _info(_require_view(ctx, run_id))
 
 
 @router.post(
     "/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409)
 )
-def cancel_run(run_id: str, ctx: Ctx) -> RunInfo:
+def cancel_run(run_id: RunId, ctx: Ctx) -> RunInfo:
     services.cancel_run(ctx, _require_run(ctx, run_id))
     return _info(_require_view(ctx, run_id))
 
 
 @router.get("/{run_id}/checkpoints", responses=error_responses(404))
-def run_checkpoints(run_id: str, ctx: Ctx) -> CheckpointList:
+def run_checkpoints(run_id: RunId, ctx: Ctx) -> CheckpointList:
     """The run's checkpoints in Data Bank, oldest first (empty until its first one)."""
     _require_run(ctx, run_id)
     return CheckpointList.from_index(run_id, read_checkpoints(ctx.redis, run_id))
 
 
 @router.get("/{run_id}/logs", responses=error_responses(404))
-def run_logs(run_id: str, ctx: Ctx, tail: Annotated[int, Query(ge=1, le=10_000)] = 100) -> LogLines:
+def run_logs(
+    run_id: RunId, ctx: Ctx, tail: Annotated[int, Query(ge=1, le=10_000)] = 100
+) -> LogLines:
     _require_run(ctx, run_id)
     lines = RunLogReader(ctx.redis).tail(run_id, tail)
     return LogLines(run_id=run_id, lines=[json_object(line.line) for line in lines])
 
 
 @router.get(
-    "/{run_id}/logs/stream", response_class=StreamingResponse, responses=error_responses(404)
+    "/{run_id}/logs/stream",
+    response_class=StreamingResponse,
+    responses=error_responses(400, 404),
 )
 def stream_run_logs(
-    run_id: str,
+    run_id: RunId,
     ctx: Ctx,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: LastEventId,
 ) -> StreamingResponse:
     """Server-sent events: one `data:` per log line, `id:` = its stream id; ends with the run
-    (`event: end`), or with `event: unavailable` when Redis goes away mid-stream."""
+    (`event: end`), or with `event: unavailable` when Redis goes away mid-stream. With
+    `Last-Event-ID` it resumes after that event; one that is not a stream id is a 400."""
     _require_run(ctx, run_id)
     reader = RunLogReader(ctx.redis)
 
@@ -137,7 +143,7 @@ def stream_run_logs(
 
     async def events() -> AsyncIterator[str]:
         try:
-            async for event in lines_then_end(last_event_id or "0"):
+            async for event in lines_then_end(last_event_id):
                 yield event
         except RedisError as exc:
             # Headers are sent: no 503 now. Say why the stream ends; the client reconnects
@@ -158,7 +164,7 @@ def stream_run_logs(
 
 
 @router.get("/{run_id}/metrics", responses=error_responses(404))
-def run_metrics(run_id: str, ctx: Ctx) -> MetricsBody:
+def run_metrics(run_id: RunId, ctx: Ctx) -> MetricsBody:
     _require_run(ctx, run_id)
     points = RunLogReader(ctx.redis).metrics(run_id)
     return MetricsBody(run_id=run_id, points=[p.model_dump(exclude_none=True) for p in points])
@@ -169,12 +175,12 @@ def run_metrics(run_id: str, ctx: Ctx) -> MetricsBody:
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(404, 409),
 )
-def evaluate_run(run_id: str, request: EvaluateRequest, ctx: Ctx) -> EvalAccepted:
+def evaluate_run(run_id: RunId, request: EvaluateRequest, ctx: Ctx) -> EvalAccepted:
     return services.submit_evaluation(ctx, _require_run(ctx, run_id), request)
 
 
 @router.get("/{run_id}/eval", responses=error_responses(404))
-def get_run_eval(run_id: str, ctx: Ctx) -> EvalInfo:
+def get_run_eval(run_id: RunId, ctx: Ctx) -> EvalInfo:
     _require_run(ctx, run_id)
     info = ctx.runs.eval(run_id)
     if info is None:
@@ -183,7 +189,7 @@ def get_run_eval(run_id: str, ctx: Ctx) -> EvalInfo:
 
 
 @router.get("/{run_id}/artifact", responses=error_responses(404))
-def run_artifact(run_id: str, ctx: Ctx) -> ArtifactPointer:
+def run_artifact(run_id: RunId, ctx: Ctx) -> ArtifactPointer:
     file_id = ctx.runs.file_id(run_id)
     if file_id is None:
         raise NotFoundError(f"no artifact for run {run_id!r} (unknown, or not finished)")

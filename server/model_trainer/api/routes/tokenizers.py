@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 from model_trainer.api import services
 from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import error_responses
+from model_trainer.api.ids import TokenizerId
 from model_trainer.api.schemas import (
     ArtifactPointer,
     Page,
@@ -23,8 +24,10 @@ from model_trainer.tokenization.config import TokenizerTrainConfig
 router = APIRouter(prefix="/tokenizers", tags=["tokenizers"])
 
 
-@router.post("/train", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 422))
 def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx) -> TokenizerAccepted:
+    """The same request twice is the same tokenizer (its id hashes the request). 404 if the
+    corpus is not in Data Bank."""
     return services.submit_tokenizer(ctx, config)
 
 
@@ -43,12 +46,12 @@ def list_tokenizers(
 
 
 @router.get("/{tokenizer_id}", responses=error_responses(404))
-def get_tokenizer(tokenizer_id: str, ctx: Ctx) -> TokenizerInfo:
+def get_tokenizer(tokenizer_id: TokenizerId, ctx: Ctx) -> TokenizerInfo:
     return TokenizerInfo.from_record(_require(ctx, tokenizer_id))
 
 
 @router.get("/{tokenizer_id}/artifact", responses=error_responses(404))
-def tokenizer_artifact(tokenizer_id: str, ctx: Ctx) -> ArtifactPointer:
+def tokenizer_artifact(tokenizer_id: TokenizerId, ctx: Ctx) -> ArtifactPointer:
     file_id = ctx.tokenizers.file_id(tokenizer_id)
     if file_id is None:
         raise NotFoundError(f"no artifact for tokenizer {tokenizer_id!r} (unknown, or not done)")
