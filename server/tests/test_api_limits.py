@@ -487,6 +487,9 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
                 answers[404] = client.request(method, template.format(run_id="r", tokenizer_id="t"))
             if body is not None:
                 answers[422] = client.request(method, path, json={"unexpected": 1})
+                answers[400] = client.request(
+                    method, path, content=b"\xff{", headers={"content-type": "application/json"}
+                )
             elif "422" in _dict(operation["responses"]):
                 query = "tail=0" if template.endswith("/logs") else "limit=0"
                 answers[422] = client.request(method, f"{path}?{query}")
@@ -494,5 +497,7 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
     # 401, 413 and 503 from each of the 15; 404 from the 11 with an id; 422 from the 6 with
-    # a body or query parameters.
-    assert len(seen) == 15 * 3 + 11 + 6
+    # a body or query parameters; 400 (not JSON) from the 3 with a body.
+    bodies = sum(1 for (_, _, status) in seen if status == 400)
+    assert bodies == 3
+    assert len(seen) == 15 * 3 + 11 + 6 + bodies

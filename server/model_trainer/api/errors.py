@@ -184,6 +184,11 @@ def _document_422(operation: dict[str, object]) -> None:
     responses = operation.get("responses")
     if not isinstance(responses, dict):
         return
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    if "requestBody" in operation:
+        # A body that is not JSON at all is refused before validation, with 400.
+        description = "the body is not valid JSON"
+        responses.setdefault("400", {"description": description, "content": error_body})
     if _schema_ref(responses.get("422")) != _FASTAPI_422:
         return
     parameters = operation.get("parameters")
@@ -193,10 +198,7 @@ def _document_422(operation: dict[str, object]) -> None:
     if "requestBody" not in operation and not has_query:
         del responses["422"]
         return
-    responses["422"] = {
-        "description": _DESCRIPTIONS[422],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-    }
+    responses["422"] = {"description": _DESCRIPTIONS[422], "content": error_body}
 
 
 def _schema_ref(answer: object) -> object:
