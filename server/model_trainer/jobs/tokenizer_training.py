@@ -21,6 +21,8 @@ def run(payload_json: str) -> None:
     # A retry or re-submit starts clean: no file of an earlier attempt may end up in the tar.
     shutil.rmtree(folder, ignore_errors=True)
     with running_job(ctx, "tokenizer", tokenizer_id, folder) as job:
+        if job is None:
+            return  # cancelled before it started
         corpus = fetch_corpus(ctx, payload.config.corpus_file_id)
         try:
             result = train_tokenizer(
