@@ -1,7 +1,9 @@
 """Inputs a worker must settle cleanly, end to end (API, real workers, Data Bank):
 
 - a tokenizer or a run cancelled while queued ends `cancelled` when a worker reaches it, as
-  a finished RQ job: no error, no retry.
+  a finished RQ job: no error, no retry;
+- a corpus that cannot be trained on (whitespace only, a line past `corpus_max_line_bytes`)
+  fails the tokenizer or the run at its start as the user's error, DATA_INVALID.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from model_trainer.store.runlog import RunLogReader
 from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, poll
 
-WORKER_ENV: dict[str, str] = {}
+# Small enough to test with lines of a few kilobytes; the shipped default is 4 MiB.
+MAX_LINE_BYTES = 4096
+WORKER_ENV = {"APP__CORPUS_MAX_LINE_BYTES": str(MAX_LINE_BYTES)}
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(3000))
+WHITESPACE = " \n\t\n\n   \r\n" * 100
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +166,38 @@ def _json_lines(output: str) -> list[dict[str, object]]:
         except (ValueError, AssertionError):
             continue  # a line that is not a JSON object (none is expected)
     return lines
+
+
+def test_whitespace_only_corpus_fails_fast_for_tokenizers_and_runs(
+    stack: Stack, tokenizer_id: str
+) -> None:
+    blank = stack.upload_text(WHITESPACE, "blank.txt")
+    with stack.client() as client:
+        accepted = _post(client, "/tokenizers/train", _tokenizer_body(blank))
+        tokenizer = _wait_tokenizer(client, str(accepted["tokenizer_id"]))
+        run_id = str(_post(client, "/runs/train", _run_body(blank, tokenizer_id))["run_id"])
+        run = _wait_run(client, run_id)
+        run_events = [line["event"] for line in client.get(f"/runs/{run_id}/logs").json()["lines"]]
+
+    for record in (tokenizer, run):
+        assert record["status"] == "failed", record
+        error = json_dict(record["error"])
+        assert error["kind"] == "user" and error["code"] == "DATA_INVALID", error
+        assert f"its {len(WHITESPACE)} bytes are all whitespace" in str(error["message"])
+    assert run["attempts"] == 0
+    # Fast: refused right after the corpus was fetched, before tokenizing or training.
+    assert "tokens_written" not in run_events and "run_started" not in run_events, run_events
+    assert _job_outcome(stack, str(accepted["tokenizer_id"]))[0] == "finished", "no RQ retry"
+
+
+def test_a_corpus_without_line_breaks_fails_with_the_limit_named(stack: Stack) -> None:
+    flat = stack.upload_text(TEXT.replace("\n", " "), "flat.txt")
+    with stack.client() as client:
+        accepted = _post(client, "/tokenizers/train", _tokenizer_body(flat))
+        tokenizer = _wait_tokenizer(client, str(accepted["tokenizer_id"]))
+    assert tokenizer["status"] == "failed", tokenizer
+    error = json_dict(tokenizer["error"])
+    assert error["kind"] == "user" and error["code"] == "DATA_INVALID", error
+    message = str(error["message"])
+    assert "line 1 of the corpus is longer than 4 KiB" in message
+    assert "add line breaks" in message

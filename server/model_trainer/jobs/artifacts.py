@@ -19,6 +19,7 @@ from model_trainer.errors import UserError
 from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.runner import WorkerContext
 from model_trainer.manifest import add_artifact_pointer
+from model_trainer.tokenization.corpus import CorpusCheck, check_corpus
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
@@ -36,6 +37,20 @@ def fetch_corpus(ctx: WorkerContext, file_id: str) -> Path:
         raise UserError(
             f"corpus {file_id} is not in Data Bank (deleted?): upload it again"
         ) from exc
+
+
+def check_fetched_corpus(ctx: WorkerContext, corpus: Path) -> CorpusCheck:
+    """The checks every job makes on its corpus before using it (`check_corpus`)."""
+    checked = check_corpus(corpus, ctx.settings.app.corpus_max_line_bytes)
+    log.info(
+        "corpus checked: %d bytes, %d lines, the longest %d bytes (%.1f s)",
+        checked.size_bytes,
+        checked.lines,
+        checked.longest_line_bytes,
+        checked.seconds,
+        extra=log_fields("corpus_checked"),
+    )
+    return checked
 
 
 def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) -> Path:
