@@ -45,6 +45,17 @@ class AppSettings(_Section):
     heartbeat_ttl_sec: int = Field(default=60, ge=5, le=3600)
     events_channel: str = "trainer:events"
     log_stream_maxlen: int = Field(default=10_000, ge=100)
+    # Corpus check at a job's start: a line ("\n"-separated, in bytes) longer than this fails
+    # the job (a file without line breaks). Real text has short lines (tinyshakespeare: under
+    # 100 bytes) and a JSONL document rarely passes 1 MiB; 4 MiB leaves room for long ones.
+    # At most 64 MiB, the longest line the corpus readers hold in memory.
+    corpus_max_line_bytes: int = Field(default=4 * 1024**2, ge=1024, le=64 * 1024**2)
+    # Caps on extracting an artifact (a tokenizer's or a run's tar from Data Bank). Ours hold
+    # under 20 files (weights, configs, tokenizer files, manifest, logs, eval): 1,000 members
+    # leaves room for sharded weights. 8 GiB is about 2 billion float32 parameters, far past
+    # what CPU training produces (GPT-2 small, 124M parameters, is 0.5 GB).
+    artifact_max_members: int = Field(default=1_000, ge=1, le=1_000_000)
+    artifact_max_bytes: int = Field(default=8 * 1024**3, ge=1)
 
 
 class SecuritySettings(_Section):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +145,57 @@ def test_corrupt_archive_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchiveError):
         safe_extract(archive, tmp_path / "target", **LIMITS)
     assert _tree(tmp_path) == {"junk.tar": b"not a tar at all" * 100}
+
+
+# -- compressed archives --------------------------------------------------------------------
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return gzip.compress(data)
+    if kind == "bzip2":
+        return bz2.compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("top/a.txt", data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zip"])
+def test_compressed_archives_are_refused_before_reading(tmp_path: Path, kind: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello")
+    plain = pack_directory(src, "top", tmp_path / "plain.tar")
+    archive = tmp_path / "in" / "artifact.tar"
+    archive.parent.mkdir()
+    archive.write_bytes(_compress(kind, plain.read_bytes()))
+    if kind != "zip":  # a valid tar inside: tarfile's "r:*" would have extracted it
+        with tarfile.open(archive, "r:*") as tar:
+            assert tar.getnames() == ["top", "top/a.txt"]
+    work = tmp_path / "work"
+    work.mkdir()
+    before = _tree(tmp_path)
+
+    with pytest.raises(UnsafeArchiveError, match=f"{kind}-compressed: only uncompressed tar"):
+        safe_extract(archive, work / "target", **LIMITS)
+
+    assert _tree(tmp_path) == before
+    # The same tar, uncompressed, is fine.
+    out = safe_extract(plain, work / "target", **LIMITS)
+    assert (out / "top" / "a.txt").read_text() == "hello"
+
+
+def test_sparse_members_are_refused(tmp_path: Path, extraction: str) -> None:
+    info = tarfile.TarInfo("top/sparse.bin")
+    info.type = tarfile.GNUTYPE_SPARSE
+    archive = tmp_path / "sparse.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info)
+    with tarfile.open(archive) as tar:
+        assert tar.getmembers()[0].issparse()
+    with pytest.raises(UnsafeArchiveError, match="sparse"):
+        safe_extract(archive, tmp_path / "target", **LIMITS)
+    assert not (tmp_path / "target").exists()

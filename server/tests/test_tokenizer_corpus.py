@@ -1,7 +1,9 @@
-"""Reading a corpus: UTF-8 errors with their offset, empty corpora, the holdout split."""
+"""Reading a corpus: UTF-8 errors with their offset, empty corpora, the holdout split, and
+the check every job makes before using one (`check_corpus`)."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ import pytest
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.tokenization import corpus
 from model_trainer.tokenization.corpus import (
+    CHUNK_BYTES,
     HoldoutSplitter,
+    check_corpus,
     iter_train_batches,
     read_line_chunks,
     scan_corpus,
@@ -135,3 +139,74 @@ def test_scan_reports_hash_and_sizes(tmp_path: Path) -> None:
     assert scan.size_bytes == len(data)
     assert scan.lines == 4
     assert scan.train_bytes == len(data)
+
+
+# -- check_corpus: what every job checks before tokenizing or training --------------------
+
+
+def test_check_passes_a_real_corpus_and_reports_it(tmp_path: Path) -> None:
+    lines = [f"line {i}: naïve café 日本語" for i in range(20_000)] + ["", "last\r"]
+    data = "\n".join(lines).encode()  # the last line has no "\n"
+    checked = check_corpus(_write(tmp_path, data), max_line_bytes=1024, chunk_bytes=4096)
+    assert checked.size_bytes == len(data)
+    assert checked.lines == len(lines)
+    assert checked.longest_line_bytes == max(len(line.encode()) for line in lines)
+
+
+def test_check_refuses_an_empty_corpus(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"the corpus is empty \(0 bytes\)") as caught:
+        check_corpus(_write(tmp_path, b""), max_line_bytes=1024)
+    assert caught.value.code == ErrorCode.DATA_INVALID
+
+
+@pytest.mark.parametrize("data", [b"\n", b"\n\n\n", b"  \n\t\n   ", "\u3000\n\u00a0 \r\n".encode()])
+def test_check_refuses_a_whitespace_only_corpus(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(UserError, match=f"its {len(data)} bytes are all whitespace") as caught:
+        check_corpus(_write(tmp_path, data), max_line_bytes=1024)
+    assert caught.value.code == ErrorCode.DATA_INVALID
+
+
+def test_check_refuses_non_utf8_naming_the_byte(tmp_path: Path) -> None:
+    good = "ok line\n" * 1000
+    path = _write(tmp_path, good.encode() + b"caf\xe9\n")
+    for chunk_bytes in (100, 4096, CHUNK_BYTES):
+        with pytest.raises(UserError, match="not valid UTF-8") as caught:
+            check_corpus(path, max_line_bytes=1024, chunk_bytes=chunk_bytes)
+        assert caught.value.code == ErrorCode.DATA_INVALID
+        assert f"byte offset {len(good) + 3} (line 1001)" in caught.value.message
+
+
+def test_check_refuses_a_huge_file_without_line_breaks(tmp_path: Path) -> None:
+    path = _write(tmp_path, b"word " * 1_000_000)  # 5 MB, one line
+    with pytest.raises(UserError, match="line 1 of the corpus is longer than 1 KiB") as caught:
+        check_corpus(path, max_line_bytes=1024)
+    assert caught.value.code == ErrorCode.DATA_INVALID
+    assert "add line breaks" in caught.value.message
+
+
+@pytest.mark.parametrize("chunk_bytes", [512, 4096, CHUNK_BYTES])
+def test_check_refuses_one_long_line_among_short_ones(tmp_path: Path, chunk_bytes: int) -> None:
+    short = b"a short line\n" * 50
+    path = _write(tmp_path, short + b"x" * 1025 + b"\n" + short)
+    with pytest.raises(UserError, match="line 51 of the corpus is longer than 1 KiB"):
+        check_corpus(path, max_line_bytes=1024, chunk_bytes=chunk_bytes)
+    exactly = _write(tmp_path, short + b"x" * 1024 + b"\n" + short)
+    assert check_corpus(exactly, max_line_bytes=1024, chunk_bytes=chunk_bytes).lines == 101
+
+
+def test_check_streams_the_file(tmp_path: Path) -> None:
+    """Memory stays near chunk + line limit, for a big corpus and for one without breaks."""
+    good = _write(tmp_path, b"a line of ordinary text, like most\n" * 1_000_000)  # 35 MB
+    flat = tmp_path / "flat.txt"
+    flat.write_bytes(b"x" * (32 << 20))
+    for path in (good, flat):
+        tracemalloc.start()
+        try:
+            check_corpus(path, max_line_bytes=1 << 20, chunk_bytes=1 << 20)
+        except UserError:
+            assert path == flat
+        else:
+            assert path == good
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 12 << 20, (path.name, peak)

@@ -6,6 +6,10 @@ and would be the slowest step of every multi-GB upload and download.
 
 Packing is reproducible for the same tree and mtimes (sorted entries, owner stripped), so
 the same artifact gets the same content-addressed id.
+
+Extraction reads plain tar only: a compressed file (gzip, bzip2, xz, zstd...) is refused
+before a byte is decompressed, so a small upload cannot expand into gigabytes on our disk,
+and the caps on members and bytes are checked against the headers before anything is written.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ _TOP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 class UnsafeArchiveError(ValueError):
     """A tar (or a folder to pack) holds something we refuse: links, devices, escapes."""
+
+
+# The first bytes of compressed formats (tarfile's "r:*" would decompress several of them),
+# named in the refusal. None of them can start a tar, which opens with a member's name.
+_COMPRESSED_MAGIC: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (re.compile(rb"\x1f\x8b"), "gzip"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd"),
+    (re.compile(rb"\x04\x22\x4d\x18"), "lz4"),
+    (re.compile(rb"PK\x03\x04"), "zip"),
+    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "7z"),
+)
 
 
 def pack_directory(folder: Path, top_name: str, dest_tar: Path) -> Path:
@@ -45,27 +62,45 @@ def pack_directory(folder: Path, top_name: str, dest_tar: Path) -> Path:
 
 
 def safe_extract(tar_path: Path, dest_dir: Path, *, max_members: int, max_total_bytes: int) -> Path:
-    """Extract into `dest_dir`, which must not exist yet; returns it.
+    """Extract the plain (uncompressed) tar `tar_path` into `dest_dir`, which must not exist
+    yet; returns it.
 
-    Everything is checked and extracted into a fresh temp folder beside `dest_dir`, which is
-    renamed to `dest_dir` only when all of it succeeded: on refusal nothing is left behind.
+    Compressed archives are refused up front (`UnsafeArchiveError`), and so is a tar with
+    more than `max_members` members or more than `max_total_bytes` of file contents, before
+    anything is written. Everything is checked and extracted into a fresh temp folder beside
+    `dest_dir`, which is renamed to `dest_dir` only when all of it succeeded: on refusal or
+    failure nothing is left behind.
     """
     if dest_dir.exists() or dest_dir.is_symlink():
         raise FileExistsError(f"extraction target already exists: {dest_dir}")
+    _refuse_compressed(tar_path)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}.extract-"))
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        # "r:": plain tar only. "r:*" would decompress whatever the file claims to be.
+        with tarfile.open(tar_path, "r:") as tar:
             members = _checked_members(tar, max_members, max_total_bytes)
             _extract(tar, members, staging)
         staging.rename(dest_dir)
     except tarfile.TarError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UnsafeArchiveError(f"{tar_path.name}: {exc}") from exc
+        what = "is not a readable plain tar" if isinstance(exc, tarfile.ReadError) else "refused"
+        raise UnsafeArchiveError(f"{tar_path.name} {what}: {exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest_dir
+
+
+def _refuse_compressed(tar_path: Path) -> None:
+    with tar_path.open("rb") as file:
+        head = file.read(16)
+    for magic, name in _COMPRESSED_MAGIC:
+        if magic.match(head):
+            raise UnsafeArchiveError(
+                f"{tar_path.name} is {name}-compressed: only uncompressed tar is accepted "
+                "(artifacts are packed as plain .tar)"
+            )
 
 
 def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], staging: Path) -> None:
@@ -117,6 +152,9 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(f"links are not allowed: {name!r} -> {member.linkname!r}")
     if member.isdev():
         raise UnsafeArchiveError(f"device or fifo is not allowed: {name!r}")
+    if member.issparse():
+        # We never pack sparse files; a sparse member is a small tar that writes a big file.
+        raise UnsafeArchiveError(f"sparse files are not allowed: {name!r}")
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"unsupported member type {member.type!r}: {name!r}")
 

@@ -6,23 +6,28 @@ and everything it produces goes back there; Redis keeps the pointers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 from pathlib import Path
 
-from model_trainer.databank.archive import safe_extract
+from model_trainer.databank.archive import UnsafeArchiveError, safe_extract
 from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError, NotFound
 from model_trainer.errors import UserError
 from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.runner import WorkerContext
 from model_trainer.manifest import add_artifact_pointer
+from model_trainer.tokenization.corpus import CorpusCheck, check_corpus
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
 
-# Artifacts we download are ours, but a tar is still input: cap what extraction may write.
-MAX_ARTIFACT_MEMBERS = 10_000
-MAX_ARTIFACT_BYTES = 20 * 1024**3
+# Tar headers and padding around the contents: a member's header (a PAX one for long names
+# besides) and its padding to 512 bytes, and the end-of-archive record.
+_TAR_OVERHEAD_PER_MEMBER = 4096
+_TAR_OVERHEAD = 64 * 1024
 
 
 def fetch_corpus(ctx: WorkerContext, file_id: str) -> Path:
@@ -34,35 +39,73 @@ def fetch_corpus(ctx: WorkerContext, file_id: str) -> Path:
         ) from exc
 
 
+def check_fetched_corpus(ctx: WorkerContext, corpus: Path) -> CorpusCheck:
+    """The checks every job makes on its corpus before using it (`check_corpus`)."""
+    checked = check_corpus(corpus, ctx.settings.app.corpus_max_line_bytes)
+    log.info(
+        "corpus checked: %d bytes, %d lines, the longest %d bytes (%.1f s)",
+        checked.size_bytes,
+        checked.lines,
+        checked.longest_line_bytes,
+        checked.seconds,
+        extra=log_fields("corpus_checked"),
+    )
+    return checked
+
+
 def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) -> Path:
-    """The extracted artifact folder of a tokenizer or run, downloaded once per worker."""
-    root = ctx.settings.app.data_root / "artifact-cache" / kind
+    """The extracted artifact folder of a tokenizer or run, downloaded once per worker.
+
+    Artifacts are ours, but a tar from Data Bank is still input: it must be a plain tar
+    within `artifact_max_members` and `artifact_max_bytes` (checked against its size before
+    the download and against its headers before extraction). A refused artifact is the
+    user's to replace (`UserError`); a refused or failed fetch leaves nothing in the cache.
+    """
+    app = ctx.settings.app
+    root = app.data_root / "artifact-cache" / kind
     target = root / record_id / file_id
     if target.exists():
         return _single_child(target)
-    tar = root / f"{file_id}.tar"
-    root.mkdir(parents=True, exist_ok=True)
+    what = f"the artifact of {kind} {record_id} ({file_id})"
+    gone = f"{what} is not in Data Bank any more: train the {kind} again"
+    try:
+        size = ctx.databank.head(file_id).size
+    except NotFound as exc:
+        raise UserError(gone) from exc
+    most = app.artifact_max_bytes + app.artifact_max_members * _TAR_OVERHEAD_PER_MEMBER
+    if size > most + _TAR_OVERHEAD:
+        raise UserError(
+            f"{what} is refused: {size} bytes, more than an artifact may hold "
+            f"(artifact_max_bytes {app.artifact_max_bytes}); train the {kind} again"
+        )
+    # One download file per process: workers sharing a disk never unlink each other's.
+    tar = root / f".{file_id}.{os.getpid()}.tar"
     try:
         ctx.databank.download(file_id, tar)
-    except NotFound as exc:
-        raise UserError(
-            f"the artifact of {kind} {record_id} ({file_id}) is not in Data Bank any more: "
-            f"train the {kind} again"
-        ) from exc
-    try:
         safe_extract(
-            tar, target, max_members=MAX_ARTIFACT_MEMBERS, max_total_bytes=MAX_ARTIFACT_BYTES
+            tar,
+            target,
+            max_members=app.artifact_max_members,
+            max_total_bytes=app.artifact_max_bytes,
         )
+        return _single_child(target)
+    except NotFound as exc:
+        raise UserError(gone) from exc
+    except UnsafeArchiveError as exc:
+        shutil.rmtree(target, ignore_errors=True)  # extracted, but not shaped as ours
+        raise UserError(f"{what} is refused: {exc}; train the {kind} again") from exc
     finally:
         tar.unlink(missing_ok=True)
-    return _single_child(target)
+        with contextlib.suppress(OSError):  # left by a refusal; not empty once extracted
+            target.parent.rmdir()
 
 
 def _single_child(folder: Path) -> Path:
     """Our tars have one top folder (`tokenizer-<id>/`, `model-<id>/`)."""
-    children = [p for p in folder.iterdir() if p.is_dir()]
-    if len(children) != 1:
-        raise RuntimeError(f"artifact {folder} should hold one top folder, found {len(children)}")
+    children = list(folder.iterdir())
+    if len(children) != 1 or not children[0].is_dir():
+        names = sorted(p.name for p in children)[:5]
+        raise UnsafeArchiveError(f"an artifact holds one top folder, not {names}")
     return children[0]
 
 

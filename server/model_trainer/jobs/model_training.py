@@ -24,7 +24,12 @@ from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import NotFound
 from model_trainer.errors import UserError
-from model_trainer.jobs.artifacts import fetch_artifact, fetch_corpus, publish_artifact
+from model_trainer.jobs.artifacts import (
+    check_fetched_corpus,
+    fetch_artifact,
+    fetch_corpus,
+    publish_artifact,
+)
 from model_trainer.jobs.checkpoint_sync import CheckpointSync
 from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.model_evaluation import eval_info
@@ -203,6 +208,7 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, config = payload.run_id, payload.config
     corpus = fetch_corpus(ctx, config.corpus_file_id)
+    check_fetched_corpus(ctx, corpus)
     tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
     if tokenizer_file_id is None:
         raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")

@@ -5,10 +5,12 @@ tokenizer and evaluation jobs are short and rely on RQ's retries as below.
 
 A job body runs inside `running_job(...)`, which marks the record running, beats its heartbeat
 on a thread, copies its log lines to Redis and the job folder, and turns the way the body ends
-into a status:
+into a status. A job cancelled while it waited in the queue gets `None` instead of its
+`JobControl`; the caller returns at once, and the job ends as a success RQ does not retry:
 
 | body ends with            | status     | RQ sees          | event (runs)                 |
 | ------------------------- | ---------- | ---------------- | ---------------------------- |
+| (cancelled before start)  | cancelled  | success          | none (the API cancelled it)  |
 | return                    | (body set) | success          | (body publishes completed)   |
 | `UserError`               | failed     | success (no retry) | failed, error_kind user    |
 | `JobCancelled`            | cancelled  | success          | failed, status canceled      |
@@ -174,8 +176,11 @@ def running_job(
     folder: Path,
     user_id: int = 0,
     on_failure: Callable[[], None] | None = None,
-) -> Iterator[JobControl]:
-    """Run a job body with status, heartbeat, logs and the failure policy of the table above."""
+) -> Iterator[JobControl | None]:
+    """Run a job body with status, heartbeat, logs and the failure policy of the table above.
+
+    Yields None when the job was cancelled before it started: the body must return at once.
+    """
     var = run_id_var if kind == "run" else tokenizer_id_var
     store = ctx.store(kind)
     control = JobControl(ctx, kind, record_id, folder)
@@ -187,6 +192,9 @@ def running_job(
         if store.status(record_id) is Status.CANCELLED or control.cancelled():
             log.info("cancelled before it started", extra=log_fields("job_skipped"))
             store.set_status(record_id, Status.CANCELLED, "cancelled before it started")
+            # A context manager must yield once: returning here would raise "generator didn't
+            # yield" in the worker, which RQ counts as a failure and retries.
+            yield None
             return
         store.set_status(record_id, Status.RUNNING)
         try:

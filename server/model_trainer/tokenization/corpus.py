@@ -19,6 +19,7 @@ chunk sizes or on reading order, and is computed for a whole chunk at once with 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -60,8 +61,13 @@ class LineChunk:
     lines: list[str]  # decoded lines, without their "\n"
 
 
-def read_raw_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[RawChunk]:
-    """The file as undecoded chunks of whole lines."""
+def read_raw_chunks(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, max_line_bytes: int | None = None
+) -> Iterator[RawChunk]:
+    """The file as undecoded chunks of whole lines; `UserError` once a line being read grows
+    past `max_line_bytes` (default `MAX_LINE_BYTES`; a chunk may still hold shorter lines
+    up to `chunk_bytes` long)."""
+    limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
     offset = 0
     first_line = 0
     carry = b""
@@ -70,8 +76,8 @@ def read_raw_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[RawC
             data = carry + block if carry else block
             cut = data.rfind(b"\n") + 1
             if cut == 0:  # no line ends in this block: keep reading the same line
-                if len(data) > MAX_LINE_BYTES:
-                    raise _line_too_long(first_line)
+                if len(data) > limit:
+                    raise _line_too_long(first_line, limit)
                 carry = data
                 continue
             raw, carry = data[:cut], data[cut:]
@@ -107,13 +113,67 @@ def _decode(raw: bytes, offset: int, first_line: int) -> str:
         ) from None
 
 
-def _line_too_long(line_index: int) -> UserError:
+def _line_too_long(line_index: int, limit: int) -> UserError:
     return UserError(
-        f"line {line_index + 1} of the corpus is longer than {MAX_LINE_BYTES >> 20} MiB; "
-        "tokenizers are trained on lines of text: split the corpus into lines (documents, "
-        "paragraphs or sentences separated by newlines) and upload it again.",
+        f"line {line_index + 1} of the corpus is longer than {_size(limit)} (a file without "
+        "line breaks?); tokenizers and models are trained on lines of text: add line breaks "
+        "(one document, paragraph or sentence per line, separated by \\n) and upload it again.",
         ErrorCode.DATA_INVALID,
     )
+
+
+def _size(n: int) -> str:
+    if n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n % (1 << 10) == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
+class CorpusCheck:
+    size_bytes: int
+    lines: int
+    longest_line_bytes: int  # "\n" excluded
+    seconds: float
+
+
+def check_corpus(path: Path, max_line_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> CorpusCheck:
+    """What every job checks on its corpus before tokenizing or training on it.
+
+    `UserError` (DATA_INVALID) when the file is empty, holds only whitespace, is not UTF-8
+    (naming the first bad byte's offset and line), or has a line longer than
+    `max_line_bytes` (a file without line breaks). Streams the file in chunks of whole
+    lines: memory stays near `chunk_bytes + max_line_bytes` whatever the corpus size.
+    """
+    started = time.perf_counter()
+    size = lines = longest = 0
+    has_text = False
+    for chunk in read_raw_chunks(path, chunk_bytes, max_line_bytes):
+        spans = _line_spans(chunk.raw, chunk.line_count)
+        widths = spans[:, 1] - spans[:, 0]
+        widest = int(np.argmax(widths))
+        if widths[widest] > max_line_bytes:
+            raise _line_too_long(chunk.first_line + widest, max_line_bytes)
+        longest = max(longest, int(widths[widest]))
+        text = _decode(chunk.raw, chunk.offset, chunk.first_line)
+        has_text = has_text or not text.isspace()
+        size += len(chunk.raw)
+        lines += chunk.line_count
+    if size == 0:
+        raise UserError(
+            "the corpus is empty (0 bytes): upload a UTF-8 text file with one document, "
+            "paragraph or sentence per line.",
+            ErrorCode.DATA_INVALID,
+        )
+    if not has_text:
+        raise UserError(
+            f"the corpus has no text: its {size} bytes are all whitespace (spaces, tabs, line "
+            "breaks); upload a UTF-8 text file with one document, paragraph or sentence per "
+            "line.",
+            ErrorCode.DATA_INVALID,
+        )
+    return CorpusCheck(size, lines, longest, time.perf_counter() - started)
 
 
 class HoldoutSplitter:
