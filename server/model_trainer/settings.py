@@ -120,6 +120,12 @@ class LimitsSettings(_Section):
     # memory: at once by Content-Length, or by counting a chunked body as it arrives. The
     # API's JSON bodies are under a few KiB; Data Bank, not the API, receives files.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # Checks against Data Bank on the request path (api/remote.py): no retries, this timeout,
+    # at most this many in flight (more get 503 at once), and 503 without calling for the
+    # cooldown after Data Bank was found unavailable.
+    remote_timeout_sec: float = Field(default=3.0, gt=0, le=60)
+    remote_max_concurrent: int = Field(default=8, ge=1, le=256)
+    remote_cooldown_sec: float = Field(default=5.0, ge=0, le=300)
 
 
 class Settings(BaseSettings):

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from redis import Redis
 
+from model_trainer.api.remote import RemoteGuard
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
@@ -30,9 +31,14 @@ class ApiContext:
         self.databank = databank
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
+        limits = settings.limits
+        self.databank_guard = RemoteGuard(
+            "Data Bank", limits.remote_max_concurrent, limits.remote_cooldown_sec
+        )
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    # `async` (it does no I/O): a plain `def` would cost every request a thread-pool hop.
     ctx = request.app.state.ctx
     if not isinstance(ctx, ApiContext):
         raise RuntimeError("app started without an ApiContext")
@@ -44,7 +50,7 @@ Ctx = Annotated[ApiContext, Depends(get_context)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(
+async def require_api_key(
     ctx: Ctx, api_key: Annotated[str | None, Depends(_api_key_header)] = None
 ) -> None:
     expected = ctx.settings.security.api_key
@@ -60,7 +66,8 @@ def require_api_key(
 def require_corpus(ctx: ApiContext, file_id: str) -> None:
     """Refuse at submit time a corpus Data Bank does not have (not minutes later in a job)."""
     try:
-        ctx.databank.head(file_id)
+        with ctx.databank_guard.call("check the corpus"):
+            ctx.databank.head(file_id)
     except bank_errors.NotFound as exc:
         raise NotFoundError(
             f"corpus_file_id {file_id} not found in Data Bank: upload the corpus first "
@@ -79,7 +86,8 @@ def artifact_available(ctx: ApiContext, file_id: str | None) -> bool:
     if file_id is None:
         return False
     try:
-        return ctx.databank.exists(file_id)
+        with ctx.databank_guard.call("check the artifact"):
+            return ctx.databank.exists(file_id)
     except bank_errors.DataBankError as exc:
         raise AppError(
             ErrorCode.UPSTREAM_ERROR, f"cannot check the artifact in Data Bank: {exc.message}", 503

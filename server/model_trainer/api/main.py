@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import Depends, FastAPI
 from redis import Redis
 from redis.backoff import NoBackoff
@@ -44,8 +45,12 @@ def build_context(settings: Settings) -> ApiContext:
         health_check_interval=30,
     )
     key = settings.app.data_bank_api_key
+    # On the request path: no retries and a short timeout (see api/remote.py).
     databank = DataBankClient(
-        settings.app.data_bank_api_url, key.get_secret_value() if key else None
+        settings.app.data_bank_api_url,
+        key.get_secret_value() if key else None,
+        max_retries=0,
+        timeout=httpx.Timeout(settings.limits.remote_timeout_sec),
     )
     return ApiContext(settings, redis, RQJobQueue(redis, settings.rq), databank)
 
