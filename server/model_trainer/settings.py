@@ -56,6 +56,9 @@ class AppSettings(_Section):
     # what CPU training produces (GPT-2 small, 124M parameters, is 0.5 GB).
     artifact_max_members: int = Field(default=1_000, ge=1, le=1_000_000)
     artifact_max_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # The worker lowers its CPU priority by this much (nice): training is batch work, and on a
+    # machine it shares with the API or other services those should answer first. 0 keeps it.
+    worker_nice: int = Field(default=10, ge=0, le=19)
 
 
 class SecuritySettings(_Section):

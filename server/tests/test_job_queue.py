@@ -6,6 +6,7 @@ each test enqueues with the `RQSettings` it needs, which are per job, not per qu
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -107,3 +108,10 @@ def test_unknown_job_name_is_refused(redis_client: Redis, queue_name: str) -> No
     queue = _queue(redis_client, queue_name)
     with pytest.raises(KeyError, match="nope"):
         queue.enqueue("nope", Payload(key="x"), job_id="x")
+
+
+def test_the_worker_runs_at_a_lower_cpu_priority(worker: Proc) -> None:
+    """Training is batch work: the worker (and the job processes it forks) yields the CPU to
+    the API and other services on a shared machine (APP__WORKER_NICE, default 10)."""
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # nice stops at 19
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == expected

@@ -171,6 +171,8 @@ def main() -> int:
             extra=log_fields("worker_redis_unreachable", error_code="SERVICE_UNAVAILABLE"),
         )
         return 1
+    if settings.app.worker_nice:
+        os.nice(settings.app.worker_nice)  # children (job processes) inherit it
     if settings.app.threads:
         # OpenMP and MKL read these when torch first spins up its pools (in the job process).
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.app.threads))
