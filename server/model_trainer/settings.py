@@ -131,6 +131,22 @@ class LimitsSettings(_Section):
     remote_cooldown_sec: float = Field(default=5.0, ge=0, le=300)
 
 
+class AdmissionSettings(_Section):
+    """What `POST /runs/train` refuses before anything is queued (DESIGN.md, "Admission").
+
+    A run whose memory estimate (training/memory.py) exceeds `memory_fraction` of a worker's
+    memory is refused with 422. A worker's memory is `worker_memory_bytes` when set, else
+    the largest that a live worker reports (its cgroup limit, else MemTotal); when neither
+    is known (no worker up), runs are admitted.
+    """
+
+    # Memory of one worker (machine or container); unset: what live workers report.
+    worker_memory_bytes: int | None = Field(default=None, ge=256 * 1024**2)
+    # The share of a worker's memory one run may take by the estimate (the rest: headroom for
+    # the kernel, other processes and the estimate's error).
+    memory_fraction: float = Field(default=0.9, gt=0, le=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -148,6 +164,7 @@ class Settings(BaseSettings):
     rq: RQSettings = Field(default_factory=RQSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -27,7 +27,7 @@ from model_trainer.store.checkpoints import (
 )
 from model_trainer.store.keys import RUN_KEYS, RunKeys
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
 from tests.stack import Stack, get_json, json_dict, poll, wait_while_progressing
@@ -353,7 +353,9 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
     try:
         with stack.client() as client:
             # user
-            run_id = _submit(client, _run_body(corpus_id, tokenizer_id, learning_rate=1e6))
+            run_id = _submit(
+                client, _run_body(corpus_id, tokenizer_id, learning_rate=MAX_LEARNING_RATE)
+            )
             answer = _finish(client, run_id)
             assert answer["status"] == "failed"
             assert answer["error"] == {

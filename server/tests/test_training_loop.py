@@ -15,7 +15,7 @@ import torch
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.training.checkpoint import checkpoint_path, read_checkpoint_file, sidecar_path
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
 from model_trainer.training.hardware import CpuInfo
 from model_trainer.training.loop import (
     METRICS_FILE,
@@ -185,7 +185,7 @@ def test_loss_goes_down_and_metrics_are_logged(inputs: Inputs, tmp_path: Path) -
 
 def test_a_huge_learning_rate_fails_with_a_message_about_it(inputs: Inputs, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="learning rate") as caught:
-        inputs.run(tmp_path / "run", max_steps=50, learning_rate=1e6, warmup_steps=0)
+        inputs.run(tmp_path / "run", max_steps=50, learning_rate=MAX_LEARNING_RATE, warmup_steps=0)
     assert "learning_rate" in caught.value.message
 
 

@@ -24,6 +24,7 @@ from model_trainer.store.events import (
 )
 from model_trainer.store.keys import TOKENIZER_KEYS
 from model_trainer.store.records import RecordMeta, StatusStore, TokenizerSummary
+from model_trainer.training.config import MAX_LEARNING_RATE
 from model_trainer.training.evaluate import CanGenerate
 from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, num, poll
@@ -323,7 +324,11 @@ def test_diverging_learning_rate_fails_as_a_user_error(
     try:
         with stack.client() as client:
             body = _run_body(
-                corpus_id, tokenizer_id, learning_rate=1e6, grad_clip=0, warmup_steps=0
+                corpus_id,
+                tokenizer_id,
+                learning_rate=MAX_LEARNING_RATE,
+                grad_clip=0,
+                warmup_steps=0,
             )
             run_id = _submit(client, body)
             done = _wait_status(client, run_id, {"completed", "failed"}, 120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,8 +16,8 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.jobs.queue import JobQueue
 from model_trainer.settings import Settings
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
-from model_trainer.store.records import RunProgress, StatusStore, TokenizerSummary
+from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, worker_memory_key, workers_key
+from model_trainer.store.records import RunProgress, StatusStore, TokenizerSummary, as_str
 
 
 class ApiContext:
@@ -92,3 +93,21 @@ def artifact_available(ctx: ApiContext, file_id: str | None) -> bool:
         raise AppError(
             ErrorCode.UPSTREAM_ERROR, f"cannot check the artifact in Data Bank: {exc.message}", 503
         ) from exc
+
+
+def largest_live_worker_memory(ctx: ApiContext) -> tuple[str, int] | None:
+    """The live worker (seen within `worker_presence_ttl_sec`, as /readyz counts) that
+    reported the most memory, and that memory in bytes; None when no live worker reported."""
+    queue = ctx.settings.rq.queue_name
+    ttl = ctx.settings.recovery.worker_presence_ttl_sec
+    live = ctx.redis.zrangebyscore(workers_key(queue), time.time() - ttl, "+inf")
+    names = [s for s in (as_str(v) for v in live) if s]
+    if not names:
+        return None
+    reported = ctx.redis.hmget(worker_memory_key(queue), names)
+    found = [
+        (name, int(text))
+        for name, text in zip(names, (as_str(v) for v in reported), strict=True)
+        if text is not None and text.isdigit()
+    ]
+    return max(found, key=lambda item: item[1]) if found else None

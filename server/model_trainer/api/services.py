@@ -1,18 +1,25 @@
 """What each submit does, one small function per action; routes only map HTTP onto these.
 
-Every check that can be made at submit time is made here (tokenizer finished, artifact and
-corpus still in Data Bank, the checkpoint to start from exists and fits), so a bad request is
-refused now rather than minutes later in a job.
+Every check that can be made at submit time is made here (tokenizer finished, the run's
+memory estimate within what a worker may use, artifact and corpus still in Data Bank, the
+checkpoint to start from exists and fits), so a bad request is refused now rather than
+minutes later in a job (or, for memory, by the kernel's OOM killer).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 
 from pydantic import JsonValue, ValidationError
 
-from model_trainer.api.deps import ApiContext, artifact_available, require_corpus
+from model_trainer.api.deps import (
+    ApiContext,
+    artifact_available,
+    largest_live_worker_memory,
+    require_corpus,
+)
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted
 from model_trainer.errors import ConflictError, NotFoundError
@@ -25,9 +32,17 @@ from model_trainer.jobs.payloads import (
 )
 from model_trainer.jobs.queue import JobName
 from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
-from model_trainer.store.records import EvalInfo, Record, RecordMeta, RunProgress, Status
+from model_trainer.store.records import (
+    EvalInfo,
+    Record,
+    RecordMeta,
+    RunProgress,
+    Status,
+    TokenizerSummary,
+)
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
 def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> TokenizerAccepted:
@@ -56,8 +71,9 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
 
 
 def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
-    """A new run (runs are never deduplicated) once its tokenizer and corpus are usable, and
-    the checkpoint it starts from (`from_run_id`) exists and holds the same model."""
+    """A new run (runs are never deduplicated) once its tokenizer and corpus are usable, it
+    fits in a worker's memory, and the checkpoint it starts from (`from_run_id`) exists and
+    holds the same model."""
     tokenizer = ctx.tokenizers.record(config.tokenizer_id)
     if tokenizer is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
@@ -66,6 +82,7 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
             f"tokenizer {config.tokenizer_id!r} is {tokenizer.status.value}, not completed: "
             "wait for it to finish (GET /tokenizers/{id})"
         )
+    admit_memory(ctx, config, tokenizer)
     init_from: InitFrom | None = None
     source_id = config.from_run_id
     if source_id is not None:
@@ -91,6 +108,103 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
     job = TrainJob(run_id=run_id, config=config, init_from=init_from)
     job_id = ctx.queue.enqueue(JobName.TRAIN_MODEL, job, job_id=run_id)
     return RunAccepted(run_id=run_id, job_id=job_id, status=Status.QUEUED)
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """What one run may use: `fraction` of a worker's `memory`, and where `memory` came from."""
+
+    memory: int
+    fraction: float
+    source: str
+
+    @property
+    def bytes(self) -> int:
+        return int(self.memory * self.fraction)
+
+    def describe(self) -> str:
+        return f"{gib(self.bytes)}: {self.fraction:g} of {gib(self.memory)}, {self.source}"
+
+
+def memory_limit(ctx: ApiContext) -> MemoryLimit | None:
+    """`admission.worker_memory_bytes` when set, else the largest memory a live worker
+    reported; None when neither is known (no worker up yet: runs are admitted)."""
+    admission = ctx.settings.admission
+    if admission.worker_memory_bytes is not None:
+        return MemoryLimit(
+            admission.worker_memory_bytes,
+            admission.memory_fraction,
+            "the worker memory set in ADMISSION__WORKER_MEMORY_BYTES",
+        )
+    largest = largest_live_worker_memory(ctx)
+    if largest is None:
+        return None
+    name, memory = largest
+    return MemoryLimit(
+        memory, admission.memory_fraction, f"the memory of the largest live worker ({name})"
+    )
+
+
+def admit_memory(
+    ctx: ApiContext, config: ModelTrainConfig, tokenizer: Record[TokenizerSummary]
+) -> None:
+    """422 (`details` name the fields that size it) when the run's memory estimate
+    (training/memory.py) exceeds what a worker may use."""
+    limit = memory_limit(ctx)
+    if limit is None:
+        return
+    estimate = estimate_run_memory(config, _vocab_size(tokenizer))
+    if estimate.total_bytes <= limit.bytes:
+        return
+    fields = _memory_fields(config, estimate)
+    numbers = f"the estimate is {estimate.total_bytes} bytes, the limit {limit.bytes} bytes"
+    raise FieldsInvalid(
+        f"this run needs about {estimate.describe()}, more than the {limit.describe()}; "
+        f"lower {_or_list([f'{name} (now {value})' for name, value, _ in fields])}",
+        [
+            FieldError(field=name, message=f"{value}: {why}; {numbers}", type="memory_limit")
+            for name, value, why in fields
+        ],
+    )
+
+
+def _memory_fields(
+    config: ModelTrainConfig, estimate: MemoryEstimate
+) -> list[tuple[str, object, str]]:
+    """The fields to lower, with their values and what they size, biggest levers first."""
+    arch = config.resolved()
+    fields: list[tuple[str, object, str]] = [
+        ("n_embd", arch.n_embd, "weights and optimizer state grow with its square"),
+        ("n_layer", arch.n_layer, "weights, optimizer state and activations grow with it"),
+        ("batch_size", config.batch_size, "activations and logits grow with it"),
+        ("max_seq_len", config.max_seq_len, "activations and logits grow with it"),
+    ]
+    if estimate.attention_score_bytes:
+        fields.append(
+            (
+                "dropout",
+                config.dropout,
+                "above 0, attention keeps batch x heads x max_seq_len^2 scores per layer",
+            )
+        )
+    if estimate.window_bytes * 10 > estimate.total_bytes:
+        fields.append(
+            ("eval_batches", config.eval_batches, "the validation windows stay in memory")
+        )
+    return fields
+
+
+def _or_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def _vocab_size(tokenizer: Record[TokenizerSummary]) -> int:
+    """What the finished tokenizer reported, else what it was asked for, else 0 (then the
+    estimate leaves out the embedding and the logits: a lower bound)."""
+    if tokenizer.progress is not None:
+        return tokenizer.progress.vocab_size
+    asked = tokenizer.meta.request.get("vocab_size") if tokenizer.meta else None
+    return asked if isinstance(asked, int) else 0
 
 
 def resolve_init_from(ctx: ApiContext, config: ModelTrainConfig, source_id: str) -> InitFrom:

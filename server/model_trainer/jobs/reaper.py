@@ -2,7 +2,8 @@
 
 Every `reaper_interval_sec`, busy or idle, each worker:
 
-1. says it is alive (`trainer:workers:{queue}`, what /readyz counts);
+1. says it is alive (`trainer:workers:{queue}`, what /readyz counts) and how much memory
+   it may use (`trainer:workers:{queue}:memory`, what the API admits runs against);
 2. enqueues the runs whose retry delay is over (`trainer:runs:delayed`);
 3. takes back runs whose owner is gone: status `running` and no lease. Once the lease has
    been seen missing for a third of its TTL (time for an owner cut off from Redis to renew
@@ -29,8 +30,16 @@ from redis.exceptions import RedisError
 from model_trainer.errors import ErrorCode
 from model_trainer.jobs.runner import WorkerContext
 from model_trainer.store.events import TrainFailed
-from model_trainer.store.keys import DELAYED_RUNS, RECORD_TTL_SEC, RUN_KEYS, RunKeys, workers_key
+from model_trainer.store.keys import (
+    DELAYED_RUNS,
+    RECORD_TTL_SEC,
+    RUN_KEYS,
+    RunKeys,
+    worker_memory_key,
+    workers_key,
+)
 from model_trainer.store.records import ErrorInfo, Status, as_str
+from model_trainer.training.memory import gib, machine_memory_bytes
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs.reaper")
@@ -62,7 +71,10 @@ class Reaper:
         ctx: WorkerContext,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        memory_bytes: int | None = None,
     ) -> None:
+        """`memory_bytes`: what this worker reports it may use; None reads the machine's
+        (its cgroup limit, else MemTotal)."""
         self._ctx = ctx
         self._redis = ctx.redis
         self._settings = ctx.settings.recovery
@@ -72,6 +84,14 @@ class Reaper:
         self._missing_since: dict[str, float] = {}
         self._last_tick: float | None = None
         self._presence_key = workers_key(ctx.settings.rq.queue_name)
+        self._memory_key = worker_memory_key(ctx.settings.rq.queue_name)
+        self._memory_bytes = memory_bytes if memory_bytes is not None else machine_memory_bytes()
+        log.info(
+            "worker %s reports %s of memory (what the API admits runs against)",
+            ctx.worker_name,
+            "unknown" if self._memory_bytes is None else gib(self._memory_bytes),
+            extra=log_fields("worker_memory", memory_bytes=self._memory_bytes),
+        )
 
     @property
     def interval(self) -> float:
@@ -102,16 +122,23 @@ class Reaper:
         """The worker is stopping: stop counting it at once."""
         with contextlib.suppress(RedisError):
             self._redis.zrem(self._presence_key, self._ctx.worker_name)
+            self._redis.hdel(self._memory_key, self._ctx.worker_name)
 
     # --- 1. presence ------------------------------------------------------------------
     def _say_alive(self) -> None:
         now = self._clock()
+        name = self._ctx.worker_name
+        # Forget workers long gone (the keys would otherwise grow with every redeploy).
+        forget_before = now - 10 * self._settings.worker_presence_ttl_sec
+        stale = self._redis.zrangebyscore(self._presence_key, "-inf", forget_before)
+        gone = [s for s in (as_str(v) for v in stale) if s and s != name]
         pipe = self._redis.pipeline()
-        pipe.zadd(self._presence_key, {self._ctx.worker_name: now})
-        # Forget workers long gone (the key would otherwise grow with every redeploy).
-        pipe.zremrangebyscore(
-            self._presence_key, "-inf", now - 10 * self._settings.worker_presence_ttl_sec
-        )
+        pipe.zadd(self._presence_key, {name: now})
+        if self._memory_bytes is not None:
+            pipe.hset(self._memory_key, name, str(self._memory_bytes))
+        pipe.zremrangebyscore(self._presence_key, "-inf", forget_before)
+        if gone:
+            pipe.hdel(self._memory_key, *gone)
         pipe.execute()
 
     # --- 2. retries whose delay is over -----------------------------------------------

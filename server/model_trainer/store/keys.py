@@ -28,6 +28,7 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `runs:claim:{id}`             | string (worker)       | 30 s              | reaper       |
 | `trainer:runs:delayed`        | zset (score = due ts) | none              | worker       |
 | `trainer:workers:{queue}`     | zset (score = seen ts)| none              | worker       |
+| `trainer:workers:{queue}:memory` | hash (worker -> bytes) | none         | worker       |
 | `tokenizers:index`            | zset                  | none              | API          |
 | `tokenizer:{id}:meta`         | string (RecordMeta)   | 30 d              | API          |
 | `tokenizer:{id}:status`       | string (Status)       | 30 d              | API, worker  |
@@ -160,3 +161,9 @@ DELAYED_RUNS = "trainer:runs:delayed"
 def workers_key(queue: str) -> str:
     """Live workers of a queue: member = worker name, score = when it last said so."""
     return f"trainer:workers:{queue}"
+
+
+def worker_memory_key(queue: str) -> str:
+    """The memory each worker of a queue may use (field = worker name, value = bytes): its
+    cgroup limit, else its MemTotal. Read for the workers `workers_key` shows alive."""
+    return f"trainer:workers:{queue}:memory"

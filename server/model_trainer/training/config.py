@@ -2,7 +2,9 @@
 
 Everything a run needs that is not the data itself lives here, validated up front so that a
 config that cannot work (a width not divisible by the head count, a context of 0, two
-budgets at once...) is refused at submit time with a message that names the field.
+budgets at once, a model far larger than any CPU worker holds...) is refused at submit time
+with a message that names the field. Whether a config fits a worker's memory is checked at
+submit too (training/memory.py).
 
 The defaults are the demo's: they are the settings that gave the best validation bits per
 character on tinyshakespeare in a 95 s budget on a 2-core CPU (see docs/benchmarks.md).
@@ -63,6 +65,22 @@ RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
 # Without any of the three budgets, a run trains for this long (the demo's budget).
 DEFAULT_MAX_TRAIN_SECONDS = 95.0
 
+# Upper bounds, generous for real use on CPUs; past them no worker could hold the model, or
+# the number means nothing. Within them, a run whose memory estimate exceeds what a worker
+# may use is refused at submit (training/memory.py, api/services.py).
+MAX_N_LAYER = 48  # GPT-2 XL's depth
+MAX_N_HEAD = 128
+MAX_N_EMBD = 4096  # 2.5x GPT-2 XL's; one block is then 201M parameters, 3.2 GB with AdamW
+MAX_SEQ_LEN = 8192  # 8x GPT-2's context
+MAX_BATCH_SIZE = 1024  # windows per step (GPT-2 trained with 512; the demo uses 12)
+MAX_EVAL_BATCHES = 1000  # the validation windows stay in memory for the whole run
+MAX_INTERVAL_STEPS = 1_000_000  # eval_interval, checkpoint_interval, warmup_steps
+# AdamW moves each weight by about the learning rate per step and weights start near 0.02:
+# nothing trains above ~1. Up to 100 is accepted, and fails fast as a diverged run (a user
+# error that names learning_rate); more is a typo.
+MAX_LEARNING_RATE = 100.0
+MAX_GRAD_CLIP = 1000.0
+
 
 class Budget(BaseModel):
     """How long to train: exactly one of epochs, optimizer steps or seconds of training."""
@@ -79,11 +97,21 @@ class ModelTrainConfig(BaseModel):
 
     model_family: ModelFamily = ModelFamily.GPT2
     model_size: ModelSize = ModelSize.TINY
-    n_layer: int | None = Field(default=None, ge=1, le=96, description="overrides the preset")
-    n_head: int | None = Field(default=None, ge=1, le=128, description="overrides the preset")
-    n_embd: int | None = Field(default=None, ge=8, le=16384, description="overrides the preset")
-    max_seq_len: int = Field(default=64, ge=2, le=8192, description="context length in tokens")
-    batch_size: int = Field(default=12, ge=1, le=4096, description="windows per optimizer step")
+    n_layer: int | None = Field(
+        default=None, ge=1, le=MAX_N_LAYER, description="overrides the preset"
+    )
+    n_head: int | None = Field(
+        default=None, ge=1, le=MAX_N_HEAD, description="overrides the preset"
+    )
+    n_embd: int | None = Field(
+        default=None, ge=8, le=MAX_N_EMBD, description="overrides the preset"
+    )
+    max_seq_len: int = Field(
+        default=64, ge=2, le=MAX_SEQ_LEN, description="context length in tokens"
+    )
+    batch_size: int = Field(
+        default=12, ge=1, le=MAX_BATCH_SIZE, description="windows per optimizer step"
+    )
 
     num_epochs: float | None = Field(default=None, gt=0, le=10_000, allow_inf_nan=False)
     max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
@@ -91,19 +119,27 @@ class ModelTrainConfig(BaseModel):
         default=None, gt=0, le=30 * 24 * 3600, allow_inf_nan=False
     )
 
-    learning_rate: float = Field(default=2e-3, gt=0, allow_inf_nan=False)
-    warmup_steps: int = Field(default=50, ge=0, le=10_000_000)
+    learning_rate: float = Field(default=2e-3, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)
+    warmup_steps: int = Field(default=50, ge=0, le=MAX_INTERVAL_STEPS)
     lr_schedule: LrSchedule = LrSchedule.COSINE
     min_lr_ratio: float = Field(
         default=0.1, ge=0, le=1, description="floor of the decay, as a fraction of learning_rate"
     )
     weight_decay: float = Field(default=0.1, ge=0, le=10, allow_inf_nan=False)
-    grad_clip: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0 disables")
+    grad_clip: float = Field(
+        default=1.0, ge=0, le=MAX_GRAD_CLIP, allow_inf_nan=False, description="0 disables"
+    )
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
-    eval_interval: int = Field(default=250, ge=1, description="steps between validations")
-    eval_batches: int = Field(default=8, ge=1, le=10_000, description="batches per validation")
-    checkpoint_interval: int = Field(default=500, ge=1, description="steps between checkpoints")
+    eval_interval: int = Field(
+        default=250, ge=1, le=MAX_INTERVAL_STEPS, description="steps between validations"
+    )
+    eval_batches: int = Field(
+        default=8, ge=1, le=MAX_EVAL_BATCHES, description="batches per validation"
+    )
+    checkpoint_interval: int = Field(
+        default=500, ge=1, le=MAX_INTERVAL_STEPS, description="steps between checkpoints"
+    )
     early_stopping_patience: int | None = Field(
         default=None,
         ge=1,
