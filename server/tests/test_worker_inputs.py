@@ -201,3 +201,29 @@ def test_a_corpus_without_line_breaks_fails_with_the_limit_named(stack: Stack) -
     message = str(error["message"])
     assert "line 1 of the corpus is longer than 4 KiB" in message
     assert "add line breaks" in message
+
+
+def test_a_run_too_big_for_its_worker_fails_at_its_start_as_a_user_error(
+    stack: Stack, corpus_id: str, tokenizer_id: str
+) -> None:
+    """Submitted while no worker was up (the API admits what it cannot size), the run meets a
+    worker with 256 MiB: the worker refuses it at once, as a user error, never retried. The
+    worker then reports its memory, so the API refuses the next one at submit."""
+    _stop_workers(stack)
+    small = {**WORKER_ENV, "ADMISSION__WORKER_MEMORY_BYTES": str(256 * 1024**2)}
+    with stack.client() as client:
+        run_id = str(_post(client, "/runs/train", _run_body(corpus_id, tokenizer_id))["run_id"])
+        worker = stack.start_worker(**small)
+        try:
+            answer = _wait_run(client, run_id)
+            assert answer["status"] == "failed", answer
+            error = json_dict(answer["error"])
+            assert error["kind"] == "user" and error["code"] == "CONFIG_INVALID", error
+            assert "this worker's" in str(error["message"])
+            assert answer["attempts"] == 0
+            refused = client.post("/runs/train", json=_run_body(corpus_id, tokenizer_id))
+            assert refused.status_code == 422, refused.text
+            assert "lower" in refused.json()["message"]
+        finally:
+            worker.stop(timeout=30)
+            stack.workers.remove(worker)

@@ -23,7 +23,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import NotFound
-from model_trainer.errors import UserError
+from model_trainer.errors import ErrorCode, UserError
 from model_trainer.jobs.artifacts import (
     check_fetched_corpus,
     fetch_artifact,
@@ -40,11 +40,13 @@ from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStart
 from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, RunKeys
 from model_trainer.store.records import RunProgress, Status
 from model_trainer.store.runlog import MetricPoint
+from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR
 from model_trainer.training.hardware import cpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
+from model_trainer.training.memory import estimate_run_memory, gib, machine_memory_bytes
 from model_trainer.training.run import run_training
 from service_common.jsonlog import log_fields
 
@@ -213,6 +215,7 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
     if tokenizer_file_id is None:
         raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")
     tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", config.tokenizer_id)
+    _check_memory(ctx, config, tokenizer_dir)
     sync = CheckpointSync(owner, run_dir)
     try:
         resumed_from = sync.restore()
@@ -287,6 +290,22 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
         also=(("SET", file_id_key, file_id, "EX", str(RECORD_TTL_SEC)),),
     )
     log.info(message, extra=log_fields("run_completed"))
+
+
+def _check_memory(ctx: WorkerContext, config: ModelTrainConfig, tokenizer_dir: Path) -> None:
+    """The API admits by what workers report; this worker checks its own memory too (a run
+    submitted while no worker was up, or one that landed on a smaller worker)."""
+    available = ctx.settings.admission.worker_memory_bytes or machine_memory_bytes()
+    if available is None:
+        return
+    limit = int(available * ctx.settings.admission.memory_fraction)
+    estimate = estimate_run_memory(config, load_tokenizer(tokenizer_dir).vocab_size)
+    if estimate.total_bytes > limit:
+        raise UserError(
+            f"this run needs about {estimate.describe()}, more than this worker's "
+            f"{gib(limit)}: lower n_embd, n_layer, batch_size or max_seq_len",
+            ErrorCode.CONFIG_INVALID,
+        )
 
 
 def _initial_weights(ctx: WorkerContext, payload: TrainJob, run_dir: Path) -> Path | None:

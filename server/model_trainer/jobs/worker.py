@@ -191,7 +191,8 @@ def main() -> int:
         maintenance_interval=settings.rq.maintenance_interval_sec,
     )
     worker.abandoned_grace_sec = settings.rq.abandoned_grace_sec
-    worker.reaper = Reaper(ctx)
+    # A worker configured with its memory reports that; otherwise what its machine has.
+    worker.reaper = Reaper(ctx, memory_bytes=settings.admission.worker_memory_bytes)
     worker.reaper.tick(force=True)  # a worker that starts finds what died before it
     log.info(
         "worker %s listening on queue %s (libraries preloaded in %.1f s)",
