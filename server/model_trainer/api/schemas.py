@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
@@ -177,3 +178,10 @@ def json_object(raw: str | None) -> dict[str, JsonValue]:
         return {}
     value: JsonValue = json.loads(raw)
     return value if isinstance(value, dict) else {}
+
+
+def model_response(body: BaseModel, status_code: int = 200) -> Response:
+    """A body we built and validated ourselves, serialised once. Returned as a `Response`,
+    FastAPI does not validate it a second time against the route's `response_model` (which
+    still documents it): the hot read routes save that work."""
+    return Response(body.model_dump_json(), status_code, media_type="application/json")

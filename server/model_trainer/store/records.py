@@ -236,8 +236,11 @@ class StatusStore(Generic[ProgressT]):
     def list_ids(self, offset: int, limit: int) -> tuple[list[str], int]:
         """Ids newest first, and the total count."""
         index = self._keys.index
-        total = int(self._r.zcard(index))
-        raw = self._r.zrevrange(index, offset, offset + limit - 1)
+        pipe = self._r.pipeline(transaction=False)  # one round trip for both
+        pipe.zcard(index)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        count, raw = pipe.execute()
+        total = int(count)
         ids = [s for s in (as_str(v) for v in raw) if s is not None]
         return ids, total
 

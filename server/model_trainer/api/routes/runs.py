@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +30,7 @@ from model_trainer.api.schemas import (
     RunInfo,
     RunList,
     json_object,
+    model_response,
 )
 from model_trainer.errors import ErrorCode, NotFoundError
 from model_trainer.jobs.payloads import EvaluateRequest
@@ -55,28 +56,27 @@ def train_run(config: ModelTrainConfig, ctx: Ctx) -> RunAccepted:
     return services.submit_run(ctx, config)
 
 
-@router.get("")
+@router.get("", response_model=RunList)
 def list_runs(
     ctx: Ctx,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
-) -> RunList:
+) -> Response:
     if status_filter is None:
         ids, total = ctx.runs.list_ids(offset, limit)
     else:
         matching = ctx.runs.ids_with_status(status_filter)
         ids, total = matching[offset : offset + limit], len(matching)
     views = [v for v in read_runs(ctx.redis, ids) if v is not None]
-    return RunList(
-        items=[_info(v) for v in views],
-        page=Page(offset=offset, limit=limit, total=total),
+    return model_response(
+        RunList(items=[_info(v) for v in views], page=Page(offset=offset, limit=limit, total=total))
     )
 
 
-@router.get("/{run_id}", responses=error_responses(404))
-def get_run(run_id: RunId, ctx: Ctx) -> RunInfo:
-    return _info(_require_view(ctx, run_id))
+@router.get("/{run_id}", response_model=RunInfo, responses=error_responses(404))
+def get_run(run_id: RunId, ctx: Ctx) -> Response:
+    return model_response(_info(_require_view(ctx, run_id)))
 
 
 @router.post(
