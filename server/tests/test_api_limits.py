@@ -26,6 +26,7 @@ from starlette.types import Message
 
 from model_trainer.api.ids import TOKENIZER_ID_PATTERN, is_stream_id
 from model_trainer.api.main import build_context, create_app
+from model_trainer.api.schemas import MAX_OFFSET
 from model_trainer.settings import LimitsSettings, SecuritySettings, Settings
 from model_trainer.store.keys import RUN_KEYS
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore
@@ -501,3 +502,14 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
     bodies = sum(1 for (_, _, status) in seen if status == 400)
     assert bodies == 3
     assert len(seen) == 15 * 3 + 11 + 6 + bodies
+
+
+def test_list_offsets_are_bounded(settings: Settings) -> None:
+    """A page offset past what Redis takes as an index is refused (422), not passed on (the
+    fuzzer found `offset=7.4e27` reaching Redis); the deepest allowed page is simply empty."""
+    with _checked_client(_app(settings)) as client:
+        for path in ("/runs", "/tokenizers"):
+            too_deep = client.get(path, params={"offset": MAX_OFFSET + 1})
+            _assert_error(too_deep, 422, "VALIDATION_ERROR")
+            deepest = client.get(path, params={"offset": MAX_OFFSET})
+            assert deepest.status_code == 200 and deepest.json()["items"] == []

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from model_trainer.errors import AppError, ErrorCode
@@ -95,7 +96,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
     """The API's answers beyond the shared vocabulary; call after `install_error_bodies`."""
 
     async def redis_unavailable(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, RedisError):
+        if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
             raise exc
         log.warning(
             "%s %s -> 503: redis unavailable: %s: %s",
@@ -125,10 +126,12 @@ def install_api_error_handlers(app: FastAPI) -> None:
         )
         return error_response(exc.status, exc.code, exc.message, details=exc.details)
 
-    # Handlers are found by the exception's class, most specific first: a RedisError of any
-    # kind (ConnectionError, TimeoutError, BusyLoadingError...) lands here, a FieldsInvalid
-    # here rather than in the shared AppError handler.
-    app.add_exception_handler(RedisError, redis_unavailable)
+    # Handlers are found by the exception's class, most specific first: Redis unreachable or
+    # not answering (ConnectionError and its BusyLoadingError, TimeoutError) lands here; any
+    # other Redis error (a ResponseError) is our bug, answered 500 and logged with its stack.
+    # A FieldsInvalid lands here rather than in the shared AppError handler.
+    app.add_exception_handler(RedisConnectionError, redis_unavailable)
+    app.add_exception_handler(RedisTimeoutError, redis_unavailable)
     app.add_exception_handler(FieldsInvalid, fields_invalid)
 
 

@@ -180,6 +180,11 @@ def json_object(raw: str | None) -> dict[str, JsonValue]:
     return value if isinstance(value, dict) else {}
 
 
+# Deepest page a list route serves (`offset`): far past any real listing, and within what
+# Redis takes as a range index.
+MAX_OFFSET = 10_000_000
+
+
 def model_response(body: BaseModel, status_code: int = 200) -> Response:
     """A body we built and validated ourselves, serialised once. Returned as a `Response`,
     FastAPI does not validate it a second time against the route's `response_model` (which

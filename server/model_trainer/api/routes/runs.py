@@ -20,6 +20,7 @@ from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses,
 from model_trainer.api.ids import LastEventId, RunId
 from model_trainer.api.run_records import RunView, read_run, read_runs
 from model_trainer.api.schemas import (
+    MAX_OFFSET,
     ArtifactPointer,
     CheckpointList,
     EvalAccepted,
@@ -59,7 +60,7 @@ def train_run(config: ModelTrainConfig, ctx: Ctx) -> RunAccepted:
 @router.get("", response_model=RunList)
 def list_runs(
     ctx: Ctx,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
 ) -> Response:

@@ -11,6 +11,7 @@ from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import error_responses
 from model_trainer.api.ids import TokenizerId
 from model_trainer.api.schemas import (
+    MAX_OFFSET,
     ArtifactPointer,
     Page,
     TokenizerAccepted,
@@ -34,7 +35,7 @@ def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx) -> TokenizerAccepted
 @router.get("")
 def list_tokenizers(
     ctx: Ctx,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> TokenizerList:
     ids, total = ctx.tokenizers.list_ids(offset, limit)
