@@ -40,6 +40,7 @@ def main() -> int:
         sys.stdout.write("stack already running: make stop first\n")
         return 1
     os.environ["STACK"] = "processes"
+    os.environ["STACK_OWN_REDIS"] = "1"  # its records never land in the Redis at REDIS_URL
     os.environ["APP__THREADS"] = str(args.train_threads)
     key = os.environ.setdefault("APP__DATA_BANK_API_KEY", secrets.token_hex(16))
     if stack.start() != 0:

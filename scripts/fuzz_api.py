@@ -45,6 +45,7 @@ def main() -> int:
         sys.stdout.write("stack already running: make stop first\n")
         return 1
     os.environ["STACK"] = "processes"
+    os.environ["STACK_OWN_REDIS"] = "1"  # its records never land in the Redis at REDIS_URL
     api_key = os.environ.setdefault("SECURITY__API_KEY", secrets.token_hex(16))
     os.environ.setdefault("APP__DATA_BANK_API_KEY", secrets.token_hex(16))
     if stack.start() != 0:

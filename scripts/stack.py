@@ -5,9 +5,10 @@ With a working Docker engine (and STACK unset or `compose`): `docker compose up 
 docker-compose.yml (Redis, Data Bank, API, worker, each with its own volume).
 
 Otherwise (or STACK=processes) the same stack as local processes: the Redis at REDIS_URL if it
-answers, else `redis-server` on a free port; then the local Data Bank, the API (Hypercorn) and
-one worker, each with its own data folder under `.stack/` (API and worker do not share a
-disk, as in production), pid files and per-process logs in `.stack/logs/`.
+answers (unless STACK_OWN_REDIS=1), else `redis-server` on a free port; then the local Data
+Bank, the API (Hypercorn) and one worker, each with its own data folder under `.stack/` (API
+and worker do not share a disk, as in production), pid files and per-process logs in
+`.stack/logs/`.
 
 `start` returns when the API's /readyz answers 200, or exits 1 with the reason.
 """
@@ -180,7 +181,9 @@ def _start_compose() -> int:
 def _start_processes() -> int:
     pids: dict[str, int] = {}
     redis_url = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if _redis_answers(redis_url):
+    # STACK_OWN_REDIS=1 (the fuzzer, the API benchmark): never write into the Redis at
+    # REDIS_URL, start a private one.
+    if os.environ.get("STACK_OWN_REDIS") != "1" and _redis_answers(redis_url):
         _say(f"redis      {redis_url} (already running)")
     else:
         server = shutil.which("redis-server")
