@@ -1,0 +1,663 @@
+"""The `modeltrainer` commands (typer): corpus, tokenizer and run."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import json
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from model_trainer.api.schemas import (
+    ArtifactPointer,
+    EvalAccepted,
+    EvalInfo,
+    LogLines,
+    RunAccepted,
+    RunInfo,
+    RunList,
+    TokenizerAccepted,
+    TokenizerInfo,
+    TokenizerList,
+)
+from model_trainer.cli.client import ApiClient, CliError, ExitCode, databank_error, parse
+from model_trainer.cli.config import CliSettings, load_cli_settings
+from model_trainer.cli.render import (
+    Output,
+    RunProgressBar,
+    eval_summary,
+    run_details,
+    run_table,
+    tokenizer_details,
+    tokenizer_table,
+)
+from model_trainer.databank.archive import UnsafeArchiveError, safe_extract
+from model_trainer.databank.client import DataBankClient
+from model_trainer.databank.errors import DataBankError
+from model_trainer.settings import AppSettings
+from model_trainer.store.records import Status
+from model_trainer.training.config import ModelSize
+
+HELP = (
+    "Train tokenizers and small GPT-2 models through a Model Trainer API.\n\n"
+    "Settings come from flags, then the environment (MODEL_TRAINER_URL, "
+    "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then .env in the current "
+    "directory.\n\n"
+    "[bold]Exit codes[/bold]: 0 success; 1 failure (a job failed or was cancelled, a server "
+    "error, a refused API key); 2 usage error; 3 not found (404); 4 conflict or refused "
+    "(409, 422); 5 unavailable (503, or nothing answers at the URL)."
+)
+
+app = typer.Typer(help=HELP, rich_markup_mode="rich", no_args_is_help=True, add_completion=True)
+corpus_app = typer.Typer(help="Corpora in Data Bank.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
+run_app = typer.Typer(help="Train, follow, evaluate and download models.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(run_app, name="run")
+
+# How often --wait and --follow ask the API (seconds).
+POLL_INTERVAL_SEC = 1.0
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@dataclass
+class Options:
+    settings: CliSettings
+    output: Output
+    poll_interval: float
+
+    def api(self) -> ApiClient:
+        key = self.settings.api_key
+        return ApiClient(self.settings.api_url, key.get_secret_value() if key else None)
+
+    def bank(self) -> DataBankClient:
+        key = self.settings.data_bank_api_key
+        return DataBankClient(
+            self.settings.data_bank_url,
+            key.get_secret_value() if key else None,
+            max_retries=2,
+            backoff_base_sec=0.2,
+        )
+
+
+# Set by the global options callback for the command that runs after it.
+_current: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
+    "modeltrainer_options", default=None
+)
+
+
+def _options() -> Options:
+    options = _current.get()
+    if options is None:
+        raise CliError("internal: global options missing")
+    return options
+
+
+def handled(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn a `CliError` into its message on stderr (JSON with --json) and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(*args, **kwargs)
+        except CliError as exc:
+            options = _current.get()
+            if options is not None and options.output.as_json:
+                sys.stderr.write(json.dumps(exc.as_json()) + "\n")
+            else:
+                typer.echo(f"Error: {exc.message}", err=True)
+            raise typer.Exit(int(exc.exit_code)) from exc
+
+    return wrapper
+
+
+@app.callback()
+def global_options(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="API URL [env MODEL_TRAINER_URL]", show_default=False),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="API key [env MODEL_TRAINER_API_KEY]")
+    ] = None,
+    data_bank_url: Annotated[
+        str | None, typer.Option("--data-bank-url", help="Data Bank URL [env DATA_BANK_URL]")
+    ] = None,
+    data_bank_key: Annotated[
+        str | None, typer.Option("--data-bank-key", help="Data Bank key [env DATA_BANK_API_KEY]")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")
+    ] = False,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", min=0.05, hidden=True)
+    ] = POLL_INTERVAL_SEC,
+) -> None:
+    settings = load_cli_settings(
+        api_url=url, api_key=api_key, data_bank_url=data_bank_url, data_bank_api_key=data_bank_key
+    )
+    _current.set(Options(settings=settings, output=Output(as_json), poll_interval=poll_interval))
+
+
+# -- corpus -------------------------------------------------------------------------------
+
+
+@corpus_app.command("upload")
+@handled
+def corpus_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+) -> None:
+    """Upload a text file to Data Bank; prints its file_id (the corpus id)."""
+    o = _options()
+    try:
+        with o.bank() as bank:
+            info = bank.upload_file(file, content_type="text/plain")
+    except DataBankError as exc:
+        raise databank_error(exc, f"upload {file}") from exc
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(info.file_id)
+
+
+# -- tokenizer ----------------------------------------------------------------------------
+
+
+class TokenizerMethod(StrEnum):
+    BPE = "bpe"  # byte-level BPE (Hugging Face tokenizers)
+    UNIGRAM = "unigram"  # SentencePiece unigram
+    SENTENCEPIECE_BPE = "sentencepiece-bpe"
+
+
+def _tokenizer_body(
+    corpus: str, method: TokenizerMethod, vocab_size: int | None, lowercase: bool
+) -> dict[str, JsonValue]:
+    body: dict[str, JsonValue] = {"corpus_file_id": corpus, "lowercase": lowercase}
+    if method is TokenizerMethod.BPE:
+        body["method"] = "bpe"
+    else:
+        body["method"] = "sentencepiece"
+        body["model_type"] = "unigram" if method is TokenizerMethod.UNIGRAM else "bpe"
+    if vocab_size is not None:
+        body["vocab_size"] = vocab_size
+    return body
+
+
+def _wait_tokenizer(o: Options, api: ApiClient, tokenizer_id: str) -> TokenizerInfo:
+    spinner = (
+        contextlib.nullcontext()
+        if o.output.as_json
+        else o.output.err.status(f"training tokenizer {tokenizer_id}")
+    )
+    with spinner:
+        while True:
+            info = api.get(TokenizerInfo, f"/tokenizers/{tokenizer_id}")
+            if info.status.terminal:
+                return info
+            time.sleep(o.poll_interval)
+
+
+@tokenizer_app.command("train")
+@handled
+def tokenizer_train(
+    corpus: Annotated[str, typer.Option("--corpus", help="corpus file_id in Data Bank")],
+    method: Annotated[TokenizerMethod, typer.Option("--method")] = TokenizerMethod.BPE,
+    vocab_size: Annotated[
+        int | None, typer.Option("--vocab-size", min=128, help="server default: 32000")
+    ] = None,
+    lowercase: Annotated[bool, typer.Option("--lowercase")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until it is trained")] = False,
+) -> None:
+    """Train a tokenizer (the same request twice is the same tokenizer); prints its id."""
+    o = _options()
+    api = o.api()
+    accepted = api.post(
+        TokenizerAccepted,
+        "/tokenizers/train",
+        _tokenizer_body(corpus, method, vocab_size, lowercase),
+    )
+    if not wait:
+        if o.output.as_json:
+            o.output.model(accepted)
+        else:
+            o.output.line(accepted.tokenizer_id)
+        return
+    info = _wait_tokenizer(o, api, accepted.tokenizer_id)
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.out.print(tokenizer_details(info))
+    if info.status is not Status.COMPLETED:
+        raise typer.Exit(int(ExitCode.FAILURE))
+
+
+@tokenizer_app.command("list")
+@handled
+def tokenizer_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+) -> None:
+    """Tokenizers, newest first."""
+    o = _options()
+    page = o.api().get(TokenizerList, "/tokenizers", {"limit": limit, "offset": offset})
+    if o.output.as_json:
+        o.output.model(page)
+    else:
+        o.output.out.print(tokenizer_table(page.items))
+
+
+@tokenizer_app.command("show")
+@handled
+def tokenizer_show(tokenizer_id: Annotated[str, typer.Argument()]) -> None:
+    """One tokenizer: status, holdout stats, timings."""
+    o = _options()
+    info = o.api().get(TokenizerInfo, f"/tokenizers/{tokenizer_id}")
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.out.print(tokenizer_details(info))
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def _train_body(values: dict[str, JsonValue | None]) -> dict[str, JsonValue]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@run_app.command("train")
+@handled
+def run_train(
+    corpus: Annotated[str, typer.Option("--corpus", help="corpus file_id in Data Bank")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="tokenizer id")],
+    size: Annotated[ModelSize, typer.Option("--size")] = ModelSize.TINY,
+    n_layer: Annotated[int | None, typer.Option("--n-layer", help="overrides the size")] = None,
+    n_head: Annotated[int | None, typer.Option("--n-head", help="overrides the size")] = None,
+    n_embd: Annotated[int | None, typer.Option("--n-embd", help="overrides the size")] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="time budget")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="step budget")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="epoch budget")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="learning rate")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="max_seq_len")] = None,
+    warmup_steps: Annotated[int | None, typer.Option("--warmup-steps")] = None,
+    eval_interval: Annotated[int | None, typer.Option("--eval-interval")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    from_run: Annotated[
+        str | None, typer.Option("--from-run", help="start from this run's weights")
+    ] = None,
+    from_checkpoint: Annotated[
+        str | None, typer.Option("--from-checkpoint", help="last | best | STEP")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="show live progress and wait for the result")
+    ] = False,
+) -> None:
+    """Start a training run; prints its id, or with --follow its progress and result."""
+    budgets = [
+        n
+        for n, v in (
+            ("--max-seconds", max_seconds),
+            ("--max-steps", max_steps),
+            ("--epochs", epochs),
+        )
+        if v is not None
+    ]
+    if len(budgets) > 1:
+        raise CliError(
+            f"give at most one of --max-seconds, --max-steps, --epochs (got {', '.join(budgets)})",
+            ExitCode.USAGE,
+        )
+    if from_checkpoint is not None and from_run is None:
+        raise CliError("--from-checkpoint needs --from-run", ExitCode.USAGE)
+    body = _train_body(
+        {
+            "corpus_file_id": corpus,
+            "tokenizer_id": tokenizer,
+            "model_size": size.value,
+            "n_layer": n_layer,
+            "n_head": n_head,
+            "n_embd": n_embd,
+            "max_train_seconds": max_seconds,
+            "max_steps": max_steps,
+            "num_epochs": epochs,
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "max_seq_len": seq_len,
+            "warmup_steps": warmup_steps,
+            "eval_interval": eval_interval,
+            "seed": seed,
+            "from_run_id": from_run,
+            "from_checkpoint": from_checkpoint,
+        }
+    )
+    o = _options()
+    api = o.api()
+    accepted = api.post(RunAccepted, "/runs/train", body)
+    if not follow:
+        if o.output.as_json:
+            o.output.model(accepted)
+        else:
+            o.output.line(accepted.run_id)
+        return
+    o.output.note(f"run {accepted.run_id} queued")
+    _follow_run(o, api, accepted.run_id)
+
+
+class RunResult(BaseModel):
+    """What `run train --follow` prints with --json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunInfo
+    eval: EvalInfo | None = None
+
+
+def _follow_run(o: Options, api: ApiClient, run_id: str) -> None:
+    def get() -> RunInfo:
+        return api.get(RunInfo, f"/runs/{run_id}")
+
+    if o.output.as_json:
+        run = _poll(get, lambda _: None, o.poll_interval)
+    else:
+        with RunProgressBar(o.output.err) as bar:
+            run = _poll(get, bar.update, o.poll_interval)
+    evaluation: EvalInfo | None = None
+    if run.status is Status.COMPLETED:
+        try:
+            evaluation = api.get(EvalInfo, f"/runs/{run_id}/eval")
+        except CliError as exc:
+            if exc.exit_code is not ExitCode.NOT_FOUND:
+                raise
+    if o.output.as_json:
+        o.output.model(RunResult(run=run, eval=evaluation))
+    else:
+        o.output.line(f"{run.run_id} {run.status.value}: {run.message or '-'}")
+        if run.error is not None:
+            o.output.line(f"error ({run.error.kind}, {run.error.code}): {run.error.message}")
+        if evaluation is not None:
+            o.output.line(eval_summary(evaluation))
+    if run.status is not Status.COMPLETED:
+        raise typer.Exit(int(ExitCode.FAILURE))
+
+
+def _poll(
+    get: Callable[[], RunInfo], on_answer: Callable[[RunInfo], None], interval: float
+) -> RunInfo:
+    while True:
+        run = get()
+        on_answer(run)
+        if run.status.terminal:
+            return run
+        time.sleep(interval)
+
+
+@run_app.command("list")
+@handled
+def run_list(
+    status: Annotated[Status | None, typer.Option("--status")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+) -> None:
+    """Runs, newest first."""
+    o = _options()
+    params: dict[str, str | int] = {"limit": limit, "offset": offset}
+    if status is not None:
+        params["status"] = status.value
+    page = o.api().get(RunList, "/runs", params)
+    if o.output.as_json:
+        o.output.model(page)
+    else:
+        o.output.out.print(run_table(page.items))
+
+
+@run_app.command("show")
+@handled
+def run_show(run_id: Annotated[str, typer.Argument()]) -> None:
+    """One run: status, progress, error."""
+    o = _options()
+    run = o.api().get(RunInfo, f"/runs/{run_id}")
+    if o.output.as_json:
+        o.output.model(run)
+    else:
+        o.output.out.print(run_details(run))
+
+
+def _log_text(raw: str) -> str:
+    try:
+        line = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    if not isinstance(line, dict):
+        return raw
+    return f"{line.get('timestamp', '')} {line.get('level', '')} {line.get('message', '')}"
+
+
+@run_app.command("logs")
+@handled
+def run_logs(
+    run_id: Annotated[str, typer.Argument()],
+    tail: Annotated[int, typer.Option("--tail", min=1, max=10_000)] = 100,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream until the run ends")
+    ] = False,
+) -> None:
+    """The run's log lines; with --follow, streamed (server-sent events) until it ends."""
+    o = _options()
+    api = o.api()
+    if not follow:
+        lines = api.get(LogLines, f"/runs/{run_id}/logs", {"tail": tail})
+        if o.output.as_json:
+            o.output.model(lines)
+        else:
+            for line in lines.lines:
+                o.output.line(_log_text(json.dumps(line)))
+        return
+    for event, data in api.sse(f"/runs/{run_id}/logs/stream"):
+        if event == "end":
+            o.output.note(f"run ended: {data}")
+            return
+        if event == "unavailable":
+            raise CliError(f"the log stream ended: {data}", ExitCode.UNAVAILABLE)
+        # --json: one log line (a JSON object) per output line.
+        o.output.line(data if o.output.as_json else _log_text(data))
+
+
+@run_app.command("cancel")
+@handled
+def run_cancel(run_id: Annotated[str, typer.Argument()]) -> None:
+    """Cancel a queued or running run (exit 4 when it has already ended)."""
+    o = _options()
+    run = o.api().post(RunInfo, f"/runs/{run_id}/cancel", {})
+    if o.output.as_json:
+        o.output.model(run)
+    else:
+        o.output.line(f"{run.run_id} {run.status.value}: {run.message or '-'}")
+
+
+class Split(StrEnum):
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+@run_app.command("eval")
+@handled
+def run_eval(
+    run_id: Annotated[str, typer.Argument()],
+    split: Annotated[Split, typer.Option("--split")] = Split.VALIDATION,
+) -> None:
+    """Evaluate a finished run on its validation or test split; waits and prints the result."""
+    o = _options()
+    api = o.api()
+    accepted = api.post(EvalAccepted, f"/runs/{run_id}/evaluate", {"split": split.value})
+    o.output.note(f"evaluation {accepted.eval_id} queued")
+    while True:
+        info = api.get(EvalInfo, f"/runs/{run_id}/eval")
+        if info.eval_id == accepted.eval_id and info.status.terminal:
+            break
+        time.sleep(o.poll_interval)
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(eval_summary(info))
+    if info.status is not Status.COMPLETED:
+        raise typer.Exit(int(ExitCode.FAILURE))
+
+
+class GenerateRequest(BaseModel):
+    """The body of `POST /runs/{id}/generate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    num_samples: int | None = None
+    seed: int | None = None
+
+
+class GenerateResult(BaseModel):
+    """Its answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[str]
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    elapsed_ms: float | None = None
+
+
+@run_app.command("generate")
+@handled
+def run_generate(
+    run_id: Annotated[str, typer.Argument()],
+    prompt: Annotated[str, typer.Argument()],
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0)] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=0)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
+    num_samples: Annotated[int | None, typer.Option("--num-samples", min=1)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+) -> None:
+    """Generate text from a finished run's model."""
+    o = _options()
+    api = o.api()
+    request = GenerateRequest(
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    path = f"/runs/{run_id}/generate"
+    try:
+        response = api.request(
+            "POST", path, body=request.model_dump(mode="json", exclude_none=True)
+        )
+    except CliError as exc:
+        if exc.exit_code is ExitCode.NOT_FOUND:
+            raise _generate_not_found(api, run_id, exc) from exc
+        raise
+    result = parse(GenerateResult, response)
+    if o.output.as_json:
+        o.output.model(result)
+        return
+    for i, sample in enumerate(result.samples):
+        if len(result.samples) > 1:
+            o.output.line(f"--- sample {i + 1}")
+        o.output.line(sample)
+    o.output.note(
+        f"{result.new_tokens} new tokens after {result.prompt_tokens} prompt tokens "
+        f"in {result.elapsed_ms} ms"
+    )
+
+
+def _generate_not_found(api: ApiClient, run_id: str, exc: CliError) -> CliError:
+    """A 404 is an unknown run, or a server older than `POST /runs/{id}/generate`."""
+    try:
+        api.get(RunInfo, f"/runs/{run_id}")
+    except CliError as lookup:
+        return lookup  # the run itself is unknown (or the API went away)
+    return CliError(
+        f"the API at {api.base_url} has no POST /runs/{{id}}/generate (it is older than "
+        f"this client; run {run_id} exists): upgrade the server to generate text",
+        ExitCode.NOT_FOUND,
+        status=exc.status,
+        code=exc.code,
+    )
+
+
+@run_app.command("download")
+@handled
+def run_download(
+    run_id: Annotated[str, typer.Argument()],
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="folder to put model-<id>/ in")
+    ] = Path("."),
+) -> None:
+    """Download a finished run's model and extract it; prints the model folder."""
+    o = _options()
+    pointer = o.api().get(ArtifactPointer, f"/runs/{run_id}/artifact")
+    folder = _fetch_and_extract(o, pointer.file_id, out)
+    if o.output.as_json:
+        o.output.json({"run_id": run_id, "file_id": pointer.file_id, "path": str(folder)})
+    else:
+        o.output.line(str(folder))
+
+
+def _fetch_and_extract(o: Options, file_id: str, out: Path) -> Path:
+    """Download the tar into `out`, extract it safely, move its one top folder into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tar = out / f".{file_id[:16]}.{token}.tar"
+    staging = out / f".{file_id[:16]}.{token}.extract"
+    limits = AppSettings()
+    try:
+        with o.bank() as bank:
+            bank.download(file_id, tar)
+        safe_extract(
+            tar,
+            staging,
+            max_members=limits.artifact_max_members,
+            max_total_bytes=limits.artifact_max_bytes,
+        )
+        children = list(staging.iterdir())
+        if len(children) != 1 or not children[0].is_dir():
+            raise CliError(f"artifact {file_id} is not one folder: {[c.name for c in children]}")
+        target = out / children[0].name
+        if target.exists():
+            raise CliError(
+                f"{target} already exists; remove it or pick another -o", ExitCode.REFUSED
+            )
+        children[0].rename(target)
+        return target.resolve()
+    except DataBankError as exc:
+        raise databank_error(exc, f"download {file_id}") from exc
+    except UnsafeArchiveError as exc:
+        raise CliError(f"artifact {file_id} refused: {exc}") from exc
+    finally:
+        tar.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main() -> None:
+    """The `modeltrainer` console script."""
+    app(prog_name="modeltrainer")

@@ -1,0 +1,199 @@
+"""What the CLI prints: rich tables and text for people, JSON for scripts, the live bar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+from pydantic import BaseModel, JsonValue
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from model_trainer.api.schemas import EvalInfo, RunInfo, TokenizerInfo
+from model_trainer.cli.client import dumps
+
+
+class Output:
+    """Where a command's result goes: JSON on stdout with `--json`, else rich text; progress
+    and errors on stderr so that stdout stays the result alone."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def json(self, value: JsonValue) -> None:
+        sys.stdout.write(dumps(value) + "\n")
+        sys.stdout.flush()
+
+    def model(self, value: BaseModel) -> None:
+        sys.stdout.write(value.model_dump_json(indent=2) + "\n")
+        sys.stdout.flush()
+
+    def line(self, text: str) -> None:
+        """Plain text on stdout, no markup or wrapping (ids that scripts cut out)."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def note(self, text: str) -> None:
+        """A progress note for people, on stderr; silent with --json."""
+        if not self.as_json:
+            self.err.print(text, markup=False)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _request_field(request: dict[str, JsonValue] | None, name: str) -> str:
+    value = (request or {}).get(name)
+    return "-" if value is None else str(value)
+
+
+def tokenizer_table(items: list[TokenizerInfo]) -> Table:
+    table = Table("tokenizer_id", "status", "method", "vocab", "created", "message")
+    for t in items:
+        method = _request_field(t.request, "method")
+        kind = _request_field(t.request, "model_type")
+        table.add_row(
+            t.tokenizer_id,
+            t.status.value,
+            method if kind == "-" else f"{method}/{kind}",
+            _request_field(t.request, "vocab_size"),
+            when(t.created_at),
+            t.message or "",
+        )
+    return table
+
+
+def tokenizer_details(t: TokenizerInfo) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("tokenizer_id", t.tokenizer_id)
+    table.add_row("status", t.status.value)
+    table.add_row("message", t.message or "-")
+    table.add_row("created", when(t.created_at))
+    for name in ("method", "model_type", "vocab_size", "corpus_file_id"):
+        table.add_row(name, _request_field(t.request, name))
+    for name, value in (t.stats or {}).items():
+        table.add_row(f"stats.{name}", str(value))
+    for name, seconds in (t.timings or {}).items():
+        table.add_row(f"timings.{name}", f"{seconds:.2f}s")
+    if t.file_id:
+        table.add_row("file_id", t.file_id)
+    if t.error:
+        table.add_row("error", f"{t.error.kind}/{t.error.code}: {t.error.message}")
+    return table
+
+
+def steps(run: RunInfo) -> str:
+    p = run.progress
+    return f"{p.step}/{p.total_steps}" if p.total_steps else str(p.step)
+
+
+def run_table(items: list[RunInfo]) -> Table:
+    table = Table("run_id", "status", "size", "step", "train loss", "val loss", "created")
+    for r in items:
+        table.add_row(
+            r.run_id,
+            r.status.value,
+            _request_field(r.request, "model_size"),
+            steps(r),
+            number(r.progress.train_loss),
+            number(r.progress.val_loss),
+            when(r.created_at),
+        )
+    return table
+
+
+def run_details(run: RunInfo) -> Table:
+    p = run.progress
+    table = Table.grid(padding=(0, 2))
+    table.add_row("run_id", run.run_id)
+    table.add_row("status", run.status.value)
+    table.add_row("message", run.message or "-")
+    table.add_row("created", when(run.created_at))
+    for name in ("model_size", "max_seq_len", "batch_size", "corpus_file_id", "tokenizer_id"):
+        table.add_row(name, _request_field(run.request, name))
+    table.add_row("step", steps(run))
+    table.add_row("train loss", number(p.train_loss))
+    table.add_row("val loss", number(p.val_loss))
+    table.add_row("tokens/s", number(p.tokens_per_sec, 0))
+    table.add_row("eta", duration(p.eta_seconds))
+    if p.resumed_from_step is not None:
+        table.add_row("resumed from step", str(p.resumed_from_step))
+    table.add_row("attempts", str(run.attempts))
+    if run.file_id:
+        table.add_row("artifact file_id", run.file_id)
+    if run.error:
+        table.add_row("error", f"{run.error.kind}/{run.error.code}: {run.error.message}")
+    return table
+
+
+def eval_summary(info: EvalInfo) -> str:
+    where = info.split or (f"corpus {info.corpus_file_id}" if info.corpus_file_id else "?")
+    if info.status.value != "completed":
+        return f"evaluation {info.eval_id} on {where}: {info.status.value} ({info.message or '-'})"
+    return (
+        f"evaluation on {where}: loss {number(info.loss)}, "
+        f"perplexity {number(info.perplexity, 2)}, "
+        f"bits/char {number(info.bits_per_char)}, tokens/char {number(info.tokens_per_char)}"
+    )
+
+
+class RunProgressBar:
+    """A live bar for one run: step/total, losses, tokens/s and the server's ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[steps]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]}"),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RunProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, run: RunInfo) -> None:
+        p = run.progress
+        description = f"{run.run_id} {run.status.value}"
+        if self._task is None:
+            self._task = self._progress.add_task(
+                description, total=p.total_steps, steps="-", loss="-", val="-", rate="-", eta="-"
+            )
+        self._progress.update(
+            self._task,
+            description=description,
+            total=p.total_steps,
+            completed=p.step,
+            steps=steps(run),
+            loss=number(p.train_loss),
+            val=number(p.val_loss),
+            rate=number(p.tokens_per_sec, 0),
+            eta=duration(p.eta_seconds),
+        )

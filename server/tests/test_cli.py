@@ -1,0 +1,373 @@
+"""The `modeltrainer` CLI against the real stack: a Hypercorn API process, a worker, Data Bank.
+
+Commands run in-process through typer's CliRunner, pointed at the API's URL; one test runs
+the module as the console script does, in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from model_trainer.cli.app import app
+from model_trainer.cli.config import load_cli_settings
+from tests.databank_fixtures import UPLOAD_KEY
+from tests.processes import SERVER_DIR, Proc, child_env, free_port, wait_until
+from tests.stack import Stack, json_dict
+
+API_KEY = "cli-test-api-key"
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fe", "gu", "sh", "or"]
+
+
+def _text() -> str:
+    """A made-up language with enough distinct pairs for a 400-token BPE vocabulary."""
+    rng = random.Random(7)
+    lines = []
+    for _ in range(3000):
+        words = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 3))) for _ in range(9)]
+        lines.append(" ".join(words).capitalize() + ".")
+    return "\n".join(lines)
+
+
+class Api:
+    def __init__(self, stack: Stack, root: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        s = stack.settings("api")
+        env = child_env(
+            {
+                "REDIS_URL": stack.redis_url,
+                "RQ__QUEUE_NAME": stack.queue_name,
+                "APP__DATA_ROOT": str(s.app.data_root),
+                "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
+                "APP__RUNS_ROOT": str(s.app.runs_root),
+                "APP__LOGS_ROOT": str(s.app.logs_root),
+                "APP__DATA_BANK_API_URL": stack.databank.url,
+                "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
+                "SECURITY__API_KEY": API_KEY,
+            }
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "model_trainer.api.main:create_app()",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ]
+        self.proc = Proc(command, env, root / "api.log")
+        wait_until(self._ready, 60, "the API to be ready", self.proc)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("cli-stack"), redis_url)
+    s.start_worker("worker-a")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    server = Api(stack, tmp_path_factory.mktemp("cli-api"))
+    yield server
+    server.proc.stop(timeout=20)
+
+
+def cli(api: Api, stack: Stack, *args: str, key: str = API_KEY) -> Result:
+    """`modeltrainer --url ... <args>` in-process; stdout and stderr apart."""
+    flags = [
+        "--url",
+        api.url,
+        "--api-key",
+        key,
+        "--data-bank-url",
+        stack.databank.url,
+        "--data-bank-key",
+        UPLOAD_KEY,
+        "--poll-interval",
+        "0.2",
+    ]
+    return CliRunner().invoke(app, [*flags, *args])
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    return result.stdout
+
+
+def as_json(result: Result) -> dict[str, object]:
+    return json_dict(json.loads(ok(result)))
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-corpus") / "corpus.txt"
+    path.write_text(_text())
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus_id(api: Api, stack: Stack, corpus_path: Path) -> str:
+    return ok(cli(api, stack, "corpus", "upload", str(corpus_path))).strip()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_id(api: Api, stack: Stack, corpus_id: str) -> str:
+    done = as_json(
+        cli(
+            api,
+            stack,
+            "--json",
+            "tokenizer",
+            "train",
+            "--corpus",
+            corpus_id,
+            "--vocab-size",
+            "400",
+            "--wait",
+        )
+    )
+    assert done["status"] == "completed", done
+    return str(done["tokenizer_id"])
+
+
+@pytest.fixture(scope="module")
+def trained(api: Api, stack: Stack, corpus_id: str, tokenizer_id: str) -> tuple[str, str]:
+    """(run_id, what `run train --follow` printed) of one tiny run."""
+    result = cli(
+        api,
+        stack,
+        "run",
+        "train",
+        "--corpus",
+        corpus_id,
+        "--tokenizer",
+        tokenizer_id,
+        "--size",
+        "tiny",
+        "--n-layer",
+        "2",
+        "--n-embd",
+        "64",
+        "--max-steps",
+        "30",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "5",
+        "--eval-interval",
+        "10",
+        "--follow",
+    )
+    out = ok(result)
+    first = out.splitlines()[0]
+    run_id = first.split()[0]
+    assert run_id.startswith("run-"), out
+    return run_id, out
+
+
+def test_help_names_the_exit_codes() -> None:
+    """The console script's module answers --help with the exit codes (no server needed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "model_trainer.cli", "--help"],
+        cwd=SERVER_DIR,
+        env=child_env({"COLUMNS": "200"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Exit codes" in done.stdout
+    assert "3 not found (404)" in done.stdout
+    assert "5 unavailable" in done.stdout
+
+
+def test_corpus_upload_prints_a_file_id_data_bank_has(stack: Stack, corpus_id: str) -> None:
+    assert len(corpus_id) == 64
+    with stack.bank() as bank:
+        assert bank.exists(corpus_id)
+
+
+def test_tokenizer_show_and_list(api: Api, stack: Stack, tokenizer_id: str) -> None:
+    shown = as_json(cli(api, stack, "--json", "tokenizer", "show", tokenizer_id))
+    assert shown["status"] == "completed"
+    assert shown["file_id"]
+    listed = as_json(cli(api, stack, "--json", "tokenizer", "list"))
+    items = listed["items"]
+    assert isinstance(items, list)
+    assert tokenizer_id in [json_dict(i)["tokenizer_id"] for i in items]
+    table = ok(cli(api, stack, "tokenizer", "list"))
+    assert "completed" in table
+
+
+def test_run_train_follow_prints_the_result(
+    api: Api, stack: Stack, trained: tuple[str, str]
+) -> None:
+    run_id, out = trained
+    assert f"{run_id} completed" in out
+    assert "bits/char" in out
+    listed = as_json(cli(api, stack, "--json", "run", "list"))
+    items = listed["items"]
+    assert isinstance(items, list)
+    assert run_id in [json_dict(i)["run_id"] for i in items]
+    completed = as_json(cli(api, stack, "--json", "run", "list", "--status", "completed"))
+    assert isinstance(completed["items"], list)
+    assert run_id in [json_dict(i)["run_id"] for i in completed["items"]]
+    shown = as_json(cli(api, stack, "--json", "run", "show", run_id))
+    assert shown["status"] == "completed"
+    progress = json_dict(shown["progress"])
+    assert progress["step"] == 30
+    assert "completed" in ok(cli(api, stack, "run", "show", run_id))
+
+
+def test_run_follow_json_exit_code_and_eval(
+    api: Api, stack: Stack, trained: tuple[str, str]
+) -> None:
+    run_id, _ = trained
+    result = as_json(cli(api, stack, "--json", "run", "eval", run_id, "--split", "test"))
+    assert result["status"] == "completed"
+    assert result["split"] == "test"
+    assert isinstance(result["bits_per_char"], float)
+
+
+def test_run_logs_tail_and_follow(api: Api, stack: Stack, trained: tuple[str, str]) -> None:
+    run_id, _ = trained
+    lines = as_json(cli(api, stack, "--json", "run", "logs", run_id, "--tail", "5"))
+    assert isinstance(lines["lines"], list)
+    assert lines["lines"]
+    # The run is over: the stream sends what it has and ends.
+    streamed = ok(cli(api, stack, "run", "logs", run_id, "--follow"))
+    assert streamed.strip()
+
+
+def test_run_download_extracts_the_model(
+    api: Api, stack: Stack, trained: tuple[str, str], tmp_path: Path
+) -> None:
+    run_id, _ = trained
+    folder = Path(ok(cli(api, stack, "run", "download", run_id, "-o", str(tmp_path))).strip())
+    assert folder == (tmp_path / f"model-{run_id}").resolve()
+    assert (folder / "config.json").is_file()
+    assert list(folder.glob("*.safetensors"))
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no tar or staging left
+    again = cli(api, stack, "run", "download", run_id, "-o", str(tmp_path))
+    assert again.exit_code == 4, again.stderr
+
+
+def test_cancel_of_a_completed_run_is_refused(
+    api: Api, stack: Stack, trained: tuple[str, str]
+) -> None:
+    run_id, _ = trained
+    result = cli(api, stack, "run", "cancel", run_id)
+    assert result.exit_code == 4, (result.stdout, result.stderr)
+    assert "HTTP 409" in result.stderr
+
+
+def test_generate_on_a_server_without_the_route(
+    api: Api, stack: Stack, trained: tuple[str, str]
+) -> None:
+    run_id, _ = trained
+    result = cli(api, stack, "run", "generate", run_id, "To be", "--max-new-tokens", "8")
+    if result.exit_code == 0:
+        pytest.skip("this API serves POST /runs/{id}/generate")
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    assert "older than this client" in result.stderr
+    assert "upgrade the server" in result.stderr
+
+
+def test_unknown_ids_exit_3(api: Api, stack: Stack) -> None:
+    result = cli(api, stack, "run", "show", "run-0000000000000000")
+    assert result.exit_code == 3, result.stderr
+    assert "unknown run" in result.stderr
+    generate = cli(api, stack, "run", "generate", "run-0000000000000000", "hi")
+    assert generate.exit_code == 3
+    assert "unknown run" in generate.stderr
+    tokenizer = cli(api, stack, "--json", "tokenizer", "show", "tok-nope")
+    assert tokenizer.exit_code == 3
+    error = json_dict(json_dict(json.loads(tokenizer.stderr))["error"])
+    assert error["status"] == 404
+    assert error["exit_code"] == 3
+
+
+def test_refused_request_exits_4(api: Api, stack: Stack, corpus_id: str) -> None:
+    result = cli(
+        api, stack, "run", "train", "--corpus", corpus_id, "--tokenizer", "t", "--n-head", "3"
+    )
+    assert result.exit_code == 4, (result.stdout, result.stderr)
+    assert "divisible" in result.stderr
+
+
+def test_wrong_api_key_exits_1(api: Api, stack: Stack) -> None:
+    result = cli(api, stack, "run", "list", key="not-the-key")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "refused the key" in result.stderr
+    assert "not-the-key" not in result.stderr
+
+
+def test_api_down_exits_5(stack: Stack) -> None:
+    result = CliRunner().invoke(app, ["--url", f"http://127.0.0.1:{free_port()}", "run", "list"])
+    assert result.exit_code == 5, (result.stdout, result.stderr)
+    assert "does not answer" in result.stderr
+
+
+def test_usage_errors_exit_2(api: Api, stack: Stack) -> None:
+    both = cli(
+        api,
+        stack,
+        "run",
+        "train",
+        "--corpus",
+        "c",
+        "--tokenizer",
+        "t",
+        "--max-steps",
+        "3",
+        "--epochs",
+        "1",
+    )
+    assert both.exit_code == 2
+    assert "at most one" in both.stderr
+    assert cli(api, stack, "run", "train", "--corpus", "c").exit_code == 2
+    assert cli(api, stack, "run", "list", "--status", "sleeping").exit_code == 2
+
+
+def test_settings_flags_then_environment_then_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "MODEL_TRAINER_URL",
+        "MODEL_TRAINER_API_KEY",
+        "DATA_BANK_URL",
+        "DATA_BANK_API_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert load_cli_settings().api_url == "http://127.0.0.1:8000"
+    (tmp_path / ".env").write_text(
+        "MODEL_TRAINER_URL=http://dotenv:1\nDATA_BANK_API_KEY=from-dotenv\n"
+        "APP__DATA_ROOT=/server/setting/ignored\nREDIS_URL=redis://x\n"
+    )
+    from_dotenv = load_cli_settings()
+    assert from_dotenv.api_url == "http://dotenv:1"
+    assert from_dotenv.data_bank_api_key is not None
+    assert from_dotenv.data_bank_api_key.get_secret_value() == "from-dotenv"
+    monkeypatch.setenv("MODEL_TRAINER_URL", "http://env:2")
+    assert load_cli_settings().api_url == "http://env:2"
+    assert load_cli_settings(api_url="http://flag:3").api_url == "http://flag:3"
