@@ -238,9 +238,46 @@ def test_run_train_follow_prints_the_result(
     assert "completed" in ok(cli(api, stack, "run", "show", run_id))
 
 
-def test_run_follow_json_exit_code_and_eval(
-    api: Api, stack: Stack, trained: tuple[str, str]
+def test_follow_of_a_failing_run_exits_1(
+    api: Api, stack: Stack, corpus_id: str, tokenizer_id: str
 ) -> None:
+    """A learning rate that diverges fails the run (a user error): --json --follow says so
+    and exits 1."""
+    result = cli(
+        api,
+        stack,
+        "--json",
+        "run",
+        "train",
+        "--corpus",
+        corpus_id,
+        "--tokenizer",
+        tokenizer_id,
+        "--n-layer",
+        "2",
+        "--n-embd",
+        "64",
+        "--max-steps",
+        "60",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "0",
+        "--lr",
+        "100",
+        "--grad-clip",
+        "0",
+        "--follow",
+    )
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    run = json_dict(json_dict(json.loads(result.stdout))["run"])
+    assert run["status"] == "failed"
+    assert "learning rate" in str(run["message"]).lower()
+
+
+def test_run_eval_on_the_test_split(api: Api, stack: Stack, trained: tuple[str, str]) -> None:
     run_id, _ = trained
     result = as_json(cli(api, stack, "--json", "run", "eval", run_id, "--split", "test"))
     assert result["status"] == "completed"

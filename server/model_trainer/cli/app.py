@@ -295,6 +295,7 @@ def run_train(
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="max_seq_len")] = None,
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps")] = None,
+    grad_clip: Annotated[float | None, typer.Option("--grad-clip", help="0 disables")] = None,
     eval_interval: Annotated[int | None, typer.Option("--eval-interval")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     from_run: Annotated[
@@ -339,6 +340,7 @@ def run_train(
             "batch_size": batch_size,
             "max_seq_len": seq_len,
             "warmup_steps": warmup_steps,
+            "grad_clip": grad_clip,
             "eval_interval": eval_interval,
             "seed": seed,
             "from_run_id": from_run,
