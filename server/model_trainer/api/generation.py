@@ -154,7 +154,7 @@ class ModelCache(Generic[V]):
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self._items.values())
 
-    def keys(self) -> list[str]:
+    def cached_ids(self) -> list[str]:
         with self._lock:
             return list(self._items)
 

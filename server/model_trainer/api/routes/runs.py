@@ -169,7 +169,11 @@ def stream_run_logs(
 def run_metrics(run_id: RunId, ctx: Ctx) -> MetricsBody:
     _require_run(ctx, run_id)
     points = RunLogReader(ctx.redis).metrics(run_id)
-    return MetricsBody(run_id=run_id, points=[p.model_dump(exclude_none=True) for p in points])
+    # val_loss is each point's own: null where no validation ran at that step.
+    return MetricsBody(
+        run_id=run_id,
+        points=[{**p.model_dump(exclude_none=True), "val_loss": p.val_loss} for p in points],
+    )
 
 
 @router.post(
