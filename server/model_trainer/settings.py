@@ -147,6 +147,23 @@ class AdmissionSettings(_Section):
     memory_fraction: float = Field(default=0.9, gt=0, le=1)
 
 
+class GenerateSettings(_Section):
+    """`POST /runs/{id}/generate` in the API process (api/generation.py).
+
+    Models are downloaded from Data Bank once and kept in memory, least recently used out
+    first, within `cache_models` models and `cache_bytes` of weights. Generation runs in
+    `workers` threads; at most `max_waiting` more requests wait for one, and beyond that the
+    API answers 503 at once.
+    """
+
+    cache_models: int = Field(default=4, ge=1, le=256)
+    cache_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    workers: int = Field(default=2, ge=1, le=64)
+    max_waiting: int = Field(default=8, ge=0, le=1024)
+    # torch threads per generation (0: torch's default, every core).
+    torch_threads: int = Field(default=0, ge=0, le=256)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -165,6 +182,7 @@ class Settings(BaseSettings):
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
 
     @classmethod
     def settings_customise_sources(

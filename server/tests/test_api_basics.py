@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytest
@@ -215,3 +216,22 @@ def test_starlette_errors_get_the_api_codes_by_status() -> None:
         418: ErrorCode.BAD_REQUEST,  # no code of its own: the fallback
     }
     assert {status: VOCABULARY.code_for_status(status) for status in expected} == expected
+
+
+def test_docs_work_offline(settings: Settings) -> None:
+    """`/docs` is served whole by the API: no asset from a CDN (the page would be blank
+    without internet), and every asset it names answers 200 from the API itself."""
+    with TestClient(_app(settings, api_key="docs-key")) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        refs += re.findall(r'data-openapi="([^"]+)"', page.text)
+        assert refs
+        for ref in refs:
+            assert not ref.startswith(("http://", "https://", "//")), ref
+            asset = client.get(ref)
+            assert asset.status_code == 200, ref
+            assert "http://" not in asset.text and "https://" not in asset.text, ref
+        assert "/openapi.json" in refs
+        assert client.get("/openapi.json").json()["info"]["title"] == "Model Trainer"
+        assert client.get("/redoc").status_code == 404  # FastAPI's CDN page is off

@@ -46,6 +46,7 @@ BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/runs/train"): {"corpus_file_id": "a" * 64, "tokenizer_id": TOKENIZER_ID},
     ("POST", "/tokenizers/train"): {"method": "bpe", "corpus_file_id": "a" * 64},
     ("POST", "/runs/{run_id}/evaluate"): {"split": "validation"},
+    ("POST", "/runs/{run_id}/generate"): {"prompt": "To be"},
 }
 
 
@@ -341,7 +342,7 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
     lookup it needs fails). So the shape is checked first, and alone."""
     app = _app(_settings(settings, redis_url=REDIS_DOWN))
     routes = [key for key in _operations(app) if "{" in key[1]]
-    assert len(routes) == 11, routes
+    assert len(routes) == 12, routes
     with _checked_client(app) as client:
         for method, template in routes:
             kind = "run" if "{run_id}" in template else "tokenizer"
@@ -434,7 +435,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     assert "HTTPValidationError" not in json.dumps(doc)
     operations = _operations(app)
     protected = {k: op for k, op in operations.items() if k[1] not in ("/healthz", "/readyz")}
-    assert len(protected) == 15
+    assert len(protected) == 16
     for (method, path), operation in protected.items():
         responses = _dict(operation["responses"])
         parameters = [_dict(p) for p in _as_list(operation.get("parameters", []))]
@@ -457,6 +458,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
         ("POST", "/runs/train"),
         ("POST", "/runs/{run_id}/cancel"),
         ("POST", "/runs/{run_id}/evaluate"),
+        ("POST", "/runs/{run_id}/generate"),
     ]:
         assert "409" in _dict(operations[key]["responses"]), key
     for path in ("/healthz", "/readyz"):
@@ -497,11 +499,11 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             for status, response in answers.items():
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
-    # 401, 413 and 503 from each of the 15; 404 from the 11 with an id; 422 from the 6 with
-    # a body or query parameters; 400 (not JSON) from the 3 with a body.
+    # 401, 413 and 503 from each of the 16; 404 from the 12 with an id; 422 from the 7 with
+    # a body or query parameters; 400 (not JSON) from the 4 with a body.
     bodies = sum(1 for (_, _, status) in seen if status == 400)
-    assert bodies == 3
-    assert len(seen) == 15 * 3 + 11 + 6 + bodies
+    assert bodies == 4
+    assert len(seen) == 16 * 3 + 12 + 7 + bodies
 
 
 def test_list_offsets_are_bounded(settings: Settings) -> None:

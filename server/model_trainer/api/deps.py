@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from redis import Redis
 
+from model_trainer.api.generation import GenerationService
 from model_trainer.api.remote import RemoteGuard
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.client import DataBankClient
@@ -36,6 +37,7 @@ class ApiContext:
         self.databank_guard = RemoteGuard(
             "Data Bank", limits.remote_max_concurrent, limits.remote_cooldown_sec
         )
+        self.generation = GenerationService(settings, databank, self.databank_guard)
 
 
 async def get_context(request: Request) -> ApiContext:

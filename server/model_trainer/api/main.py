@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from model_trainer.api.deps import ApiContext, require_api_key
+from model_trainer.api.docs_page import docs_router
 from model_trainer.api.errors import (
     VOCABULARY,
     document_validation_errors,
@@ -78,10 +79,14 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        context.generation.close()
         context.redis.close()
         context.databank.close()
 
-    app = TrainerApi(title="Model Trainer", version="0.1.0", lifespan=lifespan)
+    # `/docs` is our own page (docs_page.py): FastAPI's loads Swagger UI from a CDN.
+    app = TrainerApi(
+        title="Model Trainer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.ctx = context
     # Inside the request-id middleware (added by install_error_bodies, outermost): a 413
     # carries the request id and is in the access log.
@@ -90,6 +95,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     install_api_error_handlers(app)
     # The body cap answers 413 on any route, before routing.
     app.include_router(health.router, responses=error_responses(413))
+    app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))
     protected = [Depends(require_api_key)]
     for router in (tokenizers.router, runs.router):
         # Every protected route may also answer 401 (a key is configured) and 503 (Redis is

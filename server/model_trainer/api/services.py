@@ -21,6 +21,7 @@ from model_trainer.api.deps import (
     require_corpus,
 )
 from model_trainer.api.errors import FieldError, FieldsInvalid
+from model_trainer.api.generation import GenerateRequest, ModelRef
 from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted
 from model_trainer.errors import ConflictError, NotFoundError
 from model_trainer.jobs.payloads import (
@@ -321,3 +322,52 @@ def submit_evaluation(
     job = EvaluateJob(run_id=run.id, eval_id=eval_id, request=request)
     job_id = ctx.queue.enqueue(JobName.EVALUATE_MODEL, job, job_id=f"{run.id}-{eval_id}")
     return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=job_id, status=Status.QUEUED)
+
+
+def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequest) -> ModelRef:
+    """Where the model to generate from is in Data Bank: the completed run's artifact, or
+    the asked checkpoint (`last`, `best`, a step) from the run's index, with what building
+    its model needs (the run's request and its tokenizer's artifact).
+
+    404 when the run is unknown; 409 when it has no artifact and no checkpoint was asked,
+    when it has no such checkpoint, or when its model cannot be rebuilt.
+    """
+    run = ctx.runs.record(run_id)
+    if run is None:
+        raise NotFoundError(f"unknown run {run_id!r}")
+    index = read_checkpoints(ctx.redis, run_id)
+    if request.checkpoint is None:
+        if run.status is Status.COMPLETED and run.file_id is not None:
+            return ModelRef(run_id=run_id, file_id=run.file_id, source="artifact")
+        raise ConflictError(
+            f"run {run_id!r} is {run.status.value}: it has no model until it completes; "
+            f"generate from one of its checkpoints instead (checkpoint); "
+            f"{_describe_checkpoints(index)}"
+        )
+    which = str(request.checkpoint)
+    entry = index.find(which)
+    if entry is None:
+        raise ConflictError(
+            f"run {run_id!r} has no checkpoint {which!r}; {_describe_checkpoints(index)}"
+        )
+    try:
+        config = ModelTrainConfig.model_validate(run.meta.request if run.meta else None)
+    except ValidationError as exc:
+        raise ConflictError(
+            f"cannot read the request of run {run_id!r} to build its model: "
+            f"{exc.error_count()} invalid field(s)"
+        ) from exc
+    tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
+    if tokenizer_file_id is None:
+        raise ConflictError(
+            f"tokenizer {config.tokenizer_id!r} of run {run_id!r} has no artifact any more"
+        )
+    return ModelRef(
+        run_id=run_id,
+        file_id=entry.file_id,
+        source="checkpoint",
+        step=entry.step,
+        config=config,
+        tokenizer_id=config.tokenizer_id,
+        tokenizer_file_id=tokenizer_file_id,
+    )

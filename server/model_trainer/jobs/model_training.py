@@ -55,6 +55,9 @@ log = logging.getLogger("model_trainer.jobs")
 # Progress events are for people: at most one per this many seconds (plus evals and the end).
 EVENT_INTERVAL_SEC = 10.0
 PROGRESS_WRITE_INTERVAL_SEC = 1.0
+# A `run_progress` line in the run's log: at most one per metrics row and per this many
+# seconds (and the last row), so `logs/stream` shows training moving, not only milestones.
+PROGRESS_LOG_INTERVAL_SEC = 5.0
 
 
 class RunReporter(TrainingCallbacks):
@@ -86,6 +89,7 @@ class RunReporter(TrainingCallbacks):
         self._started = previous.started_at if previous and previous.started_at else time.time()
         self._last_event = 0.0
         self._last_write = 0.0
+        self._last_log = 0.0
         self._last_val: float | None = previous.val_loss if previous else None
         self._redis_down = False
 
@@ -126,6 +130,9 @@ class RunReporter(TrainingCallbacks):
                 resumed_from_step=self._resumed_from,
             )
             self._quietly("progress", lambda: self._owner.runs.set_progress(self._run_id, progress))
+        if final or now - self._last_log >= PROGRESS_LOG_INTERVAL_SEC:
+            self._last_log = now
+            self._log_progress(info)
         # Events are for people: one per validation, else at most one per EVENT_INTERVAL_SEC.
         if info.train_loss is not None and (
             final or info.evaluated or now - self._last_event >= EVENT_INTERVAL_SEC
@@ -152,6 +159,30 @@ class RunReporter(TrainingCallbacks):
                     main_rss_mb=_rss_mb(),
                 )
             )
+
+    def _log_progress(self, info: ProgressInfo) -> None:
+        loss = f"{info.train_loss:.4f}" if info.train_loss is not None else "-"
+        val = f", val loss {self._last_val:.4f}" if self._last_val is not None else ""
+        speed = f", {info.tokens_per_sec:.0f} tokens/s" if info.tokens_per_sec else ""
+        eta = f", eta {info.eta_seconds:.0f} s" if info.eta_seconds is not None else ""
+        log.info(
+            "step %d/%d: loss %s%s%s%s",
+            info.step,
+            info.total_steps,
+            loss,
+            val,
+            speed,
+            eta,
+            extra=log_fields(
+                "run_progress",
+                step=info.step,
+                total_steps=info.total_steps,
+                loss=info.train_loss,
+                val_loss=self._last_val,
+                tokens_per_sec=info.tokens_per_sec,
+                eta_seconds=info.eta_seconds,
+            ),
+        )
 
     def _quietly(self, what: str, write: Callable[[], None]) -> None:
         """Progress writes are skipped while Redis is down (training goes on)."""

@@ -1,5 +1,5 @@
 """`/runs`: submit, status, list, cancel, logs (tail and SSE), metrics, evaluation, artifact,
-checkpoints."""
+checkpoints, text generation."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from model_trainer.api import services
 from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
+from model_trainer.api.generation import GenerateRequest, GenerateResponse
 from model_trainer.api.ids import LastEventId, RunId
 from model_trainer.api.run_records import RunView, read_run, read_runs
 from model_trainer.api.schemas import (
@@ -168,7 +169,11 @@ def stream_run_logs(
 def run_metrics(run_id: RunId, ctx: Ctx) -> MetricsBody:
     _require_run(ctx, run_id)
     points = RunLogReader(ctx.redis).metrics(run_id)
-    return MetricsBody(run_id=run_id, points=[p.model_dump(exclude_none=True) for p in points])
+    # val_loss is each point's own: null where no validation ran at that step.
+    return MetricsBody(
+        run_id=run_id,
+        points=[{**p.model_dump(exclude_none=True), "val_loss": p.val_loss} for p in points],
+    )
 
 
 @router.post(
@@ -195,6 +200,18 @@ def run_artifact(run_id: RunId, ctx: Ctx) -> ArtifactPointer:
     if file_id is None:
         raise NotFoundError(f"no artifact for run {run_id!r} (unknown, or not finished)")
     return ArtifactPointer(file_id=file_id)
+
+
+@router.post("/{run_id}/generate", responses=error_responses(404, 409, 422))
+async def generate_text(run_id: RunId, request: GenerateRequest, ctx: Ctx) -> GenerateResponse:
+    """Text from the run's model: its artifact once completed, or one of its checkpoints
+    (`checkpoint`: `last`, `best` or a step), even while it runs. The model is fetched from
+    Data Bank once and kept in memory (least recently used out). 404: unknown run; 409: no
+    artifact (not completed) and no checkpoint asked, or no such checkpoint; 422: a bad
+    body (`top_k` above the vocabulary included); 503: every generation thread busy and the
+    queue full, or Data Bank unavailable."""
+    ref = await run_in_threadpool(services.resolve_generation_model, ctx, run_id, request)
+    return await ctx.generation.generate(ref, request)
 
 
 def _require_view(ctx: Ctx, run_id: str) -> RunView:
