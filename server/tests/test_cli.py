@@ -317,16 +317,15 @@ def test_cancel_of_a_completed_run_is_refused(
     assert "HTTP 409" in result.stderr
 
 
-def test_generate_on_a_server_without_the_route(
+def test_generate_prints_samples_and_is_reproducible(
     api: Api, stack: Stack, trained: tuple[str, str]
 ) -> None:
     run_id, _ = trained
-    result = cli(api, stack, "run", "generate", run_id, "To be", "--max-new-tokens", "8")
-    if result.exit_code == 0:
-        pytest.skip("this API serves POST /runs/{id}/generate")
-    assert result.exit_code == 3, (result.stdout, result.stderr)
-    assert "older than this client" in result.stderr
-    assert "upgrade the server" in result.stderr
+    args = ("run", "generate", run_id, "To be", "--max-new-tokens", "8", "--seed", "7")
+    first = ok(cli(api, stack, *args))
+    assert first.strip() and ok(cli(api, stack, *args)) == first  # same seed, same text
+    answer = json.loads(ok(cli(api, stack, "--json", *args)))
+    assert answer["new_tokens"] == 8 and len(answer["samples"]) == 1
 
 
 def test_unknown_ids_exit_3(api: Api, stack: Stack) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from model_trainer.api.generation import GenerateResponse  # the server's own answer model
 from model_trainer.api.schemas import (
     ArtifactPointer,
     EvalAccepted,
@@ -534,17 +535,6 @@ class GenerateRequest(BaseModel):
     seed: int | None = None
 
 
-class GenerateResult(BaseModel):
-    """Its answer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    samples: list[str]
-    prompt_tokens: int | None = None
-    new_tokens: int | None = None
-    elapsed_ms: float | None = None
-
-
 @run_app.command("generate")
 @handled
 def run_generate(
@@ -578,7 +568,7 @@ def run_generate(
         if exc.exit_code is ExitCode.NOT_FOUND:
             raise _generate_not_found(api, run_id, exc) from exc
         raise
-    result = parse(GenerateResult, response)
+    result = parse(GenerateResponse, response)
     if o.output.as_json:
         o.output.model(result)
         return
