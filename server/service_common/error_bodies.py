@@ -105,7 +105,9 @@ def install_error_bodies(app: FastAPI, vocabulary: ErrorVocabulary[CodeT]) -> No
             exc.message,
             extra=log_fields("request_rejected", error_code=exc.code.value),
         )
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+        return error_response(
+            exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, StarletteHTTPException):

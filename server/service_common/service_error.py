@@ -6,9 +6,11 @@ Apart from `error_bodies.py` so that code outside the web layer (the trainer's j
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Generic, TypeVar
+
+from pydantic import BaseModel
 
 CodeT = TypeVar("CodeT", bound=StrEnum)
 
@@ -17,10 +19,16 @@ class ServiceError(Exception, Generic[CodeT]):
     """A refusal a service answers with its own code: raise it from a route or dependency."""
 
     def __init__(
-        self, status: int, code: CodeT, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: CodeT,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        details: Sequence[BaseModel] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.details = details  # per-field refusals (a 422's `details`), if any

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -196,3 +197,19 @@ def num(value: object) -> float:
 
 def get_json(client: TestClient, path: str) -> dict[str, object]:
     return json_dict(client.get(path).json())
+
+
+class Answer(Protocol):
+    """What tests read of a TestClient response: `json()` typed as object, not Any, so that
+    every use narrows it (json_dict, num...)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def json(self) -> object: ...

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 from fastapi.testclient import TestClient
@@ -42,6 +41,7 @@ from model_trainer.training.memory import (
 from model_trainer.training.model import build_model, count_params, model_spec
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.processes import child_env
+from tests.stack import Answer
 
 IDS = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
 VOCAB = 2000
@@ -263,22 +263,7 @@ def submit(
     redis_client.delete(workers_key(queue), worker_memory_key(queue))
 
 
-class Response(Protocol):
-    """What these tests read of a TestClient response."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    def json(self) -> object: ...
-
-
-def _refused(response: Response) -> tuple[str, list[dict[str, str]]]:
+def _refused(response: Answer) -> tuple[str, list[dict[str, str]]]:
     assert response.status_code == 422, response.text
     body = response.json()
     assert isinstance(body, dict)
@@ -289,7 +274,7 @@ def _refused(response: Response) -> tuple[str, list[dict[str, str]]]:
     return message, details
 
 
-def _accepted(response: Response) -> str:
+def _accepted(response: Answer) -> str:
     assert response.status_code == 202, response.text
     body = response.json()
     assert isinstance(body, dict)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 from fastapi.testclient import TestClient
@@ -40,27 +39,13 @@ from model_trainer.store.records import (
 from model_trainer.training.config import ModelTrainConfig
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.redis_server import RedisServer
+from tests.stack import Answer
 
 # A refused connection answers in milliseconds; anything near a socket timeout is a bug.
 FAST_SEC = 1.5
 
 
-class _Answer(Protocol):
-    """What these tests read of a TestClient response."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    def json(self) -> object: ...
-
-
-def _assert_error_body(response: _Answer, status: int, code: str) -> dict[str, object]:
+def _assert_error_body(response: Answer, status: int, code: str) -> dict[str, object]:
     assert response.status_code == status, response.text
     body = response.json()
     assert isinstance(body, dict)

@@ -33,6 +33,7 @@ from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusS
 from model_trainer.store.runlog import RunLogReader, capture_job_logs
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from service_common.jsonlog import bound, run_id_var
+from tests.stack import Answer
 
 CAP = 4096
 KEY = "limits-test-key"
@@ -69,22 +70,11 @@ class _Sent(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
 
-class _Answer(Protocol):
-    """What these tests read of a TestClient response (and of the request it answers)."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
+class _Answer(Answer, Protocol):
+    """An answer and the request it answers."""
 
     @property
     def request(self) -> _Sent: ...
-
-    def json(self) -> object: ...
 
 
 def _settings(

@@ -49,7 +49,8 @@ class ErrorBody(BaseModel):
 
 
 class FieldsInvalid(AppError):
-    """A request that parsed but that a service refuses field by field: 422 with `details`."""
+    """A request that parsed but that a service refuses field by field: 422 with `details`
+    (answered by the shared ServiceError handler, which passes `details` on)."""
 
     def __init__(self, message: str, details: Sequence[FieldError]) -> None:
         super().__init__(ErrorCode.VALIDATION_ERROR, message, 422)
@@ -113,26 +114,11 @@ def install_api_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(REDIS_RETRY_AFTER_SEC)},
         )
 
-    async def fields_invalid(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, FieldsInvalid):
-            raise exc
-        log.info(
-            "%s %s -> %s: %s",
-            request.method,
-            request.url.path,
-            exc.status,
-            exc.message,
-            extra=log_fields("request_rejected", error_code=exc.code.value),
-        )
-        return error_response(exc.status, exc.code, exc.message, details=exc.details)
-
     # Handlers are found by the exception's class, most specific first: Redis unreachable or
     # not answering (ConnectionError and its BusyLoadingError, TimeoutError) lands here; any
     # other Redis error (a ResponseError) is our bug, answered 500 and logged with its stack.
-    # A FieldsInvalid lands here rather than in the shared AppError handler.
     app.add_exception_handler(RedisConnectionError, redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, redis_unavailable)
-    app.add_exception_handler(FieldsInvalid, fields_invalid)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:

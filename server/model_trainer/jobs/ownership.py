@@ -40,7 +40,7 @@ from model_trainer.jobs.failures import classify, retry_delay
 from model_trainer.jobs.runner import JobCancelled, WorkerContext
 from model_trainer.manifest import write_manifest
 from model_trainer.shutdown import WorkerShutdown
-from model_trainer.store.events import TrainerEvent, TrainFailed
+from model_trainer.store.events import TrainerEvent, train_failed
 from model_trainer.store.fencing import Command, Lease, LeaseLost, NotAcquired
 from model_trainer.store.keys import DELAYED_RUNS, RUN_KEYS, RunKeys
 from model_trainer.store.records import ErrorInfo, Status, as_str
@@ -134,7 +134,7 @@ class RunOwner:
         write_manifest(
             folder, {"run_id": self.run_id, "status": "failed", "error": error.model_dump()}
         )
-        event = self._failed_event(error.message, error.event_kind, cancelled=False)
+        event = train_failed(self.run_id, self.user_id, error.message, error.kind, cancelled=False)
         self.end(
             Status.FAILED,
             error.message,
@@ -146,7 +146,9 @@ class RunOwner:
     def cancel(self, message: str) -> None:
         log.info("stopped: %s", message, extra=log_fields("job_cancelled"))
         self.end(
-            Status.CANCELLED, message, event=self._failed_event(message, "user", cancelled=True)
+            Status.CANCELLED,
+            message,
+            event=train_failed(self.run_id, self.user_id, message, "user", cancelled=True),
         )
 
     def retry_later(self, error: ErrorInfo, folder: Path) -> None:
@@ -190,16 +192,6 @@ class RunOwner:
         except RedisError as exc:
             # The reaper's reconcile pass re-enqueues a queued run that has no job.
             log.warning("could not re-enqueue the run: %s", exc)
-
-    def _failed_event(self, message: str, kind: str, *, cancelled: bool) -> TrainFailed:
-        return TrainFailed(
-            request_id=self.run_id,
-            run_id=self.run_id,
-            user_id=self.user_id,
-            error_kind="user" if kind == "user" else "system",
-            message=message,
-            status="canceled" if cancelled else "failed",
-        )
 
 
 class _Renewer:

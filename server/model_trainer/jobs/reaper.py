@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from model_trainer.errors import ErrorCode
 from model_trainer.jobs.runner import WorkerContext
-from model_trainer.store.events import TrainFailed
+from model_trainer.store.events import train_failed
 from model_trainer.store.keys import (
     DELAYED_RUNS,
     RECORD_TTL_SEC,
@@ -269,16 +269,8 @@ class Reaper:
         meta = self._ctx.runs.record(run_id)
         request = meta.meta.request if meta and meta.meta else {}
         user = request.get("user_id", 0)
-        self._ctx.events.publish(
-            TrainFailed(
-                request_id=run_id,
-                run_id=run_id,
-                user_id=user if isinstance(user, int) else 0,
-                error_kind="user" if kind == "user" else "system",
-                message=message,
-                status="canceled" if cancelled else "failed",
-            )
-        )
+        user_id = user if isinstance(user, int) else 0
+        self._ctx.events.publish(train_failed(run_id, user_id, message, kind, cancelled=cancelled))
 
 
 def _reply(reply: object) -> tuple[str, int]:

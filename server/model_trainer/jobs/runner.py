@@ -41,7 +41,7 @@ from model_trainer.jobs.failures import ArtifactUploadFailed, classify
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from model_trainer.shutdown import WorkerShutdown, stop_requested
-from model_trainer.store.events import EventPublisher, TrainFailed
+from model_trainer.store.events import EventPublisher, train_failed
 from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
 from model_trainer.store.records import (
     AnyStatusStore,
@@ -268,16 +268,7 @@ def _publish_failed(
 ) -> None:
     if kind != "run":
         return  # trainer:events is about training runs only
-    ctx.events.publish(
-        TrainFailed(
-            request_id=record_id,
-            run_id=record_id,
-            user_id=user_id,
-            error_kind=error_kind,
-            message=message,
-            status="canceled" if cancelled else "failed",
-        )
-    )
+    ctx.events.publish(train_failed(record_id, user_id, message, error_kind, cancelled=cancelled))
 
 
 def stop_check(job: JobControl) -> bool:

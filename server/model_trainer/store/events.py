@@ -93,6 +93,20 @@ class TrainFailed(_Event):
 TrainerEvent = TrainStarted | TrainProgress | TrainCompleted | TrainFailed
 
 
+def train_failed(
+    run_id: str, user_id: int, message: str, error_kind: str, *, cancelled: bool
+) -> TrainFailed:
+    """The `failed` event of a run: `error_kind` "user" stays so, anything else is "system"."""
+    return TrainFailed(
+        request_id=run_id,
+        run_id=run_id,
+        user_id=user_id,
+        error_kind="user" if error_kind == "user" else "system",
+        message=message,
+        status="canceled" if cancelled else "failed",
+    )
+
+
 def encode(event: TrainerEvent) -> str:
     """Compact JSON, optional fields that are unset left out."""
     return event.model_dump_json(exclude_none=True)

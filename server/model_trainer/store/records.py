@@ -111,11 +111,6 @@ class ErrorInfo(_Stored):
     code: str
     message: str
 
-    @property
-    def event_kind(self) -> Literal["user", "system"]:
-        """The `error_kind` of trainer:events (its contract knows only these two)."""
-        return "user" if self.kind == "user" else "system"
-
 
 class Record(BaseModel, Generic[ProgressT]):
     """Everything the API shows of one run or tokenizer, read in one round trip."""
