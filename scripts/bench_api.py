@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -42,22 +41,25 @@ def main() -> int:
     os.environ["STACK"] = "processes"
     os.environ["STACK_OWN_REDIS"] = "1"  # its records never land in the Redis at REDIS_URL
     os.environ["APP__THREADS"] = str(args.train_threads)
-    key = os.environ.setdefault("APP__DATA_BANK_API_KEY", secrets.token_hex(16))
     if stack.start() != 0:
         return 1
     try:
-        return measure(stack.read_state(), key, args.rate, args.seconds)
+        return measure(stack.read_state(), args.rate, args.seconds)
     finally:
         stack.stop()
 
 
-def measure(state: dict[str, str], key: str, rate: float, seconds: float) -> int:
+def measure(state: dict[str, str], rate: float, seconds: float) -> int:
     data = SHAKESPEARE.read_bytes()[:300_000] if SHAKESPEARE.exists() else b"to be\n" * 50_000
     uploaded = httpx.post(
-        f"{state['databank']}/files", headers={"X-API-Key": key}, files={"file": ("c.txt", data)}
+        f"{state['databank']}/files",
+        headers={"X-API-Key": state["databank_key"]},
+        files={"file": ("c.txt", data)},
     )
     corpus = uploaded.json()["file_id"]
-    with httpx.Client(base_url=state["api"], timeout=30) as api:
+    with httpx.Client(
+        base_url=state["api"], headers={"X-API-Key": state["api_key"]}, timeout=30
+    ) as api:
         body = {"method": "bpe", "vocab_size": 512, "corpus_file_id": corpus}
         tokenizer = api.post("/tokenizers/train", json=body).json()["tokenizer_id"]
         _wait(api, f"/tokenizers/{tokenizer}", {"completed"})
@@ -65,10 +67,10 @@ def measure(state: dict[str, str], key: str, rate: float, seconds: float) -> int
         done = api.post("/runs/train", json=run | {"max_steps": 30}).json()["run_id"]
         _wait(api, f"/runs/{done}", {"completed"})
         paths = {"GET /runs/{id}": f"/runs/{done}", "GET /runs?limit=20": "/runs?limit=20"}
-        _report("worker idle", state["api"], paths, rate, seconds)
+        _report("worker idle", state, paths, rate, seconds)
         training = api.post("/runs/train", json=run | {"max_train_seconds": 4 * seconds}).json()
         _wait(api, f"/runs/{training['run_id']}", {"running"})
-        _report("a run training", state["api"], paths, rate, seconds)
+        _report("a run training", state, paths, rate, seconds)
         api.post(f"/runs/{training['run_id']}/cancel")
     return 0
 
@@ -85,9 +87,11 @@ def _wait(api: httpx.Client, path: str, statuses: set[str]) -> None:
     raise SystemExit(f"timed out waiting for {path}")
 
 
-def _report(label: str, base_url: str, paths: dict[str, str], rate: float, seconds: float) -> None:
+def _report(
+    label: str, state: dict[str, str], paths: dict[str, str], rate: float, seconds: float
+) -> None:
     for name, path in paths.items():
-        latencies, errors = asyncio.run(_open_loop(base_url, path, rate, seconds))
+        latencies, errors = asyncio.run(_open_loop(state, path, rate, seconds))
         ms = sorted(x * 1000 for x in latencies)
         load = os.getloadavg()[0]
 
@@ -103,12 +107,17 @@ def _report(label: str, base_url: str, paths: dict[str, str], rate: float, secon
 
 
 async def _open_loop(
-    base_url: str, path: str, rate: float, seconds: float
+    state: dict[str, str], path: str, rate: float, seconds: float
 ) -> tuple[list[float], int]:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=state["api"],
+        headers={"X-API-Key": state["api_key"]},
+        limits=limits,
+        timeout=30,
+    ) as client:
         await client.get(path)  # warm the connection pool
         start = time.perf_counter()
         total = int(rate * seconds)

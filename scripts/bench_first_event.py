@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -36,26 +35,29 @@ def main() -> int:
         sys.stdout.write("stack already running: make stop first\n")
         return 1
     os.environ["STACK"] = "processes"
-    key = os.environ.setdefault("APP__DATA_BANK_API_KEY", secrets.token_hex(16))
     if stack.start() != 0:
         return 1
     try:
-        return measure(stack.read_state(), key, args.runs)
+        return measure(stack.read_state(), args.runs)
     finally:
         stack.stop()
 
 
-def measure(state: dict[str, str], key: str, runs: int) -> int:
+def measure(state: dict[str, str], runs: int) -> int:
     text = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
     data = text.read_bytes() if text.exists() else b"to be or not to be\n" * 50_000
     bank = httpx.post(
-        f"{state['databank']}/files", headers={"X-API-Key": key}, files={"file": ("c.txt", data)}
+        f"{state['databank']}/files",
+        headers={"X-API-Key": state["databank_key"]},
+        files={"file": ("c.txt", data)},
     )
     corpus = bank.json()["file_id"]
     redis = Redis.from_url(stack.dotenv().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     pubsub = redis.pubsub()
     pubsub.subscribe("trainer:events")
-    with httpx.Client(base_url=state["api"], timeout=30) as api:
+    with httpx.Client(
+        base_url=state["api"], headers={"X-API-Key": state["api_key"]}, timeout=30
+    ) as api:
         body = {"method": "bpe", "vocab_size": 1024, "corpus_file_id": corpus}
         tok = api.post("/tokenizers/train", json=body).json()["tokenizer_id"]
         while api.get(f"/tokenizers/{tok}").json()["status"] not in ("completed", "failed"):

@@ -4,16 +4,16 @@
 Starts the local stack (Redis, Data Bank, API, worker), uploads a corpus to Data Bank
 (../shared/corpora/tinyshakespeare.txt, or a generated sample when that is absent), trains a
 BPE tokenizer and a `tiny` GPT-2 with a time budget, shows progress, prints the evaluation
-(validation bits per character) and a generated sample, says where the artifact is, and
-stops what it started.
+(validation bits per character) and a generated sample, says where the artifact is, prints
+the dashboard's address (watch the run there while it trains) and the `modeltrainer` CLI
+commands that do the same, and stops what it started (`--keep` leaves it running).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import secrets
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -109,19 +109,34 @@ def main() -> int:
     if stack.STATE_FILE.exists():
         say("the local stack is already running: `make stop` first (the demo starts its own)")
         return 1
-    # The demo owns this stack, so it picks the Data Bank key it uploads with.
-    bank_key = os.environ.setdefault("APP__DATA_BANK_API_KEY", secrets.token_hex(16))
-    api_key = os.environ.get("SECURITY__API_KEY") or stack.dotenv().get("SECURITY__API_KEY", "")
     say("== starting the local stack")
     if stack.start() != 0:
         return 1
     state = stack.read_state()
+    say(f"== watch it in the dashboard: {state['api']}/ (API key {state['api_key']})")
     try:
-        return run_demo(state["api"], state["databank"], bank_key, api_key, args.seconds)
+        return run_demo(
+            state["api"], state["databank"], state["databank_key"], state["api_key"], args.seconds
+        )
     finally:
         if not args.keep:
-            say("== stopping the stack")
+            say("== stopping the stack (make start brings it back with the same keys and files)")
             stack.stop()
+
+
+def cli_equivalents(corpus: Path, tokenizer_id: str, run_id: str, seconds: float) -> list[str]:
+    """What the demo did, as `modeltrainer` commands (they read .stack/client.env)."""
+    cli = ".venv/bin/modeltrainer"
+    return [
+        f"{cli} corpus upload {shlex.quote(str(corpus))}            # prints the file_id",
+        f"{cli} tokenizer train --corpus FILE_ID --method bpe --vocab-size {TOKENIZER_VOCAB}"
+        " --wait",
+        f"{cli} run train --corpus FILE_ID --tokenizer {tokenizer_id} --size tiny"
+        f" --max-seconds {seconds:g} --follow",
+        f"{cli} run eval {run_id}",
+        f"{cli} run generate {run_id} 'ROMEO:' --max-new-tokens 100",
+        f"{cli} run download {run_id} -o models/",
+    ]
 
 
 def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: float) -> int:
@@ -189,9 +204,10 @@ def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: floa
         pointer = client.get(f"/runs/{run_id}/artifact").json()
         say("== artifact")
         say(f"   Data Bank file_id {pointer['file_id']} (a tar of model-{run_id}/)")
-        url = f"{databank}/files/{pointer['file_id']}"
-        say(f"   download: curl -H 'X-API-Key: ...' {url} -o model.tar")
         say(f"   worker's copy: .stack/worker/runs/{run_id}/artifact/")
+        say("== the same with the CLI (after `make start`; it reads .stack/client.env)")
+        for line in cli_equivalents(corpus, tokenizer_id, run_id, seconds):
+            say(f"   {line}")
     say(f"== demo finished in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -10,7 +10,12 @@ Bank, the API (Hypercorn) and one worker, each with its own data folder under `.
 and worker do not share a disk, as in production), pid files and per-process logs in
 `.stack/logs/`.
 
-`start` returns when the API's /readyz answers 200, or exits 1 with the reason.
+`start` returns when the API's /readyz answers 200, or exits 1 with the reason. It prints
+where everything listens and the keys to use, and writes them to `.stack/client.env`, which
+the `modeltrainer` CLI reads (run from this folder) and a shell can source. The keys are the
+environment's or `.env`'s when set (SECURITY__API_KEY, APP__DATA_BANK_API_KEY), otherwise
+random ones kept in `.stack/keys.json`, so they stay the same across `make stop`/`make start`
+(the dashboard remembers the API key; Data Bank's files outlive a restart).
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".stack"
+# STACK_DIR: another state folder (the tests start a stack of their own beside yours).
+STATE = Path(os.environ.get("STACK_DIR") or ROOT / ".stack")
 LOGS = STATE / "logs"
 STATE_FILE = STATE / "stack.json"
+KEYS_FILE = STATE / "keys.json"
+CLIENT_ENV = STATE / "client.env"
 BIN = Path(sys.executable).parent
 
 
@@ -133,8 +141,45 @@ def _tail(name: str, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def stack_keys() -> tuple[str, str]:
+    """(API key, Data Bank key): the environment's or `.env`'s, else the ones kept in
+    `.stack/keys.json`, else new random ones (then kept)."""
+    kept: dict[str, str] = json.loads(KEYS_FILE.read_text()) if KEYS_FILE.exists() else {}
+    api_key = _setting("SECURITY__API_KEY", "") or kept.get("api_key") or secrets.token_hex(16)
+    bank_key = (
+        _setting("APP__DATA_BANK_API_KEY", "") or kept.get("databank_key") or secrets.token_hex(16)
+    )
+    if kept != {"api_key": api_key, "databank_key": bank_key}:
+        STATE.mkdir(exist_ok=True)
+        KEYS_FILE.write_text(json.dumps({"api_key": api_key, "databank_key": bank_key}))
+        KEYS_FILE.chmod(0o600)
+    return api_key, bank_key
+
+
+def _announce(api: str, databank: str, api_key: str, bank_key: str) -> None:
+    """Where everything is and the keys to use; the same, for the CLI, in .stack/client.env."""
+    CLIENT_ENV.write_text(
+        "# Written by `make start`: the CLI reads this file (run it from the project folder);\n"
+        "# a shell can `. .stack/client.env`.\n"
+        f"export MODEL_TRAINER_URL={api}\n"
+        f"export MODEL_TRAINER_API_KEY={api_key}\n"
+        f"export DATA_BANK_URL={databank}\n"
+        f"export DATA_BANK_API_KEY={bank_key}\n"
+    )
+    CLIENT_ENV.chmod(0o600)
+    _say("")
+    _say(f"dashboard  {api}/  (paste the API key once)")
+    _say(f"api        {api}  (docs at {api}/docs)")
+    _say(f"databank   {databank}")
+    _say(f"api key    {api_key}")
+    _say(f"bank key   {bank_key}")
+    _say("cli        .venv/bin/modeltrainer run list  (it reads .stack/client.env)")
+    _say('shell      . .stack/client.env  (then curl -H "X-API-Key: $MODEL_TRAINER_API_KEY" ...)')
+
+
 def read_state() -> dict[str, str]:
-    """Where the running stack listens: {"api": url, "databank": url}."""
+    """Where the running stack listens and its keys: {"api", "databank", "api_key",
+    "databank_key"}."""
     raw = json.loads(STATE_FILE.read_text())
     return {k: v for k, v in raw.items() if isinstance(v, str)}
 
@@ -163,17 +208,24 @@ def start() -> int:
 def _start_compose() -> int:
     api = f"http://127.0.0.1:{_setting('PORT', '8000')}"
     _say("docker engine found: docker compose up (STACK=processes to run local processes)")
-    os.environ.setdefault(
-        "DATA_BANK_API_KEY", _setting("APP__DATA_BANK_API_KEY", "local-databank-key")
-    )
+    api_key, bank_key = stack_keys()
+    # docker-compose.yml reads these two names from the environment.
+    os.environ["DATA_BANK_API_KEY"] = bank_key
+    os.environ["SECURITY__API_KEY"] = api_key
     if _compose("up", "-d", "--build", "--wait") != 0:
         _compose("logs", "--tail", "30")
         _compose("down")
         return 1
-    state = {"mode": "compose", "api": api, "databank": "http://127.0.0.1:8001"}
+    databank = "http://127.0.0.1:8001"
+    state = {
+        "mode": "compose",
+        "api": api,
+        "databank": databank,
+        "api_key": api_key,
+        "databank_key": bank_key,
+    }
     STATE_FILE.write_text(json.dumps(state))
-    _say(f"api        {api}  (docs at {api}/docs)")
-    _say("databank   http://127.0.0.1:8001")
+    _announce(api, databank, api_key, bank_key)
     _say("logs       make logs; stop with make stop")
     return 0
 
@@ -205,12 +257,13 @@ def _start_processes() -> int:
     if not _port_free(bank_port):
         bank_port = _free_port()
     bank_url = f"http://127.0.0.1:{bank_port}"
-    bank_key = _setting("APP__DATA_BANK_API_KEY", "") or secrets.token_hex(16)
+    api_key, bank_key = stack_keys()
 
     base = dict(os.environ)
     base.update(dotenv())
     base.update({"REDIS_URL": redis_url, "APP__DATA_BANK_API_URL": bank_url})
     base["APP__DATA_BANK_API_KEY"] = bank_key
+    base["SECURITY__API_KEY"] = api_key
 
     bank_env = base | {"DATA_ROOT": str(STATE / "databank"), "API_UPLOAD_KEYS": bank_key}
     # `-m` from server/ (the spawn's cwd): the module runs whatever the installed scripts say.
@@ -241,12 +294,18 @@ def _start_processes() -> int:
             args = [str(BIN / "modeltrainer-rq-worker")]
         pids[name] = _spawn(name, args, base_for)
 
-    state = {"pids": pids, "api": f"http://127.0.0.1:{api_port}", "databank": bank_url}
-    STATE_FILE.write_text(json.dumps(state))
     api = f"http://127.0.0.1:{api_port}"
+    state = {
+        "pids": pids,
+        "api": api,
+        "databank": bank_url,
+        "api_key": api_key,
+        "databank_key": bank_key,
+    }
+    STATE_FILE.write_text(json.dumps(state))
     _wait(lambda: _http_status(f"{api}/readyz") == 200, 120, "api /readyz", pids)
-    _say(f"api        {api}  (docs at {api}/docs)")
     _say(f"worker     pid {pids['worker']}")
+    _announce(api, bank_url, api_key, bank_key)
     _say("logs       .stack/logs/*.log (make logs); stop with make stop")
     return 0
 

@@ -402,6 +402,15 @@ def test_settings_flags_then_environment_then_dotenv(
     )
     from_dotenv = load_cli_settings()
     assert from_dotenv.api_url == "http://dotenv:1"
+    # What `make start` wrote counts, below .env.
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / "client.env").write_text(
+        "export MODEL_TRAINER_URL=http://stack:9\nexport MODEL_TRAINER_API_KEY=stack-key\n"
+    )
+    layered = load_cli_settings()
+    assert layered.api_url == "http://dotenv:1"
+    assert layered.api_key is not None
+    assert layered.api_key.get_secret_value() == "stack-key"
     assert from_dotenv.data_bank_api_key is not None
     assert from_dotenv.data_bank_api_key.get_secret_value() == "from-dotenv"
     monkeypatch.setenv("MODEL_TRAINER_URL", "http://env:2")

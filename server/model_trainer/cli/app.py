@@ -53,8 +53,8 @@ from model_trainer.training.config import ModelSize
 HELP = (
     "Train tokenizers and small GPT-2 models through a Model Trainer API.\n\n"
     "Settings come from flags, then the environment (MODEL_TRAINER_URL, "
-    "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then .env in the current "
-    "directory.\n\n"
+    "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then .env, then "
+    ".stack/client.env (written by `make start`) in the current directory.\n\n"
     "[bold]Exit codes[/bold]: 0 success; 1 failure (a job failed or was cancelled, a server "
     "error, a refused API key); 2 usage error; 3 not found (404); 4 conflict or refused "
     "(409, 422); 5 unavailable (503, or nothing answers at the URL)."

@@ -1,4 +1,6 @@
-"""Where the CLI finds the API and Data Bank: flags, then the environment, then `.env`.
+"""Where the CLI finds the API and Data Bank: flags, then the environment, then `.env`, then
+`.stack/client.env` (what `make start` writes: the local stack's URLs and keys), all relative
+to the current directory.
 
 Only four names are read. `.env` in the current directory usually holds the server's settings
 as well (`APP__...`, `REDIS_URL`): those are ignored here, not errors.
@@ -15,7 +17,8 @@ DEFAULT_DATA_BANK_URL = "http://127.0.0.1:8001"
 
 class CliSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env",
+        # Later files win: a user's .env over what `make start` wrote.
+        env_file=(".stack/client.env", ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,

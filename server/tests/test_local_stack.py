@@ -1,0 +1,152 @@
+"""`make start` (scripts/stack.py) as a new user meets it: it prints where everything is and
+the keys to use, writes them where the CLI finds them, and the keys work.
+
+The stack here is the script's own process stack, in a state folder of the test's
+(STACK_DIR), with a private redis-server (STACK_OWN_REDIS=1) and free ports: it never meets a
+stack the developer has running, nor the Redis at REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from tests.processes import child_env, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = ROOT / "scripts" / "stack.py"
+
+
+def _stack_env(state: Path) -> dict[str, str]:
+    return child_env(
+        {
+            "STACK": "processes",
+            "STACK_OWN_REDIS": "1",
+            "STACK_DIR": str(state),
+            "PORT": str(free_port()),
+            "DATABANK_PORT": str(free_port()),
+        }
+    )
+
+
+def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(STACK_SCRIPT), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
+    state = tmp_path / ".stack"
+    env = _stack_env(state)
+    result = _stack("start", env)
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield state, env, result.stdout
+    finally:
+        stopped = _stack("stop", env)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def _printed(output: str, label: str) -> str:
+    """The value `make start` printed after `label` (its lines are `label  value ...`)."""
+    for line in output.splitlines():
+        # Labels are padded to 11 columns: "api" and "api key" are different lines.
+        if line[:11].rstrip() == label:
+            return line[11:].split()[0]
+    raise AssertionError(f"no {label!r} line in:\n{output}")
+
+
+def test_start_prints_urls_and_keys_that_work_and_the_cli_reads_them(
+    started: tuple[Path, dict[str, str], str],
+) -> None:
+    state, env, output = started
+    api, api_key = _printed(output, "api"), _printed(output, "api key")
+    databank, bank_key = _printed(output, "databank"), _printed(output, "bank key")
+    assert _printed(output, "dashboard") == api + "/"
+
+    # The API is protected by the key it printed; Data Bank takes the key it printed.
+    assert httpx.get(f"{api}/runs").status_code == 401
+    assert httpx.get(f"{api}/runs", headers={"X-API-Key": api_key}).status_code == 200
+    dashboard = httpx.get(f"{api}/", follow_redirects=True)
+    assert dashboard.status_code == 200
+    assert "text/html" in dashboard.headers["content-type"]
+    uploaded = httpx.post(
+        f"{databank}/files",
+        headers={"X-API-Key": bank_key},
+        files={"file": ("c.txt", b"hello stack\n" * 50)},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+
+    # The CLI, run from the folder that holds .stack/, needs no flags and no environment.
+    client_env = (state / "client.env").read_text()
+    assert f"MODEL_TRAINER_API_KEY={api_key}" in client_env
+    assert f"DATA_BANK_API_KEY={bank_key}" in client_env
+    cli_env = {
+        k: v
+        for k, v in env.items()
+        if k not in {"MODEL_TRAINER_URL", "MODEL_TRAINER_API_KEY", "DATA_BANK_URL"}
+        and k != "DATA_BANK_API_KEY"
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "model_trainer.cli", "--json", "run", "list"],
+        cwd=state.parent,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert json.loads(listed.stdout)["items"] == []
+    corpus = state.parent / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 40)
+    upload = subprocess.run(
+        [sys.executable, "-m", "model_trainer.cli", "--json", "corpus", "upload", str(corpus)],
+        cwd=state.parent,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    assert len(json.loads(upload.stdout)["file_id"]) == 64
+
+
+def _load_stack_module(state: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("STACK_DIR", str(state))
+    spec = importlib.util.spec_from_file_location("stack_script_under_test", STACK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keys_are_kept_across_restarts_and_settings_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SECURITY__API_KEY", "APP__DATA_BANK_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    stack = _load_stack_module(tmp_path / ".stack", monkeypatch)
+    # The project's .env may set keys; this test is about the random ones.
+    monkeypatch.setattr(stack, "dotenv", dict)
+    first = stack.stack_keys()
+    assert first == stack.stack_keys()
+    assert first[0] != first[1]
+    assert (tmp_path / ".stack" / "keys.json").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("SECURITY__API_KEY", "chosen-api-key")
+    assert stack.stack_keys() == ("chosen-api-key", first[1])
