@@ -7,6 +7,7 @@ from Data Bank as the two-service deploy does (API and worker have different dis
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,8 +16,10 @@ from fastapi.testclient import TestClient
 
 from model_trainer.api.deps import ApiContext
 from model_trainer.api.main import build_context, create_app
+from model_trainer.settings import GenerateSettings
 from model_trainer.store.keys import RUN_KEYS
 from model_trainer.store.records import RecordMeta, RunProgress, StatusStore
+from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, poll
 from tests.test_training_runs import _run_body, _submit, _text
 
@@ -116,6 +119,33 @@ def test_the_model_is_downloaded_once_then_served_from_memory(
     assert ctx.generation.downloads == before
     artifact = get_json(client, f"/runs/{run_id}")["file_id"]
     assert artifact in ctx.generation.cache.cached_ids()
+
+
+def test_a_full_pool_answers_503_at_once_and_frees_its_slot(stack: Stack, run_id: str) -> None:
+    """One generation thread, no waiting room: a second request while the first runs is
+    refused with 503 (not queued behind it, not a 500), and is served once the first ends."""
+    settings = stack.settings().model_copy(
+        update={"generate": GenerateSettings(workers=1, max_waiting=0)}
+    )
+    ctx = build_context(settings)
+    with TestClient(create_app(ctx)) as client:
+        long_body = {"prompt": "ROMEO:", "max_new_tokens": 2048, "num_samples": 8, "seed": 1}
+        first: list[int] = []
+        worker = threading.Thread(
+            target=lambda: first.append(
+                client.post(f"/runs/{run_id}/generate", json=long_body).status_code
+            )
+        )
+        worker.start()
+        wait_until(lambda: ctx.generation.in_flight == 1, 60, "the first generation admitted")
+        refused = client.post(f"/runs/{run_id}/generate", json={"prompt": "x", "seed": 2})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "SERVICE_UNAVAILABLE"
+        assert "busy" in refused.json()["message"]
+        worker.join(timeout=300)
+        assert first == [200]
+        assert ctx.generation.in_flight == 0
+        assert _generate(client, run_id, max_new_tokens=5, seed=3)["new_tokens"] == 5
 
 
 def test_generate_from_checkpoints(api: tuple[TestClient, ApiContext], run_id: str) -> None:

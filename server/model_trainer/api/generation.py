@@ -171,6 +171,7 @@ class GenerationService:
         self._admitted = threading.BoundedSemaphore(g.workers + g.max_waiting)
         self._load_locks = [threading.Lock() for _ in range(_LOAD_STRIPES)]
         self._count_lock = threading.Lock()
+        self.in_flight = 0  # admitted requests, running or waiting (tests and operators read it)
         self.cache: ModelCache[LoadedModel] = ModelCache(g.cache_models, g.cache_bytes)
         self.downloads = 0  # files fetched from Data Bank (tests and operators read it)
 
@@ -183,13 +184,22 @@ class GenerationService:
                 "try again shortly",
                 503,
             )
+        self._count(+1)
         try:
             future = self._pool.submit(self._run, ref, request)
         except RuntimeError:  # the pool is shut down (the app is stopping)
-            self._admitted.release()
+            self._leave()
             raise
-        future.add_done_callback(lambda _: self._admitted.release())
+        future.add_done_callback(lambda _: self._leave())
         return await asyncio.wrap_future(future)
+
+    def _count(self, change: int) -> None:
+        with self._count_lock:
+            self.in_flight += change
+
+    def _leave(self) -> None:
+        self._count(-1)
+        self._admitted.release()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
