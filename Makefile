@@ -9,7 +9,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,12 @@ bench-tokenizers: setup
 bench-train: setup
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_first_event.py
+
+# Families x optimizers at a 76 s budget next to nanoGPT's CPU recipe, tokens/s and MFU per
+# family: NANOGPT=path/to/a/nanoGPT/checkout (without it the reference is left out).
+NANOGPT ?=
+bench-models: setup
+	$(PY) scripts/bench_models.py $(if $(NANOGPT),--nanogpt $(NANOGPT),)
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Model families x optimizers on one CPU, side by side with nanoGPT (`make bench-models`).
+
+One script, one run, so every figure shares the machine and its load:
+
+reference   nanoGPT's CPU recipe (char level, 4 layers x 128, context 64, batch 12, 2000
+            iterations, its README's command line), run from a local nanoGPT checkout whose
+            path is given with --nanogpt (a copy of it in a temporary folder; its code is
+            never part of this project). Its data is tinyshakespeare split 90/10 as its
+            prepare.py does, written here in its format (its prepare.py downloads).
+quality     validation bits per character after a --seconds training budget (76 s) for
+            each family x optimizer, through `training.run.run_training` (the worker's code
+            path), on tinyshakespeare: first 90% train (the BPE tokenizer too), the next 5%
+            validation (`training.data.Holdout`).
+throughput  tokens/s of our loop and MFU against the fp32 and bf16 matmul peaks measured
+            here and now, for `tiny` (context 64, batch 12: nanoGPT's shape) and `mini`
+            (context 256, batch 16), per family, fp32 and bf16.
+
+Usage: .venv/bin/python scripts/bench_models.py --nanogpt ~/src/nanoGPT [--seconds 76]
+       [--family gpt2 --family llama ...] [--optimizer adamw ...] [--set field=value ...]
+       [--part reference --part quality ...] [--json results.jsonl]
+Prints markdown tables for docs/benchmarks.md and the load average next to every part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train as bench  # the sibling script: tokenizer, corpus, loops, matmul peaks
+
+from model_trainer.tokenization.handle import load_tokenizer
+from model_trainer.training.config import ModelSize, ModelTrainConfig, Precision
+from model_trainer.training.data import split_tokens, tokenize_corpus
+from model_trainer.training.model import build_model, flops_per_token, model_spec
+
+# nanoGPT README's CPU command line (its "I only have a macbook" section), as arguments.
+NANOGPT_RECIPE = [
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+]
+NANOGPT_TOKENS_PER_ITER = 64 * 12
+PARTS = ("reference", "quality", "throughput")
+SIZES = [(ModelSize.TINY, 64, 12), (ModelSize.MINI, 256, 16)]
+
+
+def prepare_nanogpt(checkout: Path, work: Path) -> Path:
+    """A copy of the checkout with tinyshakespeare in its char-level format: train.bin and
+    val.bin (uint16 ids, first 90% / last 10%) and meta.pkl (vocab_size, stoi, itos)."""
+    copy = work / "nanogpt"
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "out-*"))
+    data = copy / "data" / "shakespeare_char"
+    data.mkdir(parents=True, exist_ok=True)
+    text = bench.CORPUS.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    n = len(text)
+    for name, part in (("train", text[: int(n * 0.9)]), ("val", text[int(n * 0.9) :])):
+        np.array([stoi[c] for c in part], dtype=np.uint16).tofile(data / f"{name}.bin")
+    itos = dict(enumerate(chars))
+    with (data / "meta.pkl").open("wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
+    return copy
+
+
+def reference(checkout: Path, work: Path, results: list[dict[str, object]]) -> None:
+    bench.log(f"\n## nanoGPT's CPU recipe ({bench.load_line()})")
+    copy = prepare_nanogpt(checkout, work)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "train.py", *NANOGPT_RECIPE],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        bench.log(f"nanoGPT failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return
+    evals = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", done.stdout)
+    iter_ms = [
+        float(ms) for ms in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", done.stdout)
+    ]
+    val = float(evals[-1][2])
+    # The median iteration: evaluation iterations (every 250) and the first are outliers.
+    ms = statistics.median(iter_ms[1:])
+    row = {
+        "part": "reference",
+        "val_loss": val,
+        "bits_per_char": val / math.log(2),
+        "ms_per_iter": ms,
+        "tokens_per_sec": NANOGPT_TOKENS_PER_ITER / (ms / 1000),
+        "wall_seconds": wall,
+        "load_after": os.getloadavg()[0],
+    }
+    results.append(row)
+    bench.log(
+        f"validation {row['bits_per_char']:.3f} bits/char (val loss {val:.4f} nats/char) after "
+        f"2000 iterations; median {ms:.1f} ms/iteration = {row['tokens_per_sec']:,.0f} tokens/s; "
+        f"{wall:.0f} s wall ({bench.load_line()})"
+    )
+
+
+def quality_grid(
+    work: Path,
+    vocab: int,
+    seconds: float,
+    families: list[str],
+    optimizers: list[str],
+    overrides: dict[str, object],
+    results: list[dict[str, object]],
+) -> None:
+    for family in families:
+        for optimizer in optimizers:
+            grid = {"model_family": family, "optimizer": optimizer, **overrides}
+            before = len(results)
+            bench.quality(work / f"{family}-{optimizer}", vocab, seconds, grid, results)
+            for row in results[before:]:
+                row["family"], row["optimizer"] = family, optimizer
+
+
+def throughput_grid(
+    work: Path, vocab: int, families: list[str], results: list[dict[str, object]]
+) -> None:
+    bench.log(f"\n## Throughput per family ({bench.load_line()})")
+    peaks = {
+        Precision.FP32: bench.matmul_peak(torch.float32),
+        Precision.BF16: bench.matmul_peak(torch.bfloat16),
+    }
+    bench.log(
+        f"matmul peak (1024^3, best of 2 s): fp32 {peaks[Precision.FP32] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks[Precision.BF16] / 1e9:.1f} GFLOP/s"
+    )
+    tok_dir = bench.prepare_tokenizer(work, vocab)
+    tokenizer = load_tokenizer(tok_dir)
+    cache = tokenize_corpus(
+        bench.CORPUS,
+        tokenizer,
+        f"bench-bpe{vocab}",
+        work / "cache",
+        corpus_id=bench.corpus_id(bench.CORPUS),
+    )
+    splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
+    for family in families:
+        for size, context, batch in SIZES:
+            config = ModelTrainConfig.model_validate(
+                {
+                    "corpus_file_id": cache.meta.corpus_sha256,
+                    "tokenizer_id": f"bench-bpe{vocab}",
+                    "model_family": family,
+                    "model_size": size.value,
+                    "max_seq_len": context,
+                    "batch_size": batch,
+                    "eval_interval": 10**9,
+                    "eval_batches": 1,
+                    "checkpoint_interval": 10**9,
+                    "warmup_steps": 0,
+                }
+            )
+            spec = model_spec(config, tokenizer.vocab_size, None, None)
+            model = build_model(spec, config.model_family, config.seed)
+            fpt = flops_per_token(model, spec)
+            params = sum(p.numel() for p in model.parameters())
+            steps = 40 if size is ModelSize.TINY else 8
+            for precision in (Precision.FP32, Precision.BF16):
+                rate = bench.our_tokens_per_sec(
+                    config, splits, tokenizer.vocab_size, precision, steps
+                )
+                results.append(
+                    {
+                        "part": "throughput",
+                        "family": family,
+                        "model": size.value,
+                        "context": context,
+                        "batch": batch,
+                        "precision": precision.value,
+                        "params": params,
+                        "tokens_per_sec": rate,
+                        "mfu": fpt * rate / peaks[precision],
+                        "load_after": os.getloadavg()[0],
+                    }
+                )
+    bench.log(f"(after: {bench.load_line()})")
+
+
+def num(row: dict[str, object], key: str) -> float:
+    return float(str(row[key]))
+
+
+def tables(results: list[dict[str, object]]) -> None:
+    ref = next((r for r in results if r["part"] == "reference"), None)
+    bench.log("\n## Tables")
+    bench.log(
+        "\n| model | optimizer | validation bits/char | steps | training s | load after |\n"
+        "|---|---|---|---|---|---|"
+    )
+    if ref is not None:
+        bench.log(
+            f"| nanoGPT CPU recipe (char, 4x128) | adamw | {ref['bits_per_char']:.3f} | 2000 "
+            f"| {ref['wall_seconds']:.0f} (wall) | {ref['load_after']:.2f} |"
+        )
+    for r in results:
+        if r["part"] == "quality":
+            bench.log(
+                f"| {r['family']} | {r['optimizer']} | {r['bits_per_char']:.3f} | {r['steps']} "
+                f"| {r['train_seconds']:.0f} | {r['load_after']:.2f} |"
+            )
+    bench.log(
+        "\n| family | model | context x batch | precision | params | tokens/s | MFU "
+        "| vs nanoGPT tokens/s | load after |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in results:
+        if r["part"] == "throughput":
+            versus = ""
+            if ref is not None and r["model"] == "tiny":
+                versus = (
+                    f"{float(str(r['tokens_per_sec'])) / float(str(ref['tokens_per_sec'])):.2f}x"
+                )
+            bench.log(
+                f"| {r['family']} | {r['model']} | {r['context']} x {r['batch']} | "
+                f"{r['precision']} | {num(r, 'params') / 1e6:.2f}M | "
+                f"{num(r, 'tokens_per_sec'):,.0f} | {num(r, 'mfu'):.1%} | {versus} "
+                f"| {r['load_after']:.2f} |"
+            )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (the reference)")
+    parser.add_argument("--seconds", type=float, default=76.0, help="quality: time budget")
+    parser.add_argument("--vocab", type=int, default=bench.DEFAULT_VOCAB)
+    parser.add_argument("--family", action="append", help="default: gpt2, llama, qwen3")
+    parser.add_argument("--optimizer", action="append", help="default: adamw, muon")
+    parser.add_argument("--part", action="append", choices=PARTS, help="default: all")
+    parser.add_argument("--set", action="append", default=[], help="config override k=v")
+    parser.add_argument("--json", type=Path, help="append results as JSON lines here")
+    args = parser.parse_args(argv)
+    if not bench.CORPUS.is_file():
+        bench.log(f"missing {bench.CORPUS}: the benchmarks need ../shared/corpora")
+        return 2
+    parts = args.part or list(PARTS)
+    families = args.family or ["gpt2", "llama", "qwen3"]
+    optimizers = args.optimizer or ["adamw", "muon"]
+    if "reference" in parts and args.nanogpt is None:
+        bench.log("no --nanogpt checkout: the reference is left out")
+        parts = [p for p in parts if p != "reference"]
+    bench.log(f"# bench_models on {os.cpu_count()} CPUs, torch {torch.__version__}")
+    results: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
+        work = Path(tmp)
+        if "reference" in parts:
+            reference(args.nanogpt.expanduser().resolve(), work, results)
+        if "quality" in parts:
+            overrides = bench.parse_overrides(args.set)
+            quality_grid(work, args.vocab, args.seconds, families, optimizers, overrides, results)
+        if "throughput" in parts:
+            throughput_grid(work / "throughput", args.vocab, families, results)
+    tables(results)
+    if args.json:
+        with args.json.open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
