@@ -32,7 +32,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal, Protocol, get_args
+from typing import Annotated, Literal, Protocol, get_args
+
+from pydantic import Field
 
 from model_trainer.errors import ErrorCode, UserError
 from service_common.jsonlog import log_fields
@@ -47,11 +49,31 @@ DEFAULT_TEXT_FIELD = "text"
 # A column name, not an expression: letters, digits, "_", and inner spaces, dots or dashes.
 TEXT_FIELD_PATTERN = r"^[A-Za-z0-9_](?:[A-Za-z0-9_ .-]{0,62}[A-Za-z0-9_])?$"
 
+# The two request fields, as the tokenizer, training and evaluation requests declare them.
+CorpusFormatField = Annotated[
+    CorpusFormat,
+    Field(
+        description="How to read the corpus: `text` (one document per line), `jsonl`, `csv`, "
+        "`parquet`, or `auto` (Parquet and JSON lines are recognised by their content; CSV "
+        "must be asked for)."
+    ),
+]
+TextFieldName = Annotated[
+    str,
+    Field(
+        pattern=TEXT_FIELD_PATTERN,
+        description="The column of a JSONL, CSV or Parquet corpus that holds the text.",
+    ),
+]
+
 PARQUET_MAGIC = b"PAR1"
 # Records per batch read from `datasets`: big enough to amortise its per-batch cost.
 BATCH_RECORDS = 1024
 # How far `sniff_format` reads for the first non-blank line.
 SNIFF_BYTES = 1 << 20
+
+# Part of `text_corpus_id`: bump it when the text written for a record changes.
+TEXT_SCHEME = "model-trainer/corpus-text/v1"
 
 _BUILDERS: dict[StructuredFormat, str] = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
@@ -92,6 +114,13 @@ def resolve_format(path: Path, corpus_format: CorpusFormat) -> ResolvedFormat:
     return sniff_format(path) if corpus_format == "auto" else corpus_format
 
 
+def text_corpus_id(file_id: str, corpus_format: StructuredFormat, text_field: str) -> str:
+    """The id of the text a structured corpus gives for a field: the token cache's key and the
+    converted file's name (the same file read for another field is another text)."""
+    key = f"{TEXT_SCHEME}\n{file_id}\n{corpus_format}\n{text_field}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def iter_documents(
     path: Path, corpus_format: StructuredFormat, text_field: str, cache_dir: Path
 ) -> Iterator[str]:
@@ -109,7 +138,6 @@ class TextCorpus:
     """A structured corpus written out as plain text (`write_text_corpus`)."""
 
     path: Path
-    sha256: str  # of the text file's bytes: the token cache's key for this corpus + field
     documents: int
     skipped_nulls: int
     size_bytes: int
@@ -129,7 +157,6 @@ def write_text_corpus(
     finds it can use it, and two jobs converting at once each rename a whole, equal file.
     """
     reader = _RecordReader(path, corpus_format, text_field, cache_dir)
-    sha = hashlib.sha256()
     documents = size = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
@@ -140,7 +167,6 @@ def write_text_corpus(
                 if not data.endswith(b"\n"):
                     data += b"\n"
                 out.write(data)
-                sha.update(data)
                 documents += 1
                 size += len(data)
             out.flush()
@@ -158,7 +184,7 @@ def write_text_corpus(
         reader.skipped_nulls,
         extra=log_fields("corpus_converted", corpus_format=corpus_format),
     )
-    return TextCorpus(out_path, sha.hexdigest(), documents, reader.skipped_nulls, size)
+    return TextCorpus(out_path, documents, reader.skipped_nulls, size)
 
 
 class _RecordReader:
@@ -210,7 +236,7 @@ class _RecordReader:
             names = dataset.column_names
             if names is None:
                 first = next(iter(dataset.iter(batch_size=1)), None)
-                names = [] if first is None else list(first)
+                names = list(first) if isinstance(first, dict) else []
         except (ValueError, OSError, ImportError) as exc:
             raise self._unreadable(exc) from None
         if not names:
