@@ -240,11 +240,7 @@ class _RecordReader:
         except (ValueError, OSError, ImportError) as exc:
             raise self._unreadable(exc) from None
         if not names:
-            raise UserError(
-                f"the {self.corpus_format} corpus has no records: upload a file with at least "
-                f"one record holding a {self.text_field!r} column.",
-                ErrorCode.CORPUS_UNREADABLE,
-            )
+            raise self._no_records()
         return [str(name) for name in names]
 
     def _batches(self, columns: list[str]) -> Iterator[Mapping[str, object]]:
@@ -284,11 +280,20 @@ class _RecordReader:
                 cache_dir=str(self.cache_dir),
                 **options,
             )
+        except StopIteration:  # datasets' JSON schema inference on a file without records
+            raise self._no_records() from None
         except (ValueError, OSError) as exc:
             raise self._unreadable(exc) from None
         if self.corpus_format != "parquet" and columns is not None:
             dataset = dataset.select_columns([self.text_field])
         return dataset
+
+    def _no_records(self) -> UserError:
+        return UserError(
+            f"the {self.corpus_format} corpus has no records: upload a file with at least "
+            f"one record holding a {self.text_field!r} column.",
+            ErrorCode.CORPUS_UNREADABLE,
+        )
 
     def _unreadable(self, exc: BaseException) -> UserError:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
