@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _jsonl(path: Path, records: list[dict[str, object]]) -> Path:
     return path
 
 
-def _parquet(path: Path, table: dict[str, list[object]], row_group_size: int = 2) -> Path:
+def _parquet(path: Path, table: Mapping[str, Sequence[object]], row_group_size: int = 2) -> Path:
     pq.write_table(pa.table(table), path, row_group_size=row_group_size)
     return path
 
