@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     # Job failures, stored with a failed status and published in events.
     DATA_INVALID = "DATA_INVALID"
     CONFIG_INVALID = "CONFIG_INVALID"
+    # A structured corpus (tokenization/corpus_formats.py) that cannot be used as asked.
+    CORPUS_UNREADABLE = "CORPUS_UNREADABLE"
+    CORPUS_FIELD_NOT_FOUND = "CORPUS_FIELD_NOT_FOUND"
+    CORPUS_FIELD_NOT_TEXT = "CORPUS_FIELD_NOT_TEXT"
     TOKENIZER_TRAIN_FAILED = "TOKENIZER_TRAIN_FAILED"
     MODEL_TRAIN_FAILED = "MODEL_TRAIN_FAILED"
     ARTIFACT_UPLOAD_FAILED = "ARTIFACT_UPLOAD_FAILED"

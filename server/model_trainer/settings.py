@@ -209,6 +209,7 @@ def load_settings() -> Settings:
     # We train from scratch: nothing may be fetched from a hub at run time.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # corpora are local files only
     # Progress bars ("Writing model shards") are noise in JSON logs.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return settings

@@ -416,3 +416,55 @@ def test_settings_flags_then_environment_then_dotenv(
     monkeypatch.setenv("MODEL_TRAINER_URL", "http://env:2")
     assert load_cli_settings().api_url == "http://env:2"
     assert load_cli_settings(api_url="http://flag:3").api_url == "http://flag:3"
+
+
+def test_tokenizer_and_run_train_read_a_jsonl_corpus_by_its_field(
+    api: Api, stack: Stack, tmp_path: Path
+) -> None:
+    """--corpus-format and --text-field reach the jobs: a wrong field fails the tokenizer
+    (exit 1, the user error in its answer); the right one trains it and a tiny run."""
+    path = tmp_path / "corpus.jsonl"
+    lines = _text().splitlines()
+    path.write_text("".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(lines)))
+    corpus = ok(cli(api, stack, "corpus", "upload", str(path))).strip()
+    base = ["tokenizer", "train", "--corpus", corpus, "--vocab-size", "300", "--wait"]
+    wrong = cli(api, stack, "--json", *base, "--corpus-format", "jsonl", "--text-field", "content")
+    assert wrong.exit_code == 1, (wrong.stdout, wrong.stderr)
+    error = json_dict(json_dict(json.loads(wrong.stdout))["error"])
+    assert error["code"] == "CORPUS_FIELD_NOT_FOUND" and "'content'" in str(error["message"])
+    refused = cli(api, stack, *base, "--corpus-format", "text", "--text-field", "body")
+    assert refused.exit_code == 4, (refused.stdout, refused.stderr)
+
+    done = as_json(cli(api, stack, "--json", *base, "--text-field", "body"))  # auto: JSONL
+    assert done["status"] == "completed", done
+    assert json_dict(done["request"])["text_field"] == "body"
+    run = cli(
+        api,
+        stack,
+        "run",
+        "train",
+        "--corpus",
+        corpus,
+        "--tokenizer",
+        str(done["tokenizer_id"]),
+        "--corpus-format",
+        "jsonl",
+        "--text-field",
+        "body",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--max-steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "0",
+        "--eval-interval",
+        "3",
+        "--follow",
+    )
+    assert " completed" in ok(run)

@@ -162,17 +162,62 @@ def global_options(
 def corpus_upload(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
 ) -> None:
-    """Upload a text file to Data Bank; prints its file_id (the corpus id)."""
+    """Upload a corpus (text, JSONL, CSV or Parquet) to Data Bank; prints its file_id."""
     o = _options()
     try:
         with o.bank() as bank:
-            info = bank.upload_file(file, content_type="text/plain")
+            info = bank.upload_file(file, content_type=_content_type(file))
     except DataBankError as exc:
         raise databank_error(exc, f"upload {file}") from exc
     if o.output.as_json:
         o.output.model(info)
     else:
         o.output.line(info.file_id)
+
+
+def _content_type(file: Path) -> str:
+    # Informational only: jobs read the content (corpus_format), not the type.
+    types = {
+        ".jsonl": "application/jsonl",
+        ".csv": "text/csv",
+        ".parquet": "application/vnd.apache.parquet",
+    }
+    return types.get(file.suffix.lower(), "text/plain")
+
+
+# -- corpus options shared by tokenizer train and run train --------------------------------
+
+
+class CorpusFormat(StrEnum):
+    AUTO = "auto"  # Parquet and JSON lines recognised by content, else text
+    TEXT = "text"
+    JSONL = "jsonl"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+CorpusFormatOption = Annotated[
+    CorpusFormat | None,
+    typer.Option("--corpus-format", help="how to read the corpus (server default: auto)"),
+]
+TextFieldOption = Annotated[
+    str | None,
+    typer.Option(
+        "--text-field", help="the column holding the text in a JSONL, CSV or Parquet corpus"
+    ),
+]
+
+
+def _corpus_fields(
+    corpus_format: CorpusFormat | None, text_field: str | None
+) -> dict[str, JsonValue]:
+    """Only what was given: the server's defaults stay the server's."""
+    fields: dict[str, JsonValue] = {}
+    if corpus_format is not None:
+        fields["corpus_format"] = corpus_format.value
+    if text_field is not None:
+        fields["text_field"] = text_field
+    return fields
 
 
 # -- tokenizer ----------------------------------------------------------------------------
@@ -221,6 +266,8 @@ def tokenizer_train(
         int | None, typer.Option("--vocab-size", min=128, help="server default: 32000")
     ] = None,
     lowercase: Annotated[bool, typer.Option("--lowercase")] = False,
+    corpus_format: CorpusFormatOption = None,
+    text_field: TextFieldOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until it is trained")] = False,
 ) -> None:
     """Train a tokenizer (the same request twice is the same tokenizer); prints its id."""
@@ -229,7 +276,10 @@ def tokenizer_train(
     accepted = api.post(
         TokenizerAccepted,
         "/tokenizers/train",
-        _tokenizer_body(corpus, method, vocab_size, lowercase),
+        {
+            **_tokenizer_body(corpus, method, vocab_size, lowercase),
+            **_corpus_fields(corpus_format, text_field),
+        },
     )
     if not wait:
         if o.output.as_json:
@@ -285,6 +335,8 @@ def _train_body(values: dict[str, JsonValue | None]) -> dict[str, JsonValue]:
 def run_train(
     corpus: Annotated[str, typer.Option("--corpus", help="corpus file_id in Data Bank")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="tokenizer id")],
+    corpus_format: CorpusFormatOption = None,
+    text_field: TextFieldOption = None,
     size: Annotated[ModelSize, typer.Option("--size")] = ModelSize.TINY,
     n_layer: Annotated[int | None, typer.Option("--n-layer", help="overrides the size")] = None,
     n_head: Annotated[int | None, typer.Option("--n-head", help="overrides the size")] = None,
@@ -346,6 +398,7 @@ def run_train(
             "seed": seed,
             "from_run_id": from_run,
             "from_checkpoint": from_checkpoint,
+            **_corpus_fields(corpus_format, text_field),
         }
     )
     o = _options()

@@ -7,6 +7,7 @@ and everything it produces goes back there; Redis keeps the pointers.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from model_trainer.databank.artifacts import fetch_extracted
@@ -17,6 +18,13 @@ from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.runner import WorkerContext
 from model_trainer.manifest import add_artifact_pointer
 from model_trainer.tokenization.corpus import CorpusCheck, check_corpus
+from model_trainer.tokenization.corpus_formats import (
+    CorpusFormat,
+    ResolvedFormat,
+    resolve_format,
+    text_corpus_id,
+    write_text_corpus,
+)
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
@@ -43,6 +51,36 @@ def check_fetched_corpus(ctx: WorkerContext, corpus: Path) -> CorpusCheck:
         extra=log_fields("corpus_checked"),
     )
     return checked
+
+
+@dataclass(frozen=True)
+class PreparedCorpus:
+    """A job's corpus as plain text, checked, whatever format it was uploaded in."""
+
+    path: Path
+    corpus_id: str  # keys the token cache: the file id, or the id of the text it gave
+    corpus_format: ResolvedFormat
+
+
+def prepare_corpus(
+    ctx: WorkerContext, file_id: str, corpus_format: CorpusFormat, text_field: str
+) -> PreparedCorpus:
+    """Fetch the corpus; a structured one is written out as text once per worker
+    (`corpus_formats.write_text_corpus`); then `check_fetched_corpus`. Every `UserError`
+    (unreadable file, unknown field, bad text) comes here, before anything is trained."""
+    fetched = fetch_corpus(ctx, file_id)
+    resolved = resolve_format(fetched, corpus_format)
+    if resolved == "text":  # the fast path: the file as it is
+        check_fetched_corpus(ctx, fetched)
+        return PreparedCorpus(fetched, file_id, resolved)
+    text_id = text_corpus_id(file_id, resolved, text_field)
+    # Not beside the fetched corpora: that cache trusts any 64-hex name as a verified file id.
+    folder = ctx.settings.app.data_root / "corpus-text"
+    text_path = folder / f"{text_id}.txt"
+    if not text_path.exists():
+        write_text_corpus(fetched, resolved, text_field, text_path, folder / ".datasets")
+    check_fetched_corpus(ctx, text_path)
+    return PreparedCorpus(text_path, text_id, resolved)
 
 
 def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) -> Path:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from model_trainer.errors import UserError
-from model_trainer.jobs.artifacts import fetch_artifact, fetch_corpus
+from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus
 from model_trainer.jobs.payloads import EvaluateJob
 from model_trainer.jobs.runner import WorkerContext, worker_context
 from model_trainer.manifest import read_manifest
@@ -79,19 +79,21 @@ def _evaluate(ctx: WorkerContext, payload: EvaluateJob, out_dir: Path) -> EvalIn
     config = ModelTrainConfig.model_validate(manifest["config"])
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
-        corpus = fetch_corpus(ctx, request.corpus_file_id)
+        other = prepare_corpus(
+            ctx, request.corpus_file_id, request.corpus_format, request.text_field
+        )
         metrics = evaluate_folder(
-            model_dir, corpus, cache, out_dir, corpus_id=request.corpus_file_id, split="all"
+            model_dir, other.path, cache, out_dir, corpus_id=other.corpus_id, split="all"
         )
     else:
         # The run's own corpus: validation or test as `data.Holdout` defines them.
-        corpus = fetch_corpus(ctx, config.corpus_file_id)
+        own = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
         metrics = evaluate_folder(
             model_dir,
-            corpus,
+            own.path,
             cache,
             out_dir,
-            corpus_id=config.corpus_file_id,
+            corpus_id=own.corpus_id,
             split="test" if request.split == "test" else "validation",
             seed=config.seed,
         )

@@ -24,12 +24,7 @@ from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import NotFound
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.jobs.artifacts import (
-    check_fetched_corpus,
-    fetch_artifact,
-    fetch_corpus,
-    publish_artifact,
-)
+from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus, publish_artifact
 from model_trainer.jobs.checkpoint_sync import CheckpointSync
 from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.model_evaluation import eval_info
@@ -240,8 +235,7 @@ def run(payload_json: str) -> None:
 def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path) -> None:
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, config = payload.run_id, payload.config
-    corpus = fetch_corpus(ctx, config.corpus_file_id)
-    check_fetched_corpus(ctx, corpus)
+    corpus = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
     tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
     if tokenizer_file_id is None:
         raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")
@@ -262,10 +256,11 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
         _announce_start(ctx, owner, config, threads)
         result = run_training(
             config,
-            corpus,
+            corpus.path,
             tokenizer_dir,
             run_dir,
             ctx.settings.app.data_root / "tokens",
+            corpus_id=corpus.corpus_id,
             cpu=cpu_info(ctx.settings.app.native_bf16),
             threads=threads,
             callbacks=reporter,

@@ -7,6 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_trainer.tokenization.config import TokenizerTrainConfig
+from model_trainer.tokenization.corpus_formats import (
+    DEFAULT_TEXT_FIELD,
+    CorpusFormatField,
+    TextFieldName,
+    check_format_fields,
+)
 from model_trainer.training.config import ModelTrainConfig
 from service_common.databank_contract import FILE_ID_PATTERN
 
@@ -40,11 +46,21 @@ class EvaluateRequest(_Payload):
 
     split: Literal["validation", "test"] | None = None
     corpus_file_id: str | None = Field(default=None, pattern=FILE_ID_PATTERN)
+    corpus_format: CorpusFormatField = "auto"
+    text_field: TextFieldName = DEFAULT_TEXT_FIELD
 
     @model_validator(mode="after")
     def _one_source(self) -> EvaluateRequest:
         if (self.split is None) == (self.corpus_file_id is None):
             raise ValueError("give exactly one of split or corpus_file_id")
+        if self.corpus_file_id is None and (
+            self.corpus_format != "auto" or self.text_field != DEFAULT_TEXT_FIELD
+        ):
+            raise ValueError(
+                "corpus_format and text_field go with corpus_file_id; a split is read from "
+                "the run's own corpus as the run read it"
+            )
+        check_format_fields(self.corpus_format, self.text_field)
         return self
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from model_trainer.jobs.artifacts import check_fetched_corpus, fetch_corpus, publish_artifact
+from model_trainer.jobs.artifacts import prepare_corpus, publish_artifact
 from model_trainer.jobs.payloads import TokenizerJob
 from model_trainer.jobs.runner import raise_stop_reason, running_job, stop_check, worker_context
 from model_trainer.store.records import Status, TokenizerSummary
@@ -23,8 +23,10 @@ def run(payload_json: str) -> None:
     with running_job(ctx, "tokenizer", tokenizer_id, folder) as job:
         if job is None:
             return  # cancelled before it started
-        corpus = fetch_corpus(ctx, payload.config.corpus_file_id)
-        check_fetched_corpus(ctx, corpus)
+        config = payload.config
+        corpus = prepare_corpus(
+            ctx, config.corpus_file_id, config.corpus_format, config.text_field
+        ).path
         try:
             result = train_tokenizer(
                 payload.config,

@@ -10,6 +10,7 @@ default was written out or left implicit.
 - `min_frequency`: byte-level BPE only (default 2).
 - `special_tokens.unk`: SentencePiece needs an unknown piece (default `<unk>`); byte-level
   BPE represents every byte and has none, so it must stay unset for `bpe`.
+- `corpus_format`, `text_field`: how to read the corpus (`tokenization.corpus_formats`).
 - `lowercase` for SentencePiece uses its `nfkc_cf` rule (NFKC with case folding), so it
   requires `nfkc`.
 """
@@ -18,10 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from model_trainer.tokenization.corpus_formats import (
+    DEFAULT_TEXT_FIELD,
+    CorpusFormatField,
+    TextFieldName,
+    check_format_fields,
+)
 from service_common.databank_contract import FILE_ID_PATTERN
 
 Method = Literal["bpe", "sentencepiece"]
@@ -91,6 +98,8 @@ class TokenizerTrainConfig(BaseModel):
     corpus_file_id: str = Field(
         pattern=FILE_ID_PATTERN, description="Data Bank id of the corpus (64 hex characters)."
     )
+    corpus_format: CorpusFormatField = "auto"
+    text_field: TextFieldName = DEFAULT_TEXT_FIELD
     holdout_fraction: float = Field(
         default=0.01,
         ge=0.0,
@@ -169,11 +178,22 @@ class TokenizerTrainConfig(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _format_fields(self) -> Self:
+        check_format_fields(self.corpus_format, self.text_field)
+        return self
+
     def canonical_json(self) -> str:
-        """Every field (defaults filled in), sorted keys, no whitespace: the hashed form."""
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        """Every field (defaults filled in), sorted keys, no whitespace: the hashed form.
+
+        The corpus format fields came later; at their defaults they are left out, so a
+        request that does not use them keeps the id it had before they existed.
+        """
+        fields = self.model_dump(mode="json")
+        for name, default in (("corpus_format", "auto"), ("text_field", DEFAULT_TEXT_FIELD)):
+            if fields[name] == default:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def tokenizer_id(self) -> str:
         """`tok-` and 16 hex digits of SHA-256 over the canonical JSON: equal requests, one id."""

@@ -17,6 +17,12 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model_trainer.tokenization.corpus_formats import (
+    DEFAULT_TEXT_FIELD,
+    CorpusFormatField,
+    TextFieldName,
+    check_format_fields,
+)
 from service_common.databank_contract import FILE_ID_PATTERN
 
 
@@ -174,6 +180,8 @@ class ModelTrainConfig(BaseModel):
     corpus_file_id: str = Field(
         pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
     )
+    corpus_format: CorpusFormatField = "auto"
+    text_field: TextFieldName = DEFAULT_TEXT_FIELD
     tokenizer_id: str = Field(min_length=1, max_length=128)
     # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
     user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
@@ -190,6 +198,7 @@ class ModelTrainConfig(BaseModel):
                 f"give at most one of num_epochs, max_steps, max_train_seconds "
                 f"(got {', '.join(budgets)})"
             )
+        check_format_fields(self.corpus_format, self.text_field)
         if self.from_checkpoint is not None and self.from_run_id is None:
             raise ValueError("from_checkpoint needs from_run_id")
         arch = self.resolved()

@@ -70,6 +70,7 @@ def run_training(
     cache_dir: Path,
     *,
     cpu: CpuInfo,
+    corpus_id: str | None = None,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
     checkpoint_every_seconds: float | None = None,
@@ -83,8 +84,9 @@ def run_training(
     config's own `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
     `WorkerShutdown` after checkpointing when the worker is asked to stop.
 
-    `config.corpus_file_id`, the Data Bank id of the corpus (the SHA-256 of
-    `corpus_path`'s bytes), keys the token cache: the corpus is not hashed again.
+    `corpus_id` (default `config.corpus_file_id`, the Data Bank id of the corpus, the
+    SHA-256 of `corpus_path`'s bytes; for a structured corpus, the id of the text it gave)
+    keys the token cache: the corpus is not hashed again.
 
     `checkpoint_every_seconds`: checkpoint on time as well as every
     `config.checkpoint_interval` steps. `init_weights`: a `last.pt` or `best.pt` (of another
@@ -100,7 +102,11 @@ def run_training(
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
     cache = tokenize_corpus(
-        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_id=config.corpus_file_id
+        corpus_path,
+        tokenizer,
+        config.tokenizer_id,
+        cache_dir,
+        corpus_id=corpus_id or config.corpus_file_id,
     )
     splits = split_tokens(cache, config.holdout_fraction, tokenizer)
     tokenize_seconds = time.perf_counter() - t0
