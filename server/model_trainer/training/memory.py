@@ -53,19 +53,45 @@ loaded (smaller than the activations of a step it precedes), and evaluation forw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import (
+    ROTARY_FAMILIES,
+    Architecture,
+    ModelFamily,
+    ModelTrainConfig,
+    Optimizer,
+)
 
 GIB = 1024**3
 FLOAT_BYTES = 4  # fp32
 INDEX_BYTES = 8  # int64 token ids in batches and validation windows
 # Weights, gradients and AdamW's exp_avg and exp_avg_sq, each fp32.
 STATE_BYTES_PER_PARAMETER = 4 * FLOAT_BYTES
-# Numbers autograd keeps per token per block, as a multiple of n_embd (measured, see above).
-BLOCK_ACTIVATIONS_PER_EMBD = 34
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Numbers autograd keeps per token per block: per_embd x n_embd + per_mlp x the MLP's
+    hidden width (measured, see above)."""
+
+    per_embd: int
+    per_mlp: int
+
+
+# GPT-2: 34 d with its 4 d-wide MLP (18 d outside the MLP, 4 copies of its hidden layer).
+GPT2_BLOCK_ACTIVATIONS = BlockActivations(per_embd=18, per_mlp=4)
+BLOCK_ACTIVATIONS = {
+    ModelFamily.GPT2: GPT2_BLOCK_ACTIVATIONS,
+    # SwiGLU keeps gate, up, silu(gate) and their product (4 x 8/3 d); RMSNorm computed op
+    # by op and the rotary copies of q and k make the rest (measured 33-36 d in all).
+    ModelFamily.LLAMA: BlockActivations(per_embd=22, per_mlp=4),
+    # LLaMA's, plus the per-head RMSNorm of q and k (measured 41 d in all).
+    ModelFamily.QWEN3: BlockActivations(per_embd=28, per_mlp=4),
+}
 # Per token outside the blocks: embedding sum, final layer norm input and output.
 OUTSIDE_ACTIVATIONS_PER_EMBD = 4
 # Copies of the B x H x T x T attention scores kept per block when dropout > 0.
@@ -122,11 +148,45 @@ def gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.2f} GiB"
 
 
-def gpt2_parameters(vocab_size: int, n_layer: int, n_embd: int, max_seq_len: int) -> int:
-    """Parameters of the tied-head GPT-2 that `training.model` builds (exact)."""
+def gpt2_parameters(
+    vocab_size: int, n_layer: int, n_embd: int, max_seq_len: int, tied: bool = True
+) -> int:
+    """Parameters of the GPT-2 that `training.model` builds (exact)."""
     d = n_embd
     block = 12 * d * d + 13 * d
-    return vocab_size * d + max_seq_len * d + n_layer * block + 2 * d
+    head = 0 if tied else vocab_size * d
+    return vocab_size * d + head + max_seq_len * d + n_layer * block + 2 * d
+
+
+def rotary_parameters(family: ModelFamily, vocab_size: int, arch: Architecture) -> int:
+    """Parameters of the LLaMA or Qwen3 that `training.model` builds (exact): no biases,
+    no position table, RMSNorm weights only, q and k norms of head_dim in qwen3."""
+    d, kv = arch.n_embd, arch.n_kv_head * arch.head_dim
+    attention = 2 * d * d + 2 * d * kv  # q and o are d x d; k and v are d x kv
+    mlp = 3 * d * arch.intermediate_size  # gate, up and down projections
+    norms = 2 * d + (2 * arch.head_dim if family is ModelFamily.QWEN3 else 0)
+    head = 0 if arch.tie_word_embeddings else vocab_size * d
+    return vocab_size * d + head + arch.n_layer * (attention + mlp + norms) + d
+
+
+def model_parameters(config: ModelTrainConfig, vocab_size: int) -> int:
+    """Parameters of the model `config` describes (exact, any family)."""
+    arch = config.resolved()
+    if config.model_family in ROTARY_FAMILIES:
+        return rotary_parameters(config.model_family, vocab_size, arch)
+    return gpt2_parameters(
+        vocab_size, arch.n_layer, arch.n_embd, config.max_seq_len, arch.tie_word_embeddings
+    )
+
+
+def muon_parameters(config: ModelTrainConfig) -> int:
+    """Parameters Muon updates under optimizer muon: the blocks' weight matrices."""
+    arch = config.resolved()
+    d, layers = arch.n_embd, arch.n_layer
+    if config.model_family in ROTARY_FAMILIES:
+        kv = arch.n_kv_head * arch.head_dim
+        return layers * (2 * d * d + 2 * d * kv + 3 * d * arch.intermediate_size)
+    return layers * 12 * d * d
 
 
 def estimate_run_memory(config: ModelTrainConfig, vocab_size: int) -> MemoryEstimate:
@@ -135,15 +195,19 @@ def estimate_run_memory(config: ModelTrainConfig, vocab_size: int) -> MemoryEsti
     d, layers, heads = arch.n_embd, arch.n_layer, arch.n_head
     context, batch = config.max_seq_len, config.batch_size
     tokens = batch * context
-    parameters = gpt2_parameters(vocab_size, layers, d, context)
+    parameters = model_parameters(config, vocab_size)
+    # Muon keeps one momentum buffer where AdamW keeps two moments.
+    on_muon = muon_parameters(config) if config.optimizer is Optimizer.MUON else 0
+    state = STATE_BYTES_PER_PARAMETER * parameters - FLOAT_BYTES * on_muon
     score_copies = ATTENTION_SCORE_COPIES * context if config.dropout > 0 else 0
     # One logsumexp per head and position (flash kernel), or the kept copies of the scores.
     attention = heads * (score_copies or 1)
-    per_token = layers * (BLOCK_ACTIVATIONS_PER_EMBD * d + attention)
-    per_token += OUTSIDE_ACTIVATIONS_PER_EMBD * d
+    block = BLOCK_ACTIVATIONS.get(config.model_family, GPT2_BLOCK_ACTIVATIONS)
+    per_token = layers * (block.per_embd * d + block.per_mlp * arch.intermediate_size)
+    per_token += layers * attention + OUTSIDE_ACTIVATIONS_PER_EMBD * d
     return MemoryEstimate(
         parameters=parameters,
-        state_bytes=STATE_BYTES_PER_PARAMETER * parameters,
+        state_bytes=state,
         activation_bytes=FLOAT_BYTES * tokens * per_token,
         attention_score_bytes=FLOAT_BYTES * tokens * layers * heads * score_copies,
         logits_bytes=LOGITS_COPIES * FLOAT_BYTES * tokens * vocab_size,
