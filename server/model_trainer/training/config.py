@@ -110,6 +110,7 @@ class Architecture(BaseModel):
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+
 RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
 
 # Without any of the three budgets, a run trains for this long (the demo's budget).

@@ -508,7 +508,8 @@ class _Trainer:
         if problem is not None:
             raise UserError(
                 f"cannot start from {label}: the architectures differ ({problem}); use the "
-                f"same model size, n_layer, n_head, n_embd, max_seq_len and tokenizer",
+                f"same model_family, model size, n_layer, n_head, n_embd, n_kv_head, "
+                f"tie_word_embeddings, max_seq_len and tokenizer",
                 ErrorCode.CONFIG_INVALID,
             )
         self.model.load_state_dict(weights)
