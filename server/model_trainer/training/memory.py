@@ -3,27 +3,42 @@
 Pure arithmetic on `ModelTrainConfig` and the tokenizer's vocabulary size: the API imports
 this module, so it must never import torch (nor anything that does).
 
-The model is `transformers`' `GPT2LMHeadModel` as `training.model` builds it: V = vocab_size,
-T = max_seq_len (the position table and the context), d = n_embd, L = n_layer, H = n_head,
-B = batch_size, and the output head tied to the token embedding.
+The model is what `training.model` builds for the family: V = vocab_size, T = max_seq_len
+(GPT-2's position table and the context), d = n_embd, L = n_layer, H = n_head, B =
+batch_size, I = the MLP's hidden width (4 d for gpt2, SwiGLU's 8/3 d rounded to 64 for
+llama and qwen3), kv = n_kv_head x head_dim, and the output head tied to the token embedding
+unless `tie_word_embeddings` is false (then + V d).
 
-Parameters (exact; `tests/test_admission.py` checks it against a built model):
+Parameters (exact; `tests/test_admission.py` checks them against built models):
 
-    P = V d + T d                   token and position embeddings (the head reuses V d)
-      + L (12 d² + 13 d)            per block: ln_1 (2d), attention c_attn (3d² + 3d) and
+    gpt2:  P = V d + T d            token and position embeddings (the head reuses V d)
+             + L (12 d² + 13 d)     per block: ln_1 (2d), attention c_attn (3d² + 3d) and
                                     c_proj (d² + d), ln_2 (2d), MLP c_fc (4d² + 4d) and
                                     c_proj (4d² + d)
-      + 2 d                         final layer norm
+             + 2 d                  final layer norm
+    llama: P = V d                  token embedding (no position table: rotary)
+             + L (2 d² + 2 d kv     q and o (d x d), k and v (d x kv); no biases
+                  + 3 d I + 2 d)    SwiGLU gate, up and down; two RMSNorm weights
+             + d                    final RMSNorm
+    qwen3: llama's + L 2 head_dim   the RMSNorms of each head's queries and keys
 
 Bytes at the peak of one training step, everything in fp32 (4 bytes a number):
 
-    state       16 P                weights, gradients, AdamW's two moments (4 x 4 bytes)
-    activations 4 B T (L (34 d + H a) + 4 d)
+    state       16 P - 4 M          weights, gradients, AdamW's two moments (4 x 4 bytes);
+                                    M = the parameters Muon updates under optimizer muon
+                                    (the blocks' matrices), which keep one momentum
+                                    buffer instead of two moments
+    activations 4 B T (L (e d + m I + H a) + 4 d)
                                     what autograd keeps per token for the backward pass:
-                                    about 34 d numbers per block (layer-norm inputs and
+                                    gpt2 e = 18, m = 4: about 34 d numbers per block
+                                    (layer-norm inputs and
                                     outputs, q/k/v, attention output, the MLP's 4d-wide
                                     input, and the several 4d-wide intermediates of GPT-2's
-                                    tanh GELU, which is computed op by op), 4 d outside the
+                                    tanh GELU, which is computed op by op); llama e = 22,
+                                    qwen3 e = 28, m = 4 (SwiGLU's gate, up, silu and
+                                    product; RMSNorm op by op, rotary copies of q and k,
+                                    qwen3's q/k norms), measured on 3 shapes each at
+                                    0.96x to 1.1x of the real growth; 4 d outside the
                                     blocks (embedding sum, final norm); a = 1 (one logsumexp
                                     per head and position) when dropout is 0, because
                                     PyTorch's CPU scaled-dot-product attention then uses its
@@ -112,7 +127,7 @@ class MemoryEstimate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     parameters: int
-    state_bytes: int  # weights, gradients, AdamW moments
+    state_bytes: int  # weights, gradients, AdamW moments and Muon momentum
     activation_bytes: int  # autograd's saved tensors, attention scores included
     attention_score_bytes: int  # the part of activation_bytes that is T x T scores
     logits_bytes: int
@@ -130,10 +145,10 @@ class MemoryEstimate(BaseModel):
         )
 
     def describe(self) -> str:
-        """`45.2 GiB (weights, gradients and AdamW state 12.1 GiB for 805.3M parameters; ...)`"""
+        """`45.2 GiB (weights, gradients and optimizer state 12.1 GiB for 805.3M params; ...)`"""
         scores = self.attention_score_bytes
         parts = [
-            f"weights, gradients and AdamW state {gib(self.state_bytes)} for "
+            f"weights, gradients and optimizer state {gib(self.state_bytes)} for "
             f"{self.parameters / 1e6:.1f}M parameters",
             f"activations of one step {gib(self.activation_bytes)}"
             + (f", of which attention scores {gib(scores)}" if scores >= SHOWN else ""),
