@@ -53,7 +53,7 @@ def test_cpu_muon_updates_as_torchs_muon_does() -> None:
     for shape in [(64, 32), (32, 96)]:
         a = nn.Parameter(torch.randn(*shape))
         b = nn.Parameter(a.detach().clone())
-        theirs = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
+        theirs: torch.optim.Optimizer = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
         ours = CpuMuon([b], lr=0.02, weight_decay=0.1)
         for _ in range(3):
             grad = torch.randn(*shape)
