@@ -13,7 +13,10 @@ quality     validation bits per character on tinyshakespeare (first 90% train, t
             BPE tokenizer trained on the training 90% only.
 
 Usage: .venv/bin/python scripts/bench_train.py [throughput|quality|all] [--seconds 95]
-       [--vocab 1024] [--set field=value ...] [--json results.jsonl]
+       [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
+       [--set field=value ...] [--json results.jsonl]
+(--family and --optimizer are quality's; they are shorthands for --set model_family=...,
+--set optimizer=...)
 The machine is shared: the script prints the load average before and after each part.
 """
 
@@ -40,8 +43,10 @@ from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.tokenization.transformers_files import write_special_token_files
 from model_trainer.training.config import (
     Architecture,
+    ModelFamily,
     ModelSize,
     ModelTrainConfig,
+    Optimizer,
     Precision,
 )
 from model_trainer.training.data import (
@@ -299,8 +304,11 @@ def quality(
     assert result.manifest is not None and result.eval is not None
     m, e = result.manifest, result.eval
     arch = config.resolved()
+    muon = f", muon lr {config.muon_lr():g}" if config.optimizer is Optimizer.MUON else ""
     log(
-        f"vocab {vocab}, {arch.n_layer} layers x {arch.n_embd} wide, {arch.n_head} heads, "
+        f"{config.model_family.value}, {config.optimizer.value}{muon}, "
+        f"vocab {vocab}, {arch.n_layer} layers x {arch.n_embd} wide, {arch.n_head} heads "
+        f"({arch.n_kv_head} key/value), MLP {arch.intermediate_size}, "
         f"context {config.max_seq_len}, batch {config.batch_size}, lr {config.learning_rate:g} "
         f"({config.lr_schedule.value}, warmup {config.warmup_steps}, "
         f"floor x{config.min_lr_ratio}), "
@@ -349,6 +357,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=95.0, help="quality: time budget")
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="BPE vocabulary size")
     parser.add_argument("--rounds", type=int, default=3, help="throughput: alternations")
+    parser.add_argument(
+        "--family", choices=[f.value for f in ModelFamily], help="quality: model_family"
+    )
+    parser.add_argument(
+        "--optimizer", choices=[o.value for o in Optimizer], help="quality: optimizer"
+    )
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
     parser.add_argument("--json", type=Path, help="append results as JSON lines here")
     args = parser.parse_args(argv)
@@ -356,11 +370,14 @@ def main(argv: list[str]) -> int:
         log(f"missing {CORPUS}: the benchmarks need ../shared/corpora beside the checkout")
         return 2
     results: list[dict[str, object]] = []
+    overrides = parse_overrides(args.set)
+    if args.family:
+        overrides["model_family"] = args.family
+    if args.optimizer:
+        overrides["optimizer"] = args.optimizer
     runs: dict[str, Callable[[Path], None]] = {
         "throughput": lambda w: throughput(w, args.vocab, args.rounds, results),
-        "quality": lambda w: quality(
-            w, args.vocab, args.seconds, parse_overrides(args.set), results
-        ),
+        "quality": lambda w: quality(w, args.vocab, args.seconds, overrides, results),
     }
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name, run in runs.items():

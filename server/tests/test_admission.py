@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
@@ -37,8 +38,10 @@ from model_trainer.training.memory import (
     gib,
     gpt2_parameters,
     machine_memory_bytes,
+    model_parameters,
 )
 from model_trainer.training.model import build_model, count_params, model_spec
+from model_trainer.training.optimizer import make_optimizer
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.processes import child_env
 from tests.stack import Answer
@@ -77,6 +80,36 @@ def test_parameter_count_is_exact(fields: dict[str, object], vocab_size: int) ->
     assert estimate.state_bytes == 16 * expected
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"model_family": "llama"},
+        {"model_family": "llama", "n_kv_head": 2, "tie_word_embeddings": False},
+        {"model_family": "qwen3", "model_size": "mini", "n_kv_head": 3, "optimizer": "muon"},
+        {"model_family": "gpt2", "tie_word_embeddings": False, "optimizer": "muon"},
+    ],
+)
+def test_parameter_count_and_optimizer_state_of_every_family(fields: dict[str, object]) -> None:
+    config = _config(max_seq_len=96, **fields)
+    model = build_model(model_spec(config, 777, 0, None), config.model_family, seed=1)
+    assert model_parameters(config, 777) == count_params(model)
+    optimizer = make_optimizer(model, config)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # creates every state buffer
+    state_numbers = sum(
+        t.numel()
+        for part in optimizer.parts.values()
+        for s in part.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    )
+    weights_and_grads = 2 * count_params(model)
+    # What the estimate counts as state: weights, gradients, the optimizers' buffers.
+    expected_bytes = 4 * (weights_and_grads + state_numbers)
+    assert estimate_run_memory(config, 777).state_bytes == expected_bytes
+
+
 # Runs in a fresh process: its peak RSS (VmHWM) is then this step's alone. Mirrors
 # `TrainingLoop._train_step` with the project's own builders and fp32 (the estimate's bound).
 _MEASURE_STEP = """
@@ -86,7 +119,8 @@ import torch
 import torch.nn.functional as F
 from model_trainer.training.config import ModelTrainConfig, Precision
 from model_trainer.training.data import WindowSampler, validation_batches
-from model_trainer.training.loop import autocast, forward_logits, make_optimizer
+from model_trainer.training.loop import autocast, forward_logits
+from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.model import build_model, model_spec
 
 def status(field):
@@ -131,6 +165,24 @@ print(json.dumps({"base": base, "growth": status("VmHWM") - base}))
             "max_seq_len": 512,
             "batch_size": 8,
             "dropout": 0.1,
+        },
+        # the rotary families: SwiGLU, RMSNorm (and QK-norm), Muon's single buffer
+        {
+            "model_family": "llama",
+            "n_layer": 2,
+            "n_head": 4,
+            "n_embd": 256,
+            "max_seq_len": 256,
+            "batch_size": 16,
+            "optimizer": "muon",
+        },
+        {
+            "model_family": "qwen3",
+            "n_layer": 2,
+            "n_head": 4,
+            "n_embd": 256,
+            "max_seq_len": 256,
+            "batch_size": 16,
         },
     ],
 )

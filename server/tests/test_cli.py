@@ -348,6 +348,14 @@ def test_refused_request_exits_4(api: Api, stack: Stack, corpus_id: str) -> None
     )
     assert result.exit_code == 4, (result.stdout, result.stderr)
     assert "divisible" in result.stderr
+    # --family, --n-kv-head, --optimizer and --muon-lr reach the server's checks.
+    base = ("run", "train", "--corpus", corpus_id, "--tokenizer", "t")
+    gqa = cli(api, stack, *base, "--family", "llama", "--n-kv-head", "3")
+    assert gqa.exit_code == 4, (gqa.stdout, gqa.stderr)
+    assert "n_kv_head (3) must divide n_head (4)" in gqa.stderr
+    muon = cli(api, stack, *base, "--optimizer", "adamw", "--muon-lr", "0.02")
+    assert muon.exit_code == 4, (muon.stdout, muon.stderr)
+    assert "muon_learning_rate applies to optimizer muon only" in muon.stderr
 
 
 def test_wrong_api_key_exits_1(api: Api, stack: Stack) -> None:

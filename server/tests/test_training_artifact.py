@@ -86,7 +86,18 @@ def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
     } <= names
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["max_steps"] == 40
-    assert manifest["architecture"] == {"n_layer": 2, "n_head": 2, "n_embd": 32}
+    assert manifest["architecture"] == {
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "n_kv_head": 2,
+        "intermediate_size": 128,
+        "tie_word_embeddings": True,
+    }
+    assert (manifest["config"]["model_family"], manifest["config"]["optimizer"]) == (
+        "gpt2",
+        "adamw",
+    )
     # `auto` is whatever the resolver says for this machine's facts (tested both ways in
     # test_hardware.py), and the manifest records both the facts and the choice.
     assert manifest["precision_requested"] == "auto"

@@ -7,7 +7,9 @@ from pydantic import ValidationError
 
 from model_trainer.training.config import (
     DEFAULT_MAX_TRAIN_SECONDS,
+    PRESETS,
     Architecture,
+    ModelFamily,
     ModelSize,
     ModelTrainConfig,
 )
@@ -25,7 +27,8 @@ def _error_text(**fields: object) -> str:
 
 def test_defaults_are_a_tiny_model_on_a_time_budget() -> None:
     config = ModelTrainConfig.model_validate(IDS)
-    assert config.resolved() == Architecture(n_layer=4, n_head=4, n_embd=128)
+    assert config.resolved() == _arch(4, 4, 128)
+    assert (config.model_family, config.optimizer) == ("gpt2", "adamw")
     assert config.budget().kind == "seconds"
     assert config.budget().value == DEFAULT_MAX_TRAIN_SECONDS
     assert config.precision == "auto"
@@ -35,9 +38,51 @@ def test_defaults_are_a_tiny_model_on_a_time_budget() -> None:
 
 def test_presets_and_overrides_resolve() -> None:
     mini = ModelTrainConfig.model_validate({**IDS, "model_size": "mini"})
-    assert mini.resolved() == Architecture(n_layer=6, n_head=6, n_embd=384)
+    assert mini.resolved() == _arch(6, 6, 384)
     small = ModelTrainConfig.model_validate({**IDS, "model_size": ModelSize.SMALL, "n_layer": 2})
-    assert small.resolved() == Architecture(n_layer=2, n_head=12, n_embd=768)
+    assert small.resolved() == _arch(2, 12, 768)
+
+
+def _arch(n_layer: int, n_head: int, n_embd: int) -> Architecture:
+    """GPT-2's shape: one key/value head per head, a 4x MLP, tied embeddings."""
+    return Architecture(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_kv_head=n_head,
+        intermediate_size=4 * n_embd,
+        tie_word_embeddings=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "intermediate"),
+    [(ModelSize.TINY, 320), (ModelSize.MINI, 1024), (ModelSize.SMALL, 2048)],
+)
+@pytest.mark.parametrize("family", [ModelFamily.LLAMA, ModelFamily.QWEN3])
+def test_rotary_families_have_gpt2s_shape_with_a_swiglu_mlp(
+    family: ModelFamily, size: ModelSize, intermediate: int
+) -> None:
+    config = ModelTrainConfig.model_validate({**IDS, "model_family": family, "model_size": size})
+    arch = config.resolved()
+    assert (arch.n_layer, arch.n_head, arch.n_embd) == tuple(PRESETS[size].model_dump().values())
+    assert (arch.intermediate_size, arch.n_kv_head, arch.tie_word_embeddings) == (
+        intermediate,
+        arch.n_head,
+        True,
+    )
+    gqa = ModelTrainConfig.model_validate(
+        {**IDS, "model_family": family, "n_kv_head": 2, "tie_word_embeddings": False}
+    ).resolved()
+    assert (gqa.n_kv_head, gqa.tie_word_embeddings) == (2, False)
+
+
+def test_muon_learning_rate_defaults_and_overrides() -> None:
+    assert ModelTrainConfig.model_validate({**IDS, "optimizer": "muon"}).muon_lr() == 0.02
+    config = ModelTrainConfig.model_validate(
+        {**IDS, "optimizer": "muon", "muon_learning_rate": 0.05}
+    )
+    assert config.muon_lr() == 0.05
 
 
 @pytest.mark.parametrize(
@@ -59,6 +104,13 @@ def test_presets_and_overrides_resolve() -> None:
         ({"max_steps": 10, "max_train_seconds": 60}, "max_steps, max_train_seconds"),
         ({"num_epochs": 1, "max_steps": 10}, "num_epochs, max_steps"),
         ({"epochs": 3}, "epochs"),  # unknown fields are refused, not ignored
+        ({"n_kv_head": 2}, "n_kv_head: Value error, n_kv_head (grouped-query attention)"),
+        ({"model_family": "llama", "n_kv_head": 3}, "n_kv_head: Value error, n_kv_head (3)"),
+        ({"model_family": "qwen3", "n_head": 8, "n_kv_head": 16}, "must divide n_head (8)"),
+        ({"model_family": "llama", "n_embd": 96, "n_head": 32}, "must be even"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"muon_learning_rate": 0.02}, "muon_learning_rate: Value error"),
+        ({"optimizer": "muon", "muon_learning_rate": 0}, "muon_learning_rate"),
     ],
 )
 def test_a_config_that_cannot_work_names_the_field(fields: dict[str, object], named: str) -> None:

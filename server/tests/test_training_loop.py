@@ -196,13 +196,21 @@ def test_should_stop_stops_within_one_step(inputs: Inputs, tmp_path: Path) -> No
     assert not (tmp_path / "run" / "artifact").exists()
 
 
-def test_resume_after_a_crash_continues_the_same_curve(inputs: Inputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"model_family": "llama", "optimizer": "muon", "n_kv_head": 1}],
+    ids=["gpt2-adamw", "llama-muon"],
+)
+def test_resume_after_a_crash_continues_the_same_curve(
+    inputs: Inputs, tmp_path: Path, fields: dict[str, object]
+) -> None:
+    budget = {"max_steps": 60, **fields}
     straight = tmp_path / "straight"
-    inputs.run(straight, max_steps=60)
+    inputs.train(straight, budget)
 
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        inputs.run(crashed, Recorder(crash_at=30), max_steps=60)  # last checkpoint: step 20
+        inputs.train(crashed, budget, Recorder(crash_at=30))  # last checkpoint: step 20
     assert [r["step"] for r in metrics(crashed)][-1] == 30
     # Another worker gets only the pair the job uploaded, in a folder of its own.
     fetched = tmp_path / "fetched"
@@ -210,21 +218,65 @@ def test_resume_after_a_crash_continues_the_same_curve(inputs: Inputs, tmp_path:
     for path in (checkpoint_path(crashed, "last"), sidecar_path(crashed, "last")):
         shutil.copyfile(path, fetched / "checkpoints" / path.name)
     recorder = Recorder()
-    outcome, steps = inputs.run(crashed, recorder, max_steps=60)
-    assert (outcome, steps) == (Outcome.COMPLETED, 60)
+    result = inputs.train(crashed, budget, recorder)
+    assert (result.outcome, result.steps) == (Outcome.COMPLETED, 60)
     assert recorder.progress[0].step == 30  # the first row after resuming at step 20
-    assert inputs.run(fetched, max_steps=60) == (Outcome.COMPLETED, 60)
+    result = inputs.train(fetched, budget)
+    assert (result.outcome, result.steps) == (Outcome.COMPLETED, 60)
 
     # Same rows (the crashed session's rows past the checkpoint were dropped) and the same
-    # weights, bit for bit: data order, dropout and optimizer state all resumed exactly.
+    # weights and optimizer state, bit for bit: data order, dropout and optimizer state
+    # (AdamW's moments; Muon's momentum too) all resumed exactly.
     assert curve(crashed) == curve(straight)
     assert curve(fetched) == curve(straight)
-    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["model"]
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    if fields.get("optimizer") == "muon":
+        assert set(a["optimizer"]) == {"muon", "adamw"}
+        assert a["optimizer"]["muon"]["state"], "Muon's momentum buffers are saved"
     for resumed in (crashed, fetched):
         manifest = json.loads((resumed / "artifact" / "manifest.json").read_text())
         assert manifest["training"]["resumed_at_steps"] == [20]
-        b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["model"]
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert _tensors_of(a["optimizer"]) == _tensors_of(b["optimizer"])
+
+
+def _tensors_of(state: object, prefix: str = "") -> dict[str, bytes]:
+    """Every tensor in an optimizer state, by its path, as bytes (for exact comparison)."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state.numpy().tobytes()}
+    items: list[tuple[object, object]]
+    if isinstance(state, dict):
+        items = list(state.items())
+    elif isinstance(state, list):
+        items = list(enumerate(state))
+    else:
+        return {}
+    out: dict[str, bytes] = {}
+    for key, value in items:
+        out.update(_tensors_of(value, f"{prefix}/{key}"))
+    return out
+
+
+def test_a_checkpoint_from_before_families_and_muon_still_resumes(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        inputs.run(run_dir, Recorder(crash_at=30), max_steps=40)  # checkpoint at step 20
+    # Make last.pt what an older release wrote: a config without the fields added since.
+    path = checkpoint_path(run_dir, "last")
+    saved = torch.load(path, weights_only=True)
+    config = json.loads(saved["config_json"])
+    for added in ("optimizer", "muon_learning_rate", "n_kv_head", "tie_word_embeddings"):
+        del config[added]
+    saved["config_json"] = json.dumps(config)
+    assert set(saved["optimizer"]) == {"state", "param_groups"}  # AdamW's own, as before
+    torch.save(saved, path)
+    outcome, steps = inputs.run(run_dir, max_steps=40)
+    assert (outcome, steps) == (Outcome.COMPLETED, 40)
+    manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
+    assert manifest["training"]["resumed_at_steps"] == [20]
 
 
 def test_worker_shutdown_checkpoints_then_resumes(

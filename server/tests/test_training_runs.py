@@ -266,6 +266,90 @@ def _generate(model: object, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return out
 
 
+# Every family with every optimizer, tiny: the run completes through the API, GET /runs/{id},
+# the started event and the manifest carry family and optimizer, the artifact loads and
+# generates in stock transformers, and the API generates from the artifact and a checkpoint.
+# (gpt2 with adamw is test_full_run_trains_evaluates_and_loads.)
+@pytest.mark.parametrize(
+    ("family", "optimizer", "model_class"),
+    [
+        ("llama", "adamw", "LlamaForCausalLM"),
+        ("llama", "muon", "LlamaForCausalLM"),
+        ("qwen3", "adamw", "Qwen3ForCausalLM"),
+        ("qwen3", "muon", "Qwen3ForCausalLM"),
+        ("gpt2", "muon", "GPT2LMHeadModel"),
+    ],
+)
+def test_every_family_and_optimizer_trains_and_loads(
+    stack: Stack,
+    corpus_id: str,
+    tokenizer_id: str,
+    tmp_path: Path,
+    family: str,
+    optimizer: str,
+    model_class: str,
+) -> None:
+    rotary = family != "gpt2"
+    body = _run_body(
+        corpus_id,
+        tokenizer_id,
+        model_family=family,
+        optimizer=optimizer,
+        n_layer=1,
+        n_head=4,
+        n_embd=32,
+        max_steps=20,
+        eval_interval=10,
+        checkpoint_interval=10,
+        **({"n_kv_head": 2} if rotary else {}),
+        **({"muon_learning_rate": 0.03} if optimizer == "muon" else {}),
+    )
+    events = EventCollector(stack.redis_url)
+    try:
+        with stack.client() as client:
+            run_id = _submit(client, body)
+            done = _wait_status(client, run_id, {"completed", "failed"}, 240)
+            assert done["status"] == "completed", done
+            request = done["request"]
+            assert isinstance(request, dict)
+            assert (request["model_family"], request["optimizer"]) == (family, optimizer)
+            metrics = client.get(f"/runs/{run_id}/metrics").json()["points"]
+            losses = [p["train_loss"] for p in metrics if "train_loss" in p]
+            assert losses[-1] < losses[0], losses
+            # Past the 32-token context: the window slides (rotary positions restart).
+            for checkpoint in (None, "last"):
+                extra = {} if checkpoint is None else {"checkpoint": checkpoint}
+                answer = client.post(
+                    f"/runs/{run_id}/generate",
+                    json={"prompt": "ROMEO:", "max_new_tokens": 40, "seed": 1, **extra},
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["new_tokens"] == 40
+            pointer = client.get(f"/runs/{run_id}/artifact").json()
+        started = events.wait_for(run_id, "trainer.train.started.v1")
+        assert (started["model_family"], started["optimizer"]) == (family, optimizer)
+    finally:
+        events.close()
+
+    tar = tmp_path / "model.tar"
+    with stack.bank() as bank:
+        bank.download(pointer["file_id"], tar)
+    folder = safe_extract(tar, tmp_path / "x", max_members=1000, max_total_bytes=10**9)
+    folder = folder / f"model-{run_id}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["model_family"] == family
+    assert manifest["config"]["optimizer"] == optimizer
+    assert manifest["architecture"]["n_kv_head"] == (2 if rotary else 4)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == model_class
+    if rotary:
+        assert model.config.num_key_value_heads == 2
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = torch.tensor([tokenizer.encode("The ")])
+    out = _generate(model, prompt, int(tokenizer.pad_token_id))
+    assert out.shape[1] == prompt.shape[1] + 8
+
+
 def test_evaluate_on_request(stack: Stack, corpus_id: str, tokenizer_id: str) -> None:
     with stack.client() as client:
         run_id = _submit(client, _run_body(corpus_id, tokenizer_id, max_steps=20))
@@ -349,6 +433,14 @@ def test_bad_submissions_are_refused_at_submit_time(
             (_run_body(corpus_id, tokenizer_id, n_embd=65, n_head=4), 422, "n_embd"),
             (_run_body(corpus_id, tokenizer_id, max_seq_len=0), 422, "max_seq_len"),
             (_run_body(corpus_id, tokenizer_id, model_family="bert"), 422, "model_family"),
+            (_run_body(corpus_id, tokenizer_id, n_kv_head=2), 422, "n_kv_head"),
+            (
+                _run_body(corpus_id, tokenizer_id, model_family="llama", n_kv_head=3),
+                422,
+                "n_kv_head (3) must divide n_head (4)",
+            ),
+            (_run_body(corpus_id, tokenizer_id, muon_learning_rate=0.02), 422, "optimizer muon"),
+            (_run_body(corpus_id, tokenizer_id, optimizer="sgd"), 422, "optimizer"),
             (_run_body(corpus_id, tokenizer_id, max_steps=5, max_train_seconds=9), 422, ""),
             (_run_body(corpus_id, "tok-nope"), 404, "tokenizer"),
             (_run_body("1" * 64, tokenizer_id), 404, "corpus_file_id"),

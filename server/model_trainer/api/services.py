@@ -226,7 +226,8 @@ def resolve_init_from(ctx: ApiContext, config: ModelTrainConfig, source_id: str)
         raise FieldsInvalid(
             f"run {source_id!r} trained a different model than this request: {fields} differ "
             f"({'; '.join(d.message for d in differences)}); starting from its weights needs "
-            "the same model_family, architecture (model_size, n_layer, n_head, n_embd), "
+            "the same model_family, architecture (model_size, n_layer, n_head, n_embd, "
+            "n_kv_head, tie_word_embeddings), "
             "max_seq_len and tokenizer_id",
             differences,
         )
@@ -271,6 +272,8 @@ def _model_differences(
         ("n_layer", source_arch.n_layer, arch.n_layer),
         ("n_head", source_arch.n_head, arch.n_head),
         ("n_embd", source_arch.n_embd, arch.n_embd),
+        ("n_kv_head", source_arch.n_kv_head, arch.n_kv_head),
+        ("tie_word_embeddings", source_arch.tie_word_embeddings, arch.tie_word_embeddings),
         ("max_seq_len", source.max_seq_len, config.max_seq_len),
         ("tokenizer_id", source.tokenizer_id, config.tokenizer_id),
     ]

@@ -48,7 +48,7 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import DataBankError
 from model_trainer.settings import AppSettings
 from model_trainer.store.records import Status
-from model_trainer.training.config import ModelSize
+from model_trainer.training.config import ModelFamily, ModelSize, Optimizer
 
 HELP = (
     "Train tokenizers and small GPT-2 models through a Model Trainer API.\n\n"
@@ -337,6 +337,9 @@ def run_train(
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="tokenizer id")],
     corpus_format: CorpusFormatOption = None,
     text_field: TextFieldOption = None,
+    family: Annotated[
+        ModelFamily | None, typer.Option("--family", help="server default: gpt2")
+    ] = None,
     size: Annotated[ModelSize, typer.Option("--size")] = ModelSize.TINY,
     n_layer: Annotated[int | None, typer.Option("--n-layer", help="overrides the size")] = None,
     n_head: Annotated[int | None, typer.Option("--n-head", help="overrides the size")] = None,
@@ -344,7 +347,16 @@ def run_train(
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="time budget")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="step budget")] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="epoch budget")] = None,
+    n_kv_head: Annotated[
+        int | None, typer.Option("--n-kv-head", help="key/value heads (llama, qwen3)")
+    ] = None,
+    optimizer: Annotated[
+        Optimizer | None, typer.Option("--optimizer", help="server default: adamw")
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate")] = None,
+    muon_lr: Annotated[
+        float | None, typer.Option("--muon-lr", help="Muon's learning rate (--optimizer muon)")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     seq_len: Annotated[int | None, typer.Option("--seq-len", help="max_seq_len")] = None,
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps")] = None,
@@ -382,10 +394,14 @@ def run_train(
         {
             "corpus_file_id": corpus,
             "tokenizer_id": tokenizer,
+            "model_family": family.value if family is not None else None,
             "model_size": size.value,
             "n_layer": n_layer,
             "n_head": n_head,
             "n_embd": n_embd,
+            "n_kv_head": n_kv_head,
+            "optimizer": optimizer.value if optimizer is not None else None,
+            "muon_learning_rate": muon_lr,
             "max_train_seconds": max_seconds,
             "max_steps": max_steps,
             "num_epochs": epochs,

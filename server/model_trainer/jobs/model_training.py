@@ -373,6 +373,7 @@ def _announce_start(
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             memory_mb=_memory_mb(),
+            optimizer=config.optimizer.value,
         )
     )
     log.info("run started", extra=log_fields("run_started"))

@@ -50,6 +50,7 @@ class TrainStarted(_Event):
     # Additions beyond the required v1 fields (allowed: consumers ignore what they don't know).
     total_steps: int | None = None
     resumed_from_step: int | None = None
+    optimizer: str | None = None  # "adamw" or "muon"
 
 
 class TrainProgress(_Event):

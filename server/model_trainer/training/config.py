@@ -15,7 +15,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from model_trainer.tokenization.corpus_formats import (
     DEFAULT_TEXT_FIELD,
@@ -29,7 +36,18 @@ from service_common.databank_contract import FILE_ID_PATTERN
 class ModelFamily(StrEnum):
     """Architectures the trainer can build (see `model.MODEL_BUILDERS`)."""
 
-    GPT2 = "gpt2"
+    GPT2 = "gpt2"  # learned positions, LayerNorm with biases, GELU MLP 4x wide
+    LLAMA = "llama"  # rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention option
+    QWEN3 = "qwen3"  # llama's block plus an RMSNorm on each head's queries and keys
+
+
+# Families with rotary positions, RMSNorm and a SwiGLU MLP (transformers' LLaMA lineage).
+ROTARY_FAMILIES = frozenset({ModelFamily.LLAMA, ModelFamily.QWEN3})
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"  # AdamW for every parameter
+    MUON = "muon"  # Muon for the blocks' weight matrices, AdamW for the rest (loop.py)
 
 
 class ModelSize(StrEnum):
@@ -50,8 +68,8 @@ class Precision(StrEnum):
     BF16 = "bf16"
 
 
-class Architecture(BaseModel):
-    """The effective model shape: a preset with the request's overrides applied."""
+class Shape(BaseModel):
+    """A preset's depth, heads and width; the same for every family (see `Architecture`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,11 +78,44 @@ class Architecture(BaseModel):
     n_embd: int
 
 
-PRESETS: dict[ModelSize, Architecture] = {
-    ModelSize.TINY: Architecture(n_layer=4, n_head=4, n_embd=128),
-    ModelSize.MINI: Architecture(n_layer=6, n_head=6, n_embd=384),
-    ModelSize.SMALL: Architecture(n_layer=12, n_head=12, n_embd=768),
+# One table for all families: a LLaMA or Qwen3 block with a SwiGLU MLP of 8/3 n_embd and as
+# many key/value heads as query heads has GPT-2's 12 n_embd^2 weights, so at each size the
+# three families have about the same parameter count (DESIGN.md, "Model families").
+PRESETS: dict[ModelSize, Shape] = {
+    ModelSize.TINY: Shape(n_layer=4, n_head=4, n_embd=128),
+    ModelSize.MINI: Shape(n_layer=6, n_head=6, n_embd=384),
+    ModelSize.SMALL: Shape(n_layer=12, n_head=12, n_embd=768),
 }
+
+# SwiGLU's hidden width is rounded to a multiple of this (whole SIMD tiles for the matmuls).
+SWIGLU_MULTIPLE = 64
+
+
+def mlp_width(family: ModelFamily, n_embd: int) -> int:
+    """The MLP's hidden width: GPT-2's 4 n_embd, or SwiGLU's 8/3 n_embd (three matrices of
+    that width cost what GPT-2's two of 4 n_embd do), to the nearest multiple of 64."""
+    if family not in ROTARY_FAMILIES:
+        return 4 * n_embd
+    return max(SWIGLU_MULTIPLE, round(8 * n_embd / 3 / SWIGLU_MULTIPLE) * SWIGLU_MULTIPLE)
+
+
+class Architecture(BaseModel):
+    """The effective model shape: a preset with the request's overrides and the family's
+    rules applied."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_kv_head: int  # key/value heads; n_head unless grouped-query attention
+    intermediate_size: int  # the MLP's hidden width
+    tie_word_embeddings: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
 
 RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
 
@@ -85,6 +136,10 @@ MAX_INTERVAL_STEPS = 1_000_000  # eval_interval, checkpoint_interval, warmup_ste
 # nothing trains above ~1. Up to 100 is accepted, and fails fast as a diverged run (a user
 # error that names learning_rate); more is a typo.
 MAX_LEARNING_RATE = 100.0
+# Muon's learning rate for the hidden matrices (torch's Muon, adjust_lr_fn "original": the
+# rate is scaled by sqrt(max(1, rows / columns))): Keller Jordan's value for GPT-2-sized
+# models, also modded-nanogpt's (DESIGN.md, "Model families and optimizers").
+DEFAULT_MUON_LEARNING_RATE = 0.02
 MAX_GRAD_CLIP = 1000.0
 
 
@@ -112,6 +167,16 @@ class ModelTrainConfig(BaseModel):
     n_embd: int | None = Field(
         default=None, ge=8, le=MAX_N_EMBD, description="overrides the preset"
     )
+    n_kv_head: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_N_HEAD,
+        description="key/value heads (grouped-query attention; llama and qwen3 only); must "
+        "divide n_head; default n_head",
+    )
+    tie_word_embeddings: bool = Field(
+        default=True, description="the output head shares the token embedding's matrix"
+    )
     max_seq_len: int = Field(
         default=64, ge=2, le=MAX_SEQ_LEN, description="context length in tokens"
     )
@@ -125,7 +190,26 @@ class ModelTrainConfig(BaseModel):
         default=None, gt=0, le=30 * 24 * 3600, allow_inf_nan=False
     )
 
-    learning_rate: float = Field(default=2e-3, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)
+    optimizer: Optimizer = Field(
+        default=Optimizer.ADAMW,
+        description="adamw, or muon: Muon for the blocks' weight matrices at "
+        "muon_learning_rate, AdamW at learning_rate for embeddings, head, norms and biases",
+    )
+    learning_rate: float = Field(
+        default=2e-3,
+        gt=0,
+        le=MAX_LEARNING_RATE,
+        allow_inf_nan=False,
+        description="AdamW's peak learning rate (with muon: of the parameters AdamW updates)",
+    )
+    muon_learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_LEARNING_RATE,
+        allow_inf_nan=False,
+        description=f"Muon's peak learning rate (optimizer muon only); default "
+        f"{DEFAULT_MUON_LEARNING_RATE}",
+    )
     warmup_steps: int = Field(default=50, ge=0, le=MAX_INTERVAL_STEPS)
     lr_schedule: LrSchedule = LrSchedule.COSINE
     min_lr_ratio: float = Field(
@@ -186,6 +270,37 @@ class ModelTrainConfig(BaseModel):
     # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
     user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
 
+    @field_validator("n_kv_head")
+    @classmethod
+    def _check_kv_heads(cls, value: int | None, info: ValidationInfo) -> int | None:
+        family = info.data.get("model_family")
+        if value is None or not isinstance(family, ModelFamily):
+            return value
+        if family not in ROTARY_FAMILIES:
+            raise ValueError(
+                f"n_kv_head (grouped-query attention) applies to model_family llama and "
+                f"qwen3; {family.value} has one key/value head per query head"
+            )
+        size, n_head = info.data.get("model_size"), info.data.get("n_head")
+        if not isinstance(n_head, int) and isinstance(size, ModelSize):
+            n_head = PRESETS[size].n_head
+        if isinstance(n_head, int) and n_head % value != 0:
+            raise ValueError(
+                f"n_kv_head ({value}) must divide n_head ({n_head}): each key/value head "
+                f"serves the same number of query heads"
+            )
+        return value
+
+    @field_validator("muon_learning_rate")
+    @classmethod
+    def _check_muon_rate(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("optimizer") is not Optimizer.MUON:
+            raise ValueError(
+                "muon_learning_rate applies to optimizer muon only; with adamw every "
+                "parameter follows learning_rate"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_combination(self) -> Self:
         budgets = [
@@ -209,16 +324,35 @@ class ModelTrainConfig(BaseModel):
                 f"{PRESETS[self.model_size].n_embd} wide with {PRESETS[self.model_size].n_head} "
                 f"heads before overrides"
             )
+        if self.model_family in ROTARY_FAMILIES and arch.head_dim % 2 != 0:
+            # Rotary embeddings rotate pairs of each head's dimensions.
+            raise ValueError(
+                f"n_embd / n_head ({arch.n_embd} / {arch.n_head} = {arch.head_dim}) must be "
+                f"even for model_family {self.model_family.value} (rotary positions rotate "
+                f"pairs of dimensions)"
+            )
         return self
 
     def resolved(self) -> Architecture:
-        """The effective architecture: the preset, then any override."""
+        """The effective architecture: the preset, then any override, then the family's
+        rules (MLP width, key/value heads)."""
         preset = PRESETS[self.model_size]
+        n_head = self.n_head if self.n_head is not None else preset.n_head
+        n_embd = self.n_embd if self.n_embd is not None else preset.n_embd
         return Architecture(
             n_layer=self.n_layer if self.n_layer is not None else preset.n_layer,
-            n_head=self.n_head if self.n_head is not None else preset.n_head,
-            n_embd=self.n_embd if self.n_embd is not None else preset.n_embd,
+            n_head=n_head,
+            n_embd=n_embd,
+            n_kv_head=self.n_kv_head if self.n_kv_head is not None else n_head,
+            intermediate_size=mlp_width(self.model_family, n_embd),
+            tie_word_embeddings=self.tie_word_embeddings,
         )
+
+    def muon_lr(self) -> float:
+        """Muon's peak learning rate (used only with optimizer muon)."""
+        if self.muon_learning_rate is not None:
+            return self.muon_learning_rate
+        return DEFAULT_MUON_LEARNING_RATE
 
     def budget(self) -> Budget:
         if self.num_epochs is not None:

@@ -7,7 +7,7 @@
         stop if cancelled; checkpoint and stop if the worker is shutting down
         set the learning rate from the plan (warmup, then cosine to a floor)
         draw a random batch of windows, forward, cross-entropy, backward
-        clip the gradient norm, AdamW step
+        clip the gradient norm, optimizer step (AdamW, or Muon + AdamW: optimizer.py)
         every eval_interval steps: loss on the fixed validation windows (keep the best);
             after early_stopping_patience validations in a row without a new best, stop
         every log_interval steps: a metrics row and a progress callback
@@ -22,7 +22,6 @@ Data Bank), the loop resumes from it. The job talks to the loop only through
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -34,10 +33,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from pydantic import ValidationError
 from transformers import PreTrainedModel
 
-from model_trainer.errors import ErrorCode, UserError
+from model_trainer.errors import CheckpointInvalid, ErrorCode, UserError
 from model_trainer.shutdown import check_shutdown, stop_requested
 from model_trainer.training.checkpoint import (
     CheckpointFile,
@@ -53,6 +52,7 @@ from model_trainer.training.checkpoint import (
 )
 from model_trainer.training.config import Budget, ModelTrainConfig, Precision
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
+from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.schedule import LrPlan
 from service_common.jsonlog import log_fields
 
@@ -63,8 +63,6 @@ LOG_INTERVAL = 10  # steps per metrics row / progress callback
 # Steps of each session left out of the seconds-per-step estimate: the first ones are slow
 # (memory allocation, kernel selection) and would make the time-budget plan too short.
 PACE_WARMUP_STEPS = 5
-# AdamW betas as nanoGPT uses for small batches (beta2 0.99 rather than 0.999).
-BETAS = (0.9, 0.99)
 
 
 @dataclass(frozen=True)
@@ -143,21 +141,6 @@ def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Ten
     return logits
 
 
-def make_optimizer(model: nn.Module, config: ModelTrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices of the blocks (not biases, norms, embeddings)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():  # a tied matrix appears once
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups: list[dict[str, object]] = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # The fused kernel does the whole update in one pass over memory (faster on CPU).
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=BETAS, fused=True)
-
-
 def planned_steps(budget: Budget, train_tokens: int, tokens_per_step: int) -> int:
     if budget.kind == "steps":
         return int(budget.value)
@@ -219,10 +202,13 @@ class _Pace:
 
 
 def _comparable(config_json: str) -> dict[str, object]:
+    # Read through today's config, so that a checkpoint written before a field existed
+    # (optimizer, n_kv_head...) compares with that field's default filled in.
+    try:
+        fields = ModelTrainConfig.model_validate_json(config_json).model_dump(mode="json")
+    except ValidationError as exc:
+        raise CheckpointInvalid(f"the checkpoint's config is not valid: {exc}") from exc
     # Fields that may change between attempts of the same run without changing its math.
-    fields = json.loads(config_json)
-    if not isinstance(fields, dict):
-        raise ValueError("config is not a JSON object")
     for name in ("threads", "user_id", "eval_interval", "checkpoint_interval"):
         fields.pop(name, None)
     return {str(k): v for k, v in fields.items()}
@@ -369,8 +355,8 @@ class _Trainer:
     def _train_step(self) -> float:
         """One optimizer update; returns the learning rate it used."""
         lr = self.plan.lr(self.state.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        # Every group follows the plan from its own peak (Muon's and AdamW's differ).
+        self.optimizer.set_lr_factor(lr / self.plan.peak)
         x, y = self.sampler.next_batch()
         with autocast(self.precision):
             logits = forward_logits(self.model, x)
@@ -522,7 +508,8 @@ class _Trainer:
         if problem is not None:
             raise UserError(
                 f"cannot start from {label}: the architectures differ ({problem}); use the "
-                f"same model size, n_layer, n_head, n_embd, max_seq_len and tokenizer",
+                f"same model_family, model size, n_layer, n_head, n_embd, n_kv_head, "
+                f"tie_word_embeddings, max_seq_len and tokenizer",
                 ErrorCode.CONFIG_INVALID,
             )
         self.model.load_state_dict(weights)

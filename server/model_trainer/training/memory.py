@@ -3,27 +3,42 @@
 Pure arithmetic on `ModelTrainConfig` and the tokenizer's vocabulary size: the API imports
 this module, so it must never import torch (nor anything that does).
 
-The model is `transformers`' `GPT2LMHeadModel` as `training.model` builds it: V = vocab_size,
-T = max_seq_len (the position table and the context), d = n_embd, L = n_layer, H = n_head,
-B = batch_size, and the output head tied to the token embedding.
+The model is what `training.model` builds for the family: V = vocab_size, T = max_seq_len
+(GPT-2's position table and the context), d = n_embd, L = n_layer, H = n_head, B =
+batch_size, I = the MLP's hidden width (4 d for gpt2, SwiGLU's 8/3 d rounded to 64 for
+llama and qwen3), kv = n_kv_head x head_dim, and the output head tied to the token embedding
+unless `tie_word_embeddings` is false (then + V d).
 
-Parameters (exact; `tests/test_admission.py` checks it against a built model):
+Parameters (exact; `tests/test_admission.py` checks them against built models):
 
-    P = V d + T d                   token and position embeddings (the head reuses V d)
-      + L (12 d² + 13 d)            per block: ln_1 (2d), attention c_attn (3d² + 3d) and
+    gpt2:  P = V d + T d            token and position embeddings (the head reuses V d)
+             + L (12 d² + 13 d)     per block: ln_1 (2d), attention c_attn (3d² + 3d) and
                                     c_proj (d² + d), ln_2 (2d), MLP c_fc (4d² + 4d) and
                                     c_proj (4d² + d)
-      + 2 d                         final layer norm
+             + 2 d                  final layer norm
+    llama: P = V d                  token embedding (no position table: rotary)
+             + L (2 d² + 2 d kv     q and o (d x d), k and v (d x kv); no biases
+                  + 3 d I + 2 d)    SwiGLU gate, up and down; two RMSNorm weights
+             + d                    final RMSNorm
+    qwen3: llama's + L 2 head_dim   the RMSNorms of each head's queries and keys
 
 Bytes at the peak of one training step, everything in fp32 (4 bytes a number):
 
-    state       16 P                weights, gradients, AdamW's two moments (4 x 4 bytes)
-    activations 4 B T (L (34 d + H a) + 4 d)
+    state       16 P - 4 M          weights, gradients, AdamW's two moments (4 x 4 bytes);
+                                    M = the parameters Muon updates under optimizer muon
+                                    (the blocks' matrices), which keep one momentum
+                                    buffer instead of two moments
+    activations 4 B T (L (e d + m I + H a) + 4 d)
                                     what autograd keeps per token for the backward pass:
-                                    about 34 d numbers per block (layer-norm inputs and
+                                    gpt2 e = 18, m = 4: about 34 d numbers per block
+                                    (layer-norm inputs and
                                     outputs, q/k/v, attention output, the MLP's 4d-wide
                                     input, and the several 4d-wide intermediates of GPT-2's
-                                    tanh GELU, which is computed op by op), 4 d outside the
+                                    tanh GELU, which is computed op by op); llama e = 22,
+                                    qwen3 e = 28, m = 4 (SwiGLU's gate, up, silu and
+                                    product; RMSNorm op by op, rotary copies of q and k,
+                                    qwen3's q/k norms), measured on 3 shapes each at
+                                    0.96x to 1.1x of the real growth; 4 d outside the
                                     blocks (embedding sum, final norm); a = 1 (one logsumexp
                                     per head and position) when dropout is 0, because
                                     PyTorch's CPU scaled-dot-product attention then uses its
@@ -53,19 +68,45 @@ loaded (smaller than the activations of a step it precedes), and evaluation forw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import (
+    ROTARY_FAMILIES,
+    Architecture,
+    ModelFamily,
+    ModelTrainConfig,
+    Optimizer,
+)
 
 GIB = 1024**3
 FLOAT_BYTES = 4  # fp32
 INDEX_BYTES = 8  # int64 token ids in batches and validation windows
 # Weights, gradients and AdamW's exp_avg and exp_avg_sq, each fp32.
 STATE_BYTES_PER_PARAMETER = 4 * FLOAT_BYTES
-# Numbers autograd keeps per token per block, as a multiple of n_embd (measured, see above).
-BLOCK_ACTIVATIONS_PER_EMBD = 34
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Numbers autograd keeps per token per block: per_embd x n_embd + per_mlp x the MLP's
+    hidden width (measured, see above)."""
+
+    per_embd: int
+    per_mlp: int
+
+
+# GPT-2: 34 d with its 4 d-wide MLP (18 d outside the MLP, 4 copies of its hidden layer).
+GPT2_BLOCK_ACTIVATIONS = BlockActivations(per_embd=18, per_mlp=4)
+BLOCK_ACTIVATIONS = {
+    ModelFamily.GPT2: GPT2_BLOCK_ACTIVATIONS,
+    # SwiGLU keeps gate, up, silu(gate) and their product (4 x 8/3 d); RMSNorm computed op
+    # by op and the rotary copies of q and k make the rest (measured 33-36 d in all).
+    ModelFamily.LLAMA: BlockActivations(per_embd=22, per_mlp=4),
+    # LLaMA's, plus the per-head RMSNorm of q and k (measured 41 d in all).
+    ModelFamily.QWEN3: BlockActivations(per_embd=28, per_mlp=4),
+}
 # Per token outside the blocks: embedding sum, final layer norm input and output.
 OUTSIDE_ACTIVATIONS_PER_EMBD = 4
 # Copies of the B x H x T x T attention scores kept per block when dropout > 0.
@@ -86,7 +127,7 @@ class MemoryEstimate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     parameters: int
-    state_bytes: int  # weights, gradients, AdamW moments
+    state_bytes: int  # weights, gradients, AdamW moments and Muon momentum
     activation_bytes: int  # autograd's saved tensors, attention scores included
     attention_score_bytes: int  # the part of activation_bytes that is T x T scores
     logits_bytes: int
@@ -104,10 +145,10 @@ class MemoryEstimate(BaseModel):
         )
 
     def describe(self) -> str:
-        """`45.2 GiB (weights, gradients and AdamW state 12.1 GiB for 805.3M parameters; ...)`"""
+        """`45.2 GiB (weights, gradients and optimizer state 12.1 GiB for 805.3M params; ...)`"""
         scores = self.attention_score_bytes
         parts = [
-            f"weights, gradients and AdamW state {gib(self.state_bytes)} for "
+            f"weights, gradients and optimizer state {gib(self.state_bytes)} for "
             f"{self.parameters / 1e6:.1f}M parameters",
             f"activations of one step {gib(self.activation_bytes)}"
             + (f", of which attention scores {gib(scores)}" if scores >= SHOWN else ""),
@@ -122,11 +163,45 @@ def gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.2f} GiB"
 
 
-def gpt2_parameters(vocab_size: int, n_layer: int, n_embd: int, max_seq_len: int) -> int:
-    """Parameters of the tied-head GPT-2 that `training.model` builds (exact)."""
+def gpt2_parameters(
+    vocab_size: int, n_layer: int, n_embd: int, max_seq_len: int, tied: bool = True
+) -> int:
+    """Parameters of the GPT-2 that `training.model` builds (exact)."""
     d = n_embd
     block = 12 * d * d + 13 * d
-    return vocab_size * d + max_seq_len * d + n_layer * block + 2 * d
+    head = 0 if tied else vocab_size * d
+    return vocab_size * d + head + max_seq_len * d + n_layer * block + 2 * d
+
+
+def rotary_parameters(family: ModelFamily, vocab_size: int, arch: Architecture) -> int:
+    """Parameters of the LLaMA or Qwen3 that `training.model` builds (exact): no biases,
+    no position table, RMSNorm weights only, q and k norms of head_dim in qwen3."""
+    d, kv = arch.n_embd, arch.n_kv_head * arch.head_dim
+    attention = 2 * d * d + 2 * d * kv  # q and o are d x d; k and v are d x kv
+    mlp = 3 * d * arch.intermediate_size  # gate, up and down projections
+    norms = 2 * d + (2 * arch.head_dim if family is ModelFamily.QWEN3 else 0)
+    head = 0 if arch.tie_word_embeddings else vocab_size * d
+    return vocab_size * d + head + arch.n_layer * (attention + mlp + norms) + d
+
+
+def model_parameters(config: ModelTrainConfig, vocab_size: int) -> int:
+    """Parameters of the model `config` describes (exact, any family)."""
+    arch = config.resolved()
+    if config.model_family in ROTARY_FAMILIES:
+        return rotary_parameters(config.model_family, vocab_size, arch)
+    return gpt2_parameters(
+        vocab_size, arch.n_layer, arch.n_embd, config.max_seq_len, arch.tie_word_embeddings
+    )
+
+
+def muon_parameters(config: ModelTrainConfig) -> int:
+    """Parameters Muon updates under optimizer muon: the blocks' weight matrices."""
+    arch = config.resolved()
+    d, layers = arch.n_embd, arch.n_layer
+    if config.model_family in ROTARY_FAMILIES:
+        kv = arch.n_kv_head * arch.head_dim
+        return layers * (2 * d * d + 2 * d * kv + 3 * d * arch.intermediate_size)
+    return layers * 12 * d * d
 
 
 def estimate_run_memory(config: ModelTrainConfig, vocab_size: int) -> MemoryEstimate:
@@ -135,15 +210,19 @@ def estimate_run_memory(config: ModelTrainConfig, vocab_size: int) -> MemoryEsti
     d, layers, heads = arch.n_embd, arch.n_layer, arch.n_head
     context, batch = config.max_seq_len, config.batch_size
     tokens = batch * context
-    parameters = gpt2_parameters(vocab_size, layers, d, context)
+    parameters = model_parameters(config, vocab_size)
+    # Muon keeps one momentum buffer where AdamW keeps two moments.
+    on_muon = muon_parameters(config) if config.optimizer is Optimizer.MUON else 0
+    state = STATE_BYTES_PER_PARAMETER * parameters - FLOAT_BYTES * on_muon
     score_copies = ATTENTION_SCORE_COPIES * context if config.dropout > 0 else 0
     # One logsumexp per head and position (flash kernel), or the kept copies of the scores.
     attention = heads * (score_copies or 1)
-    per_token = layers * (BLOCK_ACTIVATIONS_PER_EMBD * d + attention)
-    per_token += OUTSIDE_ACTIVATIONS_PER_EMBD * d
+    block = BLOCK_ACTIVATIONS.get(config.model_family, GPT2_BLOCK_ACTIVATIONS)
+    per_token = layers * (block.per_embd * d + block.per_mlp * arch.intermediate_size)
+    per_token += layers * attention + OUTSIDE_ACTIVATIONS_PER_EMBD * d
     return MemoryEstimate(
         parameters=parameters,
-        state_bytes=STATE_BYTES_PER_PARAMETER * parameters,
+        state_bytes=state,
         activation_bytes=FLOAT_BYTES * tokens * per_token,
         attention_score_bytes=FLOAT_BYTES * tokens * layers * heads * score_copies,
         logits_bytes=LOGITS_COPIES * FLOAT_BYTES * tokens * vocab_size,

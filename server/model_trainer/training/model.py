@@ -1,10 +1,11 @@
 """Build a fresh (randomly initialised) causal language model from a training config.
 
 Each model family maps to a builder that turns a `ModelSpec` into a `transformers` model,
-so the artifact is a stock checkpoint that `AutoModelForCausalLM.from_pretrained` loads.
-Adding LLaMA or Qwen means adding an enum value in `config.ModelFamily` and a builder here
-(e.g. `LlamaForCausalLM(LlamaConfig(hidden_size=..., intermediate_size=...))`); the training
-loop only sees a `PreTrainedModel` that maps input ids to logits.
+so the artifact is a stock checkpoint that `AutoModelForCausalLM.from_pretrained` loads:
+`gpt2` (GPT2LMHeadModel), `llama` (LlamaForCausalLM: rotary positions, RMSNorm, SwiGLU,
+grouped-query attention when n_kv_head < n_head) and `qwen3` (Qwen3ForCausalLM: LLaMA's
+block with an RMSNorm on each head's queries and keys). The training loop only sees a
+`PreTrainedModel` that maps input ids to logits.
 
 Nothing is ever downloaded: we build from a config object, never from a hub name.
 """
@@ -13,9 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from torch import nn
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from model_trainer.training.config import ModelFamily, ModelTrainConfig
 
@@ -35,6 +46,9 @@ class ModelSpec:
     dropout: float
     eos_id: int | None
     pad_id: int | None
+    n_kv_head: int
+    intermediate_size: int
+    tie_word_embeddings: bool
 
 
 def _build_gpt2(spec: ModelSpec) -> PreTrainedModel:
@@ -51,17 +65,68 @@ def _build_gpt2(spec: ModelSpec) -> PreTrainedModel:
         bos_token_id=spec.eos_id,
         eos_token_id=spec.eos_id,
         pad_token_id=spec.pad_id,
-        # Input embedding and output head share one matrix (GPT-2, nanoGPT): fewer
-        # parameters to learn in a short budget.
-        tie_word_embeddings=True,
+        # Input embedding and output head share one matrix by default (GPT-2, nanoGPT):
+        # fewer parameters to learn in a short budget.
+        tie_word_embeddings=spec.tie_word_embeddings,
     )
     model = GPT2LMHeadModel(config)
     model.set_attn_implementation(ATTENTION)
     return model
 
 
+class _RotaryFields(TypedDict):
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    attention_dropout: float
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+    tie_word_embeddings: bool
+
+
+def _rotary_fields(spec: ModelSpec) -> _RotaryFields:
+    """What LlamaConfig and Qwen3Config share: the shape, no biases (both families' own
+    defaults), dropout on attention only (they have no residual or embedding dropout)."""
+    return _RotaryFields(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.n_embd,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.n_layer,
+        num_attention_heads=spec.n_head,
+        num_key_value_heads=spec.n_kv_head,
+        # Qwen3's default is 128 whatever the width; ours is always width / heads.
+        head_dim=spec.n_embd // spec.n_head,
+        max_position_embeddings=spec.max_seq_len,
+        attention_dropout=spec.dropout,
+        bos_token_id=spec.eos_id,
+        eos_token_id=spec.eos_id,
+        pad_token_id=spec.pad_id,
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+
+
+def _build_llama(spec: ModelSpec) -> PreTrainedModel:
+    model = LlamaForCausalLM(LlamaConfig(**_rotary_fields(spec)))
+    model.set_attn_implementation(ATTENTION)
+    return model
+
+
+def _build_qwen3(spec: ModelSpec) -> PreTrainedModel:
+    model = Qwen3ForCausalLM(Qwen3Config(**_rotary_fields(spec)))
+    model.set_attn_implementation(ATTENTION)
+    return model
+
+
 MODEL_BUILDERS: dict[ModelFamily, Callable[[ModelSpec], PreTrainedModel]] = {
     ModelFamily.GPT2: _build_gpt2,
+    ModelFamily.LLAMA: _build_llama,
+    ModelFamily.QWEN3: _build_qwen3,
 }
 
 
@@ -78,6 +143,9 @@ def model_spec(
         dropout=config.dropout,
         eos_id=eos_id,
         pad_id=pad_id,
+        n_kv_head=arch.n_kv_head,
+        intermediate_size=arch.intermediate_size,
+        tie_word_embeddings=arch.tie_word_embeddings,
     )
 
 
@@ -92,11 +160,36 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# The output projection's name in every family's *ForCausalLM / *LMHeadModel.
+HEAD_MODULE = "lm_head"
+
+
+def output_head(model: nn.Module) -> torch.Tensor:
+    """The output head's weight (the token embedding itself when they are tied)."""
+    head = dict(model.named_modules()).get(HEAD_MODULE)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no {HEAD_MODULE} projection")
+    return head.weight
+
+
+def lookup_tables(model: nn.Module) -> list[torch.Tensor]:
+    """Embedding matrices that are only looked up (GPT-2's position table, an untied token
+    embedding): no arithmetic. A token embedding tied to the output head is left out: it is
+    also the head, a real matrix multiply."""
+    head = output_head(model)
+    return [
+        m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is not head
+    ]
+
+
 def flops_per_token(model: PreTrainedModel, spec: ModelSpec) -> int:
     """Training FLOPs per token: 6 N for the weights plus attention (PaLM appendix B).
 
-    N leaves out the position table (a lookup, no arithmetic); the tied token embedding
-    counts because it is also the output head, a real matrix multiply.
+    N counts the matrices that multiply (SwiGLU's three, grouped-query attention's smaller
+    key and value projections, as built) and leaves out tables that are only looked up.
+    Attention's scores and weighted sum cost 12 L T per query dimension (n_head x head_dim =
+    n_embd in every family): grouped-query attention shares keys and values between heads
+    but every query head still attends to every position.
     """
-    n = count_params(model) - spec.max_seq_len * spec.n_embd
+    n = count_params(model) - sum(p.numel() for p in lookup_tables(model))
     return 6 * n + 12 * spec.n_layer * spec.n_embd * spec.max_seq_len
