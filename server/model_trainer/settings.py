@@ -34,7 +34,7 @@ class AppSettings(_Section):
     # 0 means "all cores this process may use" (cgroup- and affinity-aware).
     threads: int = Field(default=0, ge=0, le=256)
     # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
-    # where a VM hides or misreports them; `precision: auto` follows this answer.
+    # where a VM hides or misreports them; `precision: auto` probes bf16 only when true.
     native_bf16: bool | None = None
     data_bank_api_url: str = "http://127.0.0.1:8001"
     data_bank_api_key: SecretStr | None = None
