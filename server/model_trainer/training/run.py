@@ -1,11 +1,11 @@
 """`run_training`: the whole job, from a corpus file and a tokenizer folder to an artifact.
 
     threads and device -> tokens (cached under the corpus id) -> train/validation/test
-    split (data.Holdout) -> a fresh model, on the device -> its precision (measured
-    for `auto` on a CPU with native bf16: precision.py) -> the loop (resuming from run_dir's checkpoint if
-    any, else starting from `init_weights` if given; it may stop early) -> the weights to
-    ship (best.pt's by default, or the last) -> artifact folder -> evaluation of those
-    weights on the whole validation split -> manifest
+    split (data.Holdout) -> a fresh model, on the device -> its precision (measured for
+    `auto` on a CPU with native bf16: precision.py) -> the loop (resuming from run_dir's
+    checkpoint if any, else starting from `init_weights` if given; it may stop early) ->
+    the weights to ship (best.pt's by default, or the last) -> artifact folder ->
+    evaluation of those weights on the whole validation split -> manifest
 
 Run folder:
     run_dir/metrics.jsonl                     the loss curve, one row per logged step
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 from transformers import PreTrainedModel
 
 from model_trainer.manifest import library_versions, write_manifest
@@ -94,9 +94,10 @@ def run_training(
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
     `cpu` and `gpu` are the worker's facts (`hardware.cpu_info()`, and `gpu_info()` on a
-    GPU worker): `device` and `precision: auto` resolve against them. `threads` is the worker's setting (0 or None: every usable core); the
-    config's own `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
-    `WorkerShutdown` after checkpointing when the worker is asked to stop.
+    GPU worker): `device` and `precision: auto` resolve against them. `threads` is the
+    worker's setting (0 or None: every usable core); the config's own `threads` wins over
+    it. Raises `UserError` for bad input or a diverging loss, and `WorkerShutdown` after
+    checkpointing when the worker is asked to stop.
 
     `config.corpus_file_id`, the Data Bank id of the corpus (the SHA-256 of
     `corpus_path`'s bytes), keys the token cache: the corpus is not hashed again.
