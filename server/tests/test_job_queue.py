@@ -26,7 +26,7 @@ from model_trainer.jobs.queue import (
 )
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.store.keys import workers_key
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import Device, ModelTrainConfig
 from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload
 from tests.processes import WORKER_COMMAND, Proc, wait_until
@@ -131,7 +131,7 @@ def test_the_worker_runs_at_a_lower_cpu_priority(worker: Proc) -> None:
 
 
 def _train_job(device: str) -> TrainJob:
-    config = ModelTrainConfig(corpus_file_id="0" * 64, tokenizer_id="tok-x", device=device)
+    config = ModelTrainConfig(corpus_file_id="0" * 64, tokenizer_id="tok-x", device=Device(device))
     return TrainJob(run_id=f"run-{uuid.uuid4().hex[:16]}", config=config)
 
 
@@ -156,7 +156,7 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     assert redis_client.zcard(workers_key(gpu_queue)) == 0
 
     cuda = _train_job("cuda")
-    assert run_queue_name(settings, cuda.config) == gpu_queue
+    assert run_queue_name(settings, cuda.config.device) == gpu_queue
     job_id = queue.enqueue(JobName.TRAIN_MODEL, cuda, job_id=cuda.run_id)
     assert _job_ids(redis_client, gpu_queue) == [job_id]
     later = uuid.uuid4().hex
@@ -170,7 +170,7 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     assert again is not None and again != job_id
     assert _job_ids(redis_client, gpu_queue) == [again]
     assert again not in _job_ids(redis_client, queue_name)
-    Queue(gpu_queue, connection=redis_client).empty()
+    Job.fetch(again, connection=redis_client).cancel()
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu"])
@@ -178,17 +178,17 @@ def test_other_runs_go_on_the_ordinary_queue(redis_client: Redis, device: str) -
     settings = RQSettings(queue_name=f"unserved-{uuid.uuid4().hex[:8]}")
     queue = RQJobQueue(redis_client, settings)
     job = _train_job(device)
-    assert run_queue_name(settings, job.config) == settings.queue_name
+    assert run_queue_name(settings, job.config.device) == settings.queue_name
     job_id = queue.enqueue(JobName.TRAIN_MODEL, job, job_id=job.run_id)
     assert _job_ids(redis_client, settings.queue_name) == [job_id]
     assert _job_ids(redis_client, settings.gpu_queue_name).count(job_id) == 0
-    Queue(settings.queue_name, connection=redis_client).empty()
+    Job.fetch(job_id, connection=redis_client).cancel()
 
 
 @pytest.mark.parametrize(("device", "served"), [("cpu", ["q"]), ("cuda", ["q-gpu", "q"])])
 def test_a_gpu_worker_serves_the_gpu_queue_first(device: str, served: list[str]) -> None:
     settings = Settings(
-        app=AppSettings(worker_device=device),
+        app=AppSettings.model_validate({"worker_device": device}),
         rq=RQSettings(queue_name="q", gpu_queue_name="q-gpu"),
     )
     assert worker_queue_names(settings) == served

@@ -374,7 +374,7 @@ def _announce_start(
             model_family=config.model_family.value,
             model_size=config.model_size.value,
             total_epochs=max(1, math.ceil(config.num_epochs or 1)),
-            queue=run_queue_name(ctx.settings.rq, config),
+            queue=run_queue_name(ctx.settings.rq, config.device),
             cpu_cores=os.cpu_count(),
             optimal_threads=threads,
             optimal_workers=1,

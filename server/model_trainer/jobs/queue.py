@@ -32,7 +32,7 @@ from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import RQSettings, Settings
 from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
 from model_trainer.store.records import as_str
-from model_trainer.training.config import Device, ModelTrainConfig
+from model_trainer.training.config import Device
 
 
 class JobName(StrEnum):
@@ -49,9 +49,9 @@ JOB_FUNCTIONS: Mapping[str, str] = {
 }
 
 
-def run_queue_name(settings: RQSettings, config: ModelTrainConfig) -> str:
-    """The queue a run waits on: the GPU queue for `device: cuda`, else the ordinary one."""
-    return settings.gpu_queue_name if config.device is Device.CUDA else settings.queue_name
+def run_queue_name(settings: RQSettings, device: Device) -> str:
+    """The queue a run of `device` waits on: the GPU queue for cuda, else the ordinary one."""
+    return settings.gpu_queue_name if device is Device.CUDA else settings.queue_name
 
 
 def worker_queue_names(settings: Settings) -> list[str]:
@@ -137,7 +137,7 @@ class RQJobQueue:
                 RunKeys.payload(payload.run_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
             )
         queue = (
-            run_queue_name(s, payload.config)
+            run_queue_name(s, payload.config.device)
             if isinstance(payload, TrainJob)
             else self._settings.queue_name
         )
