@@ -6,7 +6,7 @@ throughput  tokens/s and MFU of our loop (`training.loop.train`) next to a bare 
             the two so that a noisy neighbour hurts both alike. MFU is 6 N (+ attention)
             FLOPs per token times tokens/s over the matmul peak measured here and now.
             Cases: tiny (context 64, batch 12) and mini (context 256, batch 16), fp32 and
-            bf16, plus what `precision: auto` resolves to on this CPU.
+            bf16, plus what `precision: auto` does on this CPU.
 quality     validation bits per character on tinyshakespeare (first 90% train, the next
             5% validation, the last 5% test: `training.data.Holdout`) after a
             `max_train_seconds` budget (95 s) with the config defaults, using a byte-level
@@ -54,7 +54,7 @@ from model_trainer.training.data import (
     split_tokens,
     tokenize_corpus,
 )
-from model_trainer.training.hardware import cpu_info, resolve_precision
+from model_trainer.training.hardware import NO_GPU, cpu_info
 from model_trainer.training.loop import (
     METRICS_FILE,
     TrainingCallbacks,
@@ -67,6 +67,7 @@ from model_trainer.training.model import (
     flops_per_token,
     model_spec,
 )
+from model_trainer.training.precision import choose_precision, needs_probe
 from model_trainer.training.run import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +207,11 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
         f"{info.torch_capability}, native bf16: {info.native_bf16} {info.bf16_flags}; "
         f"torch threads {torch.get_num_threads()}"
     )
-    log(f"precision auto resolves to: {resolve_precision(Precision.AUTO, info).value}")
+    cpu = torch.device("cpu")
+    if needs_probe(Precision.AUTO, cpu, info):
+        log("precision auto: measured by a probe at each run's start (training/precision.py)")
+    else:
+        log(f"precision auto: {choose_precision(Precision.AUTO, cpu, info, NO_GPU).reason}")
     peaks = {
         Precision.FP32: matmul_peak(torch.float32),
         Precision.BF16: matmul_peak(torch.bfloat16),

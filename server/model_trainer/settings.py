@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -34,8 +35,12 @@ class AppSettings(_Section):
     # 0 means "all cores this process may use" (cgroup- and affinity-aware).
     threads: int = Field(default=0, ge=0, le=256)
     # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
-    # where a VM hides or misreports them; `precision: auto` follows this answer.
+    # where a VM hides or misreports them; `precision: auto` probes bf16 only when true.
     native_bf16: bool | None = None
+    # What this worker trains on. `cuda`: it serves the GPU queue (rq.gpu_queue_name) before
+    # the ordinary one, and refuses to start where torch sees no CUDA device (DESIGN.md,
+    # "Devices and precision"). `cpu`: the ordinary queue only, even on a machine with a GPU.
+    worker_device: Literal["cpu", "cuda"] = "cpu"
     data_bank_api_url: str = "http://127.0.0.1:8001"
     data_bank_api_key: SecretStr | None = None
     # Corpora larger than this are sampled for SentencePiece (input_sentence_size).
@@ -71,6 +76,9 @@ class LoggingSettings(_Section):
 
 class RQSettings(_Section):
     queue_name: str = Field(default="training", min_length=1)
+    # Runs that ask for `device: cuda` wait here; only workers with APP__WORKER_DEVICE=cuda
+    # serve it, so a CPU worker never takes one.
+    gpu_queue_name: str = Field(default="training-gpu", min_length=1)
     # Training runs for hours or days: RQ's default of 180 s would kill it.
     job_timeout_sec: int = Field(default=7 * 24 * 3600, ge=1)
     result_ttl_sec: int = Field(default=7 * 24 * 3600, ge=0)

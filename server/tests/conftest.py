@@ -93,7 +93,7 @@ def make_settings(
             logs_root=root / "logs",
             threads=1,
         ),
-        rq=rq or RQSettings(queue_name=queue_name),
+        rq=rq or RQSettings(queue_name=queue_name, gpu_queue_name=f"{queue_name}-gpu"),
     )
 
 
@@ -102,6 +102,7 @@ def worker_env(redis_url: str, queue_name: str, root: Path, **extra: str) -> dic
         {
             "REDIS_URL": redis_url,
             "RQ__QUEUE_NAME": queue_name,
+            "RQ__GPU_QUEUE_NAME": f"{queue_name}-gpu",
             "APP__DATA_ROOT": str(root / "data"),
             "APP__ARTIFACTS_ROOT": str(root / "artifacts"),
             "APP__RUNS_ROOT": str(root / "runs"),

@@ -1,6 +1,7 @@
 """The real stack for end-to-end tests: Data Bank and worker processes, the API in-process.
 
-`Stack` owns one Data Bank server (no size cap), one queue of its own and the worker
+`Stack` owns one Data Bank server (no size cap), one queue of its own (and a GPU queue,
+which its CPU workers never serve) and the worker
 processes serving it; `stack.client()` is an HTTP client for an API app bound to them. API and
 workers get different data roots, as in production.
 """
@@ -52,7 +53,14 @@ class Stack:
         # Retries are enqueued at once, not scheduled: a scheduled retry waits for RQ's
         # scheduler, whose lock a killed worker holds for a minute, and tests wait only on
         # conditions they name.
-        self.rq = RQSettings(queue_name=self.queue_name, retry_intervals_sec=[0, 0], **rq)
+        self.rq = RQSettings.model_validate(
+            {
+                "queue_name": self.queue_name,
+                "gpu_queue_name": f"{self.queue_name}-gpu",
+                "retry_intervals_sec": [0, 0],
+                **rq,
+            }
+        )
         self.databank: DataBankServer = self._databank()
         self.workers: list[Proc] = []
         self.redis = Redis.from_url(redis_url)
@@ -110,6 +118,7 @@ class Stack:
             {
                 "REDIS_URL": self.redis_url,
                 "RQ__QUEUE_NAME": self.queue_name,
+                "RQ__GPU_QUEUE_NAME": self.rq.gpu_queue_name,
                 "RQ__RETRY_INTERVALS_SEC": "[0,0]",
                 "RQ__JOB_MONITORING_INTERVAL_SEC": "2",
                 "RQ__ABANDONED_GRACE_SEC": "3",

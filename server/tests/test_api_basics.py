@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 
 import pytest
 from fastapi import FastAPI
@@ -16,7 +17,8 @@ from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
 from model_trainer.errors import ErrorCode
 from model_trainer.settings import SecuritySettings, Settings
-from model_trainer.store.keys import workers_key
+from model_trainer.store.keys import RUN_KEYS, workers_key
+from model_trainer.store.records import RecordMeta, RunProgress, StatusStore
 from tests.databank_fixtures import DataBankServer
 
 
@@ -161,6 +163,7 @@ def test_readyz_counts_only_workers_seen_lately(
         assert degraded.json() == {
             "status": "degraded",
             "reason": f"no live worker for queue {queue!r} (none seen in the last {ttl:g} s)",
+            "gpu_workers": 0,
         }
         # Seen, but longer ago than the TTL; and a live worker of another queue.
         redis_client.zadd(key, {"worker-gone": time.time() - ttl - 5})
@@ -171,9 +174,40 @@ def test_readyz_counts_only_workers_seen_lately(
         redis_client.zadd(key, {"worker-a": time.time()})
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"status": "ready"}
+        assert ready.json() == {"status": "ready", "gpu_workers": 0}
         assert client.get("/healthz").json() == {"status": "ok"}
     redis_client.delete(key, workers_key(queue + "-other"))
+
+
+def test_a_queued_cuda_run_says_it_waits_for_a_gpu_worker(
+    settings: Settings, redis_client: Redis
+) -> None:
+    """A `cuda` run is accepted and waits on the GPU queue; while no GPU worker is alive, its
+    info and /readyz say so, and once one is, the wait is no longer reported."""
+    rq = settings.rq
+    runs = StatusStore(redis_client, RUN_KEYS, RunProgress)
+    cuda_run, cpu_run = (f"run-{uuid.uuid4().hex[:16]}" for _ in range(2))
+    for run_id, device in ((cuda_run, "cuda"), (cpu_run, "auto")):
+        runs.create(run_id, RecordMeta(created_at=time.time(), request={"device": device}))
+    redis_client.zadd(workers_key(rq.queue_name), {"cpu-worker": time.time()})
+    with TestClient(_app(settings)) as client:
+        waiting = client.get(f"/runs/{cuda_run}").json()
+        assert waiting["status"] == "queued"
+        assert waiting["queue"] == rq.gpu_queue_name
+        assert waiting["waiting_for"].startswith(
+            f"no live worker serves queue {rq.gpu_queue_name!r}"
+        )
+        ordinary = client.get(f"/runs/{cpu_run}").json()
+        assert (ordinary["queue"], ordinary["waiting_for"]) == (rq.queue_name, None)
+        listed = {r["run_id"]: r for r in client.get("/runs").json()["items"]}
+        assert listed[cuda_run]["waiting_for"] == waiting["waiting_for"]
+        assert client.get("/readyz").json()["gpu_workers"] == 0
+
+        redis_client.zadd(workers_key(rq.gpu_queue_name), {"gpu-worker": time.time()})
+        served = client.get(f"/runs/{cuda_run}").json()
+        assert (served["queue"], served["waiting_for"]) == (rq.gpu_queue_name, None)
+        assert client.get("/readyz").json()["gpu_workers"] == 1
+    redis_client.delete(workers_key(rq.queue_name), workers_key(rq.gpu_queue_name))
 
 
 def test_readyz_degraded_when_data_bank_is_unreachable(
@@ -188,6 +222,7 @@ def test_readyz_degraded_when_data_bank_is_unreachable(
         assert response.json() == {
             "status": "degraded",
             "reason": "data bank unreachable: ConnectError",
+            "gpu_workers": 0,
         }
     redis_client.delete(workers_key(settings.rq.queue_name))
 

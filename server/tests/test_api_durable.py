@@ -203,7 +203,9 @@ def _command_calls(redis: Redis) -> dict[str, int]:
 
 
 def test_run_info_and_list_read_redis_once(settings: Settings, private_redis: RedisServer) -> None:
-    """GET /runs/{id}: one MGET; GET /runs: ZCARD + ZREVRANGE of the index, then one MGET."""
+    """GET /runs/{id}: one MGET; GET /runs: ZCARD + ZREVRANGE of the index, then one MGET.
+    Queued runs add one ZCOUNT per queue they wait on (is a worker serving it? `waiting_for`),
+    not one per run."""
     settings = settings.model_copy(update={"redis_url": private_redis.url})
     direct = Redis.from_url(private_redis.url)
     run_ids = [_new_run(direct) for _ in range(3)]
@@ -218,8 +220,8 @@ def test_run_info_and_list_read_redis_once(settings: Settings, private_redis: Re
     direct.close()
     one.pop("config|resetstat", None)
     page.pop("config|resetstat", None)
-    assert one == {"mget": 1}
-    assert page == {"zcard": 1, "zrevrange": 1, "mget": 1}
+    assert one == {"mget": 1, "zcount": 1}
+    assert page == {"zcard": 1, "zrevrange": 1, "mget": 1, "zcount": 1}
 
 
 # -- 4. GET /runs/{id}/checkpoints -------------------------------------------------------

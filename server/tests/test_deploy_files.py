@@ -76,18 +76,20 @@ def test_compose_health_checks_and_dependencies() -> None:
 def test_api_and_workers_do_not_share_a_disk() -> None:
     services = _compose()
     mounts: dict[str, set[str]] = {}
-    for name in ("api", "worker", "worker-2", "databank"):
+    for name in ("api", "worker", "worker-2", "worker-gpu", "databank"):
         volumes = [str(v).split(":")[0] for v in _list(services[name]["volumes"])]
         mounts[name] = set(volumes)
     assert not (mounts["api"] & mounts["worker"])
     assert not (mounts["worker"] & mounts["worker-2"])
+    assert not (mounts["worker"] & mounts["worker-gpu"])
     assert _list(services["worker-2"]["profiles"]) == ["two-workers"]
+    assert _list(services["worker-gpu"]["profiles"]) == ["gpu"]
 
 
 def test_compose_environment_names_exist_in_the_settings() -> None:
     services = _compose()
     known = _setting_names()
-    for name in ("api", "worker", "worker-2"):
+    for name in ("api", "worker", "worker-2", "worker-gpu"):
         env = _as_dict(services[name]["environment"])
         unknown = set(env) - known
         assert not unknown, (name, unknown)

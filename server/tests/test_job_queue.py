@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
+import torch
 from redis import Redis
+from rq import Queue, Worker
 from rq.job import Job
 
-from model_trainer.jobs.queue import JobState, RQJobQueue
-from model_trainer.settings import RQSettings
-from tests.conftest import StartWorker
+from model_trainer.jobs.payloads import TrainJob
+from model_trainer.jobs.queue import (
+    JobName,
+    JobState,
+    RQJobQueue,
+    run_queue_name,
+    worker_queue_names,
+)
+from model_trainer.settings import AppSettings, RQSettings, Settings
+from model_trainer.store.keys import workers_key
+from model_trainer.training.config import Device, ModelTrainConfig
+from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload
-from tests.processes import Proc, wait_until
+from tests.processes import WORKER_COMMAND, Proc, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +51,7 @@ def _queue(
 ) -> RQJobQueue:
     settings = RQSettings(
         queue_name=name,
+        gpu_queue_name=f"{name}-gpu",
         job_timeout_sec=job_timeout_sec,
         retry_max=retry_max,
         retry_intervals_sec=list(retry_intervals_sec),
@@ -115,3 +128,85 @@ def test_the_worker_runs_at_a_lower_cpu_priority(worker: Proc) -> None:
     the API and other services on a shared machine (APP__WORKER_NICE, default 10)."""
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # nice stops at 19
     assert os.getpriority(os.PRIO_PROCESS, worker.pid) == expected
+
+
+def _train_job(device: str) -> TrainJob:
+    config = ModelTrainConfig(corpus_file_id="0" * 64, tokenizer_id="tok-x", device=Device(device))
+    return TrainJob(run_id=f"run-{uuid.uuid4().hex[:16]}", config=config)
+
+
+def _job_ids(redis: Redis, queue: str) -> list[str]:
+    return [str(i) for i in Queue(queue, connection=redis).job_ids]
+
+
+def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
+    redis_client: Redis, queue_name: str, worker: Proc
+) -> None:
+    """A `cuda` run is queued on the GPU queue, which this module's CPU worker does not
+    serve: it is still waiting after a later ordinary job ran, and a requeue (owner, reaper,
+    shutdown) puts it back on the GPU queue. `auto` and `cpu` runs use the ordinary queue."""
+    functions = {**FUNCTIONS, JobName.TRAIN_MODEL: FUNCTIONS["record"]}
+    settings = RQSettings(queue_name=queue_name, gpu_queue_name=f"{queue_name}-gpu")
+    queue = RQJobQueue(redis_client, settings, functions=functions)
+    gpu_queue = settings.gpu_queue_name
+    # The worker says which queues it serves, in RQ's registry and in our presence keys.
+    workers = Worker.all(connection=redis_client, queue=Queue(queue_name, connection=redis_client))
+    assert [w.queue_names() for w in workers] == [[queue_name]]
+    assert redis_client.zcard(workers_key(queue_name)) == 1
+    assert redis_client.zcard(workers_key(gpu_queue)) == 0
+
+    cuda = _train_job("cuda")
+    assert run_queue_name(settings, cuda.config.device) == gpu_queue
+    job_id = queue.enqueue(JobName.TRAIN_MODEL, cuda, job_id=cuda.run_id)
+    assert _job_ids(redis_client, gpu_queue) == [job_id]
+    later = uuid.uuid4().hex
+    queue.enqueue("record", Payload(key=f"k:{later}"), job_id=later)
+    wait_until(lambda: queue.state(later) is JobState.FINISHED, 60, "the ordinary job to run")
+    assert queue.state(job_id) is JobState.QUEUED
+    assert queue.run_job_pending(cuda.run_id)
+
+    Job.fetch(job_id, connection=redis_client).cancel()  # as if its attempt ended
+    again = queue.requeue_run(cuda.run_id)
+    assert again is not None and again != job_id
+    assert _job_ids(redis_client, gpu_queue) == [again]
+    assert again not in _job_ids(redis_client, queue_name)
+    Job.fetch(again, connection=redis_client).cancel()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_other_runs_go_on_the_ordinary_queue(redis_client: Redis, device: str) -> None:
+    settings = RQSettings(queue_name=f"unserved-{uuid.uuid4().hex[:8]}")
+    queue = RQJobQueue(redis_client, settings)
+    job = _train_job(device)
+    assert run_queue_name(settings, job.config.device) == settings.queue_name
+    job_id = queue.enqueue(JobName.TRAIN_MODEL, job, job_id=job.run_id)
+    assert _job_ids(redis_client, settings.queue_name) == [job_id]
+    assert _job_ids(redis_client, settings.gpu_queue_name).count(job_id) == 0
+    Job.fetch(job_id, connection=redis_client).cancel()
+
+
+@pytest.mark.parametrize(("device", "served"), [("cpu", ["q"]), ("cuda", ["q-gpu", "q"])])
+def test_a_gpu_worker_serves_the_gpu_queue_first(device: str, served: list[str]) -> None:
+    settings = Settings(
+        app=AppSettings.model_validate({"worker_device": device}),
+        rq=RQSettings(queue_name="q", gpu_queue_name="q-gpu"),
+    )
+    assert worker_queue_names(settings) == served
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_gpu_worker_without_cuda_refuses_to_start(
+    redis_url: str, redis_client: Redis, queue_name: str, tmp_path: Path
+) -> None:
+    """APP__WORKER_DEVICE=cuda where torch sees no CUDA device: the worker exits at once
+    with a line that says why, and never serves (nor says it serves) either queue."""
+    gpu_queue = f"{queue_name}-gpu-refused"
+    env = worker_env(
+        redis_url, queue_name, tmp_path, APP__WORKER_DEVICE="cuda", RQ__GPU_QUEUE_NAME=gpu_queue
+    )
+    proc = Proc(WORKER_COMMAND, env, tmp_path / "worker.log")
+    assert proc.popen.wait(60) == 1
+    output = proc.output()
+    assert "worker_no_cuda" in output
+    assert "APP__WORKER_DEVICE=cuda" in output and "sees no CUDA device" in output
+    assert redis_client.zcard(workers_key(gpu_queue)) == 0

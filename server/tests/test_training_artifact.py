@@ -22,7 +22,8 @@ from model_trainer.training.checkpoint import (
 from model_trainer.training.config import ModelTrainConfig, Precision
 from model_trainer.training.data import EvalSplit
 from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_folder
-from model_trainer.training.hardware import CpuInfo, resolve_precision
+from model_trainer.training.hardware import NO_GPU, CpuInfo
+from model_trainer.training.precision import ProbeTimings, choose_precision
 from model_trainer.training.run import TrainingResult, run_training
 from tests.test_training_data import file_id, train_bpe, write_corpus
 
@@ -98,10 +99,19 @@ def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
         "gpt2",
         "adamw",
     )
-    # `auto` is whatever the resolver says for this machine's facts (tested both ways in
-    # test_hardware.py), and the manifest records both the facts and the choice.
+    # `auto` is what the chooser says for this machine's facts and, with native bf16, the
+    # probe's timings (both ways in test_hardware.py); the manifest records facts, timings,
+    # choice and reason.
     assert manifest["precision_requested"] == "auto"
-    assert manifest["precision"] == resolve_precision(Precision.AUTO, cpu).value
+    probe = manifest["precision_probe"]
+    timings = None if probe is None else ProbeTimings.model_validate(probe)
+    expected = choose_precision(Precision.AUTO, torch.device("cpu"), cpu, NO_GPU, timings)
+    assert manifest["precision"] == expected.precision.value
+    assert manifest["precision_reason"] == expected.reason
+    assert (probe is not None) is cpu.native_bf16
+    assert manifest["device_requested"] == "auto"
+    assert manifest["device"] == "cpu"
+    assert manifest["gpu"] is None
     assert manifest["cpu"]["native_bf16"] is cpu.native_bf16
     assert manifest["threads"] == 1
     assert manifest["data"]["token_dtype"] in {"uint16"}
@@ -249,3 +259,29 @@ def test_evaluate_test_scores_the_test_split_apart_from_validation(
     assert metrics.n_tokens == data["test_tokens"]
     assert metrics.n_chars == data["test_chars"]
     assert metrics.loss != pytest.approx(run_eval.loss, rel=1e-9)
+
+
+def test_auto_precision_on_native_bf16_is_measured_and_leaves_the_run_as_it_was(
+    trained: tuple[TrainingResult, Path], cpu: CpuInfo, tmp_path: Path
+) -> None:
+    """With native bf16 (stated: the facts are passed in) a real run probes fp32 and bf16,
+    records the timings and the reason, and then trains exactly as a run that asked for the
+    chosen precision: the probe leaves weights and random state as they were."""
+    root = trained[1]
+    with_bf16 = cpu.model_copy(update={"native_bf16": True, "native_bf16_source": "setting"})
+    probed = train(root, tmp_path / "auto", with_bf16, max_steps=10)
+    assert probed.manifest is not None
+    probe = probed.manifest.precision_probe
+    assert probe is not None and probe.pairs >= 1
+    assert probe.fp32_ms > 0 and probe.bf16_ms > 0
+    assert probed.manifest.precision_reason.startswith("probe: bf16 ")
+    assert probed.manifest.timings.precision_probe_seconds == probe.seconds > 0
+    chosen = probed.manifest.precision
+    assert chosen in (Precision.FP32, Precision.BF16)
+
+    asked = train(root, tmp_path / "asked", with_bf16, max_steps=10, precision=chosen.value)
+    assert asked.manifest is not None
+    assert asked.manifest.precision_probe is None
+    assert asked.manifest.precision_reason == f"requested {chosen.value}"
+    assert asked.manifest.training.final_val_loss == probed.manifest.training.final_val_loss
+    assert same_weights(artifact_weights(asked), artifact_weights(probed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -277,6 +278,46 @@ def test_a_checkpoint_from_before_families_and_muon_still_resumes(
     assert (outcome, steps) == (Outcome.COMPLETED, 40)
     manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
     assert manifest["training"]["resumed_at_steps"] == [20]
+
+
+StorageLike = torch.types.Storage | torch.storage.TypedStorage | torch.storage.UntypedStorage
+
+
+@contextlib.contextmanager
+def saved_as_if_on_cuda() -> Iterator[None]:
+    """torch.save tags every CPU tensor `cuda:0` meanwhile: the file a GPU worker writes."""
+
+    def tag(storage: StorageLike) -> str | None:
+        return "cuda:0" if storage.device.type == "cpu" else None
+
+    def no_restore(storage: StorageLike, location: str) -> StorageLike | None:
+        return None  # loading is left to torch's own handlers
+
+    entry = (1, tag, no_restore)
+    torch.serialization.register_package(*entry)
+    try:
+        yield
+    finally:
+        torch.serialization._package_registry.remove(entry)
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(inputs: Inputs, tmp_path: Path) -> None:
+    """Checkpoints load with map_location="cpu" and are then copied to the run's device, so
+    a GPU worker's last.pt (its tensors tagged cuda:0) resumes on a CPU worker."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        inputs.run(run_dir, Recorder(crash_at=30), max_steps=60)  # last checkpoint: step 20
+    last = checkpoint_path(run_dir, "last")
+    data = torch.load(last, map_location="cpu", weights_only=True)
+    with saved_as_if_on_cuda():
+        torch.save(data, last)
+    if not torch.cuda.is_available():  # the file really names a CUDA device
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(last, weights_only=True)
+    assert inputs.run(run_dir, max_steps=60) == (Outcome.COMPLETED, 60)
+    manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
+    assert manifest["training"]["resumed_at_steps"] == [20]
+    assert manifest["device"] == "cpu"
 
 
 def test_worker_shutdown_checkpoints_then_resumes(

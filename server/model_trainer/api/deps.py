@@ -97,10 +97,15 @@ def artifact_available(ctx: ApiContext, file_id: str | None) -> bool:
         ) from exc
 
 
-def largest_live_worker_memory(ctx: ApiContext) -> tuple[str, int] | None:
-    """The live worker (seen within `worker_presence_ttl_sec`, as /readyz counts) that
-    reported the most memory, and that memory in bytes; None when no live worker reported."""
-    queue = ctx.settings.rq.queue_name
+def live_workers(ctx: ApiContext, queue: str) -> int:
+    """Workers of `queue` seen within `worker_presence_ttl_sec` (what /readyz counts)."""
+    ttl = ctx.settings.recovery.worker_presence_ttl_sec
+    return int(ctx.redis.zcount(workers_key(queue), time.time() - ttl, "+inf"))
+
+
+def largest_live_worker_memory(ctx: ApiContext, queue: str) -> tuple[str, int] | None:
+    """The live worker of `queue` (seen within `worker_presence_ttl_sec`, as /readyz counts)
+    that reported the most memory, and that memory in bytes; None when none reported."""
     ttl = ctx.settings.recovery.worker_presence_ttl_sec
     live = ctx.redis.zrangebyscore(workers_key(queue), time.time() - ttl, "+inf")
     names = [s for s in (as_str(v) for v in live) if s]

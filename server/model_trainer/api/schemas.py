@@ -92,9 +92,21 @@ class RunInfo(_Body):
     # with an error): `{kind: user | transient | fatal, code, message}`.
     error: ErrorInfo | None = None
     attempts: int = Field(default=0, description="failed attempts so far (0 until one fails)")
+    queue: str | None = Field(
+        default=None, description="the queue the run waits on (the GPU queue for device cuda)"
+    )
+    waiting_for: str | None = Field(
+        default=None, description="why a queued run is not starting, when no worker serves it"
+    )
 
     @classmethod
-    def from_record(cls, record: Record[RunProgress], attempts: int = 0) -> RunInfo:
+    def from_record(
+        cls,
+        record: Record[RunProgress],
+        attempts: int = 0,
+        queue: str | None = None,
+        waiting_for: str | None = None,
+    ) -> RunInfo:
         return cls(
             run_id=record.id,
             status=record.status,
@@ -106,6 +118,8 @@ class RunInfo(_Body):
             file_id=record.file_id,
             error=record.error,
             attempts=attempts,
+            queue=queue,
+            waiting_for=waiting_for,
         )
 
 

@@ -31,7 +31,7 @@ from model_trainer.jobs.payloads import (
     TokenizerJob,
     TrainJob,
 )
-from model_trainer.jobs.queue import JobName
+from model_trainer.jobs.queue import JobName, run_queue_name
 from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
 from model_trainer.store.records import (
     EvalInfo,
@@ -127,9 +127,10 @@ class MemoryLimit:
         return f"{gib(self.bytes)}: {self.fraction:g} of {gib(self.memory)}, {self.source}"
 
 
-def memory_limit(ctx: ApiContext) -> MemoryLimit | None:
-    """`admission.worker_memory_bytes` when set, else the largest memory a live worker
-    reported; None when neither is known (no worker up yet: runs are admitted)."""
+def memory_limit(ctx: ApiContext, queue: str) -> MemoryLimit | None:
+    """`admission.worker_memory_bytes` when set, else the largest memory a live worker of
+    `queue` (the one the run will wait on) reported; None when neither is known (no worker
+    up yet: runs are admitted)."""
     admission = ctx.settings.admission
     if admission.worker_memory_bytes is not None:
         return MemoryLimit(
@@ -137,7 +138,7 @@ def memory_limit(ctx: ApiContext) -> MemoryLimit | None:
             admission.memory_fraction,
             "the worker memory set in ADMISSION__WORKER_MEMORY_BYTES",
         )
-    largest = largest_live_worker_memory(ctx)
+    largest = largest_live_worker_memory(ctx, queue)
     if largest is None:
         return None
     name, memory = largest
@@ -151,7 +152,7 @@ def admit_memory(
 ) -> None:
     """422 (`details` name the fields that size it) when the run's memory estimate
     (training/memory.py) exceeds what a worker may use."""
-    limit = memory_limit(ctx)
+    limit = memory_limit(ctx, run_queue_name(ctx.settings.rq, config.device))
     if limit is None:
         return
     estimate = estimate_run_memory(config, _vocab_size(tokenizer))

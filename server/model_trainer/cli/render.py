@@ -127,8 +127,17 @@ def run_details(run: RunInfo) -> Table:
     table.add_row("status", run.status.value)
     table.add_row("message", run.message or "-")
     table.add_row("created", when(run.created_at))
-    for name in ("model_size", "max_seq_len", "batch_size", "corpus_file_id", "tokenizer_id"):
+    for name in (
+        "model_size",
+        "max_seq_len",
+        "batch_size",
+        "device",
+        "corpus_file_id",
+        "tokenizer_id",
+    ):
         table.add_row(name, _request_field(run.request, name))
+    if run.waiting_for:
+        table.add_row("waiting for", run.waiting_for)
     table.add_row("step", steps(run))
     table.add_row("train loss", number(p.train_loss))
     table.add_row("val loss", number(p.val_loss))

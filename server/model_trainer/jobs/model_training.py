@@ -30,6 +30,7 @@ from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.model_evaluation import eval_info
 from model_trainer.jobs.ownership import RunOwner, owned_run
 from model_trainer.jobs.payloads import TrainJob
+from model_trainer.jobs.queue import run_queue_name
 from model_trainer.jobs.runner import JobCancelled, WorkerContext, worker_context
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, RunKeys
@@ -38,7 +39,7 @@ from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR
-from model_trainer.training.hardware import cpu_info, resolve_threads
+from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
 from model_trainer.training.memory import estimate_run_memory, gib, machine_memory_bytes
@@ -262,6 +263,8 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
             ctx.settings.app.data_root / "tokens",
             corpus_id=corpus.corpus_id,
             cpu=cpu_info(ctx.settings.app.native_bf16),
+            # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
+            gpu=gpu_info() if ctx.settings.app.worker_device == "cuda" else NO_GPU,
             threads=threads,
             callbacks=reporter,
             checkpoint_every_seconds=ctx.settings.recovery.checkpoint_every_seconds,
@@ -366,7 +369,7 @@ def _announce_start(
             model_family=config.model_family.value,
             model_size=config.model_size.value,
             total_epochs=max(1, math.ceil(config.num_epochs or 1)),
-            queue=ctx.settings.rq.queue_name,
+            queue=run_queue_name(ctx.settings.rq, config.device),
             cpu_cores=os.cpu_count(),
             optimal_threads=threads,
             optimal_workers=1,

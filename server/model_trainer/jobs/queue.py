@@ -7,6 +7,11 @@ JSON, so a job sees exactly the validated shape the API accepted.
 Training runs are the exception to RQ's retries: they get none from RQ. Their owner and the
 reapers decide when a run goes back on the queue (jobs/ownership.py, jobs/reaper.py), with
 `requeue_run`, which reads the payload the first enqueue kept in `runs:payload:{id}`.
+
+Which queue: a run that asks for `device: cuda` waits on the GPU queue (`rq.gpu_queue_name`),
+which only GPU workers serve; everything else goes on the ordinary queue (`rq.queue_name`).
+The queue follows from the payload's config, so a run put back by its owner, a reaper or a
+shutdown lands on the queue it was first sent to (`run_queue_name`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 
 from model_trainer.jobs.payloads import TrainJob
-from model_trainer.settings import RQSettings
+from model_trainer.settings import RQSettings, Settings
 from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
 from model_trainer.store.records import as_str
+from model_trainer.training.config import Device
 
 
 class JobName(StrEnum):
@@ -41,6 +47,21 @@ JOB_FUNCTIONS: Mapping[str, str] = {
     JobName.TRAIN_MODEL: "model_trainer.jobs.model_training.run",
     JobName.EVALUATE_MODEL: "model_trainer.jobs.model_evaluation.run",
 }
+
+
+def run_queue_name(settings: RQSettings, device: Device) -> str:
+    """The queue a run of `device` waits on: the GPU queue for cuda, else the ordinary one."""
+    return settings.gpu_queue_name if device is Device.CUDA else settings.queue_name
+
+
+def worker_queue_names(settings: Settings) -> list[str]:
+    """The queues a worker serves, in priority order: a GPU worker takes `cuda` runs first,
+    then ordinary jobs (on which `device: auto` runs train on its GPU); a CPU worker, only
+    the ordinary queue."""
+    rq = settings.rq
+    if settings.app.worker_device == "cuda":
+        return [rq.gpu_queue_name, rq.queue_name]
+    return [rq.queue_name]
 
 
 class JobState(StrEnum):
@@ -90,7 +111,10 @@ class RQJobQueue:
         self._redis = redis
         self._settings = settings
         self._functions = functions
-        self._queue = Queue(settings.queue_name, connection=redis)
+        self._queues = {
+            name: Queue(name, connection=redis)
+            for name in (settings.queue_name, settings.gpu_queue_name)
+        }
 
     @property
     def name(self) -> str:
@@ -112,7 +136,12 @@ class RQJobQueue:
             self._redis.set(
                 RunKeys.payload(payload.run_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
             )
-        job = self._queue.enqueue_call(
+        queue = (
+            run_queue_name(s, payload.config.device)
+            if isinstance(payload, TrainJob)
+            else self._settings.queue_name
+        )
+        job = self._queues[queue].enqueue_call(
             func,
             args=(payload.model_dump_json(),),
             job_id=job_id,
@@ -127,7 +156,7 @@ class RQJobQueue:
         return str(job.id)
 
     def requeue_run(self, run_id: str) -> str | None:
-        """Put a run back on the queue as a new RQ job; None if its payload is gone."""
+        """Put a run back on its queue as a new RQ job; None if its payload is gone."""
         raw = as_str(self._redis.get(RunKeys.payload(run_id)))
         if raw is None:
             return None

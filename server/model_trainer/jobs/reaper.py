@@ -3,7 +3,8 @@
 Every `reaper_interval_sec`, busy or idle, each worker:
 
 1. says it is alive (`trainer:workers:{queue}`, what /readyz counts) and how much memory
-   it may use (`trainer:workers:{queue}:memory`, what the API admits runs against);
+   it may use (`trainer:workers:{queue}:memory`, what the API admits runs against), for
+   each queue it serves (a GPU worker: the GPU queue and the ordinary one);
 2. enqueues the runs whose retry delay is over (`trainer:runs:delayed`);
 3. takes back runs whose owner is gone: status `running` and no lease. Once the lease has
    been seen missing for a third of its TTL (time for an owner cut off from Redis to renew
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from model_trainer.errors import ErrorCode
+from model_trainer.jobs.queue import worker_queue_names
 from model_trainer.jobs.runner import WorkerContext
 from model_trainer.store.events import train_failed
 from model_trainer.store.keys import (
@@ -83,8 +85,7 @@ class Reaper:
         self._reap = ctx.redis.register_script(_REAP)
         self._missing_since: dict[str, float] = {}
         self._last_tick: float | None = None
-        self._presence_key = workers_key(ctx.settings.rq.queue_name)
-        self._memory_key = worker_memory_key(ctx.settings.rq.queue_name)
+        self._queues = worker_queue_names(ctx.settings)
         self._memory_bytes = memory_bytes if memory_bytes is not None else machine_memory_bytes()
         log.info(
             "worker %s reports %s of memory (what the API admits runs against)",
@@ -121,24 +122,29 @@ class Reaper:
     def leave(self) -> None:
         """The worker is stopping: stop counting it at once."""
         with contextlib.suppress(RedisError):
-            self._redis.zrem(self._presence_key, self._ctx.worker_name)
-            self._redis.hdel(self._memory_key, self._ctx.worker_name)
+            for queue in self._queues:
+                self._redis.zrem(workers_key(queue), self._ctx.worker_name)
+                self._redis.hdel(worker_memory_key(queue), self._ctx.worker_name)
 
     # --- 1. presence ------------------------------------------------------------------
     def _say_alive(self) -> None:
+        for queue in self._queues:
+            self._say_alive_on(workers_key(queue), worker_memory_key(queue))
+
+    def _say_alive_on(self, presence_key: str, memory_key: str) -> None:
         now = self._clock()
         name = self._ctx.worker_name
         # Forget workers long gone (the keys would otherwise grow with every redeploy).
         forget_before = now - 10 * self._settings.worker_presence_ttl_sec
-        stale = self._redis.zrangebyscore(self._presence_key, "-inf", forget_before)
+        stale = self._redis.zrangebyscore(presence_key, "-inf", forget_before)
         gone = [s for s in (as_str(v) for v in stale) if s and s != name]
         pipe = self._redis.pipeline()
-        pipe.zadd(self._presence_key, {name: now})
+        pipe.zadd(presence_key, {name: now})
         if self._memory_bytes is not None:
-            pipe.hset(self._memory_key, name, str(self._memory_bytes))
-        pipe.zremrangebyscore(self._presence_key, "-inf", forget_before)
+            pipe.hset(memory_key, name, str(self._memory_bytes))
+        pipe.zremrangebyscore(presence_key, "-inf", forget_before)
         if gone:
-            pipe.hdel(self._memory_key, *gone)
+            pipe.hdel(memory_key, *gone)
         pipe.execute()
 
     # --- 2. retries whose delay is over -----------------------------------------------

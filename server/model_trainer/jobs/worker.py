@@ -14,6 +14,12 @@ horse at once: its lease lapses and a reaper queues the run again from its last 
 Besides RQ's loop, the parent runs the reaper (jobs/reaper.py) every `reaper_interval_sec`,
 idle or busy, and rides out Redis outages instead of exiting: RQ retries its own dequeue;
 our overrides below keep heartbeats and maintenance from ending the worker.
+
+A GPU worker (`APP__WORKER_DEVICE=cuda`) serves the GPU queue first, then the ordinary one
+(jobs/queue.py `worker_queue_names`). It checks for a CUDA device before it takes any job and
+refuses to start without one: a GPU worker that trained on its CPU would make `cuda` runs
+quietly slow. The check uses NVML, which does not initialise CUDA in this parent process: a
+CUDA context made before RQ forks the job process would be unusable in the child.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
+from model_trainer.jobs.queue import worker_queue_names
 from model_trainer.jobs.reaper import Reaper
 from model_trainer.jobs.runner import WorkerContext, set_worker_context
-from model_trainer.settings import load_settings
+from model_trainer.settings import Settings, load_settings
 from model_trainer.shutdown import stop_requested
 from service_common.jsonlog import log_fields, setup_logging
 
@@ -158,6 +165,25 @@ class GracefulWorker(Worker):
             log.info("warm shutdown: no job running", extra=log_fields("worker_warm_shutdown"))
 
 
+def cuda_missing_reason(settings: Settings) -> str | None:
+    """Why this worker, configured for CUDA, cannot serve the GPU queue; None when it can
+    (or is a CPU worker). Reads nothing but torch's view of the machine."""
+    if settings.app.worker_device != "cuda":
+        return None
+    # Fork-safe: answer from NVML, without creating a CUDA context here.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (
+        f"APP__WORKER_DEVICE=cuda but torch {torch.__version__} ({build}) sees no CUDA "
+        "device: install the CUDA wheel of torch and check the NVIDIA driver "
+        "(nvidia-smi), or start this worker with APP__WORKER_DEVICE=cpu"
+    )
+
+
 def main() -> int:
     settings = load_settings()
     setup_logging(settings.logging.level, service="worker")
@@ -177,14 +203,18 @@ def main() -> int:
         # OpenMP and MKL read these when torch first spins up its pools (in the job process).
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.app.threads))
         os.environ.setdefault("MKL_NUM_THREADS", str(settings.app.threads))
+    missing = cuda_missing_reason(settings)
+    if missing is not None:
+        log.error(missing, extra=log_fields("worker_no_cuda", error_code="CONFIG_INVALID"))
+        return 1
     preload_sec = preload_heavy_modules()
     name = f"modeltrainer-{socket.gethostname()}-{os.getpid()}"
     # Built once here; each forked job inherits it (redis-py reconnects after a fork).
     ctx = WorkerContext.from_settings(settings, worker_name=name)
     set_worker_context(ctx)
-    queue = Queue(settings.rq.queue_name, connection=redis)
+    queues = [Queue(q, connection=redis) for q in worker_queue_names(settings)]
     worker = GracefulWorker(
-        [queue],
+        queues,
         connection=redis,
         name=name,
         job_monitoring_interval=settings.rq.job_monitoring_interval_sec,
@@ -195,11 +225,12 @@ def main() -> int:
     worker.reaper = Reaper(ctx, memory_bytes=settings.admission.worker_memory_bytes)
     worker.reaper.tick(force=True)  # a worker that starts finds what died before it
     log.info(
-        "worker %s listening on queue %s (libraries preloaded in %.1f s)",
+        "worker %s (%s) listening on %s (libraries preloaded in %.1f s)",
         name,
-        queue.name,
+        settings.app.worker_device,
+        ", ".join(q.name for q in queues),
         preload_sec,
-        extra=log_fields("worker_started"),
+        extra=log_fields("worker_started", device=settings.app.worker_device),
     )
     worker.work(with_scheduler=True, logging_level=settings.logging.level)
     return 0

@@ -30,9 +30,10 @@ from model_trainer.tokenization.transformers_files import (
     read_special_tokens,
     write_special_token_files,
 )
-from model_trainer.training.config import Architecture, ModelTrainConfig, Precision
+from model_trainer.training.config import Architecture, Device, ModelTrainConfig, Precision
 from model_trainer.training.evaluate import EvalMetrics
-from model_trainer.training.hardware import CpuInfo
+from model_trainer.training.hardware import CpuInfo, GpuInfo
+from model_trainer.training.precision import ProbeTimings
 
 # Copied from the tokenizer folder when present (`load_tokenizer` insists on tokenizer.json
 # and on the special tokens' roles, from one of the other two).
@@ -62,6 +63,7 @@ class Timings(BaseModel):
     train_seconds: float  # training time summed over sessions (a resumed run has several)
     session_seconds: float  # this session's training loop
     eval_seconds: float
+    precision_probe_seconds: float = 0.0  # setup, not part of the training budget
     total_seconds: float  # this session, tokenization to artifact
 
 
@@ -103,8 +105,14 @@ class Manifest(BaseModel):
     seed: int
     precision_requested: Precision
     precision: Precision
+    # Why: "requested bf16", "no native bf16 (cpuinfo)", "probe: bf16 41.2 ms/step vs ...".
+    precision_reason: str
+    precision_probe: ProbeTimings | None  # the timings, when this session measured them
+    device_requested: Device
+    device: Literal["cpu", "cuda"]  # where this session trained
     threads: int
     cpu: CpuInfo
+    gpu: GpuInfo | None  # the GPU it trained on, if any
     versions: dict[str, str]
     data: DataSummary
     timings: Timings

@@ -63,9 +63,17 @@ class LrSchedule(StrEnum):
 
 
 class Precision(StrEnum):
-    AUTO = "auto"  # bf16 autocast where the CPU has native bf16, fp32 elsewhere
+    AUTO = "auto"  # measured at run start: see training/precision.py
     FP32 = "fp32"
     BF16 = "bf16"
+
+
+class Device(StrEnum):
+    """Where a run trains (see DESIGN.md, "Devices and precision")."""
+
+    AUTO = "auto"  # whatever the worker that takes it has; the ordinary queue
+    CPU = "cpu"  # the CPU, even on a GPU worker; the ordinary queue
+    CUDA = "cuda"  # an NVIDIA GPU: the GPU queue, which only GPU workers serve
 
 
 class Shape(BaseModel):
@@ -251,6 +259,10 @@ class ModelTrainConfig(BaseModel):
         description="which checkpoint of from_run_id: last (default), best, or a step",
     )
     precision: Precision = Precision.AUTO
+    device: Device = Field(
+        default=Device.AUTO,
+        description="auto: the worker's device; cpu; cuda: wait for a GPU worker",
+    )
     threads: int | None = Field(default=None, ge=1, le=256)
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
     holdout_fraction: float = Field(

@@ -105,6 +105,7 @@ def sum_nats(
 
 
 def _window_nats(model: PreTrainedModel, windows: torch.Tensor) -> float:
+    windows = windows.to(model.device)  # a run trained on a GPU is evaluated there
     logits = forward_logits(model, windows[:, :-1])
     targets = windows[:, 1:]
     # float64 sum: a long split adds up millions of terms.
@@ -164,8 +165,8 @@ def generate_samples(
         n_new = max(1, min(max_new_tokens, context - len(ids)))
         torch.manual_seed(seed)  # each prompt's sample is reproducible on its own
         output = model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            input_ids=torch.tensor([ids], device=model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
             do_sample=True,
             max_new_tokens=n_new,
             temperature=temperature,

@@ -1,11 +1,11 @@
-"""What this CPU can do: thread count, native bf16, a description for manifests.
+"""What this machine can do: the CPU (threads, native bf16) and the GPU, for manifests.
 
 `precision: auto` must not assume bf16 is fast: on a CPU without bf16 instructions PyTorch
 still runs bf16 autocast, by converting in software, which is slower than fp32. So we read
 the instruction-set flags ourselves: x86 `avx512_bf16` or `amx_bf16`, Arm `bf16`.
 
 The facts are detected once (`cpu_info()`) and then passed in as a `CpuInfo` to whatever
-depends on them (`resolve_precision`, `run_training`), so code and tests can state the
+depends on them (`precision.choose_precision`, `run_training`), so code and tests can state the
 hardware instead of reading it from a global. An operator whose VM hides or misreports the
 flags overrides the answer with the `APP__NATIVE_BF16` setting.
 """
@@ -21,7 +21,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model_trainer.training.config import Precision
+from model_trainer.errors import ErrorCode, UserError
+from model_trainer.training.config import Device
 
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -96,11 +97,52 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def resolve_precision(requested: Precision, cpu: CpuInfo) -> Precision:
-    """`auto` becomes bf16 only where the CPU computes in bf16 natively, else fp32."""
-    if requested is Precision.AUTO:
-        return Precision.BF16 if cpu.native_bf16 else Precision.FP32
-    return requested
+class GpuInfo(BaseModel):
+    """The GPU a worker trains on; `available` False on a CPU worker (the default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    available: bool
+    name: str | None = None
+    count: int = 0
+    bf16_supported: bool = False
+    memory_bytes: int | None = None
+    cuda_version: str | None = None
+
+
+NO_GPU = GpuInfo(available=False)
+
+
+def gpu_info() -> GpuInfo:
+    """This machine's first CUDA device, as torch sees it (NO_GPU with the CPU build)."""
+    if not torch.cuda.is_available():
+        return NO_GPU
+    props = torch.cuda.get_device_properties(0)
+    return GpuInfo(
+        available=True,
+        name=props.name,
+        count=torch.cuda.device_count(),
+        bf16_supported=torch.cuda.is_bf16_supported(),
+        memory_bytes=props.total_memory,
+        cuda_version=torch.version.cuda,
+    )
+
+
+def resolve_device(requested: Device, gpu: GpuInfo) -> torch.device:
+    """`auto`: the worker's GPU if it has one, else the CPU; `cpu` and `cuda` as said.
+
+    A `cuda` run reaches only GPU workers (the GPU queue); one that reaches a worker without
+    a GPU anyway (a misconfigured worker) fails with a message that says so.
+    """
+    if requested is Device.CPU or (requested is Device.AUTO and not gpu.available):
+        return torch.device("cpu")
+    if not gpu.available:
+        raise UserError(
+            "the run asks for device cuda but this worker has no GPU; it reached a CPU "
+            "worker that serves the GPU queue (check APP__WORKER_DEVICE and RQ__GPU_QUEUE_NAME)",
+            ErrorCode.CONFIG_INVALID,
+        )
+    return torch.device("cuda")
 
 
 def resolve_threads(*preferences: int | None) -> int:

@@ -127,9 +127,14 @@ class LoopResult:
     session_seconds: float  # wall time of this session only (a resumed run has several)
 
 
-def autocast(precision: Precision) -> contextlib.AbstractContextManager[None]:
+CPU = torch.device("cpu")
+
+
+def autocast(
+    precision: Precision, device: torch.device = CPU
+) -> contextlib.AbstractContextManager[None]:
     if precision is Precision.BF16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -155,12 +160,13 @@ def validation_loss(
     model: PreTrainedModel,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     precision: Precision,
+    device: torch.device = CPU,
 ) -> float:
-    """Mean cross-entropy (nats per token) over the fixed validation windows."""
+    """Mean cross-entropy (nats per token) over the fixed validation windows (on `device`)."""
     model.train(False)  # model.eval(): no dropout
     total, count = 0.0, 0
     for x, y in batches:
-        with autocast(precision):
+        with autocast(precision, device):
             logits = forward_logits(model, x)
         total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
         count += y.numel()
@@ -222,6 +228,7 @@ def train(
     *,
     precision: Precision,
     callbacks: TrainingCallbacks,
+    device: torch.device = CPU,
     log_interval: int = LOG_INTERVAL,
     checkpoint_every_seconds: float | None = None,
     init_weights: Path | None = None,
@@ -229,7 +236,8 @@ def train(
 ) -> LoopResult:
     """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
 
-    `precision` is the resolved one (fp32 or bf16, see hardware.resolve_precision).
+    `precision` is the resolved one (fp32 or bf16, see precision.choose_precision).
+    `device` is where `model` already is (hardware.resolve_device): batches go there too.
     `checkpoint_every_seconds`: also checkpoint when this much training time has passed
     since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
     `best.pt`, of any run) whose weights a run without a checkpoint of its own starts from;
@@ -238,12 +246,13 @@ def train(
     if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
         raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
     init = None if init_weights is None else (init_weights, init_label or init_weights.name)
-    options = _Options(log_interval, checkpoint_every_seconds, init)
+    options = _Options(device, log_interval, checkpoint_every_seconds, init)
     return _Trainer(model, config, splits, run_dir, precision, callbacks, options).run()
 
 
 @dataclass(frozen=True)
 class _Options:
+    device: torch.device
     log_interval: int
     checkpoint_every_seconds: float | None
     init: tuple[Path, str] | None  # a checkpoint file to start from, and its label
@@ -265,6 +274,7 @@ class _Trainer:
         self.session_start = time.perf_counter()
         self.model, self.config, self.run_dir = model, config, run_dir
         self.precision, self.callbacks = precision, callbacks
+        self.device = options.device
         self.log_interval = options.log_interval
         self.checkpoint_every_seconds = options.checkpoint_every_seconds
         self.train_tokens = len(splits.train)
@@ -273,9 +283,12 @@ class _Trainer:
         self.sampler = WindowSampler(
             splits.train, config.max_seq_len, config.batch_size, config.seed
         )
-        self.val_batches = validation_batches(
-            splits.validation, config.max_seq_len, config.batch_size, config.eval_batches
-        )
+        self.val_batches = [
+            (x.to(self.device), y.to(self.device))
+            for x, y in validation_batches(
+                splits.validation, config.max_seq_len, config.batch_size, config.eval_batches
+            )
+        ]
         self.optimizer = make_optimizer(model, config)
         self.plan = LrPlan(
             peak=config.learning_rate,
@@ -301,9 +314,10 @@ class _Trainer:
     def run(self) -> LoopResult:
         state, config = self.state, self.config
         log.info(
-            "training from step %d (%s, %d tokens per step)",
+            "training from step %d (%s on %s, %d tokens per step)",
             state.step,
             self.precision.value,
+            self.device.type,
             self.tokens_per_step,
             extra=log_fields("training_started", step=state.step),
         )
@@ -357,8 +371,8 @@ class _Trainer:
         lr = self.plan.lr(self.state.step)
         # Every group follows the plan from its own peak (Muon's and AdamW's differ).
         self.optimizer.set_lr_factor(lr / self.plan.peak)
-        x, y = self.sampler.next_batch()
-        with autocast(self.precision):
+        x, y = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
+        with autocast(self.precision, self.device):
             logits = forward_logits(self.model, x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         loss_value = loss.item()
@@ -381,7 +395,7 @@ class _Trainer:
 
     def _evaluate(self) -> float:
         started, state = time.perf_counter(), self.state
-        val = validation_loss(self.model, self.val_batches, self.precision)
+        val = validation_loss(self.model, self.val_batches, self.precision, self.device)
         if not math.isfinite(val):
             raise _diverged("validation loss", val, state.step, self.config)
         state.last_val_loss, state.last_eval_step = val, state.step

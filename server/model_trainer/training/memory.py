@@ -58,9 +58,9 @@ Bytes at the peak of one training step, everything in fp32 (4 bytes a number):
 Assumptions: the factors 34 and 4 come from measuring the peak RSS growth of real steps
 (fp32, 2-core x86 CPU, torch 2.13, transformers 5.23): over 15 shapes (d 128 to 1024, T 256
 to 2048, V 256 and 32000, dropout 0 and 0.1) the estimate without runtime was 0.76x to 1.14x
-of the measured growth. bf16 autocast (`precision` bf16 or auto
-on a CPU with native bf16) keeps activations in 2 bytes and measured about 0.6x of the
-fp32 peak, so fp32 is the upper bound used for admission. Not counted: the token stream
+of the measured growth. bf16 autocast (`precision` bf16, or auto where its probe picks
+bf16) keeps activations in 2 bytes and measured about 0.6x of the fp32 peak, so fp32 is
+the upper bound used for admission. Not counted: the token stream
 (memory-mapped, its pages reclaimable), the transient copy of a checkpoint while it is
 loaded (smaller than the activations of a step it precedes), and evaluation forward passes
 (no autograd state: less than a training step).

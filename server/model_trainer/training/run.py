@@ -1,10 +1,11 @@
 """`run_training`: the whole job, from a corpus file and a tokenizer folder to an artifact.
 
-    threads and precision -> tokens (cached under the corpus id) -> train/validation/test
-    split (data.Holdout) -> a fresh model -> the loop (resuming from run_dir's checkpoint if
-    any, else starting from `init_weights` if given; it may stop early) -> the weights to
-    ship (best.pt's by default, or the last) -> artifact folder -> evaluation of those
-    weights on the whole validation split -> manifest
+    threads and device -> tokens (cached under the corpus id) -> train/validation/test
+    split (data.Holdout) -> a fresh model, on the device -> its precision (measured for
+    `auto` on a CPU with native bf16: precision.py) -> the loop (resuming from run_dir's
+    checkpoint if any, else starting from `init_weights` if given; it may stop early) ->
+    the weights to ship (best.pt's by default, or the last) -> artifact folder ->
+    evaluation of those weights on the whole validation split -> manifest
 
 Run folder:
     run_dir/metrics.jsonl                     the loss curve, one row per logged step
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 from transformers import PreTrainedModel
 
 from model_trainer.manifest import library_versions, write_manifest
@@ -42,9 +44,21 @@ from model_trainer.training.checkpoint import LoopState, load_best
 from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
-from model_trainer.training.hardware import CpuInfo, resolve_precision, resolve_threads
+from model_trainer.training.hardware import (
+    NO_GPU,
+    CpuInfo,
+    GpuInfo,
+    resolve_device,
+    resolve_threads,
+)
 from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
 from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
+from model_trainer.training.precision import (
+    PrecisionChoice,
+    choose_precision,
+    needs_probe,
+    probe_precision,
+)
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -71,6 +85,7 @@ def run_training(
     *,
     cpu: CpuInfo,
     corpus_id: str | None = None,
+    gpu: GpuInfo = NO_GPU,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
     checkpoint_every_seconds: float | None = None,
@@ -79,10 +94,11 @@ def run_training(
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
-    `cpu` is the machine's facts (`hardware.cpu_info()`): `precision: auto` resolves
-    against them. `threads` is the worker's setting (0 or None: every usable core); the
-    config's own `threads` wins over it. Raises `UserError` for bad input or a diverging loss, and
-    `WorkerShutdown` after checkpointing when the worker is asked to stop.
+    `cpu` and `gpu` are the worker's facts (`hardware.cpu_info()`, and `gpu_info()` on a
+    GPU worker): `device` and `precision: auto` resolve against them. `threads` is the
+    worker's setting (0 or None: every usable core); the config's own `threads` wins over
+    it. Raises `UserError` for bad input or a diverging loss, and `WorkerShutdown` after
+    checkpointing when the worker is asked to stop.
 
     `corpus_id` (default `config.corpus_file_id`, the Data Bank id of the corpus, the
     SHA-256 of `corpus_path`'s bytes; for a structured corpus, the id of the text it gave)
@@ -97,7 +113,7 @@ def run_training(
     started = time.perf_counter()
     n_threads = resolve_threads(config.threads, threads)
     torch.set_num_threads(n_threads)
-    precision = resolve_precision(config.precision, cpu)
+    device = resolve_device(config.device, gpu)
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
@@ -113,13 +129,24 @@ def run_training(
 
     spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
     model = build_model(spec, config.model_family, config.seed)
+    nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
+    choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
+    precision = choice.precision
     log.info(
-        "model %s: %d parameters, %d threads, %s",
+        "model %s: %d parameters, %d threads, %s on %s (%s)",
         config.model_family.value,
         count_params(model),
         n_threads,
         precision.value,
-        extra=log_fields("model_built", threads=n_threads, precision=precision.value),
+        device.type,
+        choice.reason,
+        extra=log_fields(
+            "model_built",
+            threads=n_threads,
+            precision=precision.value,
+            precision_reason=choice.reason,
+            device=device.type,
+        ),
     )
     result = train(
         model,
@@ -127,6 +154,7 @@ def run_training(
         splits,
         run_dir,
         precision=precision,
+        device=device,
         callbacks=callbacks or TrainingCallbacks(),
         checkpoint_every_seconds=checkpoint_every_seconds,
         init_weights=init_weights,
@@ -166,8 +194,13 @@ def run_training(
         seed=config.seed,
         precision_requested=config.precision,
         precision=precision,
+        precision_reason=choice.reason,
+        precision_probe=choice.probe,
+        device_requested=config.device,
+        device="cuda" if device.type == "cuda" else "cpu",
         threads=n_threads,
         cpu=cpu,
+        gpu=gpu if device.type == "cuda" else None,
         versions=library_versions(),
         data=DataSummary(
             corpus_sha256=config.corpus_file_id,
@@ -187,6 +220,7 @@ def run_training(
             train_seconds=round(state.elapsed, 3),
             session_seconds=round(result.session_seconds, 3),
             eval_seconds=round(eval_seconds, 3),
+            precision_probe_seconds=choice.probe.seconds if choice.probe else 0.0,
             total_seconds=round(time.perf_counter() - started, 3),
         ),
         training=TrainingSummary(
@@ -223,6 +257,25 @@ def run_training(
         manifest=manifest,
         eval=metrics,
     )
+
+
+def _choose_precision(
+    model: PreTrainedModel,
+    config: ModelTrainConfig,
+    vocab_size: int,
+    device: torch.device,
+    cpu: CpuInfo,
+    gpu: GpuInfo,
+) -> PrecisionChoice:
+    """The run's precision; for `auto` on a CPU with native bf16, measured first.
+
+    Each attempt decides on its own worker's hardware (a resumed run may land on another
+    machine); the probe runs before the loop, so its seconds are not the budget's.
+    """
+    probe = None
+    if needs_probe(config.precision, device, cpu):
+        probe = probe_precision(model, config.batch_size, config.max_seq_len, vocab_size, device)
+    return choose_precision(config.precision, device, cpu, gpu, probe)
 
 
 def ship_weights(

@@ -3,12 +3,12 @@
 `/healthz` touches nothing (the process answers). `/readyz` is ready when Redis answers, at
 least one worker of our queue said it was alive within `recovery.worker_presence_ttl_sec`
 (workers keep `trainer:workers:{queue}` current; RQ's own registry still lists workers that
-died without cleaning up) and Data Bank is ready.
+died without cleaning up) and Data Bank is ready. GPU workers are optional: the answer counts
+those of the GPU queue (`gpu_workers`), and `cuda` runs wait while there are none.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 from fastapi import APIRouter
@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
-from model_trainer.api.deps import Ctx
-from model_trainer.store.keys import workers_key
+from model_trainer.api.deps import Ctx, live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -33,6 +32,8 @@ class ReadyBody(BaseModel):
 
     status: Literal["ready", "degraded"]
     reason: str | None = None
+    # Live workers of the GPU queue (rq.gpu_queue_name); None when Redis did not answer.
+    gpu_workers: int | None = None
 
 
 @router.get("/healthz", response_model=HealthBody)
@@ -42,20 +43,24 @@ def healthz() -> HealthBody:
 
 @router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ReadyBody}})
 def readyz(ctx: Ctx) -> JSONResponse:
-    reason = _not_ready_reason(ctx)
+    reason, gpu_workers = _not_ready_reason(ctx)
     if reason is None:
-        return JSONResponse(ReadyBody(status="ready").model_dump(exclude_none=True))
-    return JSONResponse(ReadyBody(status="degraded", reason=reason).model_dump(), status_code=503)
+        body = ReadyBody(status="ready", gpu_workers=gpu_workers)
+        return JSONResponse(body.model_dump(exclude_none=True))
+    body = ReadyBody(status="degraded", reason=reason, gpu_workers=gpu_workers)
+    return JSONResponse(body.model_dump(), status_code=503)
 
 
-def _not_ready_reason(ctx: Ctx) -> str | None:
+def _not_ready_reason(ctx: Ctx) -> tuple[str | None, int | None]:
+    """Why the API is not ready (None when it is), and the live GPU workers."""
     queue = ctx.settings.rq.queue_name
     ttl = ctx.settings.recovery.worker_presence_ttl_sec
     try:
-        live = int(ctx.redis.zcount(workers_key(queue), time.time() - ttl, "+inf"))
+        live = live_workers(ctx, queue)
+        gpu_workers = live_workers(ctx, ctx.settings.rq.gpu_queue_name)
     except (RedisError, OSError) as exc:
-        return f"redis unreachable: {type(exc).__name__}"
+        return f"redis unreachable: {type(exc).__name__}", None
     if live == 0:
-        return f"no live worker for queue {queue!r} (none seen in the last {ttl:g} s)"
+        return f"no live worker for queue {queue!r} (none seen in the last {ttl:g} s)", gpu_workers
     # Every job reads its input from and writes its output to Data Bank.
-    return ctx.databank.not_ready_reason()
+    return ctx.databank.not_ready_reason(), gpu_workers

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from model_trainer.api import services
-from model_trainer.api.deps import Ctx
+from model_trainer.api.deps import Ctx, live_workers
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
 from model_trainer.api.generation import GenerateRequest, GenerateResponse
 from model_trainer.api.ids import LastEventId, RunId
@@ -36,10 +36,11 @@ from model_trainer.api.schemas import (
 )
 from model_trainer.errors import ErrorCode, NotFoundError
 from model_trainer.jobs.payloads import EvaluateRequest
+from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RunProgress, Status
 from model_trainer.store.runlog import RunLogReader
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import Device, ModelTrainConfig
 from service_common.jsonlog import request_id_var
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -71,14 +72,18 @@ def list_runs(
         matching = ctx.runs.ids_with_status(status_filter)
         ids, total = matching[offset : offset + limit], len(matching)
     views = [v for v in read_runs(ctx.redis, ids) if v is not None]
+    seen = _LiveWorkers(ctx)
     return model_response(
-        RunList(items=[_info(v) for v in views], page=Page(offset=offset, limit=limit, total=total))
+        RunList(
+            items=[_info(ctx, v, seen) for v in views],
+            page=Page(offset=offset, limit=limit, total=total),
+        )
     )
 
 
 @router.get("/{run_id}", response_model=RunInfo, responses=error_responses(404))
 def get_run(run_id: RunId, ctx: Ctx) -> Response:
-    return model_response(_info(_require_view(ctx, run_id)))
+    return model_response(_info(ctx, _require_view(ctx, run_id)))
 
 
 @router.post(
@@ -86,7 +91,7 @@ def get_run(run_id: RunId, ctx: Ctx) -> Response:
 )
 def cancel_run(run_id: RunId, ctx: Ctx) -> RunInfo:
     services.cancel_run(ctx, _require_run(ctx, run_id))
-    return _info(_require_view(ctx, run_id))
+    return _info(ctx, _require_view(ctx, run_id))
 
 
 @router.get("/{run_id}/checkpoints", responses=error_responses(404))
@@ -225,5 +230,30 @@ def _require_run(ctx: Ctx, run_id: str) -> Record[RunProgress]:
     return _require_view(ctx, run_id).record
 
 
-def _info(view: RunView) -> RunInfo:
-    return RunInfo.from_record(view.record, attempts=view.attempts)
+class _LiveWorkers:
+    """Live workers per queue, counted once per answer (a list has many runs, few queues)."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self._counts: dict[str, int] = {}
+
+    def count(self, queue: str) -> int:
+        if queue not in self._counts:
+            self._counts[queue] = live_workers(self._ctx, queue)
+        return self._counts[queue]
+
+
+def _info(ctx: Ctx, view: RunView, seen: _LiveWorkers | None = None) -> RunInfo:
+    """The run, with its queue; a queued run that no live worker serves says so (a `cuda`
+    run waits for a GPU worker: it is accepted and starts when one comes)."""
+    record = view.record
+    request = record.meta.request if record.meta else None
+    device = request.get("device") if request else None
+    queue = run_queue_name(
+        ctx.settings.rq, Device(device) if isinstance(device, str) else Device.AUTO
+    )
+    waiting_for = None
+    if record.status is Status.QUEUED and (seen or _LiveWorkers(ctx)).count(queue) == 0:
+        ttl = ctx.settings.recovery.worker_presence_ttl_sec
+        waiting_for = f"no live worker serves queue {queue!r} (none seen in the last {ttl:g} s)"
+    return RunInfo.from_record(record, attempts=view.attempts, queue=queue, waiting_for=waiting_for)
