@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from model_trainer.api.corpus_upload import receive_corpus
 from model_trainer.api.deps import Ctx
-from model_trainer.api.errors import error_responses
+from model_trainer.api.errors import ErrorBody, error_responses
 from model_trainer.api.schemas import MAX_OFFSET, CorpusInfo, CorpusList, Page
 from model_trainer.store.corpora import CorpusCatalog
 
@@ -32,7 +32,10 @@ _FILE_BODY: dict[str, object] = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(400, 413, 422),
+    responses={
+        **error_responses(400, 413, 422),
+        400: {"model": ErrorBody, "description": "the upload ended before the whole body"},
+    },
     openapi_extra=_FILE_BODY,
 )
 async def upload_corpus(
