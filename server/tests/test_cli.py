@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -167,6 +168,22 @@ def test_corpus_upload_prints_a_file_id_data_bank_has(stack: Stack, corpus_id: s
     assert len(corpus_id) == 64
     with stack.bank() as bank:
         assert bank.exists(corpus_id)
+
+
+def test_corpus_list_shows_what_the_api_received(api: Api, stack: Stack, tmp_path: Path) -> None:
+    """`corpus upload` goes to Data Bank directly (not listed); `POST /corpora` is listed."""
+    body = b"A corpus sent through the API.\nTwo lines.\n"
+    sent = httpx.post(
+        f"{api.url}/corpora",
+        params={"name": "via-api.txt"},
+        content=body,
+        headers={"X-API-Key": API_KEY, "content-type": "text/plain"},
+    )
+    assert sent.status_code == 201, sent.text
+    listed = as_json(cli(api, stack, "--json", "corpus", "list"))
+    first = json_dict(listed["items"][0]) if isinstance(listed["items"], list) else {}
+    assert (first["name"], first["size"], first["lines"]) == ("via-api.txt", len(body), 2)
+    assert "via-api.txt" in ok(cli(api, stack, "corpus", "list"))
 
 
 def test_tokenizer_show_and_list(api: Api, stack: Stack, tokenizer_id: str) -> None:

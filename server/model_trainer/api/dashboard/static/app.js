@@ -5,7 +5,7 @@
 import { api, apiKey, forgetApiKey, onUnauthorized, request, setApiKey } from "./api.js";
 import { LossChart } from "./chart.js";
 import {
-  Scope, bytes, card, duration, el, errorBox, facts, number, progressBar, short, statusChip, when,
+  Scope, bytes, card, duration, el, errorBox, facts, fill, number, progressBar, short, statusChip, when,
 } from "./ui.js";
 
 const view = document.getElementById("view");
@@ -160,7 +160,7 @@ function corpusPicker(scope) {
     const data = await api.get("/corpora?limit=200", { signal: scope.signal });
     known = data.items;
     const current = selected || select.value;
-    select.replaceChildren(
+    fill(select,
       ...(known.length
         ? known.map((c) =>
             el("option", { value: c.file_id, selected: c.file_id === current },
@@ -244,7 +244,7 @@ async function runsPage(scope) {
     try {
       const data = await api.get(`/runs?limit=50${status}`, { signal: scope.signal });
       error.show(null);
-      body.replaceChildren(...(data.items.length ? data.items.map(runRow) : [emptyRow(7, "No runs yet.")]));
+      fill(body, ...(data.items.length ? data.items.map(runRow) : [emptyRow(7, "No runs yet.")]));
     } catch (e) {
       if (e.name !== "AbortError") error.show(e);
     }
@@ -288,10 +288,10 @@ async function tokenizersPage(scope) {
         api.get("/corpora?limit=100", { signal: scope.signal }),
       ]);
       error.show(null);
-      tokenizers.body.replaceChildren(
+      fill(tokenizers.body,
         ...(toks.items.length ? toks.items.map(tokenizerRow) : [emptyRow(7, "No tokenizers yet.")])
       );
-      corpora.body.replaceChildren(
+      fill(corpora.body,
         ...(corps.items.length
           ? corps.items.map((c) =>
               el("tr", {}, el("td", {}, c.name), el("td", { class: "num" }, bytes(c.size)),
@@ -439,7 +439,7 @@ async function newRunPage(scope) {
   try {
     const [toks] = await Promise.all([api.get("/tokenizers?limit=200", { signal: scope.signal }), picker.reload()]);
     tokenizers = toks.items.filter((t) => t.status === "completed");
-    tokenizer.replaceChildren(
+    fill(tokenizer,
       ...(tokenizers.length
         ? tokenizers.map((t) => el("option", { value: t.tokenizer_id },
             `${t.tokenizer_id} · ${t.request.method} · ${number(t.request.vocab_size)} tokens`))
@@ -544,11 +544,11 @@ async function runPage(scope, runId) {
 
   function showRun() {
     const p = run.progress || {};
-    chip.replaceChildren(statusChip(run.status));
+    fill(chip, statusChip(run.status));
     cancel.hidden = TERMINAL.has(run.status);
     evalButtons.forEach((b) => (b.disabled = run.status !== "completed"));
     const steps = p.total_steps ? `${number(p.step)} / ${number(p.total_steps)}` : number(p.step);
-    progress.replaceChildren(
+    fill(progress,
       el("div", { class: "progress-line" }, progressBar(p.percent), el("b", {}, `${(p.percent || 0).toFixed(0)}%`)),
       facts([
         ["Step", steps],
@@ -563,7 +563,7 @@ async function runPage(scope, runId) {
       run.error ? el("p", { class: "error-text" }, `${run.error.kind} error ${run.error.code}: ${run.error.message}`) : null
     );
     const r = run.request || {};
-    details.replaceChildren(facts([
+    fill(details, facts([
       ["Model", modelName(r)],
       ["Budget", budgetOf(r)],
       ["Batch × context", `${r.batch_size ?? "—"} × ${r.max_seq_len ?? "—"}`],
@@ -594,7 +594,7 @@ async function runPage(scope, runId) {
 
   async function loadCheckpoints() {
     const data = await api.get(`${base}/checkpoints`, { signal: scope.signal });
-    checkpoints.body.replaceChildren(
+    fill(checkpoints.body,
       ...(data.checkpoints.length
         ? data.checkpoints.map((c) => el("tr", {},
             el("td", { class: "num" }, number(c.step)), el("td", {}, c.kind),
@@ -607,13 +607,13 @@ async function runPage(scope, runId) {
   async function loadArtifact() {
     try {
       const pointer = await api.get(`${base}/artifact`, { signal: scope.signal });
-      artifact.replaceChildren(
+      fill(artifact,
         facts([["Storage", pointer.storage], ["file_id", el("input", { class: "mono copyable", readonly: true, value: pointer.file_id, id: "artifact-file-id" })]]),
         el("p", { class: "muted" }, "Download and extract it with ", el("code", {}, `modeltrainer run download ${runId}`), ".")
       );
     } catch (e) {
       if (e.status !== 404) throw e;
-      artifact.replaceChildren(el("p", { class: "muted" },
+      fill(artifact, el("p", { class: "muted" },
         run.status === "completed" ? "No artifact in Data Bank." : "Available when the run completes."));
     }
   }
@@ -629,7 +629,7 @@ async function runPage(scope, runId) {
       } catch (e) {
         if (e.status !== 404) throw e;
       }
-      evaluation.replaceChildren(evalView(info));
+      fill(evaluation, evalView(info));
       const more = info !== null && !TERMINAL.has(info.status);
       evalPolling = more;
       return more;
@@ -691,7 +691,7 @@ function generateCard(base, scope) {
     submit.textContent = "Generating…";
     try {
       const answer = await api.post(`${base}/generate`, body, { signal: scope.signal });
-      output.replaceChildren(
+      fill(output,
         ...answer.samples.map((s) => el("pre", { class: "sample" }, el("b", {}, prompt.value), s)),
         el("p", { class: "muted" },
           `${answer.new_tokens} tokens in ${Math.round(answer.elapsed_ms)} ms · seed ${answer.seed} · ${answer.model.source}`)
@@ -722,7 +722,7 @@ async function route() {
   scope = new Scope();
   const hash = location.hash || "#/runs";
   const found = ROUTES.find(([pattern]) => pattern.test(hash));
-  view.replaceChildren();
+  fill(view);
   document.querySelectorAll("[data-nav]").forEach((a) =>
     a.classList.toggle("active", Boolean(found) && a.dataset.nav === found[2]));
   if (!found) {

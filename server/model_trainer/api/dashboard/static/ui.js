@@ -17,6 +17,11 @@ export function el(tag, attrs, ...children) {
   return node;
 }
 
+// Replaces a node's children; null, undefined and false are left out (as in el()).
+export function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== undefined && c !== null && c !== false));
+}
+
 export function statusChip(status) {
   return el("span", { class: `chip chip-${status}`, "data-status": status }, status);
 }
