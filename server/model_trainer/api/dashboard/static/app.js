@@ -495,6 +495,7 @@ async function runPage(scope, runId) {
     el("button", { type: "button", "data-split": split, disabled: true }, `Evaluate on ${split}`));
   const chart = new LossChart(canvas);
   scope.onClose(() => chart.dispose());
+  const generate = generateCard(base, scope);
 
   view.append(
     pageHead(el("span", {}, "Run ", el("span", { class: "mono" }, runId), " ", chip), cancel),
@@ -503,7 +504,7 @@ async function runPage(scope, runId) {
       card("Progress", progress),
       card("Model and data", details),
       el("section", { class: "card wide" }, el("h2", {}, "Loss"), canvas),
-      generateCard(base, scope),
+      generate.node,
       card("Evaluation", evaluation, evalError, el("div", { class: "form-actions" }, evalButtons)),
       card("Checkpoints", checkpoints.node),
       card("Artifact", artifact),
@@ -546,6 +547,7 @@ async function runPage(scope, runId) {
     const p = run.progress || {};
     fill(chip, statusChip(run.status));
     cancel.hidden = TERMINAL.has(run.status);
+    generate.follow(run.status);
     evalButtons.forEach((b) => (b.disabled = run.status !== "completed"));
     const steps = p.total_steps ? `${number(p.step)} / ${number(p.total_steps)}` : number(p.step);
     fill(progress,
@@ -666,6 +668,9 @@ function generateCard(base, scope) {
   const output = el("div", { id: "samples" });
   const prompt = el("textarea", { name: "prompt", id: "field-prompt", rows: 3, placeholder: "The start of the text (may be empty)" });
   const source = choiceInput("checkpoint", ["final model", "last checkpoint", "best checkpoint"], "final model");
+  // Until the user picks one: the final model once the run completed, else its last checkpoint.
+  let picked = false;
+  source.addEventListener("change", () => (picked = true));
   const submit = el("button", { type: "submit", class: "primary", id: "generate" }, "Generate");
   const input = (name, attrs) => el("input", { type: "number", name, id: `field-${name}`, ...attrs });
   const form = el(
@@ -702,7 +707,12 @@ function generateCard(base, scope) {
     submit.disabled = false;
     submit.textContent = "Generate";
   });
-  return card("Generate text", form);
+  return {
+    node: card("Generate text", form),
+    follow(status) {
+      if (!picked) source.value = status === "completed" ? "final model" : "last checkpoint";
+    },
+  };
 }
 
 // ---- routing -------------------------------------------------------------------------
