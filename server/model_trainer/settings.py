@@ -131,6 +131,10 @@ class LimitsSettings(_Section):
     # memory: at once by Content-Length, or by counting a chunked body as it arrives. The
     # API's JSON bodies are under a few KiB; Data Bank, not the API, receives files.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # `POST /corpora` (a text corpus uploaded through the API, for the dashboard) is the one
+    # route with a body larger than that: it is streamed to a temp file, never held in memory,
+    # and refused with 413 past this size. Larger corpora go to Data Bank directly.
+    corpus_upload_max_bytes: int = Field(default=256 * 1024**2, ge=1024, le=64 * 1024**3)
     # Checks against Data Bank on the request path (api/remote.py): no retries, this timeout,
     # at most this many in flight (more get 503 at once), and 503 without calling for the
     # cooldown after Data Bank was found unavailable.

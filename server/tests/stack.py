@@ -3,18 +3,21 @@
 `Stack` owns one Data Bank server (no size cap), one queue of its own (and a GPU queue,
 which its CPU workers never serve) and the worker
 processes serving it; `stack.client()` is an HTTP client for an API app bound to them. API and
-workers get different data roots, as in production.
+workers get different data roots, as in production. `Api` runs the API as its own Hypercorn
+process instead, for clients that need a real URL (the CLI, a browser).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
@@ -25,7 +28,7 @@ from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Se
 from model_trainer.store.keys import workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
-from tests.processes import WORKER_COMMAND, Proc, child_env, wait_until
+from tests.processes import WORKER_COMMAND, Proc, child_env, free_port, wait_until
 
 # Durable-run timings scaled down so that tests of dead workers and outages take seconds: a
 # lease lapses 3 s after its owner stops, reapers look every 0.5 s. With
@@ -155,6 +158,49 @@ class Stack:
             proc.stop(timeout=20)
         self.databank.proc.stop(timeout=10)
         self.redis.close()
+
+
+class Api:
+    """The API as a Hypercorn process bound to `stack`, on a free port of 127.0.0.1;
+    ready (`/readyz` 200: Redis, a worker and Data Bank answer) when the constructor returns."""
+
+    def __init__(self, stack: Stack, root: Path, api_key: str, **env: str) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        s = stack.settings("api")
+        environment = child_env(
+            {
+                "REDIS_URL": stack.redis_url,
+                "RQ__QUEUE_NAME": stack.queue_name,
+                "APP__DATA_ROOT": str(s.app.data_root),
+                "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
+                "APP__RUNS_ROOT": str(s.app.runs_root),
+                "APP__LOGS_ROOT": str(s.app.logs_root),
+                "APP__DATA_BANK_API_URL": stack.databank.url,
+                "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
+                "SECURITY__API_KEY": api_key,
+                **env,
+            }
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "model_trainer.api.main:create_app()",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ]
+        self.proc = Proc(command, environment, root / "api.log")
+        wait_until(self._ready, 60, "the API to be ready", self.proc)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=20)
 
 
 def poll(

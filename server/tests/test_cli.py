@@ -20,8 +20,8 @@ from typer.testing import CliRunner, Result
 from model_trainer.cli.app import app
 from model_trainer.cli.config import load_cli_settings
 from tests.databank_fixtures import UPLOAD_KEY
-from tests.processes import SERVER_DIR, Proc, child_env, free_port, wait_until
-from tests.stack import Stack, json_dict
+from tests.processes import SERVER_DIR, child_env, free_port
+from tests.stack import Api, Stack, json_dict
 
 API_KEY = "cli-test-api-key"
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fe", "gu", "sh", "or"]
@@ -37,42 +37,6 @@ def _text() -> str:
     return "\n".join(lines)
 
 
-class Api:
-    def __init__(self, stack: Stack, root: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        s = stack.settings("api")
-        env = child_env(
-            {
-                "REDIS_URL": stack.redis_url,
-                "RQ__QUEUE_NAME": stack.queue_name,
-                "APP__DATA_ROOT": str(s.app.data_root),
-                "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
-                "APP__RUNS_ROOT": str(s.app.runs_root),
-                "APP__LOGS_ROOT": str(s.app.logs_root),
-                "APP__DATA_BANK_API_URL": stack.databank.url,
-                "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
-                "SECURITY__API_KEY": API_KEY,
-            }
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "hypercorn",
-            "model_trainer.api.main:create_app()",
-            "--bind",
-            f"127.0.0.1:{port}",
-        ]
-        self.proc = Proc(command, env, root / "api.log")
-        wait_until(self._ready, 60, "the API to be ready", self.proc)
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("cli-stack"), redis_url)
@@ -83,9 +47,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 @pytest.fixture(scope="module")
 def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    server = Api(stack, tmp_path_factory.mktemp("cli-api"))
+    server = Api(stack, tmp_path_factory.mktemp("cli-api"), API_KEY)
     yield server
-    server.proc.stop(timeout=20)
+    server.stop()
 
 
 def cli(api: Api, stack: Stack, *args: str, key: str = API_KEY) -> Result:
@@ -204,6 +168,22 @@ def test_corpus_upload_prints_a_file_id_data_bank_has(stack: Stack, corpus_id: s
     assert len(corpus_id) == 64
     with stack.bank() as bank:
         assert bank.exists(corpus_id)
+
+
+def test_corpus_list_shows_what_the_api_received(api: Api, stack: Stack, tmp_path: Path) -> None:
+    """`corpus upload` goes to Data Bank directly (not listed); `POST /corpora` is listed."""
+    body = b"A corpus sent through the API.\nTwo lines.\n"
+    sent = httpx.post(
+        f"{api.url}/corpora",
+        params={"name": "via-api.txt"},
+        content=body,
+        headers={"X-API-Key": API_KEY, "content-type": "text/plain"},
+    )
+    assert sent.status_code == 201, sent.text
+    listed = as_json(cli(api, stack, "--json", "corpus", "list"))
+    first = json_dict(listed["items"][0]) if isinstance(listed["items"], list) else {}
+    assert (first["name"], first["size"], first["lines"]) == ("via-api.txt", len(body), 2)
+    assert "via-api.txt" in ok(cli(api, stack, "corpus", "list"))
 
 
 def test_tokenizer_show_and_list(api: Api, stack: Stack, tokenizer_id: str) -> None:

@@ -10,8 +10,10 @@ route with its parameters, request body, answers and schemas, and can send a req
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from model_trainer.api.static_assets import StaticAsset
 
 DOCS_PATH = "/docs"
 SCRIPT_PATH = "/docs/docs.js"
@@ -172,17 +174,15 @@ _SCRIPT = r"""
 def docs_router(title: str, openapi_url: str) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     page = _HTML.format(title=title, style=STYLE_PATH, script=SCRIPT_PATH, openapi=openapi_url)
+    assets = {
+        DOCS_PATH: StaticAsset.text(page, ".html"),
+        SCRIPT_PATH: StaticAsset.text(_SCRIPT, ".js"),
+        STYLE_PATH: StaticAsset.text(_CSS, ".css"),
+    }
 
-    @router.get(DOCS_PATH)
-    async def docs() -> HTMLResponse:
-        return HTMLResponse(page)
+    async def serve(request: Request) -> Response:
+        return assets[request.url.path].response(request)
 
-    @router.get(SCRIPT_PATH)
-    async def docs_script() -> Response:
-        return Response(_SCRIPT, media_type="text/javascript")
-
-    @router.get(STYLE_PATH)
-    async def docs_style() -> Response:
-        return Response(_CSS, media_type="text/css")
-
+    for path in assets:
+        router.add_api_route(path, serve, methods=["GET"])
     return router

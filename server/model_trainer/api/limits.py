@@ -17,9 +17,16 @@ the body is never read, so the connection cannot carry another request.
 
 FastAPI's own `max_body_size` is not used: with a `Content-Length` over the cap it still runs
 the route until the route reads the body or answers, and it may answer in plain text.
+
+A route that takes files (`POST /corpora`, which streams its body to disk) has a cap of its
+own (`BodyCap` per path), enforced the same way: one mechanism, one 413, each cap naming its
+own setting.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,27 +37,39 @@ from service_common.error_bodies import error_response
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
-def too_large(max_bytes: int) -> Response:
+@dataclass(frozen=True)
+class BodyCap:
+    """A body size limit and the setting that sets it (named in the 413's message)."""
+
+    max_bytes: int
+    setting: str = "limits.max_body_bytes"
+
+
+def too_large(cap: BodyCap) -> Response:
     return error_response(
         413,
         ErrorCode.PAYLOAD_TOO_LARGE,
-        f"request body is over the {max_bytes}-byte limit (limits.max_body_bytes)",
+        f"request body is over the {cap.max_bytes}-byte limit ({cap.setting})",
         headers={"Connection": "close"},
     )
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, per_path: Mapping[str, BodyCap] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = BodyCap(max_bytes)
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = self.per_path.get(scope["path"], self.default)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await too_large(self.max_bytes)(scope, receive, send)
+        if declared is not None and declared > cap.max_bytes:
+            await too_large(cap)(scope, receive, send)
             return
 
         received = 0
@@ -64,7 +83,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > cap.max_bytes:
                     exceeded = True
                     return _DISCONNECT
             return message
@@ -82,7 +101,7 @@ class BodySizeLimit:
         await self.app(scope, counted_receive, watched_send)
         # Sent once the app is done, outside its tasks (a stream cancels its own).
         if exceeded and not started:
-            await too_large(self.max_bytes)(scope, receive, send)
+            await too_large(cap)(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

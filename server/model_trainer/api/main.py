@@ -11,6 +11,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from model_trainer.api.dashboard import dashboard_router
 from model_trainer.api.deps import ApiContext, require_api_key
 from model_trainer.api.docs_page import docs_router
 from model_trainer.api.errors import (
@@ -19,8 +20,8 @@ from model_trainer.api.errors import (
     error_responses,
     install_api_error_handlers,
 )
-from model_trainer.api.limits import BodySizeLimit
-from model_trainer.api.routes import health, runs, tokenizers
+from model_trainer.api.limits import BodyCap, BodySizeLimit
+from model_trainer.api.routes import corpora, health, runs, tokenizers
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
@@ -90,14 +91,23 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     app.state.ctx = context
     # Inside the request-id middleware (added by install_error_bodies, outermost): a 413
     # carries the request id and is in the access log.
-    app.add_middleware(BodySizeLimit, max_bytes=context.settings.limits.max_body_bytes)
+    limits = context.settings.limits
+    # The corpus upload streams its body to disk: it has its own, larger cap.
+    upload_cap = BodyCap(limits.corpus_upload_max_bytes, "limits.corpus_upload_max_bytes")
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=limits.max_body_bytes,
+        per_path={corpora.UPLOAD_PATH: upload_cap},
+    )
     install_error_bodies(app, VOCABULARY)
     install_api_error_handlers(app)
     # The body cap answers 413 on any route, before routing.
     app.include_router(health.router, responses=error_responses(413))
     app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))
+    # Public, like /docs: the pages hold no data; their script sends the key with each call.
+    app.include_router(dashboard_router())
     protected = [Depends(require_api_key)]
-    for router in (tokenizers.router, runs.router):
+    for router in (corpora.router, tokenizers.router, runs.router):
         # Every protected route may also answer 401 (a key is configured) and 503 (Redis is
         # down). 401 comes before anything but the body cap; 422 is documented where a body
         # or query parameter can be refused (`document_validation_errors`).

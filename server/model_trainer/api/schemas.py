@@ -9,6 +9,7 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
+from model_trainer.store.corpora import CorpusInfo
 from model_trainer.store.records import (
     ErrorInfo,
     EvalInfo,
@@ -18,7 +19,7 @@ from model_trainer.store.records import (
     TokenizerSummary,
 )
 
-__all__ = ["ErrorInfo", "EvalInfo", "RunProgress"]
+__all__ = ["CorpusInfo", "ErrorInfo", "EvalInfo", "RunProgress"]
 
 
 class _Body(BaseModel):
@@ -70,6 +71,11 @@ class Page(_Body):
 
 class TokenizerList(_Body):
     items: list[TokenizerInfo]
+    page: Page
+
+
+class CorpusList(_Body):
+    items: list[CorpusInfo]
     page: Page
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from model_trainer.api.generation import GenerateResponse  # the server's own answer model
 from model_trainer.api.schemas import (
     ArtifactPointer,
+    CorpusList,
     EvalAccepted,
     EvalInfo,
     LogLines,
@@ -37,6 +38,7 @@ from model_trainer.cli.config import CliSettings, load_cli_settings
 from model_trainer.cli.render import (
     Output,
     RunProgressBar,
+    corpus_table,
     eval_summary,
     run_details,
     run_table,
@@ -61,7 +63,7 @@ HELP = (
 )
 
 app = typer.Typer(help=HELP, rich_markup_mode="rich", no_args_is_help=True, add_completion=True)
-corpus_app = typer.Typer(help="Corpora in Data Bank.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Corpora: upload to Data Bank, list.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 run_app = typer.Typer(help="Train, follow, evaluate and download models.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
@@ -218,6 +220,21 @@ def _corpus_fields(
     if text_field is not None:
         fields["text_field"] = text_field
     return fields
+
+
+@corpus_app.command("list")
+@handled
+def corpus_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+) -> None:
+    """Corpora uploaded through the API (the dashboard), most recent first."""
+    o = _options()
+    page = o.api().get(CorpusList, "/corpora", {"limit": limit, "offset": offset})
+    if o.output.as_json:
+        o.output.model(page)
+    else:
+        o.output.out.print(corpus_table(page.items))
 
 
 # -- tokenizer ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from model_trainer.api.schemas import EvalInfo, RunInfo, TokenizerInfo
+from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunInfo, TokenizerInfo
 from model_trainer.cli.client import dumps
 
 
@@ -63,6 +63,13 @@ def duration(seconds: float | None) -> str:
 def _request_field(request: dict[str, JsonValue] | None, name: str) -> str:
     value = (request or {}).get(name)
     return "-" if value is None else str(value)
+
+
+def corpus_table(items: list[CorpusInfo]) -> Table:
+    table = Table("file_id", "name", "bytes", "lines", "uploaded")
+    for c in items:
+        table.add_row(c.file_id, c.name, f"{c.size:,}", f"{c.lines:,}", when(c.created_at))
+    return table
 
 
 def tokenizer_table(items: list[TokenizerInfo]) -> Table:

@@ -39,6 +39,8 @@ so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records
 | `tokenizer:{id}:file_id`      | string (Data Bank id) | 30 d              | worker       |
 | `tokenizer:{id}:error`        | string (ErrorInfo)    | 30 d              | worker       |
 | `runs:logs:{tokenizer id}`    | stream                | 30 d after a job  | worker       |
+| `corpora:index`               | zset (score = ts)     | none              | API          |
+| `corpora:info`                | hash (id -> CorpusInfo) | none            | API          |
 | `trainer:events` (setting)    | pub/sub channel       | -                 | worker       |
 | `rq:*`                        | RQ's own              | RQ's              | RQ           |
 
@@ -167,3 +169,10 @@ def worker_memory_key(queue: str) -> str:
     """The memory each worker of a queue may use (field = worker name, value = bytes): its
     cgroup limit, else its MemTotal. Read for the workers `workers_key` shows alive."""
     return f"trainer:workers:{queue}:memory"
+
+
+# Corpora uploaded through the API (`POST /corpora`, the dashboard's picker): member / field
+# = the Data Bank file_id, score = when it was last uploaded; the hash holds each one's JSON
+# `CorpusInfo` (store/corpora.py). Corpora uploaded to Data Bank directly are not listed.
+CORPORA_INDEX = "corpora:index"
+CORPORA_INFO = "corpora:info"

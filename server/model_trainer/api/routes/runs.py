@@ -171,9 +171,17 @@ def stream_run_logs(
 
 
 @router.get("/{run_id}/metrics", responses=error_responses(404))
-def run_metrics(run_id: RunId, ctx: Ctx) -> MetricsBody:
+def run_metrics(
+    run_id: RunId,
+    ctx: Ctx,
+    after_step: Annotated[
+        int | None, Query(ge=0, description="only points past this step (live charts)")
+    ] = None,
+) -> MetricsBody:
     _require_run(ctx, run_id)
     points = RunLogReader(ctx.redis).metrics(run_id)
+    if after_step is not None:
+        points = [p for p in points if p.step > after_step]
     # val_loss is each point's own: null where no validation ran at that step.
     return MetricsBody(
         run_id=run_id,

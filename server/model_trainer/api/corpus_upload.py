@@ -1,0 +1,93 @@
+"""`POST /corpora`: a text corpus uploaded through the API, on its way to Data Bank.
+
+Browsers cannot reach Data Bank (another service, another key), so the dashboard uploads
+corpora here. The body is the file's bytes (no multipart form): streamed to a temp file in
+the API's data folder as it arrives, never held in memory, capped by
+`limits.corpus_upload_max_bytes` (the body-size middleware answers 413 past it, see
+limits.py). The file then gets the check every job makes of its corpus (`check_corpus`:
+not empty, not only whitespace, UTF-8, no endless line; 422 with the reason otherwise), is
+uploaded with the project's Data Bank client (streamed, verified by SHA-256) and recorded
+in `CorpusCatalog`. The temp file is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from model_trainer.api.deps import ApiContext
+from model_trainer.databank import errors as bank_errors
+from model_trainer.databank.client import DataBankClient
+from model_trainer.errors import AppError, ErrorCode, UserError
+from model_trainer.store.corpora import CorpusCatalog, CorpusInfo
+from model_trainer.tokenization.corpus import check_corpus
+
+# An upload is one POST of content-addressed bytes: safe to repeat once after a dropped
+# connection; more would keep a browser waiting on a Data Bank that is down.
+UPLOAD_RETRIES = 1
+
+
+async def receive_corpus(
+    ctx: ApiContext, chunks: AsyncIterator[bytes], name: str, content_type: str | None
+) -> CorpusInfo:
+    if content_type and content_type.lower().startswith("multipart/"):
+        raise AppError(
+            ErrorCode.VALIDATION_ERROR,
+            "send the file's bytes as the body (Content-Type: text/plain), not a form",
+            422,
+        )
+    spool = ctx.settings.app.data_root / "uploads"
+    spool.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spool, prefix=".corpus-") as tmp:
+        path = Path(tmp) / "corpus.txt"
+        await _spool(chunks, path)
+        return await run_in_threadpool(_check_and_upload, ctx, path, name)
+
+
+async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
+    try:
+        async with await anyio.open_file(path, "wb") as out:
+            async for chunk in chunks:
+                await out.write(chunk)
+    except ClientDisconnect as exc:
+        # The client went away, or the body went over its cap: then the body-size middleware
+        # drops this answer and sends its 413.
+        raise AppError(
+            ErrorCode.BAD_REQUEST, "the upload ended before the whole body", 400
+        ) from exc
+
+
+def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
+    try:
+        checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
+    except UserError as exc:
+        raise AppError(exc.code, exc.message, 422) from exc
+    app = ctx.settings.app
+    key = app.data_bank_api_key.get_secret_value() if app.data_bank_api_key else None
+    # Not the API's request-path client (no retries, seconds of timeout): an upload of a
+    # few hundred MiB takes longer. The guard still answers 503 fast while Data Bank is down.
+    try:
+        with (
+            ctx.databank_guard.call("upload the corpus"),
+            DataBankClient(app.data_bank_api_url, key, max_retries=UPLOAD_RETRIES) as bank,
+        ):
+            stored = bank.upload_file(path, content_type="text/plain; charset=utf-8")
+    except bank_errors.DataBankError as exc:
+        raise AppError(
+            ErrorCode.UPSTREAM_ERROR, f"cannot upload the corpus to Data Bank: {exc.message}", 503
+        ) from exc
+    info = CorpusInfo(
+        file_id=stored.file_id,
+        name=name,
+        size=checked.size_bytes,
+        lines=checked.lines,
+        created_at=time.time(),
+    )
+    CorpusCatalog(ctx.redis).add(info)
+    return info
