@@ -105,11 +105,17 @@ def test_train_a_tokenizer_and_a_run_and_generate(
     ]:
         page.fill(f"#field-{name}", value)
     page.select_option("#field-budget_kind", "seconds")
+    # A family and optimizer other than the defaults: the form sends what was picked.
+    page.select_option("#field-model_family", "llama")
+    page.select_option("#field-optimizer", "muon")
+    page.fill("#field-muon_learning_rate", "0.03")
     page.click("#more-settings summary")
     page.fill("#field-warmup_steps", "5")
     page.fill("#field-eval_interval", "20")
     page.click("#run-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/runs/run-[0-9a-f]{16}$"))
+    expect(page.locator("#run-details")).to_contain_text("llama · tiny")
+    expect(page.locator("#run-details")).to_contain_text("muon (0.03)")
 
     # The chart draws while the run trains, and keeps drawing until it ends.
     # (Predicates are functions: the page's Content-Security-Policy forbids eval of strings.)

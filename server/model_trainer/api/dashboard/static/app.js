@@ -128,7 +128,7 @@ function emptyRow(columns, text) {
 
 function modelName(request) {
   if (!request) return "—";
-  const parts = [request.model_size || "tiny"];
+  const parts = [request.model_family || "gpt2", request.model_size || "tiny"];
   const overrides = [
     ["n_layer", "L"], ["n_head", "H"], ["n_embd", "d"],
   ].filter(([k]) => request[k]).map(([k, p]) => `${p}${request[k]}`);
@@ -371,6 +371,11 @@ async function newRunPage(scope) {
   const picker = corpusPicker(scope);
   const tokenizer = el("select", { name: "tokenizer_id", id: "tokenizer-select" });
   const size = choiceInput("model_size", (await schemaOf("ModelSize")).enum, property(schema, "model_size").default);
+  const choice = async (name, type) => choiceInput(name, (await schemaOf(type)).enum, property(schema, name).default);
+  const family = await choice("model_family", "ModelFamily");
+  const optimizer = await choice("optimizer", "Optimizer");
+  const precision = await choice("precision", "Precision");
+  const device = await choice("device", "Device");
   const budgetKind = choiceInput("budget_kind", Object.keys(BUDGETS), "seconds");
   const budget = el("input", { type: "number", name: "budget", id: "field-budget", min: 0, step: "any", value: 120 });
   const submit = el("button", { type: "submit", class: "primary" }, "Start run");
@@ -382,6 +387,11 @@ async function newRunPage(scope) {
       field("Tokenizer", tokenizer, "completed tokenizers; its corpus is picked below"),
       picker.node),
     el("fieldset", {}, el("legend", {}, "Model"),
+      el("div", { class: "row" },
+        field("Family", family),
+        field("Optimizer", optimizer),
+        field("Muon learning rate", n("muon_learning_rate", { placeholder: "muon only" })),
+        field("Precision", precision)),
       el("div", { class: "row" },
         field("Preset", size),
         field("Layers", n("n_layer", { placeholder: "preset" })),
@@ -403,7 +413,10 @@ async function newRunPage(scope) {
           field("Weight decay", n("weight_decay")),
           field("Dropout", n("dropout", { step: 0.05 })),
           field("Early stopping patience", n("early_stopping_patience", { placeholder: "off" })),
-          field("Seed", n("seed"))))),
+          field("Seed", n("seed"))),
+        el("div", { class: "row" },
+          field("Device", device, "cuda waits for a GPU worker"),
+          field("Key/value heads", n("n_kv_head", { placeholder: "= heads (llama, qwen3)" }))))),
     error,
     el("div", { class: "form-actions" }, submit)
   );
@@ -416,6 +429,10 @@ async function newRunPage(scope) {
     event.preventDefault();
     error.show(null);
     const body = {
+      model_family: family.value,
+      optimizer: optimizer.value,
+      precision: precision.value,
+      device: device.value,
       model_size: size.value,
       lr_schedule: form.elements.lr_schedule.value,
       tokenizer_id: tokenizer.value,
@@ -423,7 +440,10 @@ async function newRunPage(scope) {
       ...numbersOf(form, [
         "n_layer", "n_head", "n_embd", "learning_rate", "batch_size", "max_seq_len", "warmup_steps",
         "eval_interval", "checkpoint_interval", "weight_decay", "dropout", "early_stopping_patience", "seed",
+        "n_kv_head",
       ]),
+      // Muon's rate means nothing to AdamW (the server refuses it there).
+      ...(optimizer.value === "muon" ? numbersOf(form, ["muon_learning_rate"]) : {}),
     };
     if (budget.value !== "") body[BUDGETS[budgetKind.value]] = Number(budget.value);
     submit.disabled = true;
@@ -486,7 +506,7 @@ async function runPage(scope, runId) {
   const progress = el("div", { id: "run-progress" });
   const canvas = el("canvas", { id: "loss-chart", class: "chart" });
   const logs = el("pre", { class: "logs", id: "run-logs" }, "…");
-  const details = el("div", {});
+  const details = el("div", { id: "run-details" });
   const artifact = el("div", { id: "artifact" }, el("p", { class: "muted" }, "Available when the run completes."));
   const checkpoints = table(["Step", "Kind", "Val loss", "Written", "file_id"], "checkpoints-table");
   const evaluation = el("div", {}, el("p", { class: "muted" }, "…"));
@@ -570,6 +590,8 @@ async function runPage(scope, runId) {
       ["Budget", budgetOf(r)],
       ["Batch × context", `${r.batch_size ?? "—"} × ${r.max_seq_len ?? "—"}`],
       ["Learning rate", r.learning_rate ?? "—"],
+      ["Optimizer", r.optimizer === "muon" ? `muon (${r.muon_learning_rate ?? "default"})` : (r.optimizer || "adamw")],
+      ["Device, precision", `${r.device || "auto"}, ${r.precision || "auto"}`],
       ["Tokenizer", el("span", { class: "mono" }, r.tokenizer_id || "—")],
       ["Corpus", el("span", { class: "mono", title: r.corpus_file_id }, short(r.corpus_file_id))],
       ["Created", when(run.created_at)],
