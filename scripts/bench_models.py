@@ -45,8 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train as bench  # the sibling script: tokenizer, corpus, loops, matmul peaks
 
 from model_trainer.tokenization.handle import load_tokenizer
-from model_trainer.training.config import ModelSize, ModelTrainConfig, Precision
+from model_trainer.training.config import (
+    MAX_INTERVAL_STEPS,
+    ModelSize,
+    ModelTrainConfig,
+    Precision,
+)
 from model_trainer.training.data import split_tokens, tokenize_corpus
+from model_trainer.training.hardware import cpu_info
 from model_trainer.training.model import build_model, flops_per_token, model_spec
 
 # nanoGPT README's CPU command line (its "I only have a macbook" section), as arguments.
@@ -158,6 +164,10 @@ def throughput_grid(
         f"matmul peak (1024^3, best of 2 s): fp32 {peaks[Precision.FP32] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peaks[Precision.BF16] / 1e9:.1f} GFLOP/s"
     )
+    # Emulated bf16 (no native instructions) runs at a fraction of a GFLOP/s: not worth a row.
+    precisions = [Precision.FP32] + ([Precision.BF16] if cpu_info().native_bf16 else [])
+    if len(precisions) == 1:
+        bench.log("bf16: this CPU has no native bf16 (emulated, see its peak): fp32 only")
     tok_dir = bench.prepare_tokenizer(work, vocab)
     tokenizer = load_tokenizer(tok_dir)
     cache = tokenize_corpus(
@@ -178,9 +188,9 @@ def throughput_grid(
                     "model_size": size.value,
                     "max_seq_len": context,
                     "batch_size": batch,
-                    "eval_interval": 10**9,
+                    "eval_interval": MAX_INTERVAL_STEPS,
                     "eval_batches": 1,
-                    "checkpoint_interval": 10**9,
+                    "checkpoint_interval": MAX_INTERVAL_STEPS,
                     "warmup_steps": 0,
                 }
             )
@@ -189,7 +199,7 @@ def throughput_grid(
             fpt = flops_per_token(model, spec)
             params = sum(p.numel() for p in model.parameters())
             steps = 40 if size is ModelSize.TINY else 8
-            for precision in (Precision.FP32, Precision.BF16):
+            for precision in precisions:
                 rate = bench.our_tokens_per_sec(
                     config, splits, tokenizer.vocab_size, precision, steps
                 )

@@ -42,6 +42,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.tokenization.transformers_files import write_special_token_files
 from model_trainer.training.config import (
+    MAX_INTERVAL_STEPS,
     Architecture,
     ModelFamily,
     ModelSize,
@@ -237,9 +238,9 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
             model_size=size,
             max_seq_len=context,
             batch_size=batch,
-            eval_interval=10**9,
+            eval_interval=MAX_INTERVAL_STEPS,
             eval_batches=1,
-            checkpoint_interval=10**9,
+            checkpoint_interval=MAX_INTERVAL_STEPS,
             warmup_steps=0,
         )
         spec = model_spec(config, tokenizer.vocab_size, None, None)

@@ -28,6 +28,8 @@ from model_trainer.training.run import TrainingResult, run_training
 from tests.test_training_data import file_id, train_bpe, write_corpus
 
 CONFIG = {
+    "model_family": "gpt2",
+    "optimizer": "adamw",
     "tokenizer_id": "tok-artifact",
     "n_layer": 2,
     "n_head": 2,

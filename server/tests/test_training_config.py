@@ -8,13 +8,17 @@ from pydantic import ValidationError
 from model_trainer.training.config import (
     DEFAULT_MAX_TRAIN_SECONDS,
     PRESETS,
+    STORED,
     Architecture,
     ModelFamily,
     ModelSize,
     ModelTrainConfig,
+    Optimizer,
 )
 
-IDS = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
+BARE = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
+# Most shapes here are GPT-2's (a 4x MLP); the families' own are tested with the family named.
+IDS = BARE | {"model_family": "gpt2", "optimizer": "adamw"}
 
 
 def _error_text(**fields: object) -> str:
@@ -26,9 +30,10 @@ def _error_text(**fields: object) -> str:
 
 
 def test_defaults_are_a_tiny_model_on_a_time_budget() -> None:
-    config = ModelTrainConfig.model_validate(IDS)
-    assert config.resolved() == _arch(4, 4, 128)
-    assert (config.model_family, config.optimizer) == ("gpt2", "adamw")
+    config = ModelTrainConfig.model_validate(BARE)
+    # A qwen3 `tiny` trained with Muon: the best of the grid (docs/benchmarks.md).
+    assert config.resolved() == _arch(4, 4, 128).model_copy(update={"intermediate_size": 320})
+    assert (config.model_family, config.optimizer) == ("qwen3", "muon")
     assert config.budget().kind == "seconds"
     assert config.budget().value == DEFAULT_MAX_TRAIN_SECONDS
     assert config.precision == "auto"
@@ -122,3 +127,17 @@ def test_each_budget_kind() -> None:
     by_epochs = ModelTrainConfig.model_validate({**IDS, "num_epochs": 0.5}).budget()
     assert (by_epochs.kind, by_epochs.value) == ("epochs", 0.5)
     assert ModelTrainConfig.model_validate({**IDS, "max_train_seconds": 3}).budget().value == 3
+
+
+def test_stored_requests_keep_the_family_and_optimizer_of_their_day() -> None:
+    """Defaults changed (gpt2 + adamw, then qwen3 + muon): a request stored before
+    `optimizer` existed meant AdamW, and a resumed run must not switch optimizer."""
+    old = {"corpus_file_id": "a" * 64, "tokenizer_id": "tok-x", "model_family": "gpt2"}
+    assert ModelTrainConfig.model_validate(old).optimizer is Optimizer.MUON
+    stored = ModelTrainConfig.model_validate(old, context=STORED)
+    assert stored.optimizer is Optimizer.ADAMW
+    bare = ModelTrainConfig.model_validate({"corpus_file_id": "a" * 64, "tokenizer_id": "t"})
+    assert (bare.model_family, bare.optimizer) == (ModelFamily.QWEN3, Optimizer.MUON)
+    # What a stored request says wins over the stored defaults.
+    explicit = ModelTrainConfig.model_validate(old | {"optimizer": "muon"}, context=STORED)
+    assert explicit.optimizer is Optimizer.MUON

@@ -42,7 +42,7 @@ from model_trainer.store.records import (
     TokenizerSummary,
 )
 from model_trainer.tokenization.config import TokenizerTrainConfig
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import STORED, ModelTrainConfig
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
@@ -261,7 +261,7 @@ def _model_differences(
 ) -> list[FieldError]:
     """The fields whose value in run `source_id`'s request differs from `config`'s."""
     try:
-        source = ModelTrainConfig.model_validate(request)
+        source = ModelTrainConfig.model_validate(request, context=STORED)
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {source_id!r} to compare its model: "
@@ -355,7 +355,9 @@ def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequ
             f"run {run_id!r} has no checkpoint {which!r}; {_describe_checkpoints(index)}"
         )
     try:
-        config = ModelTrainConfig.model_validate(run.meta.request if run.meta else None)
+        config = ModelTrainConfig.model_validate(
+            run.meta.request if run.meta else None, context=STORED
+        )
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {run_id!r} to build its model: "

@@ -355,7 +355,7 @@ def run_train(
     corpus_format: CorpusFormatOption = None,
     text_field: TextFieldOption = None,
     family: Annotated[
-        ModelFamily | None, typer.Option("--family", help="server default: gpt2")
+        ModelFamily | None, typer.Option("--family", help="server default: qwen3")
     ] = None,
     size: Annotated[ModelSize, typer.Option("--size")] = ModelSize.TINY,
     n_layer: Annotated[int | None, typer.Option("--n-layer", help="overrides the size")] = None,
@@ -368,7 +368,7 @@ def run_train(
         int | None, typer.Option("--n-kv-head", help="key/value heads (llama, qwen3)")
     ] = None,
     optimizer: Annotated[
-        Optimizer | None, typer.Option("--optimizer", help="server default: adamw")
+        Optimizer | None, typer.Option("--optimizer", help="server default: muon")
     ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate")] = None,
     muon_lr: Annotated[

@@ -17,7 +17,7 @@ from model_trainer.jobs.runner import WorkerContext, worker_context
 from model_trainer.manifest import read_manifest
 from model_trainer.store.records import EvalInfo, SampleText, Status
 from model_trainer.store.runlog import capture_job_logs
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import STORED, ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
 from service_common.jsonlog import bound, log_fields, run_id_var
 
@@ -76,7 +76,7 @@ def _evaluate(ctx: WorkerContext, payload: EvaluateJob, out_dir: Path) -> EvalIn
         raise UserError(f"run {run_id} has no artifact to evaluate")
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
     manifest = read_manifest(model_dir)
-    config = ModelTrainConfig.model_validate(manifest["config"])
+    config = ModelTrainConfig.model_validate(manifest["config"], context=STORED)
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
         other = prepare_corpus(

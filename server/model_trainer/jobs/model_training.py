@@ -37,7 +37,7 @@ from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, RunKeys
 from model_trainer.store.records import RunProgress, Status
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import STORED, ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR
 from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
@@ -223,7 +223,7 @@ class RunReporter(TrainingCallbacks):
 
 
 def run(payload_json: str) -> None:
-    payload = TrainJob.model_validate_json(payload_json)
+    payload = TrainJob.model_validate_json(payload_json, context=STORED)
     ctx = worker_context()
     run_id, config = payload.run_id, payload.config
     run_dir = ctx.settings.app.runs_root / run_id

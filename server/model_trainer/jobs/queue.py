@@ -32,7 +32,7 @@ from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import RQSettings, Settings
 from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
 from model_trainer.store.records import as_str
-from model_trainer.training.config import Device
+from model_trainer.training.config import STORED, Device
 
 
 class JobName(StrEnum):
@@ -160,7 +160,7 @@ class RQJobQueue:
         raw = as_str(self._redis.get(RunKeys.payload(run_id)))
         if raw is None:
             return None
-        payload = TrainJob.model_validate_json(raw)
+        payload = TrainJob.model_validate_json(raw, context=STORED)
         return self.enqueue(JobName.TRAIN_MODEL, payload, job_id=f"{run_id}-{uuid.uuid4().hex[:8]}")
 
     def run_job_pending(self, run_id: str) -> bool:
