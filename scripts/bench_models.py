@@ -153,7 +153,11 @@ def quality_grid(
 
 
 def throughput_grid(
-    work: Path, vocab: int, families: list[str], results: list[dict[str, object]]
+    work: Path,
+    vocab: int,
+    families: list[str],
+    optimizers: list[str],
+    results: list[dict[str, object]],
 ) -> None:
     bench.log(f"\n## Throughput per family ({bench.load_line()})")
     peaks = {
@@ -178,45 +182,45 @@ def throughput_grid(
         corpus_id=bench.corpus_id(bench.CORPUS),
     )
     splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
-    for family in families:
-        for size, context, batch in SIZES:
-            config = ModelTrainConfig.model_validate(
+    cases = [(f, o, s) for f in families for o in optimizers for s in SIZES]
+    for family, optimizer, (size, context, batch) in cases:
+        config = ModelTrainConfig.model_validate(
+            {
+                "corpus_file_id": cache.meta.corpus_sha256,
+                "tokenizer_id": f"bench-bpe{vocab}",
+                "model_family": family,
+                "optimizer": optimizer,
+                "model_size": size.value,
+                "max_seq_len": context,
+                "batch_size": batch,
+                "eval_interval": MAX_INTERVAL_STEPS,
+                "eval_batches": 1,
+                "checkpoint_interval": MAX_INTERVAL_STEPS,
+                "warmup_steps": 0,
+            }
+        )
+        spec = model_spec(config, tokenizer.vocab_size, None, None)
+        model = build_model(spec, config.model_family, config.seed)
+        fpt = flops_per_token(model, spec)
+        params = sum(p.numel() for p in model.parameters())
+        steps = 100 if size is ModelSize.TINY else 12
+        for precision in precisions:
+            rate = bench.our_tokens_per_sec(config, splits, tokenizer.vocab_size, precision, steps)
+            results.append(
                 {
-                    "corpus_file_id": cache.meta.corpus_sha256,
-                    "tokenizer_id": f"bench-bpe{vocab}",
-                    "model_family": family,
-                    "model_size": size.value,
-                    "max_seq_len": context,
-                    "batch_size": batch,
-                    "eval_interval": MAX_INTERVAL_STEPS,
-                    "eval_batches": 1,
-                    "checkpoint_interval": MAX_INTERVAL_STEPS,
-                    "warmup_steps": 0,
+                    "part": "throughput",
+                    "family": family,
+                    "optimizer": optimizer,
+                    "model": size.value,
+                    "context": context,
+                    "batch": batch,
+                    "precision": precision.value,
+                    "params": params,
+                    "tokens_per_sec": rate,
+                    "mfu": fpt * rate / peaks[precision],
+                    "load_after": os.getloadavg()[0],
                 }
             )
-            spec = model_spec(config, tokenizer.vocab_size, None, None)
-            model = build_model(spec, config.model_family, config.seed)
-            fpt = flops_per_token(model, spec)
-            params = sum(p.numel() for p in model.parameters())
-            steps = 40 if size is ModelSize.TINY else 8
-            for precision in precisions:
-                rate = bench.our_tokens_per_sec(
-                    config, splits, tokenizer.vocab_size, precision, steps
-                )
-                results.append(
-                    {
-                        "part": "throughput",
-                        "family": family,
-                        "model": size.value,
-                        "context": context,
-                        "batch": batch,
-                        "precision": precision.value,
-                        "params": params,
-                        "tokens_per_sec": rate,
-                        "mfu": fpt * rate / peaks[precision],
-                        "load_after": os.getloadavg()[0],
-                    }
-                )
     bench.log(f"(after: {bench.load_line()})")
 
 
@@ -243,8 +247,8 @@ def tables(results: list[dict[str, object]]) -> None:
                 f"| {r['train_seconds']:.0f} | {r['load_after']:.2f} |"
             )
     bench.log(
-        "\n| family | model | context x batch | precision | params | tokens/s | MFU "
-        "| vs nanoGPT tokens/s | load after |\n|---|---|---|---|---|---|---|---|---|"
+        "\n| family | optimizer | model | context x batch | precision | params | tokens/s | MFU "
+        "| vs nanoGPT tokens/s | load after |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         if r["part"] == "throughput":
@@ -254,7 +258,8 @@ def tables(results: list[dict[str, object]]) -> None:
                     f"{float(str(r['tokens_per_sec'])) / float(str(ref['tokens_per_sec'])):.2f}x"
                 )
             bench.log(
-                f"| {r['family']} | {r['model']} | {r['context']} x {r['batch']} | "
+                f"| {r['family']} | {r['optimizer']} | {r['model']} | "
+                f"{r['context']} x {r['batch']} | "
                 f"{r['precision']} | {num(r, 'params') / 1e6:.2f}M | "
                 f"{num(r, 'tokens_per_sec'):,.0f} | {num(r, 'mfu'):.1%} | {versus} "
                 f"| {r['load_after']:.2f} |"
@@ -291,7 +296,7 @@ def main(argv: list[str]) -> int:
             overrides = bench.parse_overrides(args.set)
             quality_grid(work, args.vocab, args.seconds, families, optimizers, overrides, results)
         if "throughput" in parts:
-            throughput_grid(work / "throughput", args.vocab, families, results)
+            throughput_grid(work / "throughput", args.vocab, families, optimizers, results)
     tables(results)
     if args.json:
         with args.json.open("a", encoding="utf-8") as f:

@@ -3,10 +3,11 @@
 
 Starts the local stack (Redis, Data Bank, API, worker), uploads a corpus to Data Bank
 (../shared/corpora/tinyshakespeare.txt, or a generated sample when that is absent), trains a
-BPE tokenizer and a `tiny` GPT-2 with a time budget, shows progress, prints the evaluation
-(validation bits per character) and a generated sample, says where the artifact is, prints
-the dashboard's address (watch the run there while it trains) and the `modeltrainer` CLI
-commands that do the same, and stops what it started (`--keep` leaves it running).
+BPE tokenizer and a `tiny` model (the defaults: qwen3 with Muon) with a time budget, shows
+progress, prints the evaluation (validation bits per character) and a generated sample, says
+where the artifact is, prints the dashboard's address (watch the run there while it trains)
+and the `modeltrainer` CLI commands that do the same, and stops what it started (`--keep`
+leaves it running).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def run_demo(api: str, databank: str, bank_key: str, api_key: str, seconds: floa
             else f"   {tokenizer_id}"
         )
 
-        say(f"== training a tiny GPT-2 for {seconds:.0f} s (the demo's defaults)")
+        say(f"== training a tiny model for {seconds:.0f} s (the defaults: qwen3, Muon)")
         run_body = {
             "corpus_file_id": corpus_id,
             "tokenizer_id": tokenizer_id,

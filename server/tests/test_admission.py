@@ -46,7 +46,14 @@ from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.processes import child_env
 from tests.stack import Answer
 
-IDS = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
+# GPT-2 with AdamW unless a case names another family or optimizer (the estimate's formulas
+# are checked per family and optimizer below).
+IDS = {
+    "corpus_file_id": "ab" * 32,
+    "tokenizer_id": "tok-1",
+    "model_family": "gpt2",
+    "optimizer": "adamw",
+}
 VOCAB = 2000
 # What a client asking for a model no CPU worker can hold might send.
 GIANT = {"n_layer": 96, "n_embd": 16384, "max_seq_len": 8192, "batch_size": 4096}

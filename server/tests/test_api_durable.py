@@ -424,7 +424,9 @@ def test_start_from_another_run_is_refused_when_it_cannot_work(
         assert "'30'" in message
         assert "last at step 20, 40" in message and "best at step 20" in message
 
-        empty_id = _new_run(redis_client, dict(from_run.body(n_layer=2, n_embd=64)))
+        # As the API stores a request: every field, defaults filled in.
+        stored = ModelTrainConfig.model_validate(from_run.body(n_layer=2, n_embd=64))
+        empty_id = _new_run(redis_client, stored.model_dump(mode="json"))
         no_checkpoints = client.post(
             "/runs/train",
             json=from_run.body(n_layer=2, n_embd=64, from_run_id=empty_id),

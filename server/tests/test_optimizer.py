@@ -41,7 +41,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(family: str) -> None:
 
 
 def test_gpt2s_transposed_conv1d_gets_the_scale_of_its_true_shape() -> None:
-    model, _ = _model()
+    model, _ = _model(model_family="gpt2")
     split = split_parameters(model, use_muon=True)
     # c_attn is d x 3d (in x out): torch would scale by 1, the true out/in ratio is 3; the
     # MLP's c_proj is 4d x d: torch would scale by 2, the truth is 1; c_fc: 1 -> 2.

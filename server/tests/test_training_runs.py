@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
 from model_trainer.databank.archive import safe_extract
 from model_trainer.store.events import (
@@ -238,7 +238,7 @@ def test_full_run_trains_evaluates_and_loads(
     ):
         assert (folder / name).exists(), name
     model = AutoModelForCausalLM.from_pretrained(folder)
-    assert isinstance(model, GPT2LMHeadModel)
+    assert isinstance(model, Qwen3ForCausalLM)  # the default family
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = torch.tensor([tokenizer.encode("The ")])
     out = _generate(model, prompt, int(tokenizer.pad_token_id))
@@ -278,6 +278,7 @@ def _generate(model: object, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
         ("qwen3", "adamw", "Qwen3ForCausalLM"),
         ("qwen3", "muon", "Qwen3ForCausalLM"),
         ("gpt2", "muon", "GPT2LMHeadModel"),
+        ("gpt2", "adamw", "GPT2LMHeadModel"),
     ],
 )
 def test_every_family_and_optimizer_trains_and_loads(
@@ -433,13 +434,21 @@ def test_bad_submissions_are_refused_at_submit_time(
             (_run_body(corpus_id, tokenizer_id, n_embd=65, n_head=4), 422, "n_embd"),
             (_run_body(corpus_id, tokenizer_id, max_seq_len=0), 422, "max_seq_len"),
             (_run_body(corpus_id, tokenizer_id, model_family="bert"), 422, "model_family"),
-            (_run_body(corpus_id, tokenizer_id, n_kv_head=2), 422, "n_kv_head"),
+            (
+                _run_body(corpus_id, tokenizer_id, model_family="gpt2", n_kv_head=2),
+                422,
+                "n_kv_head",
+            ),
             (
                 _run_body(corpus_id, tokenizer_id, model_family="llama", n_kv_head=3),
                 422,
                 "n_kv_head (3) must divide n_head (4)",
             ),
-            (_run_body(corpus_id, tokenizer_id, muon_learning_rate=0.02), 422, "optimizer muon"),
+            (
+                _run_body(corpus_id, tokenizer_id, optimizer="adamw", muon_learning_rate=0.02),
+                422,
+                "optimizer muon",
+            ),
             (_run_body(corpus_id, tokenizer_id, optimizer="sgd"), 422, "optimizer"),
             (_run_body(corpus_id, tokenizer_id, max_steps=5, max_train_seconds=9), 422, ""),
             (_run_body(corpus_id, "tok-nope"), 404, "tokenizer"),

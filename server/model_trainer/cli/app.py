@@ -53,7 +53,8 @@ from model_trainer.store.records import Status
 from model_trainer.training.config import ModelFamily, ModelSize, Optimizer
 
 HELP = (
-    "Train tokenizers and small GPT-2 models through a Model Trainer API.\n\n"
+    "Train tokenizers and small language models (GPT-2, LLaMA, Qwen3) through a Model "
+    "Trainer API.\n\n"
     "Settings come from flags, then the environment (MODEL_TRAINER_URL, "
     "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then .env, then "
     ".stack/client.env (written by `make start`) in the current directory.\n\n"
