@@ -134,7 +134,11 @@ def test_dockerfile_copies_every_package_the_project_installs() -> None:
     pyproject = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     text = (ROOT / "server" / "Dockerfile").read_text()
+    # The build context is everything .dockerignore does not exclude: it ignores all, then
+    # lets in what the image needs; a COPY of a package left out fails the build.
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
     for pattern in patterns:
         package = str(pattern).removesuffix("*")
         assert f"COPY server/{package} /app/server/{package}" in text, package
         assert (ROOT / "server" / package / "__init__.py").is_file(), package
+        assert f"!server/{package}/**" in allowed, package
