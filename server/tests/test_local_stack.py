@@ -61,6 +61,19 @@ def started(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
+def _cli(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`modeltrainer --json <args>` run from `folder`, as a user in that folder would."""
+    return subprocess.run(
+        [sys.executable, "-m", "model_trainer.cli", "--json", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def _printed(output: str, label: str) -> str:
     """The value `make start` printed after `label` (its lines are `label  value ...`)."""
     for line in output.splitlines():
@@ -95,34 +108,14 @@ def test_start_prints_urls_and_keys_that_work_and_the_cli_reads_them(
     client_env = (state / "client.env").read_text()
     assert f"MODEL_TRAINER_API_KEY={api_key}" in client_env
     assert f"DATA_BANK_API_KEY={bank_key}" in client_env
-    cli_env = {
-        k: v
-        for k, v in env.items()
-        if k not in {"MODEL_TRAINER_URL", "MODEL_TRAINER_API_KEY", "DATA_BANK_URL"}
-        and k != "DATA_BANK_API_KEY"
-    }
-    listed = subprocess.run(
-        [sys.executable, "-m", "model_trainer.cli", "--json", "run", "list"],
-        cwd=state.parent,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    cli_names = {"MODEL_TRAINER_URL", "MODEL_TRAINER_API_KEY", "DATA_BANK_URL", "DATA_BANK_API_KEY"}
+    cli_env = {k: v for k, v in env.items() if k not in cli_names}
+    listed = _cli(state.parent, cli_env, "run", "list")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert json.loads(listed.stdout)["items"] == []
     corpus = state.parent / "corpus.txt"
     corpus.write_text("to be or not to be\n" * 40)
-    upload = subprocess.run(
-        [sys.executable, "-m", "model_trainer.cli", "--json", "corpus", "upload", str(corpus)],
-        cwd=state.parent,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    upload = _cli(state.parent, cli_env, "corpus", "upload", str(corpus))
     assert upload.returncode == 0, upload.stdout + upload.stderr
     assert len(json.loads(upload.stdout)["file_id"]) == 64
 
