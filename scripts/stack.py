@@ -281,7 +281,6 @@ def _start_processes() -> int:
             "APP__DATA_ROOT": str(root / "data"),
             "APP__ARTIFACTS_ROOT": str(root / "artifacts"),
             "APP__RUNS_ROOT": str(root / "runs"),
-            "APP__LOGS_ROOT": str(root / "logs"),
         }
         if name == "api":
             args = [

@@ -1,8 +1,16 @@
 """Typed errors shared by the API and the worker.
 
-An `AppError` carries a stable `ErrorCode` (what clients switch on), a message for people,
-and the HTTP status the API answers with. Job code raises `UserError` for problems the
-caller must fix (never retried) and lets everything else surface as a system error.
+    AppError (ServiceError)        a stable `ErrorCode`, a message, the HTTP status
+    ├── NotFoundError, ConflictError
+    └── UserError                  a job's input is wrong: failed, never retried
+    JobStopped                     a job body stopped at a safe point; not a failure
+    ├── JobCancelled               the user asked: the job ends `cancelled`
+    ├── WorkerShutdown             the worker is stopping: the job is handed back
+    └── LeaseLost                  another worker owns the job now: write nothing
+    CheckpointInvalid (ValueError) a checkpoint that cannot be read: fatal
+
+How each ends a job is jobs/ownership.py's table; which failure class the rest fall in is
+jobs/failures.py's.
 """
 
 from __future__ import annotations
@@ -74,3 +82,19 @@ class UserError(AppError):
 
 class CheckpointInvalid(ValueError):
     """A checkpoint file that cannot be read (corrupt, truncated, another format): fatal."""
+
+
+class JobStopped(Exception):
+    """The job body stopped at a safe point for a reason that is not a failure."""
+
+
+class JobCancelled(JobStopped):
+    """The user cancelled the job; raised at a safe point by the job body."""
+
+
+class WorkerShutdown(JobStopped):
+    """The worker is shutting down; the job stopped at a safe point and is handed back."""
+
+
+class LeaseLost(JobStopped):
+    """This worker no longer owns the job: another took it over. Stop, write nothing."""

@@ -31,7 +31,6 @@ class AppSettings(_Section):
     data_root: Path = Path("/data")
     artifacts_root: Path = Path("/data/artifacts")
     runs_root: Path = Path("/data/runs")
-    logs_root: Path = Path("/data/logs")
     # 0 means "all cores this process may use" (cgroup- and affinity-aware).
     threads: int = Field(default=0, ge=0, le=256)
     # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
@@ -45,9 +44,6 @@ class AppSettings(_Section):
     data_bank_api_key: SecretStr | None = None
     # Corpora larger than this are sampled for SentencePiece (input_sentence_size).
     spm_sample_bytes: int = Field(default=100_000_000, ge=1_000_000)
-    heartbeat_interval_sec: float = Field(default=5.0, gt=0, le=300)
-    # A run whose heartbeat is older than this is considered orphaned (worker died).
-    heartbeat_ttl_sec: int = Field(default=60, ge=5, le=3600)
     events_channel: str = "trainer:events"
     log_stream_maxlen: int = Field(default=10_000, ge=100)
     # Corpus check at a job's start: a line ("\n"-separated, in bytes) longer than this fails
@@ -83,11 +79,9 @@ class RQSettings(_Section):
     job_timeout_sec: int = Field(default=7 * 24 * 3600, ge=1)
     result_ttl_sec: int = Field(default=7 * 24 * 3600, ge=0)
     failure_ttl_sec: int = Field(default=30 * 24 * 3600, ge=0)
-    # Tokenizer and evaluation jobs: RQ's retries. Training runs follow `recovery` instead.
-    retry_max: int = Field(default=2, ge=0, le=20)
-    retry_intervals_sec: list[int] = Field(default_factory=lambda: [10, 60])
-    # How often the worker refreshes a running job's RQ heartbeat, and how long past that a
-    # job of a dead worker counts as abandoned (then retried, resuming from its checkpoint).
+    # RQ only dispatches: it retries nothing (every job kind follows `recovery`). How often
+    # the worker refreshes a running job's RQ heartbeat, and how long past that RQ files a
+    # dead worker's job as abandoned (its own bookkeeping; our reapers take the job back).
     job_monitoring_interval_sec: int = Field(default=5, ge=1, le=600)
     abandoned_grace_sec: int = Field(default=20, ge=1, le=3600)
     # How often an idle worker sweeps RQ's registries (finds abandoned jobs).
@@ -95,14 +89,14 @@ class RQSettings(_Section):
 
 
 class RecoverySettings(_Section):
-    """How training runs survive workers dying, redeploys and outages (DESIGN.md, "Durable runs").
+    """How jobs of every kind survive workers dying, redeploys and outages (jobs/ownership.py).
 
-    A worker owns a run through a lease in Redis that it renews; every worker's reaper hands
-    a run whose lease lapsed to the queue again. Checkpoints go to Data Bank so that any
-    worker, with any disk, can continue.
+    A worker owns a job through a lease in Redis that it renews; every worker's reaper hands
+    a job whose lease lapsed to the queue again. A run's checkpoints go to Data Bank so that
+    any worker, with any disk, can continue.
     """
 
-    # A run's lease lives this long unless its worker renews it (every third of it).
+    # A job's lease lives this long unless its worker renews it (every third of it).
     lease_ttl_sec: float = Field(default=15.0, ge=1.0, le=600)
     # How often each worker renews its presence and runs the reaper / reconcile pass.
     reaper_interval_sec: float = Field(default=5.0, gt=0, le=300)
@@ -112,7 +106,7 @@ class RecoverySettings(_Section):
     checkpoint_every_seconds: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
     # Periodic checkpoints kept in Data Bank per run (the best one is kept besides).
     checkpoints_keep_last: int = Field(default=2, ge=1, le=100)
-    # Transient failures and lost workers, together, per run before it fails for good.
+    # Transient failures and lost workers, together, per job before it fails for good.
     max_attempts: int = Field(default=5, ge=1, le=100)
     # Retry delay: base * 2**(attempt-1), capped, times a random factor in [1-jitter, 1+jitter].
     backoff_base_sec: float = Field(default=5.0, ge=0, le=3600)

@@ -21,11 +21,12 @@ import httpx
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
+from rq.job import Job
 
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
 from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Settings
-from model_trainer.store.keys import workers_key
+from model_trainer.store.keys import KeySchema, workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
 from tests.processes import WORKER_COMMAND, Proc, child_env, free_port, wait_until
@@ -53,16 +54,8 @@ class Stack:
         self.root = root
         self.redis_url = redis_url
         self.queue_name = f"e2e-{uuid.uuid4().hex[:10]}"
-        # Retries are enqueued at once, not scheduled: a scheduled retry waits for RQ's
-        # scheduler, whose lock a killed worker holds for a minute, and tests wait only on
-        # conditions they name.
         self.rq = RQSettings.model_validate(
-            {
-                "queue_name": self.queue_name,
-                "gpu_queue_name": f"{self.queue_name}-gpu",
-                "retry_intervals_sec": [0, 0],
-                **rq,
-            }
+            {"queue_name": self.queue_name, "gpu_queue_name": f"{self.queue_name}-gpu", **rq}
         )
         self.databank: DataBankServer = self._databank()
         self.workers: list[Proc] = []
@@ -89,12 +82,9 @@ class Stack:
                 data_root=base / "data",
                 artifacts_root=base / "artifacts",
                 runs_root=base / "runs",
-                logs_root=base / "logs",
                 threads=1,
                 data_bank_api_url=self.databank.url,
                 data_bank_api_key=SecretStr(UPLOAD_KEY),
-                heartbeat_interval_sec=0.5,
-                heartbeat_ttl_sec=10,
             ),
             rq=self.rq,
             recovery=RecoverySettings(worker_presence_ttl_sec=3),
@@ -122,21 +112,17 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "RQ__QUEUE_NAME": self.queue_name,
                 "RQ__GPU_QUEUE_NAME": self.rq.gpu_queue_name,
-                "RQ__RETRY_INTERVALS_SEC": "[0,0]",
                 "RQ__JOB_MONITORING_INTERVAL_SEC": "2",
                 "RQ__ABANDONED_GRACE_SEC": "3",
                 "RQ__MAINTENANCE_INTERVAL_SEC": "2",
                 "APP__DATA_ROOT": str(s.app.data_root),
                 "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
                 "APP__RUNS_ROOT": str(s.app.runs_root),
-                "APP__LOGS_ROOT": str(s.app.logs_root),
                 # One thread: tiny models gain nothing from two, and a loaded machine (CI, the
                 # crash tests under stress) slows oversubscribed torch threads tenfold.
                 "APP__THREADS": "1",
                 "APP__DATA_BANK_API_URL": self.databank.url,
                 "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
-                "APP__HEARTBEAT_INTERVAL_SEC": "0.5",
-                "APP__HEARTBEAT_TTL_SEC": "10",
                 **RECOVERY_ENV,
                 **env,
             }
@@ -175,7 +161,6 @@ class Api:
                 "APP__DATA_ROOT": str(s.app.data_root),
                 "APP__ARTIFACTS_ROOT": str(s.app.artifacts_root),
                 "APP__RUNS_ROOT": str(s.app.runs_root),
-                "APP__LOGS_ROOT": str(s.app.logs_root),
                 "APP__DATA_BANK_API_URL": stack.databank.url,
                 "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
                 "SECURITY__API_KEY": api_key,
@@ -268,3 +253,10 @@ class Answer(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     def json(self) -> object: ...
+
+
+def rq_job(redis: Redis, keys: KeySchema, job_id: str) -> Job:
+    """The RQ job that dispatched our job last (RQ only dispatches; the record names it)."""
+    rq_id = as_str(redis.get(keys.key(keys.job, job_id)))
+    assert rq_id is not None, f"{job_id} was never dispatched"
+    return Job.fetch(rq_id, connection=redis)

@@ -26,8 +26,8 @@ from rq import Queue
 
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
+from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.reaper import Reaper
-from model_trainer.jobs.runner import WorkerContext
 from model_trainer.settings import AdmissionSettings, RecoverySettings, Settings
 from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, worker_memory_key, workers_key
 from model_trainer.store.records import RecordMeta, Status, StatusStore, TokenizerSummary
@@ -258,9 +258,13 @@ class Submit:
         self.tokenizer_id = f"tok-{uuid.uuid4().hex[:12]}"
         tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         tokenizers.create(self.tokenizer_id, RecordMeta(created_at=time.time(), request={}))
-        tokenizers.set_file_id(self.tokenizer_id, _upload(bank, root, f"tok {uuid.uuid4()}"))
+        tokenizer_file = _upload(bank, root, f"tok {uuid.uuid4()}")
         tokenizers.set_progress(self.tokenizer_id, TokenizerSummary(vocab_size=VOCAB))
-        tokenizers.set_status(self.tokenizer_id, Status.COMPLETED)
+        tokenizers.set_status(
+            self.tokenizer_id,
+            Status.COMPLETED,
+            also=(tokenizers.file_id_command(self.tokenizer_id, tokenizer_file),),
+        )
 
     def body(self, **fields: object) -> dict[str, object]:
         return {

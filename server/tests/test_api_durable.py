@@ -18,16 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
-from rq.job import Job
 
 from model_trainer.api.main import build_context, create_app
-from model_trainer.api.run_records import read_run
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import Settings
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, index_command
 from model_trainer.store.fencing import DirectWriter
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, RunKeys
+from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
 from model_trainer.store.records import (
     ErrorInfo,
     RecordMeta,
@@ -39,7 +37,7 @@ from model_trainer.store.records import (
 from model_trainer.training.config import ModelTrainConfig
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.redis_server import RedisServer
-from tests.stack import Answer
+from tests.stack import Answer, rq_job
 
 # A refused connection answers in milliseconds; anything near a socket timeout is a bug.
 FAST_SEC = 1.5
@@ -157,7 +155,7 @@ def test_run_and_tokenizer_info_show_error_and_attempts(
     run_id = _new_run(redis_client)
     error = ErrorInfo(kind="transient", code="UPSTREAM_ERROR", message="data bank answered 503")
     runs.set_status(run_id, Status.QUEUED, "retrying in 10 s", error=error)
-    redis_client.set(RunKeys.attempts(run_id), 2)
+    redis_client.set(RUN_KEYS.key(RUN_KEYS.attempts, run_id), 2)
     fresh = _new_run(redis_client)
 
     tokenizers = StatusStore(redis_client, TOKENIZER_KEYS, TokenizerSummary)
@@ -184,12 +182,10 @@ def test_run_and_tokenizer_info_show_error_and_attempts(
             "code": "DATA_INVALID",
             "message": "the corpus is empty",
         }
-    # The api's one-MGET read and the store's read agree on the record.
-    view = read_run(redis_client, run_id)
-    assert view is not None
-    assert view.record == runs.record(run_id)
-    assert view.attempts == 2
-    assert read_run(redis_client, "run-nope") is None
+    # The store reads the attempts with the record, in its one MGET.
+    record = runs.record(run_id)
+    assert record is not None and record.attempts == 2
+    assert runs.record("run-nope") is None
 
 
 def _command_calls(redis: Redis) -> dict[str, int]:
@@ -325,8 +321,12 @@ class FromRunSetup:
         self.tokenizer_id = f"tok-{uuid.uuid4().hex[:16]}"
         tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         tokenizers.create(self.tokenizer_id, RecordMeta(created_at=time.time(), request={}))
-        tokenizers.set_file_id(self.tokenizer_id, _upload(bank, directory, f"tok {uuid.uuid4()}"))
-        tokenizers.set_status(self.tokenizer_id, Status.COMPLETED)
+        tokenizer_file = _upload(bank, directory, f"tok {uuid.uuid4()}")
+        tokenizers.set_status(
+            self.tokenizer_id,
+            Status.COMPLETED,
+            also=(tokenizers.file_id_command(self.tokenizer_id, tokenizer_file),),
+        )
         self.last_20 = _upload(bank, directory, f"ckpt 20 {uuid.uuid4()}")
         self.last_40 = _upload(bank, directory, f"ckpt 40 {uuid.uuid4()}")
         self.best_20 = _upload(bank, directory, f"best 20 {uuid.uuid4()}")
@@ -355,7 +355,7 @@ class FromRunSetup:
         return body
 
     def enqueued(self, run_id: str) -> TrainJob:
-        args = Job.fetch(run_id, connection=self.redis).args
+        args = rq_job(self.redis, RUN_KEYS, run_id).args
         assert len(args) == 1 and isinstance(args[0], str)
         return TrainJob.model_validate_json(args[0])
 

@@ -17,7 +17,7 @@ from redis import Redis
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.jobs.artifacts import fetch_artifact
-from model_trainer.jobs.runner import WorkerContext
+from model_trainer.jobs.context import WorkerContext
 from model_trainer.settings import AppSettings, Settings
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 

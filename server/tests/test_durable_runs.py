@@ -25,7 +25,7 @@ from model_trainer.store.checkpoints import (
     index_command,
     read_checkpoints,
 )
-from model_trainer.store.keys import RUN_KEYS, RunKeys
+from model_trainer.store.keys import RUN_KEYS
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
 from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
 from tests.processes import Proc, wait_until
@@ -91,7 +91,7 @@ def _signal_all(worker: Proc, sig: int) -> None:
 
 
 def _owner(stack: Stack, run_id: str) -> str | None:
-    token = as_str(stack.redis.get(RunKeys.lease(run_id)))
+    token = as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.lease, run_id)))
     return token.split("#")[0] if token else None
 
 
@@ -133,7 +133,7 @@ def _error(answer: dict[str, object]) -> dict[str, object]:
 
 
 def _attempts(stack: Stack, run_id: str) -> int:
-    raw = as_str(stack.redis.get(RunKeys.attempts(run_id)))
+    raw = as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.attempts, run_id)))
     return int(raw) if raw else 0
 
 
@@ -284,7 +284,7 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
                 "the other worker to take the run over",
                 other,
             )
-            taken_at_epoch = int(as_str(stack.redis.get(RunKeys.epoch(run_id))) or 0)
+            taken_at_epoch = int(as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.epoch, run_id))) or 0)
             _signal_all(paused, signal.SIGCONT)
             wait_until(
                 lambda: "run_lost" in paused.output() or "lease_lost" in paused.output(),
@@ -298,7 +298,10 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
             # since is the new owner's, and the epoch moved on only by the takeover itself.
             later = [c for c in _checkpoints(stack, run_id).entries if c.step > 20]
             assert later and all(c.worker == stack.worker_name(other) for c in later), later
-            assert int(as_str(stack.redis.get(RunKeys.epoch(run_id))) or 0) == taken_at_epoch
+            assert (
+                int(as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.epoch, run_id))) or 0)
+                == taken_at_epoch
+            )
             points = client.get(f"/runs/{run_id}/metrics").json()["points"]
             steps = [int(p["step"]) for p in points]
             assert steps == sorted(set(steps))

@@ -18,14 +18,14 @@ from rq.job import Job
 
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import (
-    JobName,
     JobState,
     RQJobQueue,
     run_queue_name,
     worker_queue_names,
 )
 from model_trainer.settings import AppSettings, RQSettings, Settings
-from model_trainer.store.keys import workers_key
+from model_trainer.store.keys import RUN_KEYS, JobKind, workers_key
+from model_trainer.store.records import as_str
 from model_trainer.training.config import Device, ModelTrainConfig
 from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload
@@ -43,18 +43,10 @@ def worker(module_worker: StartWorker) -> Proc:
 
 
 def _queue(
-    redis: Redis,
-    name: str,
-    job_timeout_sec: int = RQSettings().job_timeout_sec,
-    retry_max: int = 0,
-    retry_intervals_sec: tuple[int, ...] = (0,),
+    redis: Redis, name: str, job_timeout_sec: int = RQSettings().job_timeout_sec
 ) -> RQJobQueue:
     settings = RQSettings(
-        queue_name=name,
-        gpu_queue_name=f"{name}-gpu",
-        job_timeout_sec=job_timeout_sec,
-        retry_max=retry_max,
-        retry_intervals_sec=list(retry_intervals_sec),
+        queue_name=name, gpu_queue_name=f"{name}-gpu", job_timeout_sec=job_timeout_sec
     )
     return RQJobQueue(redis, settings, functions=FUNCTIONS)
 
@@ -86,7 +78,7 @@ def test_state_walks_started_then_finished(
 
 
 def test_job_timeout_is_honoured(redis_client: Redis, queue_name: str, worker: Proc) -> None:
-    queue = _queue(redis_client, queue_name, job_timeout_sec=1, retry_max=0)
+    queue = _queue(redis_client, queue_name, job_timeout_sec=1)
     job_id = uuid.uuid4().hex
     key = f"k:{job_id}"
     queue.enqueue("sleep", Payload(key=key, seconds=30), job_id=job_id)
@@ -97,24 +89,14 @@ def test_job_timeout_is_honoured(redis_client: Redis, queue_name: str, worker: P
     assert "JobTimeoutException" in (result.exc_string or "")
 
 
-def test_raising_job_is_retried_until_it_succeeds(
-    redis_client: Redis, queue_name: str, worker: Proc
-) -> None:
-    queue = _queue(redis_client, queue_name, retry_max=2, retry_intervals_sec=(1,))
+def test_rq_retries_nothing(redis_client: Redis, queue_name: str, worker: Proc) -> None:
+    """RQ only dispatches: a job that raises fails once and stays failed (our owners and
+    reapers decide about another attempt, jobs/ownership.py)."""
+    queue = _queue(redis_client, queue_name)
     job_id = uuid.uuid4().hex
-    queue.enqueue("flaky", Payload(key=f"k:{job_id}", fail_times=2), job_id=job_id)
-    wait_until(lambda: queue.state(job_id) is JobState.FINISHED, 60, "job to succeed on retry")
-    assert int(redis_client.get(f"k:{job_id}") or 0) == 3
-    job = Job.fetch(job_id, connection=redis_client)
-    assert job.return_value() == "succeeded on attempt 3"
-
-
-def test_retries_are_bounded(redis_client: Redis, queue_name: str, worker: Proc) -> None:
-    queue = _queue(redis_client, queue_name, retry_max=1, retry_intervals_sec=(0,))
-    job_id = uuid.uuid4().hex
-    queue.enqueue("flaky", Payload(key=f"k:{job_id}", fail_times=5), job_id=job_id)
-    wait_until(lambda: queue.state(job_id) is JobState.FAILED, 60, "job to fail for good")
-    assert int(redis_client.get(f"k:{job_id}") or 0) == 2
+    queue.enqueue("flaky", Payload(key=f"k:{job_id}", fail_times=1), job_id=job_id)
+    wait_until(lambda: queue.state(job_id) is JobState.FAILED, 60, "job to fail")
+    assert int(redis_client.get(f"k:{job_id}") or 0) == 1
 
 
 def test_unknown_job_name_is_refused(redis_client: Redis, queue_name: str) -> None:
@@ -145,7 +127,7 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     """A `cuda` run is queued on the GPU queue, which this module's CPU worker does not
     serve: it is still waiting after a later ordinary job ran, and a requeue (owner, reaper,
     shutdown) puts it back on the GPU queue. `auto` and `cpu` runs use the ordinary queue."""
-    functions = {**FUNCTIONS, JobName.TRAIN_MODEL: FUNCTIONS["record"]}
+    functions = {**FUNCTIONS, JobKind.RUN: FUNCTIONS["record"]}
     settings = RQSettings(queue_name=queue_name, gpu_queue_name=f"{queue_name}-gpu")
     queue = RQJobQueue(redis_client, settings, functions=functions)
     gpu_queue = settings.gpu_queue_name
@@ -157,16 +139,19 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
 
     cuda = _train_job("cuda")
     assert run_queue_name(settings, cuda.config.device) == gpu_queue
-    job_id = queue.enqueue(JobName.TRAIN_MODEL, cuda, job_id=cuda.run_id)
+    job_id = queue.submit(JobKind.RUN, cuda.run_id, cuda)
+    assert job_id.startswith(f"{cuda.run_id}-"), "each dispatch is an RQ job of its own"
+    assert as_str(redis_client.get(RUN_KEYS.key(RUN_KEYS.job, cuda.run_id))) == job_id
     assert _job_ids(redis_client, gpu_queue) == [job_id]
     later = uuid.uuid4().hex
     queue.enqueue("record", Payload(key=f"k:{later}"), job_id=later)
     wait_until(lambda: queue.state(later) is JobState.FINISHED, 60, "the ordinary job to run")
     assert queue.state(job_id) is JobState.QUEUED
-    assert queue.run_job_pending(cuda.run_id)
+    assert queue.job_pending(JobKind.RUN, cuda.run_id)
 
     Job.fetch(job_id, connection=redis_client).cancel()  # as if its attempt ended
-    again = queue.requeue_run(cuda.run_id)
+    assert not queue.job_pending(JobKind.RUN, cuda.run_id)
+    again = queue.requeue(JobKind.RUN, cuda.run_id)
     assert again is not None and again != job_id
     assert _job_ids(redis_client, gpu_queue) == [again]
     assert again not in _job_ids(redis_client, queue_name)
@@ -179,7 +164,7 @@ def test_other_runs_go_on_the_ordinary_queue(redis_client: Redis, device: str) -
     queue = RQJobQueue(redis_client, settings)
     job = _train_job(device)
     assert run_queue_name(settings, job.config.device) == settings.queue_name
-    job_id = queue.enqueue(JobName.TRAIN_MODEL, job, job_id=job.run_id)
+    job_id = queue.submit(JobKind.RUN, job.run_id, job)
     assert _job_ids(redis_client, settings.queue_name) == [job_id]
     assert _job_ids(redis_client, settings.gpu_queue_name).count(job_id) == 0
     Job.fetch(job_id, connection=redis_client).cancel()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import sentencepiece
 from fastapi.testclient import TestClient
-from rq.job import Job
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from model_trainer.databank.archive import safe_extract
-from tests.stack import Stack, poll
+from model_trainer.store.keys import TOKENIZER_KEYS
+from tests.stack import Stack, poll, rq_job
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -158,7 +158,7 @@ def test_same_request_is_one_job_and_seed_changes_the_id(stack: Stack, corpus_id
         assert again["status"] == "completed", "a finished tokenizer is not trained again"
         other = _train(client, {**body, "seed": 7})
         assert other["tokenizer_id"] != first["tokenizer_id"]
-    job = Job.fetch(str(first["tokenizer_id"]), connection=stack.redis)
+    job = rq_job(stack.redis, TOKENIZER_KEYS, str(first["tokenizer_id"]))
     assert job.get_status() == "finished"
 
 
@@ -212,8 +212,9 @@ def test_bad_corpus_fails_with_a_clear_message_and_no_retry(
         assert done["status"] == "failed"
         assert expected in str(done["message"]), done["message"]
         assert client.get(f"/tokenizers/{tokenizer_id}/artifact").status_code == 404
-    job = Job.fetch(tokenizer_id, connection=stack.redis)
-    assert job.get_status() == "finished", "a user error is not handed to RQ's retry"
+    assert done["attempts"] == 0, "a user error is not retried"
+    job = rq_job(stack.redis, TOKENIZER_KEYS, tokenizer_id)
+    assert job.get_status() == "finished", "the failure was settled by its owner, not RQ"
 
 
 def test_a_tokenizer_whose_artifact_is_gone_is_trained_again(stack: Stack, corpus_id: str) -> None:

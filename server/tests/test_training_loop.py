@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.shutdown import WorkerShutdown, stop_requested
 from model_trainer.training.checkpoint import checkpoint_path, read_checkpoint_file, sidecar_path
 from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
 from model_trainer.training.hardware import CpuInfo
@@ -98,13 +97,6 @@ class Inputs:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, cpu: CpuInfo) -> Inputs:
     return Inputs(tmp_path_factory.mktemp("loop"), cpu)
-
-
-@pytest.fixture
-def clean_shutdown_flag() -> Iterator[None]:
-    stop_requested.clear()
-    yield
-    stop_requested.clear()
 
 
 def metrics(run_dir: Path) -> list[dict[str, object]]:
@@ -324,21 +316,24 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(inputs: Inputs, tmp_path
     assert manifest["device"] == "cpu"
 
 
-def test_worker_shutdown_checkpoints_then_resumes(
-    inputs: Inputs, tmp_path: Path, clean_shutdown_flag: None
-) -> None:
+def test_hand_back_checkpoints_then_resumes(inputs: Inputs, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
 
     class StopAtStep(Recorder):
-        def on_progress(self, info: ProgressInfo) -> None:
-            if info.step == 10:
-                stop_requested.set()  # as the worker's signal handler does
+        asked = False
 
-    with pytest.raises(WorkerShutdown):
-        inputs.run(run_dir, StopAtStep(), max_steps=30, dropout=0.1)
+        def on_progress(self, info: ProgressInfo) -> None:
+            self.asked = self.asked or info.step == 10  # as the worker's shutdown does
+
+        def should_hand_back(self) -> bool:
+            return self.asked
+
+    assert inputs.run(run_dir, StopAtStep(), max_steps=30, dropout=0.1) == (
+        Outcome.INTERRUPTED,
+        10,
+    )
     saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert saved["loop"]["step"] == 10
-    stop_requested.clear()
     outcome, steps = inputs.run(run_dir, max_steps=30, dropout=0.1)
     assert (outcome, steps) == (Outcome.COMPLETED, 30)
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20, 30]

@@ -17,8 +17,20 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.jobs.queue import JobQueue
 from model_trainer.settings import Settings
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, worker_memory_key, workers_key
-from model_trainer.store.records import RunProgress, StatusStore, TokenizerSummary, as_str
+from model_trainer.store.keys import (
+    EVAL_KEYS,
+    RUN_KEYS,
+    TOKENIZER_KEYS,
+    worker_memory_key,
+    workers_key,
+)
+from model_trainer.store.records import (
+    EvalResult,
+    RunProgress,
+    StatusStore,
+    TokenizerSummary,
+    as_str,
+)
 
 
 class ApiContext:
@@ -33,6 +45,7 @@ class ApiContext:
         self.databank = databank
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
+        self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
         limits = settings.limits
         self.databank_guard = RemoteGuard(
             "Data Bank", limits.remote_max_concurrent, limits.remote_cooldown_sec

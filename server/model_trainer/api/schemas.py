@@ -43,8 +43,10 @@ class TokenizerInfo(_Body):
     stats: dict[str, JsonValue] | None = None
     timings: dict[str, float] | None = None
     file_id: str | None = None
-    # Why the job failed: `{kind: user | transient | fatal, code, message}`.
+    # Why the job failed, or why its last attempt did while it waits to be retried:
+    # `{kind: user | transient | fatal, code, message}`.
     error: ErrorInfo | None = None
+    attempts: int = Field(default=0, description="failed attempts so far (0 until one fails)")
 
     @classmethod
     def from_record(cls, record: Record[TokenizerSummary]) -> TokenizerInfo:
@@ -60,6 +62,7 @@ class TokenizerInfo(_Body):
             timings=summary.timings if summary else None,
             file_id=record.file_id,
             error=record.error,
+            attempts=record.attempts,
         )
 
 
@@ -109,7 +112,6 @@ class RunInfo(_Body):
     def from_record(
         cls,
         record: Record[RunProgress],
-        attempts: int = 0,
         queue: str | None = None,
         waiting_for: str | None = None,
     ) -> RunInfo:
@@ -123,7 +125,7 @@ class RunInfo(_Body):
             request=record.meta.request if record.meta else None,
             file_id=record.file_id,
             error=record.error,
-            attempts=attempts,
+            attempts=record.attempts,
             queue=queue,
             waiting_for=waiting_for,
         )

@@ -31,8 +31,9 @@ from model_trainer.jobs.payloads import (
     TokenizerJob,
     TrainJob,
 )
-from model_trainer.jobs.queue import JobName, run_queue_name
+from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
+from model_trainer.store.keys import RECORD_TTL_SEC, JobKind, latest_eval_key
 from model_trainer.store.records import (
     EvalInfo,
     Record,
@@ -40,6 +41,7 @@ from model_trainer.store.records import (
     RunProgress,
     Status,
     TokenizerSummary,
+    as_str,
 )
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import STORED, ModelTrainConfig
@@ -67,8 +69,8 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
         latest = store.status(tokenizer_id) or Status.QUEUED
         return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=latest)
     payload = TokenizerJob(tokenizer_id=tokenizer_id, config=config)
-    job_id = ctx.queue.enqueue(JobName.TRAIN_TOKENIZER, payload, job_id=tokenizer_id)
-    return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=job_id, status=Status.QUEUED)
+    ctx.queue.submit(JobKind.TOKENIZER, tokenizer_id, payload)
+    return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED)
 
 
 def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
@@ -107,8 +109,8 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
         run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json"))
     )
     job = TrainJob(run_id=run_id, config=config, init_from=init_from)
-    job_id = ctx.queue.enqueue(JobName.TRAIN_MODEL, job, job_id=run_id)
-    return RunAccepted(run_id=run_id, job_id=job_id, status=Status.QUEUED)
+    ctx.queue.submit(JobKind.RUN, run_id, job)
+    return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,41 @@ def cancel_run(ctx: ApiContext, run: Record[RunProgress]) -> None:
         ctx.runs.set_status(run.id, Status.CANCELLED, "cancelled before it started")
 
 
+def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:
+    """The run's latest evaluation (an `eval` job's record, or the run's final one)."""
+    eval_id = as_str(ctx.redis.get(latest_eval_key(run_id)))
+    record = ctx.evals.record(eval_id) if eval_id else None
+    if record is None:
+        return None
+    request = record.meta.request if record.meta else {}
+    corpus = request.get("corpus_file_id")
+    split = request.get("split")
+    info = EvalInfo(
+        run_id=run_id,
+        eval_id=record.id,
+        status=record.status,
+        message=record.message,
+        error=record.error,
+        split=split if isinstance(split, str) else "corpus",
+        corpus_file_id=corpus if isinstance(corpus, str) else None,
+    )
+    result = record.progress
+    if result is None:
+        return info
+    return info.model_copy(
+        update={
+            "split": result.split or info.split,
+            "loss": result.loss,
+            "perplexity": result.perplexity,
+            "bits_per_char": result.bits_per_char,
+            "tokens_per_char": result.tokens_per_char,
+            "num_tokens": result.num_tokens,
+            "num_chars": result.num_chars,
+            "samples": result.samples,
+        }
+    )
+
+
 def submit_evaluation(
     ctx: ApiContext, run: Record[RunProgress], request: EvaluateRequest
 ) -> EvalAccepted:
@@ -309,23 +346,18 @@ def submit_evaluation(
         )
     if request.corpus_file_id is not None:
         require_corpus(ctx, request.corpus_file_id)
-    current = ctx.runs.eval(run.id)
+    current = latest_evaluation(ctx, run.id)
     if current is not None and not current.status.terminal:
         raise ConflictError(
             f"evaluation {current.eval_id} of run {run.id!r} is still {current.status}"
         )
     eval_id = f"eval-{uuid.uuid4().hex[:12]}"
-    info = EvalInfo(
-        run_id=run.id,
-        eval_id=eval_id,
-        status=Status.QUEUED,
-        split=request.split,
-        corpus_file_id=request.corpus_file_id,
-    )
-    ctx.runs.set_eval(run.id, info)
     job = EvaluateJob(run_id=run.id, eval_id=eval_id, request=request)
-    job_id = ctx.queue.enqueue(JobName.EVALUATE_MODEL, job, job_id=f"{run.id}-{eval_id}")
-    return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=job_id, status=Status.QUEUED)
+    described: dict[str, JsonValue] = {"run_id": run.id, **request.model_dump(mode="json")}
+    ctx.evals.create(eval_id, RecordMeta(created_at=time.time(), request=described))
+    ctx.redis.set(latest_eval_key(run.id), eval_id, ex=RECORD_TTL_SEC)
+    ctx.queue.submit(JobKind.EVAL, eval_id, job)
+    return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=eval_id, status=Status.QUEUED)
 
 
 def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequest) -> ModelRef:

@@ -20,7 +20,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import DataBankError
-from model_trainer.jobs.ownership import RunOwner
+from model_trainer.jobs.ownership import JobOwner
 from model_trainer.store.checkpoints import (
     CheckpointEntry,
     CheckpointIndex,
@@ -40,13 +40,13 @@ log = logging.getLogger("model_trainer.jobs")
 
 
 class CheckpointSync:
-    def __init__(self, owner: RunOwner, run_dir: Path) -> None:
+    def __init__(self, owner: JobOwner, run_dir: Path) -> None:
         self._owner = owner
-        self._run_id = owner.run_id
+        self._run_id = owner.job_id
         self._run_dir = run_dir
         self._keep = owner.ctx.settings.recovery.checkpoints_keep_last
         self._bank = owner.ctx.databank_client(max_retries=1)
-        self.index: CheckpointIndex = read_checkpoints(owner.ctx.redis, owner.run_id)
+        self.index: CheckpointIndex = read_checkpoints(owner.ctx.redis, owner.job_id)
         self._index_saved = True
         self._to_delete: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Failure classes (design §26): what went wrong, and whether trying again can help.
+"""Failure classes: what went wrong, and whether trying again can help (every job kind).
 
     user       bad input or hyper-parameters (UserError)          never retried
     transient  Data Bank, Redis or the network unavailable         retried with backoff
@@ -22,16 +22,17 @@ from model_trainer.databank.errors import (
     IntegrityError,
     Unavailable,
 )
-from model_trainer.errors import AppError, CheckpointInvalid, ErrorCode, UserError
+from model_trainer.errors import CheckpointInvalid, ErrorCode, UserError
 from model_trainer.settings import RecoverySettings
 from model_trainer.store.records import ErrorInfo
 
 
-class ArtifactUploadFailed(AppError):
-    """The finished model could not be uploaded (Data Bank down): transient, retried."""
+class ArtifactUploadFailed(Exception):
+    """A finished artifact could not be uploaded (Data Bank down): transient, retried."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(ErrorCode.ARTIFACT_UPLOAD_FAILED, f"artifact upload failed: {detail}", 502)
+        self.message = f"artifact upload failed: {detail}"
+        super().__init__(self.message)
 
 
 def classify(exc: BaseException) -> ErrorInfo:
@@ -39,7 +40,9 @@ def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, UserError):
         return ErrorInfo(kind="user", code=exc.code.value, message=exc.message)
     if isinstance(exc, ArtifactUploadFailed):
-        return ErrorInfo(kind="transient", code=exc.code.value, message=exc.message)
+        return ErrorInfo(
+            kind="transient", code=ErrorCode.ARTIFACT_UPLOAD_FAILED.value, message=exc.message
+        )
     if isinstance(exc, Unavailable | InsufficientStorage | IntegrityError | httpx.TransportError):
         return ErrorInfo(
             kind="transient",

@@ -23,18 +23,19 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import NotFound
-from model_trainer.errors import ErrorCode, UserError
+from model_trainer.errors import ErrorCode, JobCancelled, UserError, WorkerShutdown
 from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus, publish_artifact
 from model_trainer.jobs.checkpoint_sync import CheckpointSync
+from model_trainer.jobs.context import WorkerContext, worker_context
 from model_trainer.jobs.failures import ArtifactUploadFailed
-from model_trainer.jobs.model_evaluation import eval_info
-from model_trainer.jobs.ownership import RunOwner, owned_run
+from model_trainer.jobs.model_evaluation import eval_result, final_eval_commands
+from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
-from model_trainer.jobs.runner import JobCancelled, WorkerContext, worker_context
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
-from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, RunKeys
-from model_trainer.store.records import RunProgress, Status
+from model_trainer.store.fencing import Command
+from model_trainer.store.keys import RECORD_TTL_SEC, JobKind
+from model_trainer.store.records import RunProgress
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.config import STORED, ModelTrainConfig
@@ -68,7 +69,7 @@ class RunReporter(TrainingCallbacks):
 
     def __init__(
         self,
-        owner: RunOwner,
+        owner: JobOwner,
         config: ModelTrainConfig,
         sync: CheckpointSync,
         resumed_from_step: int | None,
@@ -76,8 +77,9 @@ class RunReporter(TrainingCallbacks):
         self._owner = owner
         self._config = config
         self._sync = sync
-        self._run_id = owner.run_id
-        previous = owner.ctx.runs.progress(owner.run_id)
+        self._run_id = owner.job_id
+        self._runs = owner.fenced(owner.ctx.runs)
+        previous = owner.ctx.runs.progress(owner.job_id)
         reported = max(previous.step if previous else -1, owner.metrics.last_step() or -1)
         self._report_after = reported if resumed_from_step is not None else -1
         owner.metrics.after_step = self._report_after
@@ -125,7 +127,7 @@ class RunReporter(TrainingCallbacks):
                 updated_at=now,
                 resumed_from_step=self._resumed_from,
             )
-            self._quietly("progress", lambda: self._owner.runs.set_progress(self._run_id, progress))
+            self._quietly("progress", lambda: self._runs.set_progress(self._run_id, progress))
         if final or now - self._last_log >= PROGRESS_LOG_INTERVAL_SEC:
             self._last_log = now
             self._log_progress(info)
@@ -221,19 +223,21 @@ class RunReporter(TrainingCallbacks):
         self._owner.check()
         return self._owner.cancelled()
 
+    def should_hand_back(self) -> bool:
+        return self._owner.hand_back_requested()
+
 
 def run(payload_json: str) -> None:
     payload = TrainJob.model_validate_json(payload_json, context=STORED)
     ctx = worker_context()
     run_id, config = payload.run_id, payload.config
     run_dir = ctx.settings.app.runs_root / run_id
-    with owned_run(ctx, run_id, config.user_id, run_dir) as owner:
-        if owner is None:
-            return
-        _train(ctx, owner, payload, run_dir)
+    with owned_job(ctx, JobKind.RUN, run_id, run_dir, user_id=config.user_id) as owner:
+        if owner is not None:
+            _train(ctx, owner, payload, run_dir)
 
 
-def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path) -> None:
+def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path) -> None:
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, config = payload.run_id, payload.config
     corpus = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
@@ -277,6 +281,8 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
         )
     finally:
         sync.close()
+    if result.outcome is Outcome.INTERRUPTED:
+        raise WorkerShutdown(f"run {run_id}: checkpointed for the worker's shutdown")
     if result.outcome is Outcome.CANCELLED or result.artifact_dir is None:
         raise JobCancelled(f"run {run_id} cancelled by request")
     artifact = result.artifact_dir
@@ -287,9 +293,6 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
         raise JobCancelled(f"run {run_id} cancelled by request")
     file_id = _upload_artifact(ctx, owner, artifact)
     metrics = result.eval
-    if metrics is not None:
-        info = eval_info(run_id, "final", metrics, artifact / EVAL_DIR)
-        owner.when_redis_is_back("evaluation", lambda: owner.runs.set_eval(run_id, info))
     stopped = (
         " (stopped early: no better validation loss)"
         if result.outcome is Outcome.EARLY_STOPPED
@@ -311,14 +314,12 @@ def _train(ctx: WorkerContext, owner: RunOwner, payload: TrainJob, run_dir: Path
             perplexity=metrics.perplexity,
             artifact_path=str(artifact),
         )
-    file_id_key = RUN_KEYS.key(RUN_KEYS.file_id, run_id)
-    owner.end(
-        Status.COMPLETED,
-        message,
-        event=completed,
-        also=(("SET", file_id_key, file_id, "EX", str(RECORD_TTL_SEC)),),
-    )
-    log.info(message, extra=log_fields("run_completed"))
+    runs = owner.fenced(ctx.runs)
+    also: tuple[Command, ...] = (runs.file_id_command(run_id, file_id),)
+    if metrics is not None:
+        evaluation = eval_result(metrics, artifact / EVAL_DIR)
+        also += final_eval_commands(owner.fenced(ctx.evals), run_id, evaluation, message)
+    owner.complete(message, event=completed, also=also)
 
 
 def _check_memory(ctx: WorkerContext, config: ModelTrainConfig, tokenizer_dir: Path) -> None:
@@ -355,11 +356,11 @@ def _initial_weights(ctx: WorkerContext, payload: TrainJob, run_dir: Path) -> Pa
 
 
 def _announce_start(
-    ctx: WorkerContext, owner: RunOwner, config: ModelTrainConfig, threads: int
+    ctx: WorkerContext, owner: JobOwner, config: ModelTrainConfig, threads: int
 ) -> None:
     """`started` goes out once per run, not once per attempt."""
-    run_id = owner.run_id
-    if not ctx.redis.set(RunKeys.started(run_id), "1", nx=True, ex=RECORD_TTL_SEC):
+    run_id = owner.job_id
+    if not ctx.redis.set(owner.key(owner.keys.started), "1", nx=True, ex=RECORD_TTL_SEC):
         return
     owner.events.publish(
         TrainStarted(
@@ -382,7 +383,7 @@ def _announce_start(
     log.info("run started", extra=log_fields("run_started"))
 
 
-def _upload_artifact(ctx: WorkerContext, owner: RunOwner, artifact: Path) -> str:
+def _upload_artifact(ctx: WorkerContext, owner: JobOwner, artifact: Path) -> str:
     """Upload the finished model, retrying with backoff for `upload_retry_sec`; then the
     failure is transient and a later attempt uploads it without training again."""
     deadline = time.monotonic() + ctx.settings.recovery.upload_retry_sec
@@ -390,7 +391,7 @@ def _upload_artifact(ctx: WorkerContext, owner: RunOwner, artifact: Path) -> str
     while True:
         owner.check()
         try:
-            return publish_artifact(ctx, artifact, f"model-{owner.run_id}")
+            return publish_artifact(ctx, artifact, f"model-{owner.job_id}")
         except ArtifactUploadFailed as exc:
             if time.monotonic() + delay > deadline:
                 raise

@@ -1,11 +1,14 @@
-"""A worker's hold on one training run: its lease, and how each attempt at the run ends.
+"""A worker's hold on one job of any kind: its lease, and how each attempt at it ends.
 
-    take the lease (or leave at once: another worker owns the run, or it has ended)
-    mark the run running; renew the lease every third of its TTL on a thread
+Tokenizers, training runs and evaluations share this life; RQ only dispatches (it retries
+nothing, and nothing is read back from its registries as truth):
+
+    take the lease (or leave at once: another worker owns the job, or it has ended)
+    mark the job running; renew the lease and the heartbeat every third of its TTL
     run the job body with stores whose writes are fenced by the lease
-    turn the way the body ended into the run's next state:
+    turn the way the body ended into the job's next state:
 
-| body ends with       | status    | next                                  | event            |
+| body ends with       | status    | next                                  | event (runs)     |
 | -------------------- | --------- | ------------------------------------- | ---------------- |
 | `complete(...)`      | completed | -                                     | completed        |
 | `UserError`          | failed    | -                                     | failed, user     |
@@ -18,8 +21,8 @@
 | (process killed)     | running   | a reaper re-enqueues it; attempt+1    | (failed if last) |
 
 Each of these state changes is one fenced write (status, message, error, lease release
-and event together), so it happens exactly once and only while this worker owns the run.
-A Redis outage does not end a run: the renewal thread keeps trying, progress writes are
+and event together), so it happens exactly once and only while this worker owns the job.
+A Redis outage does not end a job: the renewal thread keeps trying, progress writes are
 skipped (metric points wait), and the final writes wait up to `redis_wait_sec` for Redis.
 """
 
@@ -30,57 +33,82 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from model_trainer.errors import ErrorCode
+from model_trainer.errors import ErrorCode, JobCancelled, LeaseLost, WorkerShutdown
+from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.failures import classify, retry_delay
-from model_trainer.jobs.runner import JobCancelled, WorkerContext
 from model_trainer.manifest import write_manifest
-from model_trainer.shutdown import WorkerShutdown
 from model_trainer.store.events import TrainerEvent, train_failed
-from model_trainer.store.fencing import Command, Lease, LeaseLost, NotAcquired
-from model_trainer.store.keys import DELAYED_RUNS, RUN_KEYS, RunKeys
-from model_trainer.store.records import ErrorInfo, Status, as_str
+from model_trainer.store.fencing import Command, FencedWriter, Lease, NotAcquired
+from model_trainer.store.keys import JobKind
+from model_trainer.store.records import ErrorInfo, ProgressT, Status, StatusStore, as_str
 from model_trainer.store.runlog import MetricsWriter, capture_job_logs
-from service_common.jsonlog import bound, log_fields, run_id_var
+from service_common.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
 
 log = logging.getLogger("model_trainer.jobs")
 
-LOST_MESSAGE = "stopped: the run was taken over by another worker; nothing written"
+LOST_MESSAGE = "stopped: the job was taken over by another worker; nothing written"
 
 
-class RunOwner:
-    """What the job body gets: fenced stores for its run and the checks it makes."""
+class JobOwner:
+    """What the job body gets: fenced stores for its job and the checks it makes."""
 
-    def __init__(self, ctx: WorkerContext, run_id: str, user_id: int, lease: Lease) -> None:
+    def __init__(
+        self, ctx: WorkerContext, kind: JobKind, job_id: str, user_id: int, lease: Lease
+    ) -> None:
         self.ctx = ctx
-        self.run_id = run_id
+        self.kind = kind
+        self.job_id = job_id
         self.user_id = user_id
         self.lease = lease
-        writer = lease.writer()
-        self.runs = ctx.runs.with_writer(writer)
-        self.events = ctx.events.with_writer(writer)
-        self.metrics = MetricsWriter(ctx.redis, run_id, writer)
+        self.writer: FencedWriter = lease.writer()
+        self.store = ctx.store(kind).with_writer(self.writer)
+        self.keys = self.store.keys
+        self.events = ctx.events.with_writer(self.writer)
+        self.metrics = MetricsWriter(ctx.redis, job_id, self.writer)
         self.lost = threading.Event()
         self._settings = ctx.settings.recovery
+
+    def fenced(self, store: StatusStore[ProgressT]) -> StatusStore[ProgressT]:
+        """`store` with its writes fenced by this job's lease."""
+        return store.with_writer(self.writer)
+
+    def key(self, template: str) -> str:
+        return self.keys.key(template, self.job_id)
 
     # --- checks the body makes at safe points ----------------------------------------
     def check(self) -> None:
         """Raise `LeaseLost` once the renewal thread found another owner."""
         if self.lost.is_set():
-            raise LeaseLost(f"run {self.run_id}: another worker owns it now")
+            raise LeaseLost(f"{self.kind} {self.job_id}: another worker owns it now")
 
     def cancelled(self) -> bool:
         try:
-            return self.ctx.runs.is_cancelled(self.run_id)
+            return self.ctx.store(self.kind).is_cancelled(self.job_id)
         except RedisError:
-            return False  # cannot tell during an outage: keep training
+            return False  # cannot tell during an outage: keep working
+
+    def hand_back_requested(self) -> bool:
+        return self.ctx.stop_requested.is_set()
+
+    def should_stop(self) -> bool:
+        """For libraries that take a stop check: the worker is stopping or the user cancelled."""
+        return self.hand_back_requested() or self.cancelled()
+
+    def stop_if_asked(self) -> None:
+        """A safe point between phases: raise what ends the attempt here, if anything does."""
+        self.check()
+        if self.hand_back_requested():
+            raise WorkerShutdown(f"{self.kind} {self.job_id}: the worker is shutting down")
+        if self.cancelled():
+            raise JobCancelled(f"{self.kind} {self.job_id} cancelled by request")
 
     def attempts(self) -> int:
-        raw = as_str(self.ctx.redis.get(RunKeys.attempts(self.run_id)))
+        raw = as_str(self.ctx.redis.get(self.key(self.keys.attempts)))
         return int(raw) if raw else 0
 
     # --- writes that must land --------------------------------------------------------
@@ -120,8 +148,20 @@ class RunOwner:
             commands = (self.events.command(event), *commands)
         self.when_redis_is_back(
             f"status {status.value}",
-            lambda: self.runs.set_status(self.run_id, status, message, error=error, also=commands),
+            lambda: self.store.set_status(self.job_id, status, message, error=error, also=commands),
         )
+
+    def complete(
+        self, message: str, *, event: TrainerEvent | None = None, also: tuple[Command, ...] = ()
+    ) -> None:
+        self.end(Status.COMPLETED, message, event=event, also=also)
+        log.info(message, extra=log_fields("job_completed"))
+
+    def _failed_event(self, message: str, kind: str, *, cancelled: bool) -> TrainerEvent | None:
+        """`trainer:events` speaks of training runs only."""
+        if self.kind is not JobKind.RUN:
+            return None
+        return train_failed(self.job_id, self.user_id, message, kind, cancelled=cancelled)
 
     def fail(self, error: ErrorInfo, folder: Path) -> None:
         log.error(
@@ -130,25 +170,23 @@ class RunOwner:
             error.message,
             extra=log_fields("job_failed", error_code=error.code),
         )
-        # The run folder's manifest says why, beside its logs (a failed run has no artifact).
+        # The job folder's manifest says why, beside its logs (a failed job has no artifact).
         write_manifest(
-            folder, {"run_id": self.run_id, "status": "failed", "error": error.model_dump()}
+            folder,
+            {f"{self.kind}_id": self.job_id, "status": "failed", "error": error.model_dump()},
         )
-        event = train_failed(self.run_id, self.user_id, error.message, error.kind, cancelled=False)
         self.end(
             Status.FAILED,
             error.message,
             error=error,
-            event=event,
-            also=(("DEL", RUN_KEYS.key(RUN_KEYS.file_id, self.run_id)),),
+            event=self._failed_event(error.message, error.kind, cancelled=False),
+            also=(("DEL", self.key(self.keys.file_id)),),
         )
 
     def cancel(self, message: str) -> None:
         log.info("stopped: %s", message, extra=log_fields("job_cancelled"))
         self.end(
-            Status.CANCELLED,
-            message,
-            event=train_failed(self.run_id, self.user_id, message, "user", cancelled=True),
+            Status.CANCELLED, message, event=self._failed_event(message, "user", cancelled=True)
         )
 
     def retry_later(self, error: ErrorInfo, folder: Path) -> None:
@@ -177,27 +215,27 @@ class RunOwner:
             message,
             error=error,
             also=(
-                ("SET", RunKeys.attempts(self.run_id), str(attempt)),
-                ("ZADD", DELAYED_RUNS, repr(due), self.run_id),
+                ("SET", self.key(self.keys.attempts), str(attempt)),
+                ("ZADD", self.keys.delayed, repr(due), self.job_id),
             ),
         )
 
     def hand_back(self) -> None:
-        """Worker shutdown: the checkpoint is saved; queue the run again, no attempt used."""
-        message = "interrupted by worker shutdown; queued to resume from its checkpoint"
+        """Worker shutdown: what can be kept is kept; queue the job again, no attempt used."""
+        message = "interrupted by worker shutdown; queued to resume on another worker"
         log.info(message, extra=log_fields("job_interrupted"))
         self.end(Status.QUEUED, message)
         try:
-            self.ctx.queue.requeue_run(self.run_id)
+            self.ctx.queue.requeue(self.kind, self.job_id)
         except RedisError as exc:
-            # The reaper's reconcile pass re-enqueues a queued run that has no job.
-            log.warning("could not re-enqueue the run: %s", exc)
+            # The reaper's reconcile pass re-enqueues a queued job that has no RQ job.
+            log.warning("could not re-enqueue the job: %s", exc)
 
 
 class _Renewer:
     """Renews the lease (and the heartbeat the API shows) until stopped or lost."""
 
-    def __init__(self, owner: RunOwner) -> None:
+    def __init__(self, owner: JobOwner) -> None:
         self._owner = owner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lease-renewer")
@@ -212,11 +250,11 @@ class _Renewer:
                 if not owner.lease.renew():
                     owner.lost.set()
                     log.warning(
-                        "lease lost: another worker owns the run now; stopping without writing",
+                        "lease lost: another worker owns the job now; stopping without writing",
                         extra=log_fields("lease_lost"),
                     )
                     return
-                owner.runs.heartbeat(owner.run_id, max(1, round(self._ttl)))
+                owner.store.heartbeat(owner.job_id)
                 if down_since is not None:
                     log.info(
                         "Redis is back after %.0f s; lease renewed",
@@ -231,11 +269,11 @@ class _Renewer:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning(
-                        "cannot renew the lease (%s); training on and retrying",
+                        "cannot renew the lease (%s); working on and retrying",
                         exc,
                         extra=log_fields("lease_renew_failed"),
                     )
-                wait = 1.0  # come back quickly: another worker may take the run meanwhile
+                wait = 1.0  # come back quickly: another worker may take the job meanwhile
 
     def __enter__(self) -> _Renewer:
         self._thread.start()
@@ -246,34 +284,53 @@ class _Renewer:
         self._thread.join(timeout=10)
 
 
+def _log_context(kind: JobKind, job_id: str, logs_to: str) -> AbstractContextManager[object]:
+    """Log lines carry the job's id (an evaluation's, its run's: they share its stream)."""
+    if kind is JobKind.TOKENIZER:
+        return bound(tokenizer_id_var, job_id)
+    return bound(run_id_var, logs_to)
+
+
 @contextmanager
-def owned_run(
-    ctx: WorkerContext, run_id: str, user_id: int, folder: Path
-) -> Iterator[RunOwner | None]:
-    """Own the run for one attempt; yields None when there is nothing for this worker to do."""
+def owned_job(
+    ctx: WorkerContext,
+    kind: JobKind,
+    job_id: str,
+    folder: Path,
+    *,
+    user_id: int = 0,
+    logs_to: str | None = None,
+) -> Iterator[JobOwner | None]:
+    """Own the job for one attempt; yields None when there is nothing for this worker to do.
+
+    Its log lines go to `folder` and to the stream of `logs_to` (default: the job's own).
+    """
+    stream = logs_to or job_id
     with (
-        bound(run_id_var, run_id),
-        capture_job_logs(ctx.redis, run_id, folder, ctx.settings.app.log_stream_maxlen),
+        _log_context(kind, job_id, stream),
+        capture_job_logs(ctx.redis, stream, folder, ctx.settings.app.log_stream_maxlen),
     ):
-        status_key = RUN_KEYS.key(RUN_KEYS.status, run_id)
-        lease = Lease(ctx.redis, run_id, status_key, ctx.settings.recovery.lease_ttl_sec)
+        keys = ctx.store(kind).keys
+        lease = Lease(ctx.redis, keys, job_id, ctx.settings.recovery.lease_ttl_sec)
         taken = lease.acquire(ctx.worker_name)
         if isinstance(taken, NotAcquired):
             reason = f"owned by {taken.holder}" if taken.holder else f"{taken.status or 'gone'}"
-            log.info("not taking the run: it is %s", reason, extra=log_fields("job_skipped"))
+            log.info("not taking the %s: it is %s", kind, reason, extra=log_fields("job_skipped"))
             yield None
             return
-        owner = RunOwner(ctx, run_id, user_id, lease)
+        owner = JobOwner(ctx, kind, job_id, user_id, lease)
         if owner.cancelled():
             owner.cancel("cancelled before it started")
             yield None
             return
-        owner.runs.set_status(run_id, Status.RUNNING, f"running on {ctx.worker_name}")
+        owner.store.set_status(job_id, Status.RUNNING, f"running on {ctx.worker_name}")
+        owner.store.heartbeat(job_id)
         log.info(
-            "worker %s took the run (lease epoch %d)",
+            "worker %s took the %s (lease epoch %d)",
             ctx.worker_name,
+            kind,
             lease.epoch,
-            extra=log_fields("run_owned", epoch=lease.epoch, worker=ctx.worker_name),
+            extra=log_fields("job_owned", epoch=lease.epoch, worker=ctx.worker_name),
         )
         try:
             with _Renewer(owner):
@@ -282,13 +339,13 @@ def owned_run(
             try:
                 _settle(owner, exc, folder)
             except LeaseLost:
-                log.warning(LOST_MESSAGE, extra=log_fields("run_lost"))
+                log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
 
 
-def _settle(owner: RunOwner, exc: Exception, folder: Path) -> None:
-    """The run's next state after its body raised `exc` (the table at the top)."""
+def _settle(owner: JobOwner, exc: Exception, folder: Path) -> None:
+    """The job's next state after its body raised `exc` (the table at the top)."""
     if isinstance(exc, LeaseLost):
-        _log_lost()
+        log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
     elif isinstance(exc, JobCancelled):
         owner.cancel("cancelled by request")
     elif isinstance(exc, WorkerShutdown):
@@ -301,7 +358,3 @@ def _settle(owner: RunOwner, exc: Exception, folder: Path) -> None:
         if error.kind == "fatal":
             log.error("fatal error", exc_info=exc, extra=log_fields("job_fatal_error"))
         owner.fail(error, folder)
-
-
-def _log_lost() -> None:
-    log.warning(LOST_MESSAGE, extra=log_fields("run_lost"))

@@ -4,14 +4,15 @@ The API never imports job code (that would pull torch into the API process): a j
 named by a dotted path that only the worker imports. Payloads are Pydantic models sent as
 JSON, so a job sees exactly the validated shape the API accepted.
 
-Training runs are the exception to RQ's retries: they get none from RQ. Their owner and the
-reapers decide when a run goes back on the queue (jobs/ownership.py, jobs/reaper.py), with
-`requeue_run`, which reads the payload the first enqueue kept in `runs:payload:{id}`.
+RQ only dispatches. It retries nothing: a job's owner and the reapers decide when a job goes
+back on the queue (jobs/ownership.py, jobs/reaper.py), with `requeue`, which reads the
+payload that `submit` kept beside the job's record. Each dispatch is a new RQ job with an id
+of its own (`{job id}-{8 hex}`); the record names the current one.
 
 Which queue: a run that asks for `device: cuda` waits on the GPU queue (`rq.gpu_queue_name`),
 which only GPU workers serve; everything else goes on the ordinary queue (`rq.queue_name`).
-The queue follows from the payload's config, so a run put back by its owner, a reaper or a
-shutdown lands on the queue it was first sent to (`run_queue_name`).
+The queue follows from the payload, so a job put back by its owner, a reaper or a shutdown
+lands on the queue it was first sent to.
 """
 
 from __future__ import annotations
@@ -23,29 +24,29 @@ from typing import Protocol
 
 from pydantic import BaseModel
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 
-from model_trainer.jobs.payloads import TrainJob
+from model_trainer.jobs.payloads import EvaluateJob, TokenizerJob, TrainJob
 from model_trainer.settings import RQSettings, Settings
-from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
+from model_trainer.store.keys import JOB_KEYS, RECORD_TTL_SEC, JobKind
 from model_trainer.store.records import as_str
 from model_trainer.training.config import STORED, Device
 
-
-class JobName(StrEnum):
-    TRAIN_TOKENIZER = "train_tokenizer"
-    TRAIN_MODEL = "train_model"
-    EVALUATE_MODEL = "evaluate_model"
-
-
-# Where the worker finds each job. Only the worker imports these modules.
+# Where the worker finds each kind's job. Only the worker imports these modules.
 JOB_FUNCTIONS: Mapping[str, str] = {
-    JobName.TRAIN_TOKENIZER: "model_trainer.jobs.tokenizer_training.run",
-    JobName.TRAIN_MODEL: "model_trainer.jobs.model_training.run",
-    JobName.EVALUATE_MODEL: "model_trainer.jobs.model_evaluation.run",
+    JobKind.TOKENIZER: "model_trainer.jobs.tokenizer_training.run",
+    JobKind.RUN: "model_trainer.jobs.model_training.run",
+    JobKind.EVAL: "model_trainer.jobs.model_evaluation.run",
+}
+
+Payload = TokenizerJob | TrainJob | EvaluateJob
+PAYLOADS: Mapping[JobKind, type[Payload]] = {
+    JobKind.TOKENIZER: TokenizerJob,
+    JobKind.RUN: TrainJob,
+    JobKind.EVAL: EvaluateJob,
 }
 
 
@@ -75,8 +76,8 @@ class JobState(StrEnum):
 
 
 class JobQueue(Protocol):
-    def enqueue(self, name: str, payload: BaseModel, *, job_id: str) -> str:
-        """Enqueue job `name` with `payload`; the job's id is `job_id`. Returns the id."""
+    def submit(self, kind: JobKind, job_id: str, payload: Payload) -> str:
+        """Dispatch a new job of `kind` (its record exists): returns the RQ job's id."""
         ...
 
     def state(self, job_id: str) -> JobState:
@@ -100,7 +101,7 @@ _STATE_FROM_RQ: Mapping[RQStatus, JobState] = {
 
 
 class RQJobQueue:
-    """JobQueue over RQ: explicit timeout, TTLs and retry policy on every job."""
+    """JobQueue over RQ: explicit timeout and TTLs on every job, no retries."""
 
     def __init__(
         self,
@@ -120,67 +121,59 @@ class RQJobQueue:
     def name(self) -> str:
         return self._settings.queue_name
 
-    def enqueue(self, name: str, payload: BaseModel, *, job_id: str) -> str:
+    def enqueue(self, name: str, payload: BaseModel, *, job_id: str, queue: str = "") -> str:
+        """Put function `name` with `payload` on `queue` (default: the ordinary one) as RQ
+        job `job_id`."""
         func = self._functions.get(name)
         if func is None:
             raise KeyError(f"unknown job {name!r}")
-        self._drop_finished(job_id)
         s = self._settings
-        retry = (
-            Retry(max=s.retry_max, interval=s.retry_intervals_sec or 0)
-            if s.retry_max > 0 and name != JobName.TRAIN_MODEL
-            else None
-        )
-        if isinstance(payload, TrainJob):
-            # Kept so that any worker can put the run back on the queue (jobs/reaper.py).
-            self._redis.set(
-                RunKeys.payload(payload.run_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
-            )
-        queue = (
-            run_queue_name(s, payload.config.device)
-            if isinstance(payload, TrainJob)
-            else self._settings.queue_name
-        )
-        job = self._queues[queue].enqueue_call(
+        job = self._queues[queue or s.queue_name].enqueue_call(
             func,
             args=(payload.model_dump_json(),),
             job_id=job_id,
             timeout=s.job_timeout_sec,
             result_ttl=s.result_ttl_sec,
             failure_ttl=s.failure_ttl_sec,
-            retry=retry,
             description=f"{name}:{job_id}",
         )
-        if isinstance(payload, TrainJob):
-            self._redis.set(RunKeys.job(payload.run_id), str(job.id), ex=RECORD_TTL_SEC)
         return str(job.id)
 
-    def requeue_run(self, run_id: str) -> str | None:
-        """Put a run back on its queue as a new RQ job; None if its payload is gone."""
-        raw = as_str(self._redis.get(RunKeys.payload(run_id)))
+    def submit(self, kind: JobKind, job_id: str, payload: Payload) -> str:
+        """Keep the payload beside the record (any worker can dispatch the job again), then
+        dispatch it."""
+        keys = JOB_KEYS[kind]
+        self._redis.set(
+            keys.key(keys.payload, job_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
+        )
+        return self._dispatch(kind, job_id, payload)
+
+    def requeue(self, kind: JobKind, job_id: str) -> str | None:
+        """Dispatch the job again as a new RQ job; None if its payload is gone."""
+        keys = JOB_KEYS[kind]
+        raw = as_str(self._redis.get(keys.key(keys.payload, job_id)))
         if raw is None:
             return None
-        payload = TrainJob.model_validate_json(raw, context=STORED)
-        return self.enqueue(JobName.TRAIN_MODEL, payload, job_id=f"{run_id}-{uuid.uuid4().hex[:8]}")
+        return self._dispatch(kind, job_id, PAYLOADS[kind].model_validate_json(raw, context=STORED))
 
-    def run_job_pending(self, run_id: str) -> bool:
-        """Whether the run's current RQ job is waiting or running (False once it ended)."""
-        job_id = as_str(self._redis.get(RunKeys.job(run_id))) or run_id
-        return self.state(job_id) in (JobState.QUEUED, JobState.STARTED, JobState.SCHEDULED)
+    def _dispatch(self, kind: JobKind, job_id: str, payload: Payload) -> str:
+        queue = (
+            run_queue_name(self._settings, payload.config.device)
+            if isinstance(payload, TrainJob)
+            else self._settings.queue_name
+        )
+        rq_id = self.enqueue(kind, payload, job_id=f"{job_id}-{uuid.uuid4().hex[:8]}", queue=queue)
+        keys = JOB_KEYS[kind]
+        self._redis.set(keys.key(keys.job, job_id), rq_id, ex=RECORD_TTL_SEC)
+        return rq_id
 
-    def _drop_finished(self, job_id: str) -> None:
-        """Re-using the id of a finished or failed job (a re-submit): remove the old one first."""
-        try:
-            old = Job.fetch(job_id, connection=self._redis)
-        except NoSuchJobError:
-            return
-        if _STATE_FROM_RQ.get(old.get_status(refresh=True)) in (
-            JobState.QUEUED,
-            JobState.STARTED,
-            JobState.SCHEDULED,
-        ):
-            raise ValueError(f"job {job_id!r} is still queued or running")
-        old.delete()
+    def job_pending(self, kind: JobKind, job_id: str) -> bool:
+        """Whether the job's current RQ job is waiting or running (False once it ended)."""
+        keys = JOB_KEYS[kind]
+        rq_id = as_str(self._redis.get(keys.key(keys.job, job_id)))
+        if rq_id is None:
+            return False
+        return self.state(rq_id) in (JobState.QUEUED, JobState.STARTED, JobState.SCHEDULED)
 
     def state(self, job_id: str) -> JobState:
         try:

@@ -1,22 +1,24 @@
-"""The reaper: every worker's periodic pass that keeps runs from getting stuck.
+"""The reaper: every worker's periodic pass that keeps jobs of every kind from getting stuck.
 
 Every `reaper_interval_sec`, busy or idle, each worker:
 
 1. says it is alive (`trainer:workers:{queue}`, what /readyz counts) and how much memory
    it may use (`trainer:workers:{queue}:memory`, what the API admits runs against), for
    each queue it serves (a GPU worker: the GPU queue and the ordinary one);
-2. enqueues the runs whose retry delay is over (`trainer:runs:delayed`);
-3. takes back runs whose owner is gone: status `running` and no lease. Once the lease has
+then, for each kind of job (tokenizer, run, evaluation):
+2. enqueues the jobs whose retry delay is over (the kind's `delayed` zset);
+3. takes back jobs whose owner is gone: status `running` and no lease. Once the lease has
    been seen missing for a third of its TTL (time for an owner cut off from Redis to renew
-   it when Redis returns), one atomic script moves the run to `queued` (or `failed` when
+   it when Redis returns), one atomic script moves the job to `queued` (or `failed` when
    its attempts are spent, or `cancelled` if that was asked) and increments its epoch,
    which fences off the old owner for good. Only the worker whose script made the change
-   enqueues the run, so exactly one new attempt starts;
-4. reconciles: a `queued` run with no pending RQ job, no retry delay and no owner (a job
+   enqueues the job, so exactly one new attempt starts;
+4. reconciles: a `queued` job with no pending RQ job, no retry delay and no owner (a job
    lost with a Redis restart, a shutdown that could not enqueue) is enqueued again, under a
    short claim so that two reapers do not both do it.
 
-Reading every run's status is one MGET over the run index; fine for thousands of runs.
+Steps 3 and 4 read the kind's `by-status:running` and `by-status:queued` indexes: a pass
+costs what is running and waiting now, however many finished jobs Redis holds.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from model_trainer.errors import ErrorCode
+from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.queue import worker_queue_names
-from model_trainer.jobs.runner import WorkerContext
 from model_trainer.store.events import train_failed
 from model_trainer.store.keys import (
-    DELAYED_RUNS,
+    JOB_KEYS,
     RECORD_TTL_SEC,
-    RUN_KEYS,
-    RunKeys,
+    JobKind,
+    KeySchema,
     worker_memory_key,
     workers_key,
 )
@@ -46,23 +48,29 @@ from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs.reaper")
 
+# KEYS: lease, status, epoch, attempts, cancel flag, then the status indexes of running,
+# queued, failed and cancelled. ARGV: max attempts, record TTL, now.
 _REAP = """
 if redis.call('GET', KEYS[2]) ~= 'running' then return {'skip', 0} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'skip', 0} end
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[6])
+local id = ARGV[4]
+redis.call('ZREM', KEYS[6], id)
 if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('SET', KEYS[2], 'cancelled', 'EX', ARGV[2])
+  redis.call('ZADD', KEYS[9], ARGV[3], id)
   return {'cancelled', 0}
 end
 local n = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 if n >= tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], 'failed', 'EX', ARGV[2])
+  redis.call('ZADD', KEYS[8], ARGV[3], id)
   return {'failed', n}
 end
 redis.call('SET', KEYS[2], 'queued', 'EX', ARGV[2])
+redis.call('ZADD', KEYS[7], ARGV[3], id)
 return {'requeue', n}
 """
 
@@ -110,14 +118,22 @@ class Reaper:
         self._last_tick = now
         try:
             self._say_alive()
-            self._enqueue_due_retries()
-            running = self._ctx.runs.ids_with_status(Status.RUNNING)
-            queued = self._ctx.runs.ids_with_status(Status.QUEUED)
-            self._take_back_from_dead_owners(running)
-            self._reconcile_queued(queued)
-            self._forget_except(set(running) | {f"q:{i}" for i in queued})
+            watched: set[str] = set()
+            for kind in JobKind:
+                watched |= self._reap_kind(JOB_KEYS[kind])
+            self._forget_except(watched)
         except RedisError as exc:
             log.warning("reaper pass skipped: %s", exc, extra=log_fields("reaper_redis_error"))
+
+    def _reap_kind(self, keys: KeySchema) -> set[str]:
+        """Steps 2-4 for one kind; returns the markers still being watched."""
+        self._enqueue_due_retries(keys)
+        store = self._ctx.store(keys.kind)
+        running = store.ids_with_status(Status.RUNNING)
+        queued = store.ids_with_status(Status.QUEUED)
+        self._take_back_from_dead_owners(keys, running)
+        self._reconcile_queued(keys, queued)
+        return {f"r:{i}" for i in running} | {f"q:{i}" for i in queued}
 
     def leave(self) -> None:
         """The worker is stopping: stop counting it at once."""
@@ -148,87 +164,98 @@ class Reaper:
         pipe.execute()
 
     # --- 2. retries whose delay is over -----------------------------------------------
-    def _enqueue_due_retries(self) -> None:
-        due = self._redis.zrangebyscore(DELAYED_RUNS, "-inf", self._clock())
-        for run_id in (s for s in (as_str(v) for v in due) if s):
-            if not self._redis.zrem(DELAYED_RUNS, run_id):
+    def _enqueue_due_retries(self, keys: KeySchema) -> None:
+        due = self._redis.zrangebyscore(keys.delayed, "-inf", self._clock())
+        for job_id in (s for s in (as_str(v) for v in due) if s):
+            if not self._redis.zrem(keys.delayed, job_id):
                 continue  # another worker's reaper took it
-            if self._ctx.runs.status(run_id) is Status.QUEUED:
-                self._requeue(run_id, "retry delay over")
+            if self._ctx.store(keys.kind).status(job_id) is Status.QUEUED:
+                self._requeue(keys, job_id, "retry delay over")
 
-    # --- 3. runs whose owner is gone --------------------------------------------------
-    def _take_back_from_dead_owners(self, running: list[str]) -> None:
+    # --- 3. jobs whose owner is gone --------------------------------------------------
+    def _take_back_from_dead_owners(self, keys: KeySchema, running: list[str]) -> None:
         if not running:
             return
-        pipe = self._redis.pipeline()
-        for run_id in running:
-            pipe.exists(RunKeys.lease(run_id))
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in running:
+            pipe.exists(keys.key(keys.lease, job_id))
         held = pipe.execute()
-        for run_id, has_lease in zip(running, held, strict=True):
+        for job_id, has_lease in zip(running, held, strict=True):
             if has_lease:
-                self._missing_since.pop(run_id, None)
-            elif self._missing_long_enough(run_id):
-                self._take_back(run_id)
+                self._missing_since.pop(f"r:{job_id}", None)
+            elif self._missing_long_enough(f"r:{job_id}"):
+                self._take_back(keys, job_id)
 
-    def _take_back(self, run_id: str) -> None:
-        k = RUN_KEYS
+    def _take_back(self, keys: KeySchema, job_id: str) -> None:
+        k = keys.key
         reply = self._reap(
             keys=[
-                RunKeys.lease(run_id),
-                k.key(k.status, run_id),
-                RunKeys.epoch(run_id),
-                RunKeys.attempts(run_id),
-                k.key(k.cancelled, run_id),
-                k.key(k.heartbeat, run_id),
+                k(keys.lease, job_id),
+                k(keys.status, job_id),
+                k(keys.epoch, job_id),
+                k(keys.attempts, job_id),
+                k(keys.cancelled, job_id),
+                keys.status_index(Status.RUNNING.value),
+                keys.status_index(Status.QUEUED.value),
+                keys.status_index(Status.FAILED.value),
+                keys.status_index(Status.CANCELLED.value),
             ],
-            args=[self._settings.max_attempts, RECORD_TTL_SEC],
+            args=[self._settings.max_attempts, RECORD_TTL_SEC, repr(self._clock()), job_id],
         )
         outcome, attempts = _reply(reply)
-        self._missing_since.pop(run_id, None)
+        self._missing_since.pop(f"r:{job_id}", None)
         if outcome == "skip":
             return
-        step = self._step(run_id)
-        runs = self._ctx.runs
+        kind = keys.kind
+        store = self._ctx.store(kind)
+        where = self._where(kind, job_id)
         if outcome == "cancelled":
             message = "cancelled by request (its worker had stopped answering)"
-            runs.set_status(run_id, Status.CANCELLED, message)
-            self._publish_failed(run_id, message, "user", cancelled=True)
+            store.set_status(job_id, Status.CANCELLED, message)
+            self._publish_failed(kind, job_id, message, "user", cancelled=True)
         elif outcome == "failed":
             message = (
                 f"its worker stopped answering on each of {attempts} attempts (killed, out of "
-                f"memory, or its machine lost); last at step {step}"
+                f"memory, or its machine lost){where}"
             )
             error = ErrorInfo(kind="fatal", code=ErrorCode.WORKER_LOST.value, message=message)
-            runs.clear_file_id(run_id)
-            runs.set_status(run_id, Status.FAILED, message, error=error)
-            self._publish_failed(run_id, message, "system", cancelled=False)
+            store.set_status(
+                job_id,
+                Status.FAILED,
+                message,
+                error=error,
+                also=(("DEL", k(keys.file_id, job_id)),),
+            )
+            self._publish_failed(kind, job_id, message, "system", cancelled=False)
         else:
             limit = self._settings.max_attempts
+            resume = "from its last checkpoint " if kind is JobKind.RUN else ""
             message = (
-                f"its worker stopped answering at step {step}; queued to resume from its last "
-                f"checkpoint (attempt {attempts + 1} of {limit})"
+                f"its worker stopped answering{where}; queued to run again {resume}"
+                f"(attempt {attempts + 1} of {limit})"
             )
             error = ErrorInfo(kind="transient", code=ErrorCode.WORKER_LOST.value, message=message)
-            runs.set_status(run_id, Status.QUEUED, message, error=error)
-            self._requeue(run_id, "owner lost")
+            store.set_status(job_id, Status.QUEUED, message, error=error)
+            self._requeue(keys, job_id, "owner lost")
         log.warning(
-            "run %s: owner lost, %s",
-            run_id,
+            "%s %s: owner lost, %s",
+            kind,
+            job_id,
             outcome,
-            extra=log_fields("run_reaped", run_id=run_id, outcome=outcome, attempts=attempts),
+            extra=log_fields("job_reaped", job_id=job_id, outcome=outcome, attempts=attempts),
         )
 
-    # --- 4. queued runs that nothing will start ---------------------------------------
-    def _reconcile_queued(self, queued: list[str]) -> None:
+    # --- 4. queued jobs that nothing will start ---------------------------------------
+    def _reconcile_queued(self, keys: KeySchema, queued: list[str]) -> None:
         if not queued:
             return
-        delayed = {s for s in (as_str(v) for v in self._redis.zrange(DELAYED_RUNS, 0, -1)) if s}
-        for run_id in queued:
-            marker = f"q:{run_id}"
+        delayed = {s for s in (as_str(v) for v in self._redis.zrange(keys.delayed, 0, -1)) if s}
+        for job_id in queued:
+            marker = f"q:{job_id}"
             if (
-                run_id in delayed
-                or self._redis.exists(RunKeys.lease(run_id))
-                or self._ctx.queue.run_job_pending(run_id)
+                job_id in delayed
+                or self._redis.exists(keys.key(keys.lease, job_id))
+                or self._ctx.queue.job_pending(keys.kind, job_id)
             ):
                 self._missing_since.pop(marker, None)
                 continue
@@ -236,10 +263,10 @@ class Reaper:
                 continue
             self._missing_since.pop(marker, None)
             claimed = self._redis.set(
-                RunKeys.claim(run_id), self._ctx.worker_name, nx=True, px=30_000
+                keys.key(keys.claim, job_id), self._ctx.worker_name, nx=True, px=30_000
             )
             if claimed:
-                self._requeue(run_id, "queued without a job")
+                self._requeue(keys, job_id, "queued without a job")
 
     # --- helpers ----------------------------------------------------------------------
     def _missing_long_enough(self, marker: str) -> bool:
@@ -251,32 +278,42 @@ class Reaper:
         for marker in [m for m in self._missing_since if m not in keep]:
             del self._missing_since[marker]
 
-    def _requeue(self, run_id: str, why: str) -> None:
-        job_id = self._ctx.queue.requeue_run(run_id)
-        if job_id is None:
-            message = "cannot queue the run again: its job payload expired"
+    def _requeue(self, keys: KeySchema, job_id: str, why: str) -> None:
+        rq_id = self._ctx.queue.requeue(keys.kind, job_id)
+        if rq_id is None:
+            message = f"cannot queue the {keys.kind} again: its job payload expired"
             error = ErrorInfo(kind="fatal", code=ErrorCode.INTERNAL_ERROR.value, message=message)
-            self._ctx.runs.set_status(run_id, Status.FAILED, message, error=error)
-            self._publish_failed(run_id, message, "system", cancelled=False)
+            self._ctx.store(keys.kind).set_status(job_id, Status.FAILED, message, error=error)
+            self._publish_failed(keys.kind, job_id, message, "system", cancelled=False)
             return
         log.info(
-            "run %s queued again (%s) as job %s",
-            run_id,
-            why,
+            "%s %s queued again (%s) as job %s",
+            keys.kind,
             job_id,
-            extra=log_fields("run_requeued", run_id=run_id, job_id=job_id),
+            why,
+            rq_id,
+            extra=log_fields("job_requeued", job_id=job_id, rq_job_id=rq_id),
         )
 
-    def _step(self, run_id: str) -> int:
-        progress = self._ctx.runs.progress(run_id)
-        return progress.step if progress else 0
+    def _where(self, kind: JobKind, job_id: str) -> str:
+        """Where a run was when its worker went (its step); nothing for other kinds."""
+        if kind is not JobKind.RUN:
+            return ""
+        progress = self._ctx.runs.progress(job_id)
+        return f" at step {progress.step if progress else 0}"
 
-    def _publish_failed(self, run_id: str, message: str, kind: str, *, cancelled: bool) -> None:
-        meta = self._ctx.runs.record(run_id)
-        request = meta.meta.request if meta and meta.meta else {}
+    def _publish_failed(
+        self, kind: JobKind, job_id: str, message: str, error_kind: str, *, cancelled: bool
+    ) -> None:
+        if kind is not JobKind.RUN:
+            return  # trainer:events speaks of training runs only
+        record = self._ctx.runs.record(job_id)
+        request = record.meta.request if record and record.meta else {}
         user = request.get("user_id", 0)
         user_id = user if isinstance(user, int) else 0
-        self._ctx.events.publish(train_failed(run_id, user_id, message, kind, cancelled=cancelled))
+        self._ctx.events.publish(
+            train_failed(job_id, user_id, message, error_kind, cancelled=cancelled)
+        )
 
 
 def _reply(reply: object) -> tuple[str, int]:

@@ -5,11 +5,12 @@ short-lived child (the "horse") per job, which inherits them already imported, s
 starts in milliseconds instead of paying torch's import again.
 
 SIGTERM (a redeploy): the parent stops taking jobs and forwards SIGRTMIN to the horse; the
-horse sets `shutdown.stop_requested`, the job stops at its next safe point (a training step),
-writes and uploads a checkpoint, and hands the run back to the queue (not counted as an
-attempt: a run survives any number of redeploys); the next worker resumes from the
-checkpoint. A second SIGTERM (or the platform's SIGKILL after its grace period) kills the
-horse at once: its lease lapses and a reaper queues the run again from its last checkpoint.
+horse sets its context's `stop_requested`, the job stops at its next safe point (a training
+step, a tokenizer's chunk, a phase of an evaluation), a run writes and uploads a checkpoint,
+and the job is handed back to the queue (not counted as an attempt: a job survives any
+number of redeploys); the next worker takes it (a run resumes from the checkpoint). A second
+SIGTERM (or the platform's SIGKILL after its grace period) kills the horse at once: its lease
+lapses and a reaper queues the job again (a run from its last checkpoint).
 
 Besides RQ's loop, the parent runs the reaper (jobs/reaper.py) every `reaper_interval_sec`,
 idle or busy, and rides out Redis outages instead of exiting: RQ retries its own dequeue;
@@ -40,11 +41,10 @@ from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
+from model_trainer.jobs.context import WorkerContext, set_worker_context, worker_context
 from model_trainer.jobs.queue import worker_queue_names
 from model_trainer.jobs.reaper import Reaper
-from model_trainer.jobs.runner import WorkerContext, set_worker_context
 from model_trainer.settings import Settings, load_settings
-from model_trainer.shutdown import stop_requested
 from service_common.jsonlog import log_fields, setup_logging
 
 log = logging.getLogger("model_trainer.jobs.worker")
@@ -71,15 +71,16 @@ def preload_heavy_modules(modules: tuple[str, ...] = HEAVY_MODULES) -> float:
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
-    stop_requested.set()
+    worker_context().stop_requested.set()
 
 
 class GracefulWorker(Worker):
     """An RQ worker whose job process stops at a safe point on SIGTERM instead of dying.
 
     It also shortens RQ's abandoned-job detection: a job's heartbeat lives for the monitoring
-    interval plus `abandoned_grace_sec` (RQ adds a fixed 60 s), so when a worker is killed,
-    another one retries the job (resuming from its checkpoint) within about a minute.
+    interval plus `abandoned_grace_sec` (RQ adds a fixed 60 s), so RQ's registries let go of
+    a killed worker's job soon. That is RQ's bookkeeping only: the job itself comes back
+    through its lease and the reapers (jobs/reaper.py), whatever RQ's registries say.
     """
 
     abandoned_grace_sec = 20

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 
 from model_trainer.store.fencing import Command
-from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
+from model_trainer.store.keys import RECORD_TTL_SEC, checkpoints_key
 from model_trainer.store.records import as_str
 
 CheckpointKind = Literal["last", "best"]
@@ -75,9 +75,9 @@ class CheckpointIndex(BaseModel):
 
 
 def read_checkpoints(redis: Redis, run_id: str) -> CheckpointIndex:
-    raw = as_str(redis.get(RunKeys.checkpoints(run_id)))
+    raw = as_str(redis.get(checkpoints_key(run_id)))
     return CheckpointIndex.model_validate_json(raw) if raw else CheckpointIndex()
 
 
 def index_command(run_id: str, index: CheckpointIndex) -> Command:
-    return ("SET", RunKeys.checkpoints(run_id), index.model_dump_json(), "EX", str(RECORD_TTL_SEC))
+    return ("SET", checkpoints_key(run_id), index.model_dump_json(), "EX", str(RECORD_TTL_SEC))

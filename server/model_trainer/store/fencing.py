@@ -1,9 +1,9 @@
-"""Who owns a run, and writes that only its owner can make.
+"""Who owns a job, and writes that only its owner can make.
 
-A worker that takes a run gets a lease: `runs:lease:{id}` holds its token (`worker#epoch`)
-and expires unless renewed. `runs:epoch:{id}` counts how many times the run changed hands;
-taking a run (or the reaper taking it back from a dead owner) increments it, so a token can
-never be handed out twice.
+A worker that takes a job (of any kind) gets a lease: the kind's `lease` key holds its token
+(`worker#epoch`) and expires unless renewed. The `epoch` key counts how many times the job
+changed hands; taking a job (or the reaper taking it back from a dead owner) increments it,
+so a token can never be handed out twice.
 
 Every write the owner makes goes through a `Writer`. The `FencedWriter` runs the commands in
 one Lua script that first checks that the lease still holds the owner's token: a worker that
@@ -11,8 +11,8 @@ was paused, partitioned or presumed dead, and has since been replaced, has its w
 refused (`LeaseLost`) instead of overwriting the new owner's status or checkpoints. The
 `DirectWriter` is for writers that own nothing (the API, the reaper).
 
-Scripts touch keys they do not declare: fine on a single Redis (what we deploy), not on a
-cluster.
+The fenced script is handed its commands as data, so it names in `KEYS` only the lease it
+checks: fine on a single Redis (what we deploy), not on a cluster.
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ from typing import Protocol
 
 from redis import Redis
 
-from model_trainer.store.keys import RECORD_TTL_SEC, RunKeys
+from model_trainer.errors import LeaseLost
+from model_trainer.store.keys import RECORD_TTL_SEC, KeySchema
 
 # One Redis command, every argument as text (Lua receives strings either way).
 Command = tuple[str, ...]
-
-
-class LeaseLost(Exception):
-    """This worker no longer owns the run: another took it over. Stop, write nothing."""
 
 
 class Writer(Protocol):
@@ -97,21 +94,21 @@ class Acquired:
 
 @dataclass(frozen=True)
 class NotAcquired:
-    """The run is owned by someone else (`holder`) or ended (`status`)."""
+    """The job is owned by someone else (`holder`) or ended (`status`)."""
 
     holder: str | None
     status: str | None
 
 
 class Lease:
-    """A run's ownership record in Redis; `acquire` once, then `renew` periodically."""
+    """A job's ownership record in Redis; `acquire` once, then `renew` periodically."""
 
-    def __init__(self, redis: Redis, run_id: str, status_key: str, ttl_sec: float) -> None:
+    def __init__(self, redis: Redis, keys: KeySchema, job_id: str, ttl_sec: float) -> None:
         self._redis = redis
-        self.run_id = run_id
-        self.key = RunKeys.lease(run_id)
-        self._epoch_key = RunKeys.epoch(run_id)
-        self._status_key = status_key
+        self.job_id = job_id
+        self.key = keys.key(keys.lease, job_id)
+        self._epoch_key = keys.key(keys.epoch, job_id)
+        self._status_key = keys.key(keys.status, job_id)
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self._fenced = redis.register_script(_FENCED)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -120,7 +117,7 @@ class Lease:
         self.token = ""
 
     def acquire(self, worker: str) -> Acquired | NotAcquired:
-        """Take the run if it is queued or running and nobody holds it."""
+        """Take the job if it is queued or running and nobody holds it."""
         reply = self._acquire(
             keys=[self.key, self._epoch_key, self._status_key],
             args=[worker, self.ttl_ms, RECORD_TTL_SEC],
@@ -134,7 +131,7 @@ class Lease:
         return NotAcquired(holder=detail, status=None)
 
     def renew(self) -> bool:
-        """Extend the lease; False when another worker owns the run now."""
+        """Extend the lease; False when another worker owns the job now."""
         reply = self._renew(
             keys=[self.key, self._epoch_key], args=[self.token, self.ttl_ms, str(self.epoch)]
         )
@@ -148,7 +145,7 @@ class Lease:
         return bool(self._fenced(keys=[self.key], args=[self.token, payload]))
 
     def release_command(self) -> Command:
-        """Deleting the lease, for the last fenced write of an owner handing the run back."""
+        """Deleting the lease, for the last fenced write of an owner letting the job go."""
         return ("DEL", self.key)
 
 
@@ -160,7 +157,7 @@ class FencedWriter:
 
     def write(self, commands: Sequence[Command]) -> None:
         if commands and not self._lease.run_fenced(commands):
-            raise LeaseLost(f"run {self._lease.run_id}: lease {self._lease.token} lost")
+            raise LeaseLost(f"job {self._lease.job_id}: lease {self._lease.token} lost")
 
 
 def _pair(reply: object) -> tuple[int, str]:

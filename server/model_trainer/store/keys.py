@@ -1,59 +1,56 @@
 """Every Redis key the API and the worker share: the whole schema, in one place.
 
-Runs and tokenizers have the same life (queued -> running -> completed | failed | cancelled),
-so both are spelled by a `KeySchema`; `{id}` stands for the record's id. Records expire
-`RECORD_TTL_SEC` after their last write unless noted.
+Every job, whatever its kind (a tokenizer, a training run, an evaluation), has the same life
+(queued -> running -> completed | failed | cancelled, jobs/ownership.py) and the same keys,
+spelled per kind by a `KeySchema`; `{id}` stands for the job's id, `{status}` for a status.
+Records expire `RECORD_TTL_SEC` after their last write unless noted. DESIGN.md links here.
 
-| key                           | type                  | TTL               | written by   |
-| ----------------------------- | --------------------- | ----------------- | ------------ |
-| `runs:index`                  | zset (score = ts)     | none              | API          |
-| `runs:meta:{id}`              | string (RecordMeta)   | 30 d              | API          |
-| `runs:status:{id}`            | string (Status)       | 30 d              | API, worker  |
-| `runs:msg:{id}`               | string                | 30 d              | API, worker  |
-| `runs:hb:{id}`                | string (unix ts)      | heartbeat TTL     | worker       |
-| `runs:{id}:cancelled`         | string "1"            | 30 d              | API          |
-| `runs:progress:{id}`          | string (RunProgress)  | 30 d              | worker       |
-| `runs:artifact:{id}:file_id`  | string (Data Bank id) | 30 d              | worker       |
-| `runs:eval:{id}`              | string (EvalInfo)     | 30 d              | API, worker  |
-| `runs:logs:{id}`              | stream (`line`)       | 30 d after a job  | worker       |
-| `runs:metrics:{id}`           | list (MetricPoint)    | 30 d              | worker       |
-| `runs:error:{id}`             | string (ErrorInfo)    | 30 d              | worker       |
-| `runs:lease:{id}`             | string (owner token)  | lease TTL         | owning worker |
-| `runs:epoch:{id}`             | int (fencing epoch)   | 30 d              | worker, reaper |
-| `runs:attempts:{id}`          | int (failed attempts) | 30 d              | worker, reaper |
-| `runs:checkpoints:{id}`       | string (CheckpointIndex) | 30 d           | owning worker |
-| `runs:started:{id}`           | string "1"            | 30 d              | worker       |
-| `runs:job:{id}`               | string (RQ job id)    | 30 d              | API, worker  |
-| `runs:payload:{id}`           | string (TrainJob)     | 30 d              | API          |
-| `runs:claim:{id}`             | string (worker)       | 30 s              | reaper       |
-| `trainer:runs:delayed`        | zset (score = due ts) | none              | worker       |
-| `trainer:workers:{queue}`     | zset (score = seen ts)| none              | worker       |
-| `trainer:workers:{queue}:memory` | hash (worker -> bytes) | none         | worker       |
-| `tokenizers:index`            | zset                  | none              | API          |
-| `tokenizer:{id}:meta`         | string (RecordMeta)   | 30 d              | API          |
-| `tokenizer:{id}:status`       | string (Status)       | 30 d              | API, worker  |
-| `tokenizer:{id}:msg`          | string                | 30 d              | worker       |
-| `tokenizer:{id}:hb`           | string (unix ts)      | heartbeat TTL     | worker       |
-| `tokenizer:{id}:cancelled`    | string "1"            | 30 d              | API          |
-| `tokenizer:{id}:progress`     | string (TokenizerSummary) | 30 d          | worker       |
-| `tokenizer:{id}:file_id`      | string (Data Bank id) | 30 d              | worker       |
-| `tokenizer:{id}:error`        | string (ErrorInfo)    | 30 d              | worker       |
-| `runs:logs:{tokenizer id}`    | stream                | 30 d after a job  | worker       |
-| `corpora:index`               | zset (score = ts)     | none              | API          |
-| `corpora:info`                | hash (id -> CorpusInfo) | none            | API          |
-| `trainer:events` (setting)    | pub/sub channel       | -                 | worker       |
-| `rq:*`                        | RQ's own              | RQ's              | RQ           |
+| key (runs; others below)         | type                        | TTL       | written by         |
+| -------------------------------- | --------------------------- | --------- | ------------------ |
+| `runs:index`                     | zset (score = created ts)   | none      | API                |
+| `runs:by-status:{status}`        | zset (score = when set)     | none      | API, worker        |
+| `runs:meta:{id}`                 | string (RecordMeta)         | 30 d      | API                |
+| `runs:status:{id}`               | string (Status)             | 30 d      | API, worker        |
+| `runs:msg:{id}`                  | string                      | 30 d      | API, worker        |
+| `runs:error:{id}`                | string (ErrorInfo)          | 30 d      | worker, reaper     |
+| `runs:hb:{id}`                   | string (unix ts)            | 30 d      | owning worker      |
+| `runs:{id}:cancelled`            | string "1"                  | 30 d      | API                |
+| `runs:progress:{id}`             | string (kind's progress)    | 30 d      | owning worker      |
+| `runs:artifact:{id}:file_id`     | string (Data Bank id)       | 30 d      | owning worker      |
+| `runs:lease:{id}`                | string (owner token)        | lease TTL | owning worker      |
+| `runs:epoch:{id}`                | int (fencing epoch)         | 30 d      | worker, reaper     |
+| `runs:attempts:{id}`             | int (failed attempts)       | 30 d      | worker, reaper     |
+| `runs:started:{id}`              | string "1" (`started` sent) | 30 d      | owning worker      |
+| `runs:job:{id}`                  | string (current RQ job id)  | 30 d      | API, worker        |
+| `runs:payload:{id}`              | string (the job's payload)  | 30 d      | API                |
+| `runs:claim:{id}`                | string (worker)             | 30 s      | reaper             |
+| `trainer:runs:delayed`           | zset (score = due ts)       | none      | worker, reaper     |
+| `runs:logs:{id}`                 | stream (`line`), any kind   | 30 d      | worker             |
+| `runs:metrics:{id}`              | list (MetricPoint)          | 30 d      | owning worker      |
+| `runs:checkpoints:{id}`          | string (CheckpointIndex)    | 30 d      | owning worker      |
+| `runs:eval:{id}`                 | string (latest eval's id)   | 30 d      | API, owning worker |
+| `trainer:workers:{queue}`        | zset (score = seen ts)      | none      | worker             |
+| `trainer:workers:{queue}:memory` | hash (worker -> bytes)      | none      | worker             |
+| `corpora:index`                  | zset (score = ts)           | none      | API                |
+| `corpora:info`                   | hash (id -> CorpusInfo)     | none      | API                |
+| `trainer:events` (setting)       | pub/sub channel             | -         | worker             |
+| `rq:*`                           | RQ's own (dispatch only)    | RQ's      | RQ                 |
 
-A tokenizer job's log lines share the `runs:logs:` stream namespace: ids never collide
-(`tok-...` vs `run-...`) and one reader serves both. DESIGN.md repeats this table; keep the
-two in step.
+Tokenizers spell the same keys `tokenizer:{id}:status`, `tokenizer:{id}:lease`... and
+`tokenizers:index`, `tokenizers:by-status:{status}`, `trainer:tokenizers:delayed`;
+evaluations `eval:{id}:...`, `evals:...`, `trainer:evals:delayed` (`_schema` below).
+Log lines of every kind share the `runs:logs:` stream namespace: ids never collide (`tok-`,
+`run-`, `eval-`) and one reader serves them all. An evaluation's status is its own record;
+`runs:eval:{id}` only points at the run's latest one.
 
-Every write the owner of a run makes (status, progress, metrics, checkpoints, pointer,
-events) is fenced: it happens only while `runs:lease:{id}` still holds the owner's token
-(store/fencing.py), so a worker that lost its run cannot overwrite the new owner's state.
+Every write the owner of a job makes (status, progress, metrics, checkpoints, pointer,
+events) is fenced: it happens only while the job's lease still holds the owner's token
+(store/fencing.py), so a worker that lost its job cannot overwrite the new owner's state.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,11 +60,21 @@ RECORD_TTL_SEC = 30 * 24 * 3600
 METRICS_MAX_POINTS = 50_000
 
 
+class JobKind(StrEnum):
+    """The kinds of job; each has its record keys, payload and job function."""
+
+    TOKENIZER = "tokenizer"
+    RUN = "run"
+    EVAL = "eval"
+
+
 class KeySchema(BaseModel):
-    """Key names for one kind of record; `{id}` is replaced by the record's id."""
+    """Key names for one kind of job; `{id}` is replaced by the job's id."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: JobKind
+    # The record the API shows.
     status: str
     message: str
     heartbeat: str
@@ -75,15 +82,29 @@ class KeySchema(BaseModel):
     file_id: str
     meta: str
     progress: str
-    eval: str
     error: str
+    # Ownership and retries (jobs/ownership.py, jobs/reaper.py).
+    lease: str
+    epoch: str
+    attempts: str
+    started: str
+    job: str
+    payload: str
+    claim: str
+    # Shared by all jobs of the kind.
     index: str
+    by_status: str  # `{status}` is replaced by a status
+    delayed: str
 
     def key(self, template: str, record_id: str) -> str:
         return template.replace("{id}", record_id)
 
+    def status_index(self, status: str) -> str:
+        return self.by_status.replace("{status}", status)
+
 
 RUN_KEYS = KeySchema(
+    kind=JobKind.RUN,
     status="runs:status:{id}",
     message="runs:msg:{id}",
     heartbeat="runs:hb:{id}",
@@ -91,27 +112,59 @@ RUN_KEYS = KeySchema(
     file_id="runs:artifact:{id}:file_id",
     meta="runs:meta:{id}",
     progress="runs:progress:{id}",
-    eval="runs:eval:{id}",
     error="runs:error:{id}",
+    lease="runs:lease:{id}",
+    epoch="runs:epoch:{id}",
+    attempts="runs:attempts:{id}",
+    started="runs:started:{id}",
+    job="runs:job:{id}",
+    payload="runs:payload:{id}",
+    claim="runs:claim:{id}",
     index="runs:index",
+    by_status="runs:by-status:{status}",
+    delayed="trainer:runs:delayed",
 )
 
-TOKENIZER_KEYS = KeySchema(
-    status="tokenizer:{id}:status",
-    message="tokenizer:{id}:msg",
-    heartbeat="tokenizer:{id}:hb",
-    cancelled="tokenizer:{id}:cancelled",
-    file_id="tokenizer:{id}:file_id",
-    meta="tokenizer:{id}:meta",
-    progress="tokenizer:{id}:progress",
-    eval="tokenizer:{id}:eval",
-    error="tokenizer:{id}:error",
-    index="tokenizers:index",
-)
+
+def _schema(kind: JobKind, prefix: str, plural: str) -> KeySchema:
+    """The uniform spelling of the kinds that came after runs: `{prefix}:{id}:{field}`."""
+    fields = {
+        "status": "status",
+        "message": "msg",
+        "heartbeat": "hb",
+        "cancelled": "cancelled",
+        "file_id": "file_id",
+        "meta": "meta",
+        "progress": "progress",
+        "error": "error",
+        "lease": "lease",
+        "epoch": "epoch",
+        "attempts": "attempts",
+        "started": "started",
+        "job": "job",
+        "payload": "payload",
+        "claim": "claim",
+    }
+    return KeySchema(
+        kind=kind,
+        **{name: f"{prefix}:{{id}}:{suffix}" for name, suffix in fields.items()},
+        index=f"{plural}:index",
+        by_status=f"{plural}:by-status:{{status}}",
+        delayed=f"trainer:{plural}:delayed",
+    )
+
+
+TOKENIZER_KEYS = _schema(JobKind.TOKENIZER, "tokenizer", "tokenizers")
+EVAL_KEYS = _schema(JobKind.EVAL, "eval", "evals")
+JOB_KEYS: dict[JobKind, KeySchema] = {
+    JobKind.RUN: RUN_KEYS,
+    JobKind.TOKENIZER: TOKENIZER_KEYS,
+    JobKind.EVAL: EVAL_KEYS,
+}
 
 
 def logs_key(record_id: str) -> str:
-    """A job's log lines (a run's or a tokenizer's); stream ids are the SSE event ids."""
+    """A job's log lines (any kind's); stream ids are the SSE event ids."""
     return f"runs:logs:{record_id}"
 
 
@@ -120,44 +173,14 @@ def metrics_key(run_id: str) -> str:
     return f"runs:metrics:{run_id}"
 
 
-class RunKeys:
-    """The keys only training runs have: ownership, attempts, checkpoints (see the table)."""
-
-    @staticmethod
-    def lease(run_id: str) -> str:
-        return f"runs:lease:{run_id}"
-
-    @staticmethod
-    def epoch(run_id: str) -> str:
-        return f"runs:epoch:{run_id}"
-
-    @staticmethod
-    def attempts(run_id: str) -> str:
-        return f"runs:attempts:{run_id}"
-
-    @staticmethod
-    def checkpoints(run_id: str) -> str:
-        return f"runs:checkpoints:{run_id}"
-
-    @staticmethod
-    def started(run_id: str) -> str:
-        return f"runs:started:{run_id}"
-
-    @staticmethod
-    def job(run_id: str) -> str:
-        return f"runs:job:{run_id}"
-
-    @staticmethod
-    def payload(run_id: str) -> str:
-        return f"runs:payload:{run_id}"
-
-    @staticmethod
-    def claim(run_id: str) -> str:
-        return f"runs:claim:{run_id}"
+def checkpoints_key(run_id: str) -> str:
+    """A run's checkpoint index in Data Bank (store/checkpoints.py)."""
+    return f"runs:checkpoints:{run_id}"
 
 
-# Runs waiting out a retry delay: member = run id, score = when to enqueue it again.
-DELAYED_RUNS = "trainer:runs:delayed"
+def latest_eval_key(run_id: str) -> str:
+    """The id of the run's latest evaluation (an `eval` job's record, or its final one)."""
+    return f"runs:eval:{run_id}"
 
 
 def workers_key(queue: str) -> str:

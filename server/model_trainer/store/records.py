@@ -1,9 +1,13 @@
-"""Run and tokenizer records: typed, written by the API and the worker, read in one round trip.
+"""Job records: typed, written by the API and the worker, read in one round trip.
 
-Runs and tokenizers have the same life (queued -> running -> completed | failed |
-cancelled), so one `StatusStore` serves both, parameterised by the record kind's `KeySchema`
-(keys.py) and the model of what its job reports as progress. `record()` and `records()` read
-everything the API shows of a record with one MGET, and hand back a typed `Record`.
+Every kind of job has the same life (queued -> running -> completed | failed | cancelled),
+so one `StatusStore` serves them all, parameterised by the kind's `KeySchema` (keys.py) and
+the model of what its job reports as progress. `record()` and `records()` read everything
+the API shows of a record with one MGET, and hand back a typed `Record`.
+
+Each status write also moves the job between its kind's status indexes
+(`by-status:{status}`), so finding the running or queued jobs costs what there is of them,
+not what history holds.
 """
 
 from __future__ import annotations
@@ -75,15 +79,10 @@ class SampleText(_Stored):
     completion: str
 
 
-class EvalInfo(_Stored):
-    """The latest evaluation of a run and its status."""
+class EvalResult(_Stored):
+    """What a finished evaluation measured (an `eval` record's progress)."""
 
-    run_id: str
-    eval_id: str
-    status: Status
-    message: str | None = None
     split: str | None = None
-    corpus_file_id: str | None = None
     loss: float | None = None
     perplexity: float | None = None
     bits_per_char: float | None = None
@@ -93,14 +92,11 @@ class EvalInfo(_Stored):
     samples: list[SampleText] | None = None
 
 
-ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary)
-
-
 ErrorKind = Literal["user", "transient", "fatal"]
 
 
 class ErrorInfo(_Stored):
-    """Why a job failed (or why its last attempt did): design §26's classes.
+    """Why a job failed (or why its last attempt did): the failure classes of jobs/failures.py.
 
     `user`: bad input or hyper-parameters, never retried. `transient`: a remote (Data Bank,
     Redis, the network) was unavailable, retried with backoff. `fatal`: a bug, a corrupt
@@ -112,8 +108,30 @@ class ErrorInfo(_Stored):
     message: str
 
 
+class EvalInfo(_Stored):
+    """The latest evaluation of a run and its status, as the API shows it."""
+
+    run_id: str
+    eval_id: str
+    status: Status
+    message: str | None = None
+    error: ErrorInfo | None = None
+    split: str | None = None
+    corpus_file_id: str | None = None
+    loss: float | None = None
+    perplexity: float | None = None
+    bits_per_char: float | None = None
+    tokens_per_char: float | None = None
+    num_tokens: int | None = None
+    num_chars: int | None = None
+    samples: list[SampleText] | None = None
+
+
+ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary, EvalResult)
+
+
 class Record(BaseModel, Generic[ProgressT]):
-    """Everything the API shows of one run or tokenizer, read in one round trip."""
+    """Everything the API shows of one job, read in one round trip."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,6 +143,8 @@ class Record(BaseModel, Generic[ProgressT]):
     progress: ProgressT | None
     file_id: str | None
     error: ErrorInfo | None = None
+    # Failed attempts so far (0 until one fails); the owner and the reapers count them.
+    attempts: int = 0
 
 
 def as_str(value: object) -> str | None:
@@ -138,6 +158,17 @@ def as_str(value: object) -> str | None:
     raise TypeError(f"unexpected Redis reply type {type(value).__name__}")
 
 
+def status_index_commands(
+    keys: KeySchema, record_id: str, status: Status, now: float
+) -> tuple[Command, ...]:
+    """Move `record_id` into the index of `status` (and out of every other one)."""
+    commands: list[Command] = [
+        ("ZREM", keys.status_index(other.value), record_id) for other in Status if other != status
+    ]
+    commands.append(("ZADD", keys.status_index(status.value), repr(now), record_id))
+    return tuple(commands)
+
+
 class StatusStore(Generic[ProgressT]):
     def __init__(
         self,
@@ -148,23 +179,23 @@ class StatusStore(Generic[ProgressT]):
         writer: Writer | None = None,
     ) -> None:
         self._r = redis
-        self._keys = keys
+        self.keys = keys
         self._progress_model: type[ProgressT] = progress_model
         self._clock = clock
         self._writer: Writer = writer or DirectWriter(redis)
 
     def with_writer(self, writer: Writer) -> StatusStore[ProgressT]:
-        """The same store whose writes go through `writer` (a run owner's fenced writer)."""
-        return StatusStore(self._r, self._keys, self._progress_model, self._clock, writer)
+        """The same store whose writes go through `writer` (an owner's fenced writer)."""
+        return StatusStore(self._r, self.keys, self._progress_model, self._clock, writer)
 
     def _set(self, template: str, record_id: str, value: str) -> Command:
         return ("SET", self._k(template, record_id), value, "EX", TTL)
 
     def _k(self, template: str, record_id: str) -> str:
-        return self._keys.key(template, record_id)
+        return self.keys.key(template, record_id)
 
     # --- typed reads: one round trip ------------------------------------------------
-    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id", "error")
+    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id", "error", "attempts")
 
     def record(self, record_id: str) -> Record[ProgressT] | None:
         """The record, or None if there is no such id."""
@@ -174,13 +205,13 @@ class StatusStore(Generic[ProgressT]):
         """The records of `ids`, in order (None for an unknown id), with one MGET."""
         if not ids:
             return []
-        keys = [self._k(getattr(self._keys, f), i) for i in ids for f in self._FIELDS]
+        keys = [self._k(getattr(self.keys, f), i) for i in ids for f in self._FIELDS]
         raw = [as_str(v) for v in self._r.mget(keys)]
         n = len(self._FIELDS)
         return [self._record(i, raw[j * n : (j + 1) * n]) for j, i in enumerate(ids)]
 
     def _record(self, record_id: str, values: list[str | None]) -> Record[ProgressT] | None:
-        status, message, meta, heartbeat, progress, file_id, error = values
+        status, message, meta, heartbeat, progress, file_id, error, attempts = values
         if status is None:
             return None
         return Record(
@@ -192,55 +223,60 @@ class StatusStore(Generic[ProgressT]):
             progress=self._progress_model.model_validate_json(progress) if progress else None,
             file_id=file_id,
             error=ErrorInfo.model_validate_json(error) if error else None,
+            attempts=int(attempts) if attempts else 0,
         )
-
-    def ids_with_status(self, status: Status) -> list[str]:
-        """Ids (newest first) whose status is `status`: two commands however many records."""
-        ids = self.all_ids()
-        if not ids:
-            return []
-        statuses = self._r.mget([self._k(self._keys.status, i) for i in ids])
-        return [i for i, s in zip(ids, statuses, strict=True) if as_str(s) == status.value]
 
     # --- creation and listing -------------------------------------------------------
     def create(self, record_id: str, meta: RecordMeta) -> bool:
         """Register a new record as queued. False if the id already exists (idempotent submit)."""
-        k = self._keys
+        k = self.keys
         meta_json = meta.model_dump_json()
         created = self._r.set(self._k(k.meta, record_id), meta_json, nx=True, ex=RECORD_TTL_SEC)
         if not created:
             return False
-        pipe = self._r.pipeline()
-        pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
-        pipe.delete(self._k(k.message, record_id), self._k(k.cancelled, record_id))
-        pipe.zadd(k.index, {record_id: self._clock()})
-        pipe.execute()
+        now = self._clock()
+        DirectWriter(self._r).write(
+            [
+                *self.status_commands(record_id, Status.QUEUED),
+                ("DEL", self._k(k.message, record_id), self._k(k.cancelled, record_id)),
+                ("ZADD", k.index, repr(now), record_id),
+            ]
+        )
         return True
 
     def reset(self, record_id: str, meta: RecordMeta) -> None:
-        """Queue a failed or cancelled record again (a re-submitted request)."""
-        k = self._keys
-        pipe = self._r.pipeline()
-        pipe.set(self._k(k.meta, record_id), meta.model_dump_json(), ex=RECORD_TTL_SEC)
-        pipe.set(self._k(k.status, record_id), Status.QUEUED.value, ex=RECORD_TTL_SEC)
-        for template in (k.message, k.cancelled, k.file_id, k.progress, k.heartbeat, k.error):
-            pipe.delete(self._k(template, record_id))
-        pipe.zadd(k.index, {record_id: self._clock()})
-        pipe.execute()
+        """Queue a failed or cancelled record again (a re-submitted request): a new job with
+        no trace of the old one's attempts, progress or pointer."""
+        k = self.keys
+        gone: list[str] = [
+            self._k(template, record_id)
+            for template in (k.message, k.cancelled, k.file_id, k.progress, k.error, k.attempts)
+        ]
+        DirectWriter(self._r).write(
+            [
+                self._set(k.meta, record_id, meta.model_dump_json()),
+                *self.status_commands(record_id, Status.QUEUED),
+                ("DEL", *gone),
+                ("ZADD", k.index, repr(self._clock()), record_id),
+            ]
+        )
 
-    def list_ids(self, offset: int, limit: int) -> tuple[list[str], int]:
-        """Ids newest first, and the total count."""
-        index = self._keys.index
-        pipe = self._r.pipeline(transaction=False)  # one round trip for both
+    def list_ids(
+        self, offset: int, limit: int, status: Status | None = None
+    ) -> tuple[list[str], int]:
+        """Ids newest first (of one status, when given), and their total count; two commands
+        in one round trip whatever the history holds."""
+        index = self.keys.index if status is None else self.keys.status_index(status.value)
+        pipe = self._r.pipeline(transaction=False)
         pipe.zcard(index)
         pipe.zrevrange(index, offset, offset + limit - 1)
         count, raw = pipe.execute()
-        total = int(count)
         ids = [s for s in (as_str(v) for v in raw) if s is not None]
-        return ids, total
+        return ids, int(count)
 
-    def all_ids(self) -> list[str]:
-        raw = self._r.zrevrange(self._keys.index, 0, -1)
+    def ids_with_status(self, status: Status) -> list[str]:
+        """Every id whose status is `status`, newest change first (one command)."""
+        raw = self._r.zrevrange(self.keys.status_index(status.value), 0, -1)
         return [s for s in (as_str(v) for v in raw) if s is not None]
 
     # --- status and message ---------------------------------------------------------
@@ -263,73 +299,54 @@ class StatusStore(Generic[ProgressT]):
         message: str | None = None,
         error: ErrorInfo | None = None,
     ) -> tuple[Command, ...]:
-        k = self._keys
+        k = self.keys
         commands: list[Command] = [self._set(k.status, record_id, status.value)]
         if message is not None:
             commands.append(self._set(k.message, record_id, message))
         if error is not None:
             commands.append(self._set(k.error, record_id, error.model_dump_json()))
         elif status is not Status.FAILED:
-            # A run that is going again (or finished) carries no stale error; a queued run
+            # A job that is going again (or finished) carries no stale error; a queued job
             # waiting out a retry delay keeps it (set with `error=`) so users see why.
             commands.append(("DEL", self._k(k.error, record_id)))
-        if status.terminal:
-            commands.append(("DEL", self._k(k.heartbeat, record_id)))
+        commands.extend(status_index_commands(k, record_id, status, self._clock()))
         return tuple(commands)
 
     def status(self, record_id: str) -> Status | None:
-        raw = as_str(self._r.get(self._k(self._keys.status, record_id)))
+        raw = as_str(self._r.get(self._k(self.keys.status, record_id)))
         return Status(raw) if raw is not None else None
 
-    def message(self, record_id: str) -> str | None:
-        return as_str(self._r.get(self._k(self._keys.message, record_id)))
-
-    def error(self, record_id: str) -> ErrorInfo | None:
-        raw = as_str(self._r.get(self._k(self._keys.error, record_id)))
-        return ErrorInfo.model_validate_json(raw) if raw else None
-
     # --- liveness -------------------------------------------------------------------
-    def heartbeat(self, record_id: str, ttl_sec: int) -> float:
+    def heartbeat(self, record_id: str) -> float:
+        """When the owner last said it is working on the job (kept after it ends)."""
         now = self._clock()
-        key = self._k(self._keys.heartbeat, record_id)
-        self._writer.write([("SET", key, repr(now), "EX", str(ttl_sec))])
+        self._writer.write([self._set(self.keys.heartbeat, record_id, repr(now))])
         return now
-
-    def last_heartbeat(self, record_id: str) -> float | None:
-        raw = as_str(self._r.get(self._k(self._keys.heartbeat, record_id)))
-        return float(raw) if raw is not None else None
 
     # --- cancellation ---------------------------------------------------------------
     def request_cancel(self, record_id: str) -> None:
-        self._r.set(self._k(self._keys.cancelled, record_id), "1", ex=RECORD_TTL_SEC)
+        self._r.set(self._k(self.keys.cancelled, record_id), "1", ex=RECORD_TTL_SEC)
 
     def is_cancelled(self, record_id: str) -> bool:
-        return bool(self._r.exists(self._k(self._keys.cancelled, record_id)))
+        return bool(self._r.exists(self._k(self.keys.cancelled, record_id)))
 
     # --- progress and artifact pointer ----------------------------------------------
     def set_progress(self, record_id: str, progress: ProgressT) -> None:
-        self._writer.write([self._set(self._keys.progress, record_id, progress.model_dump_json())])
+        self._writer.write([self.progress_command(record_id, progress)])
+
+    def progress_command(self, record_id: str, progress: ProgressT) -> Command:
+        return self._set(self.keys.progress, record_id, progress.model_dump_json())
 
     def progress(self, record_id: str) -> ProgressT | None:
-        raw = as_str(self._r.get(self._k(self._keys.progress, record_id)))
+        raw = as_str(self._r.get(self._k(self.keys.progress, record_id)))
         return self._progress_model.model_validate_json(raw) if raw else None
 
-    def set_eval(self, record_id: str, info: EvalInfo) -> None:
-        self._writer.write([self._set(self._keys.eval, record_id, info.model_dump_json())])
-
-    def eval(self, record_id: str) -> EvalInfo | None:
-        raw = as_str(self._r.get(self._k(self._keys.eval, record_id)))
-        return EvalInfo.model_validate_json(raw) if raw else None
-
-    def set_file_id(self, record_id: str, file_id: str) -> None:
-        self._writer.write([self._set(self._keys.file_id, record_id, file_id)])
+    def file_id_command(self, record_id: str, file_id: str) -> Command:
+        return self._set(self.keys.file_id, record_id, file_id)
 
     def file_id(self, record_id: str) -> str | None:
-        return as_str(self._r.get(self._k(self._keys.file_id, record_id)))
-
-    def clear_file_id(self, record_id: str) -> None:
-        self._writer.write([("DEL", self._k(self._keys.file_id, record_id))])
+        return as_str(self._r.get(self._k(self.keys.file_id, record_id)))
 
 
-# Either kind of store, where only the shared life cycle matters (status, heartbeat, pointer).
-AnyStatusStore = StatusStore[RunProgress] | StatusStore[TokenizerSummary]
+# Any kind's store, where only the shared life cycle matters (status, heartbeat, pointer).
+AnyStatusStore = StatusStore[RunProgress] | StatusStore[TokenizerSummary] | StatusStore[EvalResult]

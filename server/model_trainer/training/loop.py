@@ -37,7 +37,6 @@ from pydantic import ValidationError
 from transformers import PreTrainedModel
 
 from model_trainer.errors import CheckpointInvalid, ErrorCode, UserError
-from model_trainer.shutdown import check_shutdown, stop_requested
 from model_trainer.training.checkpoint import (
     CheckpointFile,
     CheckpointKind,
@@ -113,11 +112,17 @@ class TrainingCallbacks:
         """True to cancel the run; checked before every step."""
         return False
 
+    def should_hand_back(self) -> bool:
+        """True to save a checkpoint and stop where a later attempt resumes (the worker is
+        shutting down); checked before every step."""
+        return False
+
 
 class Outcome(StrEnum):
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"  # the validation loss stopped improving: also a success
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # checkpointed and stopped on request: to be resumed
 
 
 @dataclass(frozen=True)
@@ -333,9 +338,10 @@ class _Trainer:
             if self.callbacks.should_stop():
                 log.info("cancelled", extra=log_fields("training_cancelled", step=state.step))
                 return self._result(Outcome.CANCELLED)
-            if stop_requested.is_set():
+            if self.callbacks.should_hand_back():
                 self._checkpoint()
-                check_shutdown()  # raises WorkerShutdown: the job is retried and resumes here
+                log.info("interrupted", extra=log_fields("training_interrupted", step=state.step))
+                return self._result(Outcome.INTERRUPTED)
 
             lr = self._train_step()
             last = self._budget_spent()  # the final step is always evaluated and logged

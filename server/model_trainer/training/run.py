@@ -97,8 +97,8 @@ def run_training(
     `cpu` and `gpu` are the worker's facts (`hardware.cpu_info()`, and `gpu_info()` on a
     GPU worker): `device` and `precision: auto` resolve against them. `threads` is the
     worker's setting (0 or None: every usable core); the config's own `threads` wins over
-    it. Raises `UserError` for bad input or a diverging loss, and `WorkerShutdown` after
-    checkpointing when the worker is asked to stop.
+    it. Raises `UserError` for bad input or a diverging loss. Ends `INTERRUPTED`, after a
+    checkpoint, when `callbacks.should_hand_back()` says so (no artifact: resume later).
 
     `corpus_id` (default `config.corpus_file_id`, the Data Bank id of the corpus, the
     SHA-256 of `corpus_path`'s bytes; for a structured corpus, the id of the text it gave)
@@ -161,7 +161,7 @@ def run_training(
         init_label=init_label,
     )
     state = result.state
-    if result.outcome is Outcome.CANCELLED:
+    if result.outcome in (Outcome.CANCELLED, Outcome.INTERRUPTED):
         return TrainingResult(
             outcome=result.outcome, steps=state.step, artifact_dir=None, manifest=None, eval=None
         )

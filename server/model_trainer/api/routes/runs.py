@@ -19,7 +19,6 @@ from model_trainer.api.deps import Ctx, live_workers
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
 from model_trainer.api.generation import GenerateRequest, GenerateResponse
 from model_trainer.api.ids import LastEventId, RunId
-from model_trainer.api.run_records import RunView, read_run, read_runs
 from model_trainer.api.schemas import (
     MAX_OFFSET,
     ArtifactPointer,
@@ -66,16 +65,12 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
 ) -> Response:
-    if status_filter is None:
-        ids, total = ctx.runs.list_ids(offset, limit)
-    else:
-        matching = ctx.runs.ids_with_status(status_filter)
-        ids, total = matching[offset : offset + limit], len(matching)
-    views = [v for v in read_runs(ctx.redis, ids) if v is not None]
+    ids, total = ctx.runs.list_ids(offset, limit, status_filter)
+    records = [r for r in ctx.runs.records(ids) if r is not None]
     seen = _LiveWorkers(ctx)
     return model_response(
         RunList(
-            items=[_info(ctx, v, seen) for v in views],
+            items=[_info(ctx, r, seen) for r in records],
             page=Page(offset=offset, limit=limit, total=total),
         )
     )
@@ -83,7 +78,7 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunInfo, responses=error_responses(404))
 def get_run(run_id: RunId, ctx: Ctx) -> Response:
-    return model_response(_info(ctx, _require_view(ctx, run_id)))
+    return model_response(_info(ctx, _require_run(ctx, run_id)))
 
 
 @router.post(
@@ -91,7 +86,7 @@ def get_run(run_id: RunId, ctx: Ctx) -> Response:
 )
 def cancel_run(run_id: RunId, ctx: Ctx) -> RunInfo:
     services.cancel_run(ctx, _require_run(ctx, run_id))
-    return _info(ctx, _require_view(ctx, run_id))
+    return _info(ctx, _require_run(ctx, run_id))
 
 
 @router.get("/{run_id}/checkpoints", responses=error_responses(404))
@@ -201,7 +196,7 @@ def evaluate_run(run_id: RunId, request: EvaluateRequest, ctx: Ctx) -> EvalAccep
 @router.get("/{run_id}/eval", responses=error_responses(404))
 def get_run_eval(run_id: RunId, ctx: Ctx) -> EvalInfo:
     _require_run(ctx, run_id)
-    info = ctx.runs.eval(run_id)
+    info = services.latest_evaluation(ctx, run_id)
     if info is None:
         raise NotFoundError(f"run {run_id!r} has no evaluation yet")
     return info
@@ -227,15 +222,11 @@ async def generate_text(run_id: RunId, request: GenerateRequest, ctx: Ctx) -> Ge
     return await ctx.generation.generate(ref, request)
 
 
-def _require_view(ctx: Ctx, run_id: str) -> RunView:
-    view = read_run(ctx.redis, run_id)
-    if view is None:
-        raise NotFoundError(f"unknown run {run_id!r}")
-    return view
-
-
 def _require_run(ctx: Ctx, run_id: str) -> Record[RunProgress]:
-    return _require_view(ctx, run_id).record
+    record = ctx.runs.record(run_id)
+    if record is None:
+        raise NotFoundError(f"unknown run {run_id!r}")
+    return record
 
 
 class _LiveWorkers:
@@ -251,10 +242,9 @@ class _LiveWorkers:
         return self._counts[queue]
 
 
-def _info(ctx: Ctx, view: RunView, seen: _LiveWorkers | None = None) -> RunInfo:
+def _info(ctx: Ctx, record: Record[RunProgress], seen: _LiveWorkers | None = None) -> RunInfo:
     """The run, with its queue; a queued run that no live worker serves says so (a `cuda`
     run waits for a GPU worker: it is accepted and starts when one comes)."""
-    record = view.record
     request = record.meta.request if record.meta else None
     device = request.get("device") if request else None
     queue = run_queue_name(
@@ -264,4 +254,4 @@ def _info(ctx: Ctx, view: RunView, seen: _LiveWorkers | None = None) -> RunInfo:
     if record.status is Status.QUEUED and (seen or _LiveWorkers(ctx)).count(queue) == 0:
         ttl = ctx.settings.recovery.worker_presence_ttl_sec
         waiting_for = f"no live worker serves queue {queue!r} (none seen in the last {ttl:g} s)"
-    return RunInfo.from_record(record, attempts=view.attempts, queue=queue, waiting_for=waiting_for)
+    return RunInfo.from_record(record, queue=queue, waiting_for=waiting_for)

@@ -1,0 +1,83 @@
+"""The worker's services, built once per worker process and inherited by every job."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from redis import Redis
+
+from model_trainer.databank.client import DataBankClient
+from model_trainer.jobs.queue import RQJobQueue
+from model_trainer.settings import Settings, load_settings
+from model_trainer.store.events import EventPublisher
+from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, TOKENIZER_KEYS, JobKind
+from model_trainer.store.records import (
+    AnyStatusStore,
+    EvalResult,
+    RunProgress,
+    StatusStore,
+    TokenizerSummary,
+)
+
+
+class WorkerContext:
+    """Settings, connections and stores; `stop_requested` is set when the worker stops."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        databank: DataBankClient,
+        worker_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.databank = databank
+        self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.queue = RQJobQueue(redis, settings.rq)
+        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
+        self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
+        self.events = EventPublisher(redis, settings.app.events_channel)
+        # Set by the job process's signal handler (worker.py): jobs hand back at a safe point.
+        self.stop_requested = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, worker_name: str | None = None) -> WorkerContext:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+        ctx = cls(settings, redis, DataBankClient("http://unused"), worker_name)
+        ctx.databank = ctx.databank_client()
+        return ctx
+
+    def databank_client(self, max_retries: int = 4) -> DataBankClient:
+        """A Data Bank client; checkpoints use one that gives up fast (they retry later)."""
+        app = self.settings.app
+        key = app.data_bank_api_key
+        return DataBankClient(
+            app.data_bank_api_url,
+            key.get_secret_value() if key else None,
+            max_retries=max_retries,
+        )
+
+    def store(self, kind: JobKind) -> AnyStatusStore:
+        if kind is JobKind.RUN:
+            return self.runs
+        return self.tokenizers if kind is JobKind.TOKENIZER else self.evals
+
+
+_context: WorkerContext | None = None
+
+
+def worker_context() -> WorkerContext:
+    """The process's context; the worker builds it before forking so jobs inherit it."""
+    global _context
+    if _context is None:
+        _context = WorkerContext.from_settings(load_settings())
+    return _context
+
+
+def set_worker_context(ctx: WorkerContext) -> None:
+    global _context
+    _context = ctx
