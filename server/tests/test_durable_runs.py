@@ -287,7 +287,7 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
             taken_at_epoch = int(as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.epoch, run_id))) or 0)
             _signal_all(paused, signal.SIGCONT)
             wait_until(
-                lambda: "run_lost" in paused.output() or "lease_lost" in paused.output(),
+                lambda: "job_lost" in paused.output() or "lease_lost" in paused.output(),
                 60,
                 "the paused worker to notice it lost the run",
                 paused,
@@ -404,7 +404,7 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
             assert _error(answer)["code"] == "CHECKPOINT_INVALID"
             assert _attempts(stack, run_id) == 0
             logs = client.get(f"/runs/{run_id}/logs", params={"tail": 5000}).json()["lines"]
-            assert [x.get("event") for x in logs].count("run_owned") == 1  # not retried
+            assert [x.get("event") for x in logs].count("job_owned") == 1  # not retried
             failed = events.wait_for(run_id, "trainer.train.failed.v1")
             assert failed["error_kind"] == "system"
     finally:

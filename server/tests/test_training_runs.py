@@ -201,7 +201,7 @@ def test_full_run_trains_evaluates_and_loads(
 
             logs = client.get(f"/runs/{run_id}/logs", params={"tail": 500}).json()["lines"]
             log_events = [line.get("event") for line in logs]
-            assert "run_started" in log_events and "run_completed" in log_events
+            assert "run_started" in log_events and "job_completed" in log_events
             assert "artifact_uploaded" in log_events
             assert all(line.get("run_id") == run_id for line in logs)
 

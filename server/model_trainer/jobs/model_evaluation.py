@@ -9,6 +9,7 @@ way, by the training job (`final_eval_commands`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from model_trainer.store.records import (
 )
 from model_trainer.training.config import STORED, ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
+from service_common.jsonlog import log_fields
+
+log = logging.getLogger("model_trainer.jobs")
 
 
 def run(payload_json: str) -> None:
@@ -43,6 +47,12 @@ def run(payload_json: str) -> None:
 
 def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     ctx, run_id, request = owner.ctx, payload.run_id, payload.request
+    log.info(
+        "evaluation %s started (%s)",
+        payload.eval_id,
+        request.split or "another corpus",
+        extra=log_fields("eval_started", split=request.split or "corpus"),
+    )
     file_id = ctx.runs.file_id(run_id)
     if file_id is None:
         raise UserError(f"run {run_id} has no artifact to evaluate")
@@ -80,6 +90,7 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
         f"{metrics.bits_per_char:.3f} bits/char",
         also=(evals.progress_command(payload.eval_id, result),),
     )
+    log.info("evaluation %s completed", payload.eval_id, extra=log_fields("eval_completed"))
 
 
 def eval_result(metrics: EvalMetrics, eval_dir: Path) -> EvalResult:

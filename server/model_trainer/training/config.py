@@ -89,7 +89,7 @@ class Shape(BaseModel):
 
 # One table for all families: a LLaMA or Qwen3 block with a SwiGLU MLP of 8/3 n_embd and as
 # many key/value heads as query heads has GPT-2's 12 n_embd^2 weights, so at each size the
-# three families have about the same parameter count (DESIGN.md, "Model families").
+# three families have about the same parameter count (docs/benchmarks.md, research log).
 PRESETS: dict[ModelSize, Shape] = {
     ModelSize.TINY: Shape(n_layer=4, n_head=4, n_embd=128),
     ModelSize.MINI: Shape(n_layer=6, n_head=6, n_embd=384),
@@ -147,7 +147,7 @@ MAX_INTERVAL_STEPS = 1_000_000  # eval_interval, checkpoint_interval, warmup_ste
 MAX_LEARNING_RATE = 100.0
 # Muon's learning rate for the hidden matrices (torch's Muon, adjust_lr_fn "original": the
 # rate is scaled by sqrt(max(1, rows / columns))): Keller Jordan's value for GPT-2-sized
-# models, also modded-nanogpt's (DESIGN.md, "Model families and optimizers").
+# models, also modded-nanogpt's (docs/benchmarks.md, research log).
 DEFAULT_MUON_LEARNING_RATE = 0.02
 MAX_GRAD_CLIP = 1000.0
 
