@@ -3,13 +3,21 @@ SHELL := /bin/sh
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-# Where pip finds a CPU build of torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Which build of torch `make setup` installs:
+#   TORCH=cpu (default): the CPU build. pip takes it from this machine when it can without a
+#     network (a wheel in pip's find-links, or torch already in the venv), else from PyTorch's
+#     CPU index below (PyPI's Linux wheel is the CUDA build: several GB of NVIDIA packages).
+#   TORCH=cuda: PyPI's default build (CUDA on Linux), for a machine with an NVIDIA GPU.
+#   TORCH_INDEX=URL: that wheel index instead, e.g. https://download.pytorch.org/whl/cu128.
+# Switching an existing venv: make clean setup TORCH=cuda.
+TORCH ?= cpu
 TORCH_INDEX ?=
-PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' server/constraints.txt)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup lint format test check start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup torch-index lint format test check start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -17,8 +25,25 @@ $(VENV)/.installed: server/pyproject.toml server/constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_TORCH) -c server/constraints.txt -e './server[dev]'
+	@index=$$($(TORCH_INDEX_SH)) || exit $$?; \
+	echo "setup: torch $(TORCH_VERSION), TORCH=$(TORCH), from $${index:-the default indexes (PyPI and any find-links)}"; \
+	if [ "$(TORCH)" = cpu ] && command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "setup: an NVIDIA GPU is here; for the CUDA build of torch: make clean setup TORCH=cuda"; fi; \
+	set -x; $(PY) -m pip install --quiet $${index:+--extra-index-url "$$index"} \
+	  -c server/constraints.txt -e './server[dev]'
 	touch $@
+
+# The extra wheel index `setup` gives pip for torch; nothing printed: none needed. For
+# TORCH=cpu, none when pip finds torch==$(TORCH_VERSION) offline (`--no-index`: a wheel in its
+# find-links, or the venv's own torch), so a machine that cannot reach download.pytorch.org
+# (CI, a mirror) never asks it.
+TORCH_INDEX_SH = case "$(TORCH)" in cpu|cuda) ;; *) echo "TORCH must be cpu or cuda (got $(TORCH))" >&2; exit 2;; esac; \
+	if [ -n "$(TORCH_INDEX)" ]; then echo "$(TORCH_INDEX)"; \
+	elif [ "$(TORCH)" = cpu ] && ! $(PY) -m pip install --dry-run --quiet --no-index --no-deps \
+	  "torch==$(TORCH_VERSION)" >/dev/null 2>&1; then echo "$(TORCH_CPU_INDEX)"; fi
+
+torch-index:
+	@$(TORCH_INDEX_SH)
 
 lint: setup
 	$(RUFF) check $(RUFF_CFG) server scripts
@@ -44,7 +69,8 @@ stop:
 logs:
 	$(PY) scripts/stack.py logs
 
-# The README's first command: stack up, tokenizer + tiny GPT-2 through the API, eval, stack down.
+# The README's first command: stack up, a tokenizer and a tiny model (qwen3 with Muon, the
+# defaults) trained through the API, eval, a sample, stack down.
 demo: setup
 	$(PY) scripts/demo.py
 

@@ -2,7 +2,8 @@
 """The local stack: `make start`, `make stop`, `make logs`.
 
 With a working Docker engine (and STACK unset or `compose`): `docker compose up --wait` of
-docker-compose.yml (Redis, Data Bank, API, worker, each with its own volume).
+docker-compose.yml (Redis, Data Bank, API, worker, each with its own volume). `start` says
+first which mode it chose and why (its `mode` line).
 
 Otherwise (or STACK=processes) the same stack as local processes: the Redis at REDIS_URL if it
 answers (unless STACK_OWN_REDIS=1), else `redis-server` on a free port; then the local Data
@@ -200,14 +201,25 @@ def start() -> int:
         _say("stack already started (make stop first); state in .stack/stack.json")
         return 1
     STATE.mkdir(exist_ok=True)
-    if os.environ.get("STACK", "") != "processes" and _docker_engine():
+    # Said first, whichever it is: the two modes differ in where logs, data and ports live.
+    choice = os.environ.get("STACK", "")
+    if choice not in ("", "compose", "processes"):
+        _say(f"STACK must be compose or processes (got {choice!r})")
+        return 1
+    if choice != "processes" and _docker_engine():
+        why = "STACK=compose" if choice else "a Docker engine answers; STACK=processes to avoid it"
+        _say(f"mode       docker compose ({why})")
         return _start_compose()
+    if choice == "compose":
+        _say("STACK=compose, but no Docker engine answers (`docker info` fails)")
+        return 1
+    why = "STACK=processes" if choice else "no Docker engine answers"
+    _say(f"mode       local processes ({why})")
     return _start_processes()
 
 
 def _start_compose() -> int:
     api = f"http://127.0.0.1:{_setting('PORT', '8000')}"
-    _say("docker engine found: docker compose up (STACK=processes to run local processes)")
     api_key, bank_key = stack_keys()
     # docker-compose.yml reads these two names from the environment.
     os.environ["DATA_BANK_API_KEY"] = bank_key

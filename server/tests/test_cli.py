@@ -6,6 +6,7 @@ the module as the console script does, in a child process.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import subprocess
@@ -14,14 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
+from model_trainer.api.schemas import RunInfo
 from model_trainer.cli.app import app
 from model_trainer.cli.config import load_cli_settings
+from model_trainer.cli.render import run_table
 from tests.databank_fixtures import UPLOAD_KEY
 from tests.processes import SERVER_DIR, child_env, free_port
-from tests.stack import Api, Stack, json_dict
+from tests.stack import Api, Stack, json_dict, num, wait_while_progressing
 
 API_KEY = "cli-test-api-key"
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fe", "gu", "sh", "or"]
@@ -52,7 +58,9 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]
     server.stop()
 
 
-def cli(api: Api, stack: Stack, *args: str, key: str = API_KEY) -> Result:
+def cli(
+    api: Api, stack: Stack, *args: str, key: str = API_KEY, env: dict[str, str] | None = None
+) -> Result:
     """`modeltrainer --url ... <args>` in-process; stdout and stderr apart."""
     flags = [
         "--url",
@@ -66,7 +74,7 @@ def cli(api: Api, stack: Stack, *args: str, key: str = API_KEY) -> Result:
         "--poll-interval",
         "0.2",
     ]
-    return CliRunner().invoke(app, [*flags, *args])
+    return CliRunner().invoke(app, [*flags, *args], env=env)
 
 
 def ok(result: Result) -> str:
@@ -170,20 +178,68 @@ def test_corpus_upload_prints_a_file_id_data_bank_has(stack: Stack, corpus_id: s
         assert bank.exists(corpus_id)
 
 
-def test_corpus_list_shows_what_the_api_received(api: Api, stack: Stack, tmp_path: Path) -> None:
-    """`corpus upload` goes to Data Bank directly (not listed); `POST /corpora` is listed."""
-    body = b"A corpus sent through the API.\nTwo lines.\n"
-    sent = httpx.post(
-        f"{api.url}/corpora",
-        params={"name": "via-api.txt"},
-        content=body,
-        headers={"X-API-Key": API_KEY, "content-type": "text/plain"},
+def test_corpus_upload_goes_through_the_api_and_is_listed(
+    api: Api, stack: Stack, tmp_path: Path
+) -> None:
+    """`corpus upload` is `POST /corpora`: `corpus list` shows it right after, by its name or
+    --name, with its size and lines (as the README's walkthrough expects)."""
+    body = "A corpus sent through the CLI.\nTwo lines.\n"
+    path = tmp_path / "mine.txt"
+    path.write_text(body)
+    file_id = ok(cli(api, stack, "corpus", "upload", str(path))).strip()
+    listed = as_json(cli(api, stack, "corpus", "list", "--json"))
+    assert isinstance(listed["items"], list)
+    first = json_dict(listed["items"][0])
+    assert (first["file_id"], first["name"], first["size"], first["lines"]) == (
+        file_id,
+        "mine.txt",
+        len(body),
+        2,
     )
-    assert sent.status_code == 201, sent.text
+    table = ok(cli(api, stack, "corpus", "list"))
+    assert file_id in table  # the whole 64-digit id, never cut
+    named = as_json(
+        cli(api, stack, "corpus", "upload", str(path), "--name", "shakespeare", "--json")
+    )
+    assert (named["file_id"], named["name"]) == (file_id, "shakespeare")  # the same bytes
+    again = as_json(cli(api, stack, "--json", "corpus", "list"))
+    assert isinstance(again["items"], list)
+    assert json_dict(again["items"][0]) == named  # listed under its latest name
+
+
+def test_corpus_upload_of_parquet_goes_to_data_bank_directly(
+    api: Api, stack: Stack, tmp_path: Path
+) -> None:
+    """The API takes text corpora only; a Parquet file still uploads (to Data Bank), said so."""
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"text": _text().splitlines()[:50]}), path)
+    result = cli(api, stack, "corpus", "upload", str(path))
+    file_id = ok(result).strip()
+    assert "uploading to Data Bank directly" in result.stderr
+    with stack.bank() as bank:
+        assert bank.exists(file_id)
     listed = as_json(cli(api, stack, "--json", "corpus", "list"))
-    first = json_dict(listed["items"][0]) if isinstance(listed["items"], list) else {}
-    assert (first["name"], first["size"], first["lines"]) == ("via-api.txt", len(body), 2)
-    assert "via-api.txt" in ok(cli(api, stack, "corpus", "list"))
+    assert isinstance(listed["items"], list)
+    assert file_id not in [json_dict(i)["file_id"] for i in listed["items"]]
+
+
+def test_corpus_upload_over_the_api_limit_falls_back_to_data_bank(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """An API whose upload cap the file is over answers 413: the CLI says so and uploads it to
+    Data Bank directly instead of failing."""
+    small = Api(stack, tmp_path, API_KEY, LIMITS__CORPUS_UPLOAD_MAX_BYTES="1024")
+    try:
+        path = tmp_path / "big.txt"
+        path.write_text(_text()[:50_000])
+        result = cli(small, stack, "corpus", "upload", str(path))
+        file_id = ok(result).strip()
+        assert "over the API's upload limit" in result.stderr
+        assert "1024-byte limit" in result.stderr
+        with stack.bank() as bank:
+            assert bank.exists(file_id)
+    finally:
+        small.stop()
 
 
 def test_tokenizer_show_and_list(api: Api, stack: Stack, tokenizer_id: str) -> None:
@@ -216,6 +272,53 @@ def test_run_train_follow_prints_the_result(
     progress = json_dict(shown["progress"])
     assert progress["step"] == 30
     assert "completed" in ok(cli(api, stack, "run", "show", run_id))
+
+
+def test_json_goes_after_the_command_too(
+    api: Api, stack: Stack, trained: tuple[str, str], tokenizer_id: str
+) -> None:
+    """`run list --json` (as gh and kubectl take it) is `--json run list`; errors too."""
+    run_id, _ = trained
+    after = as_json(cli(api, stack, "run", "list", "--json"))
+    before = as_json(cli(api, stack, "--json", "run", "list"))
+    assert after == before
+    assert isinstance(after["items"], list)
+    assert run_id in [json_dict(i)["run_id"] for i in after["items"]]
+    shown = as_json(cli(api, stack, "tokenizer", "show", tokenizer_id, "--json"))
+    assert shown["tokenizer_id"] == tokenizer_id
+    missing = cli(api, stack, "run", "show", "run-0000000000000000", "--json")
+    assert missing.exit_code == 3
+    assert json_dict(json_dict(json.loads(missing.stderr))["error"])["status"] == 404
+
+
+def test_run_list_never_cuts_ids(api: Api, stack: Stack, trained: tuple[str, str]) -> None:
+    """Ids are copied from the table: whole in a pipe and at any terminal width, where the
+    other columns shrink instead."""
+    run_id, _ = trained
+    piped = ok(cli(api, stack, "run", "list", env={"COLUMNS": "40"}))
+    assert run_id in piped
+    assert "completed" in piped  # a pipe gets every column whole
+    listed = as_json(cli(api, stack, "--json", "run", "list"))
+    assert isinstance(listed["items"], list)
+    runs = [RunInfo.model_validate(i) for i in listed["items"]]
+    for width in (60, 80):
+        buffer = io.StringIO()
+        Console(file=buffer, width=width, force_terminal=True, color_system=None).print(
+            run_table(runs)
+        )
+        text = buffer.getvalue()
+        assert all(r.run_id in text for r in runs), text
+        assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_show_of_an_ended_run_has_no_eta_nor_speed(
+    api: Api, stack: Stack, trained: tuple[str, str]
+) -> None:
+    run_id, _ = trained
+    shown = ok(cli(api, stack, "run", "show", run_id))
+    assert "completed" in shown
+    assert "eta" not in shown.split()
+    assert "tokens/s" not in shown
 
 
 def test_follow_of_a_failing_run_exits_1(
@@ -280,12 +383,27 @@ def test_run_download_extracts_the_model(
 ) -> None:
     run_id, _ = trained
     folder = Path(ok(cli(api, stack, "run", "download", run_id, "-o", str(tmp_path))).strip())
-    assert folder == (tmp_path / f"model-{run_id}").resolve()
+    assert folder == tmp_path / f"model-{run_id}"  # the path as given (here absolute)
     assert (folder / "config.json").is_file()
     assert list(folder.glob("*.safetensors"))
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no tar or staging left
     again = cli(api, stack, "run", "download", run_id, "-o", str(tmp_path))
     assert again.exit_code == 4, again.stderr
+
+
+def test_run_download_prints_the_path_relative_as_given(
+    api: Api,
+    stack: Stack,
+    trained: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's `run download <id> -o models/` prints models/model-<id>."""
+    run_id, _ = trained
+    monkeypatch.chdir(tmp_path)
+    printed = ok(cli(api, stack, "run", "download", run_id, "-o", "models/")).strip()
+    assert printed == f"models/model-{run_id}"
+    assert (tmp_path / printed / "config.json").is_file()
 
 
 def test_cancel_of_a_completed_run_is_refused(
@@ -295,6 +413,62 @@ def test_cancel_of_a_completed_run_is_refused(
     result = cli(api, stack, "run", "cancel", run_id)
     assert result.exit_code == 4, (result.stdout, result.stderr)
     assert "HTTP 409" in result.stderr
+
+
+@pytest.fixture
+def long_run(api: Api, stack: Stack, corpus_id: str, tokenizer_id: str) -> Iterator[str]:
+    """A tiny run with a budget far longer than the test, once it has stepped. Whatever the
+    test does, it is cancelled after, so that it never holds the module's one worker."""
+    train = [
+        *("run", "train", "--corpus", corpus_id, "--tokenizer", tokenizer_id),
+        *("--n-layer", "1", "--n-embd", "32", "--seq-len", "16", "--batch-size", "4"),
+        *("--max-seconds", "3600"),
+    ]
+    run_id = ok(cli(api, stack, *train)).strip()
+
+    def show() -> dict[str, object]:
+        return as_json(cli(api, stack, "--json", "run", "show", run_id))
+
+    try:
+        wait_while_progressing(
+            show,
+            lambda r: r["status"] == "running" and num(json_dict(r["progress"])["step"]) >= 1,
+            stall_timeout=120,
+        )
+        yield run_id
+    finally:
+        httpx.post(f"{api.url}/runs/{run_id}/cancel", headers={"X-API-Key": API_KEY})  # 409: ended
+        wait_while_progressing(
+            show, lambda r: r["status"] in ("completed", "failed", "cancelled"), 120
+        )
+
+
+def test_cancel_waits_until_the_run_has_stopped(api: Api, stack: Stack, long_run: str) -> None:
+    """`run cancel` prints the status the cancel ended in, not the one before the worker saw
+    it; `run show` of the cancelled run then shows no ETA nor speed."""
+    run_id = long_run
+    result = cli(api, stack, "run", "cancel", run_id)
+    assert ok(result).startswith(f"{run_id} cancelled"), result.stdout
+    assert f"cancelling {run_id}" in result.stderr
+    shown = as_json(cli(api, stack, "--json", "run", "show", run_id))
+    assert shown["status"] == "cancelled"
+    text = ok(cli(api, stack, "run", "show", run_id))
+    assert "cancelled" in text
+    assert "eta" not in text.split()
+    assert "tokens/s" not in text
+
+
+def test_cancel_no_wait_says_it_is_cancelling(api: Api, stack: Stack, long_run: str) -> None:
+    run_id = long_run
+    out = ok(cli(api, stack, "run", "cancel", run_id, "--no-wait"))
+    # The worker sees the cancel at its next step: almost always after the answer.
+    assert out.startswith((f"{run_id} cancelling: requested while running", f"{run_id} cancelled"))
+    ended = wait_while_progressing(
+        lambda: as_json(cli(api, stack, "--json", "run", "show", run_id)),
+        lambda r: r["status"] in ("completed", "failed", "cancelled"),
+        stall_timeout=120,
+    )
+    assert ended["status"] == "cancelled"
 
 
 def test_generate_prints_samples_and_is_reproducible(
@@ -426,19 +600,7 @@ def test_tokenizer_and_run_train_read_a_jsonl_corpus_by_its_field(
     done = as_json(cli(api, stack, "--json", *base, "--text-field", "body"))  # auto: JSONL
     assert done["status"] == "completed", done
     assert json_dict(done["request"])["text_field"] == "body"
-    run = cli(
-        api,
-        stack,
-        "run",
-        "train",
-        "--corpus",
-        corpus,
-        "--tokenizer",
-        str(done["tokenizer_id"]),
-        "--corpus-format",
-        "jsonl",
-        "--text-field",
-        "body",
+    tiny = [
         "--n-layer",
         "1",
         "--n-embd",
@@ -453,6 +615,15 @@ def test_tokenizer_and_run_train_read_a_jsonl_corpus_by_its_field(
         "0",
         "--eval-interval",
         "3",
-        "--follow",
-    )
-    assert " completed" in ok(run)
+    ]
+    train = ["run", "train", "--corpus", corpus, "--tokenizer", str(done["tokenizer_id"]), *tiny]
+    # No --text-field: the run reads its tokenizer's corpus as the tokenizer did.
+    run = as_json(cli(api, stack, "--json", *train, "--follow"))
+    assert json_dict(run["run"])["status"] == "completed", run
+    request = json_dict(json_dict(run["run"])["request"])
+    assert (request["corpus_format"], request["text_field"]) == ("auto", "body")
+    # What the request says wins: a wrong field fails the run as the user's error.
+    wrong_run = cli(api, stack, "--json", *train, "--text-field", "content", "--follow")
+    assert wrong_run.exit_code == 1, (wrong_run.stdout, wrong_run.stderr)
+    failed = json_dict(json_dict(json.loads(wrong_run.stdout))["run"])
+    assert json_dict(failed["error"])["code"] == "CORPUS_FIELD_NOT_FOUND"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -142,3 +146,60 @@ def test_dockerfile_copies_every_package_the_project_installs() -> None:
         assert f"COPY server/{package} /app/server/{package}" in text, package
         assert (ROOT / "server" / package / "__init__.py").is_file(), package
         assert f"!server/{package}/**" in allowed, package
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _torch_version() -> str:
+    pins = (ROOT / "server" / "constraints.txt").read_text().splitlines()
+    return next(line.removeprefix("torch==") for line in pins if line.startswith("torch=="))
+
+
+def _fake_torch_wheel(folder: Path, version: str) -> None:
+    """A wheel that pip's resolver takes for torch `version` (metadata only)."""
+    info = f"torch-{version}.dist-info"
+    with zipfile.ZipFile(folder / f"torch-{version}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n"
+        )
+        wheel.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(f"{info}/RECORD", "")
+
+
+def test_make_setup_picks_the_cpu_torch_and_asks_no_index_it_does_not_need(
+    tmp_path: Path,
+) -> None:
+    """`make setup` installs CPU torch by default: from the machine when pip finds the pinned
+    torch offline (a find-links wheel, as here and in CI, where download.pytorch.org is out
+    of reach), else from PyTorch's CPU index (PyPI's Linux torch is the CUDA build).
+    `make torch-index` prints the extra index `setup` gives pip (nothing: none)."""
+    venv = tmp_path / "venv"  # a Python without torch, as before a first `make setup`
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    # Only this test's find-links: no pip.conf, no network (the check is --no-index).
+    # Nor the variables of a `make check TORCH=...` this test may run under (MAKEFLAGS).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(wheels)}
+
+    def torch_index(*variables: str) -> subprocess.CompletedProcess[str]:
+        command = ["make", "-s", "-C", str(ROOT), "torch-index", f"PY={venv}/bin/python"]
+        return subprocess.run(
+            [*command, *variables], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert torch_index().stdout.strip() == CPU_INDEX  # nothing local: the CPU index
+    assert torch_index("TORCH=cuda").stdout.strip() == ""  # PyPI's own (CUDA) build
+    chosen = "https://example.invalid/whl/cu128"
+    assert torch_index(f"TORCH_INDEX={chosen}").stdout.strip() == chosen
+    wrong = torch_index("TORCH=gpu")
+    assert wrong.returncode != 0 and "TORCH must be cpu or cuda" in wrong.stderr
+
+    _fake_torch_wheel(wheels, f"{_torch_version()}+cpu")
+    found = torch_index()
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == ""  # the local wheel: no index asked

@@ -90,6 +90,8 @@ def test_start_prints_urls_and_keys_that_work_and_the_cli_reads_them(
     api, api_key = _printed(output, "api"), _printed(output, "api key")
     databank, bank_key = _printed(output, "databank"), _printed(output, "bank key")
     assert _printed(output, "dashboard") == api + "/"
+    # It says which of its two modes it chose, and why (STACK=processes here).
+    assert output.splitlines()[0] == "mode       local processes (STACK=processes)"
 
     # The API is protected by the key it printed; Data Bank takes the key it printed.
     assert httpx.get(f"{api}/runs").status_code == 401
@@ -117,7 +119,12 @@ def test_start_prints_urls_and_keys_that_work_and_the_cli_reads_them(
     corpus.write_text("to be or not to be\n" * 40)
     upload = _cli(state.parent, cli_env, "corpus", "upload", str(corpus))
     assert upload.returncode == 0, upload.stdout + upload.stderr
-    assert len(json.loads(upload.stdout)["file_id"]) == 64
+    file_id = json.loads(upload.stdout)["file_id"]
+    assert len(file_id) == 64
+    # The README's next step: `corpus list` shows it.
+    listed = _cli(state.parent, cli_env, "corpus", "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert [c["file_id"] for c in json.loads(listed.stdout)["items"]] == [file_id]
 
 
 def _load_stack_module(state: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:

@@ -85,6 +85,7 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
             f"tokenizer {config.tokenizer_id!r} is {tokenizer.status.value}, not completed: "
             "wait for it to finish (GET /tokenizers/{id})"
         )
+    config = inherit_corpus_reading(config, tokenizer)
     admit_memory(ctx, config, tokenizer)
     init_from: InitFrom | None = None
     source_id = config.from_run_id
@@ -111,6 +112,28 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
     job = TrainJob(run_id=run_id, config=config, init_from=init_from)
     ctx.queue.submit(JobKind.RUN, run_id, job)
     return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED)
+
+
+def inherit_corpus_reading(
+    config: ModelTrainConfig, tokenizer: Record[TokenizerSummary]
+) -> ModelTrainConfig:
+    """A run on the very corpus its tokenizer was trained on reads it as the tokenizer did:
+    `corpus_format` and `text_field` the request left out are the tokenizer's (a JSONL
+    tokenizer trained with `text_field: body` needs no second `text_field`). What the
+    request set stays; a `text_field` is not inherited by a run that reads plain text."""
+    request = tokenizer.meta.request if tokenizer.meta else {}
+    if request.get("corpus_file_id") != config.corpus_file_id:
+        return config
+    given = config.model_fields_set
+    update: dict[str, str] = {}
+    corpus_format = request.get("corpus_format")
+    if "corpus_format" not in given and isinstance(corpus_format, str):
+        update["corpus_format"] = corpus_format
+    text_field = request.get("text_field")
+    reads_text = update.get("corpus_format", config.corpus_format) == "text"
+    if "text_field" not in given and isinstance(text_field, str) and not reads_text:
+        update["text_field"] = text_field
+    return config.model_copy(update=update) if update else config
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import json
 import shutil
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from model_trainer.api.generation import GenerateResponse  # the server's own answer model
 from model_trainer.api.schemas import (
     ArtifactPointer,
+    CorpusInfo,
     CorpusList,
     EvalAccepted,
     EvalInfo,
@@ -42,6 +44,7 @@ from model_trainer.cli.render import (
     eval_summary,
     run_details,
     run_table,
+    steps,
     tokenizer_details,
     tokenizer_table,
 )
@@ -50,6 +53,7 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import DataBankError
 from model_trainer.settings import AppSettings
 from model_trainer.store.records import Status
+from model_trainer.tokenization.corpus_formats import PARQUET_MAGIC
 from model_trainer.training.config import ModelFamily, ModelSize, Optimizer
 
 HELP = (
@@ -73,6 +77,9 @@ app.add_typer(run_app, name="run")
 
 # How often --wait and --follow ask the API (seconds).
 POLL_INTERVAL_SEC = 1.0
+# `run cancel` stops waiting after this long without a sign of the run's worker: over the
+# server's default heartbeat TTL (60 s; a live worker beats every 5 s).
+CANCEL_STALL_SEC = 90.0
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -104,10 +111,23 @@ _current: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
 )
 
 
-def _options() -> Options:
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print machine-readable JSON instead of text (also before the command)."
+    ),
+]
+
+
+def _options(as_json: bool = False) -> Options:
+    """The global options, with JSON output when the command's own --json asks for it
+    (`modeltrainer run list --json` is `modeltrainer --json run list`)."""
     options = _current.get()
     if options is None:
         raise CliError("internal: global options missing")
+    if as_json and not options.output.as_json:
+        options = dataclasses.replace(options, output=Output(as_json=True))
+        _current.set(options)  # errors of this command are JSON too (see `handled`)
     return options
 
 
@@ -145,7 +165,11 @@ def global_options(
         str | None, typer.Option("--data-bank-key", help="Data Bank key [env DATA_BANK_API_KEY]")
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print machine-readable JSON instead of text (also after the command).",
+        ),
     ] = False,
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", min=0.05, hidden=True)
@@ -164,9 +188,43 @@ def global_options(
 @handled
 def corpus_upload(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    name: Annotated[
+        str | None, typer.Option("--name", help="the name `corpus list` shows (the file's)")
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Upload a corpus (text, JSONL, CSV or Parquet) to Data Bank; prints its file_id."""
-    o = _options()
+    """Upload a corpus through the API (`POST /corpora`: checked, stored in Data Bank, listed
+    by `corpus list`); prints its file_id. A Parquet file, or one over the API's upload limit,
+    goes to Data Bank directly (usable all the same, but not listed)."""
+    o = _options(as_json)
+    if _is_parquet(file):
+        # The API takes UTF-8 text only (JSONL and CSV are): Parquet goes to Data Bank.
+        _upload_to_databank(o, file, "a Parquet file (the API's upload takes text)")
+        return
+    api = o.api()
+    try:
+        response = api.upload(
+            "/corpora", file, {"name": (name or file.name)[:200]}, _content_type(file)
+        )
+    except CliError as exc:
+        if exc.status != 413:
+            raise
+        _upload_to_databank(o, file, f"over the API's upload limit ({exc.message})")
+        return
+    info = parse(CorpusInfo, response)
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(info.file_id)
+
+
+def _is_parquet(file: Path) -> bool:
+    with file.open("rb") as handle:
+        return handle.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+
+
+def _upload_to_databank(o: Options, file: Path, why: str) -> None:
+    o.output.note(f"{file}: {why}; uploading to Data Bank directly (`corpus list` omits it)")
     try:
         with o.bank() as bank:
             info = bank.upload_file(file, content_type=_content_type(file))
@@ -228,9 +286,10 @@ def _corpus_fields(
 def corpus_list(
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Corpora uploaded through the API (the dashboard), most recent first."""
-    o = _options()
+    o = _options(as_json)
     page = o.api().get(CorpusList, "/corpora", {"limit": limit, "offset": offset})
     if o.output.as_json:
         o.output.model(page)
@@ -287,9 +346,10 @@ def tokenizer_train(
     corpus_format: CorpusFormatOption = None,
     text_field: TextFieldOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until it is trained")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train a tokenizer (the same request twice is the same tokenizer); prints its id."""
-    o = _options()
+    o = _options(as_json)
     api = o.api()
     accepted = api.post(
         TokenizerAccepted,
@@ -319,9 +379,10 @@ def tokenizer_train(
 def tokenizer_list(
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Tokenizers, newest first."""
-    o = _options()
+    o = _options(as_json)
     page = o.api().get(TokenizerList, "/tokenizers", {"limit": limit, "offset": offset})
     if o.output.as_json:
         o.output.model(page)
@@ -331,9 +392,11 @@ def tokenizer_list(
 
 @tokenizer_app.command("show")
 @handled
-def tokenizer_show(tokenizer_id: Annotated[str, typer.Argument()]) -> None:
+def tokenizer_show(
+    tokenizer_id: Annotated[str, typer.Argument()], as_json: JsonOption = False
+) -> None:
     """One tokenizer: status, holdout stats, timings."""
-    o = _options()
+    o = _options(as_json)
     info = o.api().get(TokenizerInfo, f"/tokenizers/{tokenizer_id}")
     if o.output.as_json:
         o.output.model(info)
@@ -390,8 +453,10 @@ def run_train(
     follow: Annotated[
         bool, typer.Option("--follow", help="show live progress and wait for the result")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Start a training run; prints its id, or with --follow its progress and result."""
+    o = _options(as_json)
     budgets = [
         n
         for n, v in (
@@ -435,7 +500,6 @@ def run_train(
             **_corpus_fields(corpus_format, text_field),
         }
     )
-    o = _options()
     api = o.api()
     accepted = api.post(RunAccepted, "/runs/train", body)
     if not follow:
@@ -502,9 +566,10 @@ def run_list(
     status: Annotated[Status | None, typer.Option("--status")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Runs, newest first."""
-    o = _options()
+    o = _options(as_json)
     params: dict[str, str | int] = {"limit": limit, "offset": offset}
     if status is not None:
         params["status"] = status.value
@@ -517,9 +582,9 @@ def run_list(
 
 @run_app.command("show")
 @handled
-def run_show(run_id: Annotated[str, typer.Argument()]) -> None:
+def run_show(run_id: Annotated[str, typer.Argument()], as_json: JsonOption = False) -> None:
     """One run: status, progress, error."""
-    o = _options()
+    o = _options(as_json)
     run = o.api().get(RunInfo, f"/runs/{run_id}")
     if o.output.as_json:
         o.output.model(run)
@@ -545,9 +610,10 @@ def run_logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="stream until the run ends")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The run's log lines; with --follow, streamed (server-sent events) until it ends."""
-    o = _options()
+    o = _options(as_json)
     api = o.api()
     if not follow:
         lines = api.get(LogLines, f"/runs/{run_id}/logs", {"tail": tail})
@@ -569,14 +635,67 @@ def run_logs(
 
 @run_app.command("cancel")
 @handled
-def run_cancel(run_id: Annotated[str, typer.Argument()]) -> None:
-    """Cancel a queued or running run (exit 4 when it has already ended)."""
-    o = _options()
-    run = o.api().post(RunInfo, f"/runs/{run_id}/cancel", {})
+def run_cancel(
+    run_id: Annotated[str, typer.Argument()],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="wait until the run has stopped (the worker sees the cancel at its next "
+            "step) and print its final status; --no-wait returns once it is requested",
+        ),
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a queued or running run; prints its status once it has stopped (exit 4 when it
+    had already ended)."""
+    o = _options(as_json)
+    api = o.api()
+    run = api.post(RunInfo, f"/runs/{run_id}/cancel", {})
+    if not run.status.terminal:
+        if not wait:
+            if o.output.as_json:
+                o.output.model(run)
+            else:
+                o.output.line(
+                    f"{run.run_id} cancelling: requested while {run.status.value}; the worker "
+                    f"stops it at its next step (run show {run.run_id})"
+                )
+            return
+        o.output.note(
+            f"cancelling {run.run_id} ({run.status.value} at step {steps(run)}): "
+            "the worker stops it at its next step"
+        )
+        run = _wait_stopped(o, api, run)
     if o.output.as_json:
         o.output.model(run)
     else:
         o.output.line(f"{run.run_id} {run.status.value}: {run.message or '-'}")
+
+
+def _wait_stopped(o: Options, api: ApiClient, run: RunInfo) -> RunInfo:
+    """Poll until the run is terminal. No deadline while it shows signs of a live worker
+    (status, step, heartbeat or attempts change: a long step only delays the cancel); give up
+    after `CANCEL_STALL_SEC` without any."""
+    sign = _liveness(run)
+    last_change = time.monotonic()
+    while not run.status.terminal:
+        if time.monotonic() - last_change > CANCEL_STALL_SEC:
+            raise CliError(
+                f"run {run.run_id} is still {run.status.value}, with no sign of its worker for "
+                f"{CANCEL_STALL_SEC:.0f}s: the cancel stays requested and takes effect when a "
+                f"worker takes the run up again (run show {run.run_id})",
+                ExitCode.UNAVAILABLE,
+            )
+        time.sleep(o.poll_interval)
+        run = api.get(RunInfo, f"/runs/{run.run_id}")
+        if _liveness(run) != sign:
+            sign, last_change = _liveness(run), time.monotonic()
+    return run
+
+
+def _liveness(run: RunInfo) -> tuple[object, ...]:
+    return (run.status, run.progress.step, run.last_heartbeat_ts, run.attempts)
 
 
 class Split(StrEnum):
@@ -589,9 +708,10 @@ class Split(StrEnum):
 def run_eval(
     run_id: Annotated[str, typer.Argument()],
     split: Annotated[Split, typer.Option("--split")] = Split.VALIDATION,
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate a finished run on its validation or test split; waits and prints the result."""
-    o = _options()
+    o = _options(as_json)
     api = o.api()
     accepted = api.post(EvalAccepted, f"/runs/{run_id}/evaluate", {"split": split.value})
     o.output.note(f"evaluation {accepted.eval_id} queued")
@@ -633,9 +753,10 @@ def run_generate(
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
     num_samples: Annotated[int | None, typer.Option("--num-samples", min=1)] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate text from a finished run's model."""
-    o = _options()
+    o = _options(as_json)
     api = o.api()
     request = GenerateRequest(
         prompt=prompt,
@@ -691,9 +812,11 @@ def run_download(
     out: Annotated[
         Path, typer.Option("--output", "-o", help="folder to put model-<id>/ in")
     ] = Path("."),
+    as_json: JsonOption = False,
 ) -> None:
-    """Download a finished run's model and extract it; prints the model folder."""
-    o = _options()
+    """Download a finished run's model and extract it; prints the model folder (under -o as
+    given: `-o models/` prints models/model-<run_id>)."""
+    o = _options(as_json)
     pointer = o.api().get(ArtifactPointer, f"/runs/{run_id}/artifact")
     folder = _fetch_and_extract(o, pointer.file_id, out)
     if o.output.as_json:
@@ -727,7 +850,7 @@ def _fetch_and_extract(o: Options, file_id: str, out: Path) -> Path:
                 f"{target} already exists; remove it or pick another -o", ExitCode.REFUSED
             )
         children[0].rename(target)
-        return target.resolve()
+        return target  # as the user gave -o: relative stays relative
     except DataBankError as exc:
         raise databank_error(exc, f"download {file_id}") from exc
     except UnsafeArchiveError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from enum import IntEnum
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -20,6 +21,9 @@ _Model = TypeVar("_Model", bound=BaseModel)
 _JSON = TypeAdapter(JsonValue)
 API_KEY_HEADER = "X-API-Key"
 TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=10.0)
+# An upload's answer comes once the API has checked the whole file and stored it in Data Bank.
+UPLOAD_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=60.0, pool=10.0)
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 class ExitCode(IntEnum):
@@ -152,6 +156,32 @@ class ApiClient:
             "is it running? (--url or MODEL_TRAINER_URL)",
             ExitCode.UNAVAILABLE,
         )
+
+    def upload(
+        self, path: str, file: Path, params: Mapping[str, str | int], content_type: str
+    ) -> httpx.Response:
+        """POST the file's bytes as the body, streamed in chunks with its Content-Length (an
+        API whose cap it is over answers 413 at once); 2xx or `CliError` as `request`."""
+        size = file.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            with file.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                    yield chunk
+
+        try:
+            response = self._http.post(
+                path,
+                content=chunks(),
+                params=params,
+                headers={"Content-Type": content_type, "Content-Length": str(size)},
+                timeout=UPLOAD_TIMEOUT,
+            )
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from exc
+        if response.is_success:
+            return response
+        raise error_from_response(response, f"POST {path}")
 
     def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> JsonValue:
         return parse_json(self.request("GET", path, params=params))

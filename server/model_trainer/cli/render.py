@@ -13,6 +13,13 @@ from rich.table import Table
 from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunInfo, TokenizerInfo
 from model_trainer.cli.client import dumps
 
+PIPE_WIDTH = 4096
+
+
+def id_column(table: Table, header: str, ids: list[str]) -> None:
+    """An id column that is never wrapped nor cut (ids are copied): the others shrink."""
+    table.add_column(header, no_wrap=True, min_width=max([len(header), *map(len, ids)]))
+
 
 class Output:
     """Where a command's result goes: JSON on stdout with `--json`, else rich text; progress
@@ -20,7 +27,9 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Into a pipe or file, tables take the width they need: nothing cut at 80 columns.
+        width = None if sys.stdout.isatty() else PIPE_WIDTH
+        self.out = Console(highlight=False, soft_wrap=True, width=width)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def json(self, value: JsonValue) -> None:
@@ -66,14 +75,20 @@ def _request_field(request: dict[str, JsonValue] | None, name: str) -> str:
 
 
 def corpus_table(items: list[CorpusInfo]) -> Table:
-    table = Table("file_id", "name", "bytes", "lines", "uploaded")
+    table = Table()
+    id_column(table, "file_id", [c.file_id for c in items])
+    for header in ("name", "bytes", "lines", "uploaded"):
+        table.add_column(header)
     for c in items:
         table.add_row(c.file_id, c.name, f"{c.size:,}", f"{c.lines:,}", when(c.created_at))
     return table
 
 
 def tokenizer_table(items: list[TokenizerInfo]) -> Table:
-    table = Table("tokenizer_id", "status", "method", "vocab", "created", "message")
+    table = Table()
+    id_column(table, "tokenizer_id", [t.tokenizer_id for t in items])
+    for header in ("status", "method", "vocab", "created", "message"):
+        table.add_column(header)
     for t in items:
         method = _request_field(t.request, "method")
         kind = _request_field(t.request, "model_type")
@@ -113,7 +128,10 @@ def steps(run: RunInfo) -> str:
 
 
 def run_table(items: list[RunInfo]) -> Table:
-    table = Table("run_id", "status", "size", "step", "train loss", "val loss", "created")
+    table = Table()
+    id_column(table, "run_id", [r.run_id for r in items])
+    for header in ("status", "size", "step", "train loss", "val loss", "created"):
+        table.add_column(header)
     for r in items:
         table.add_row(
             r.run_id,
@@ -148,8 +166,9 @@ def run_details(run: RunInfo) -> Table:
     table.add_row("step", steps(run))
     table.add_row("train loss", number(p.train_loss))
     table.add_row("val loss", number(p.val_loss))
-    table.add_row("tokens/s", number(p.tokens_per_sec, 0))
-    table.add_row("eta", duration(p.eta_seconds))
+    if not run.status.terminal:  # live figures: an ended run has no speed and no ETA
+        table.add_row("tokens/s", number(p.tokens_per_sec, 0))
+        table.add_row("eta", duration(p.eta_seconds))
     if p.resumed_from_step is not None:
         table.add_row("resumed from step", str(p.resumed_from_step))
     table.add_row("attempts", str(run.attempts))
@@ -210,6 +229,6 @@ class RunProgressBar:
             steps=steps(run),
             loss=number(p.train_loss),
             val=number(p.val_loss),
-            rate=number(p.tokens_per_sec, 0),
-            eta=duration(p.eta_seconds),
+            rate="-" if run.status.terminal else number(p.tokens_per_sec, 0),
+            eta="-" if run.status.terminal else duration(p.eta_seconds),
         )
