@@ -26,7 +26,7 @@ from rq.job import Job
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
 from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Settings
-from model_trainer.store.keys import KeySchema, workers_key
+from model_trainer.store.keys import JobField, job_key, workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
 from tests.processes import WORKER_COMMAND, Proc, child_env, free_port, wait_until
@@ -255,8 +255,13 @@ class Answer(Protocol):
     def json(self) -> object: ...
 
 
-def rq_job(redis: Redis, keys: KeySchema, job_id: str) -> Job:
+def job_field(redis: Redis, job_id: str, field: JobField) -> str | None:
+    """One field of a job's record, as Redis holds it."""
+    return as_str(redis.hget(job_key(job_id), field.value))
+
+
+def rq_job(redis: Redis, job_id: str) -> Job:
     """The RQ job that dispatched our job last (RQ only dispatches; the record names it)."""
-    rq_id = as_str(redis.get(keys.key(keys.job, job_id)))
+    rq_id = job_field(redis, job_id, JobField.DISPATCH)
     assert rq_id is not None, f"{job_id} was never dispatched"
     return Job.fetch(rq_id, connection=redis)

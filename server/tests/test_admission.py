@@ -263,7 +263,7 @@ class Submit:
         tokenizers.set_status(
             self.tokenizer_id,
             Status.COMPLETED,
-            also=(tokenizers.file_id_command(self.tokenizer_id, tokenizer_file),),
+            also=tokenizers.file_id_commands(self.tokenizer_id, tokenizer_file),
         )
 
     def body(self, **fields: object) -> dict[str, object]:

@@ -23,9 +23,9 @@ from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import Settings
-from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, index_command
+from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, index_commands
 from model_trainer.store.fencing import DirectWriter
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
+from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, JobField
 from model_trainer.store.records import (
     ErrorInfo,
     RecordMeta,
@@ -33,6 +33,7 @@ from model_trainer.store.records import (
     Status,
     StatusStore,
     TokenizerSummary,
+    hset,
 )
 from model_trainer.training.config import ModelTrainConfig
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
@@ -155,7 +156,7 @@ def test_run_and_tokenizer_info_show_error_and_attempts(
     run_id = _new_run(redis_client)
     error = ErrorInfo(kind="transient", code="UPSTREAM_ERROR", message="data bank answered 503")
     runs.set_status(run_id, Status.QUEUED, "retrying in 10 s", error=error)
-    redis_client.set(RUN_KEYS.key(RUN_KEYS.attempts, run_id), 2)
+    DirectWriter(redis_client).write(hset(run_id, (JobField.ATTEMPTS, "2")))
     fresh = _new_run(redis_client)
 
     tokenizers = StatusStore(redis_client, TOKENIZER_KEYS, TokenizerSummary)
@@ -199,7 +200,8 @@ def _command_calls(redis: Redis) -> dict[str, int]:
 
 
 def test_run_info_and_list_read_redis_once(settings: Settings, private_redis: RedisServer) -> None:
-    """GET /runs/{id}: one MGET; GET /runs: ZCARD + ZREVRANGE of the index, then one MGET.
+    """GET /runs/{id}: one HMGET; GET /runs: ZCARD + ZREVRANGE of the index, then one HMGET
+    per run, in one round trip.
     Queued runs add one ZCOUNT per queue they wait on (is a worker serving it? `waiting_for`),
     not one per run."""
     settings = settings.model_copy(update={"redis_url": private_redis.url})
@@ -216,8 +218,8 @@ def test_run_info_and_list_read_redis_once(settings: Settings, private_redis: Re
     direct.close()
     one.pop("config|resetstat", None)
     page.pop("config|resetstat", None)
-    assert one == {"mget": 1, "zcount": 1}
-    assert page == {"zcard": 1, "zrevrange": 1, "mget": 1, "zcount": 1}
+    assert one == {"hmget": 1, "zcount": 1}
+    assert page == {"zcard": 1, "zrevrange": 1, "hmget": 3, "zcount": 1}
 
 
 # -- 4. GET /runs/{id}/checkpoints -------------------------------------------------------
@@ -239,7 +241,7 @@ def _entry(step: int, kind: str, file_id: str, val_loss: float | None = 2.5) -> 
 
 
 def _write_index(redis: Redis, run_id: str, entries: list[CheckpointEntry]) -> None:
-    DirectWriter(redis).write([index_command(run_id, CheckpointIndex(entries=entries))])
+    DirectWriter(redis).write(index_commands(run_id, CheckpointIndex(entries=entries)))
 
 
 def test_checkpoints_route(settings: Settings, redis_client: Redis) -> None:
@@ -325,7 +327,7 @@ class FromRunSetup:
         tokenizers.set_status(
             self.tokenizer_id,
             Status.COMPLETED,
-            also=(tokenizers.file_id_command(self.tokenizer_id, tokenizer_file),),
+            also=tokenizers.file_id_commands(self.tokenizer_id, tokenizer_file),
         )
         self.last_20 = _upload(bank, directory, f"ckpt 20 {uuid.uuid4()}")
         self.last_40 = _upload(bank, directory, f"ckpt 40 {uuid.uuid4()}")
@@ -355,7 +357,7 @@ class FromRunSetup:
         return body
 
     def enqueued(self, run_id: str) -> TrainJob:
-        args = rq_job(self.redis, RUN_KEYS, run_id).args
+        args = rq_job(self.redis, run_id).args
         assert len(args) == 1 and isinstance(args[0], str)
         return TrainJob.model_validate_json(args[0])
 

@@ -22,15 +22,16 @@ from fastapi.testclient import TestClient
 from model_trainer.store.checkpoints import (
     CheckpointEntry,
     CheckpointIndex,
-    index_command,
+    index_commands,
     read_checkpoints,
 )
-from model_trainer.store.keys import RUN_KEYS
+from model_trainer.store.fencing import DirectWriter
+from model_trainer.store.keys import RUN_KEYS, JobField, lease_key
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
 from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
-from tests.stack import Stack, get_json, json_dict, poll, wait_while_progressing
+from tests.stack import Stack, get_json, job_field, json_dict, poll, wait_while_progressing
 from tests.test_training_runs import EventCollector, _run_body, _submit, _text
 
 RESUME_BOUND_SEC = 60.0
@@ -91,7 +92,7 @@ def _signal_all(worker: Proc, sig: int) -> None:
 
 
 def _owner(stack: Stack, run_id: str) -> str | None:
-    token = as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.lease, run_id)))
+    token = as_str(stack.redis.get(lease_key(run_id)))
     return token.split("#")[0] if token else None
 
 
@@ -133,7 +134,7 @@ def _error(answer: dict[str, object]) -> dict[str, object]:
 
 
 def _attempts(stack: Stack, run_id: str) -> int:
-    raw = as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.attempts, run_id)))
+    raw = job_field(stack.redis, run_id, JobField.ATTEMPTS)
     return int(raw) if raw else 0
 
 
@@ -284,7 +285,7 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
                 "the other worker to take the run over",
                 other,
             )
-            taken_at_epoch = int(as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.epoch, run_id))) or 0)
+            taken_at_epoch = int(job_field(stack.redis, run_id, JobField.EPOCH) or 0)
             _signal_all(paused, signal.SIGCONT)
             wait_until(
                 lambda: "job_lost" in paused.output() or "lease_lost" in paused.output(),
@@ -298,10 +299,7 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
             # since is the new owner's, and the epoch moved on only by the takeover itself.
             later = [c for c in _checkpoints(stack, run_id).entries if c.step > 20]
             assert later and all(c.worker == stack.worker_name(other) for c in later), later
-            assert (
-                int(as_str(stack.redis.get(RUN_KEYS.key(RUN_KEYS.epoch, run_id))) or 0)
-                == taken_at_epoch
-            )
+            assert int(job_field(stack.redis, run_id, JobField.EPOCH) or 0) == taken_at_epoch
             points = client.get(f"/runs/{run_id}/metrics").json()["points"]
             steps = [int(p["step"]) for p in points]
             assert steps == sorted(set(steps))
@@ -430,7 +428,7 @@ def _fake_source_run(stack: Stack, request: dict[str, object]) -> str:
         worker="test",
     )
     index = CheckpointIndex(entries=[entry])
-    stack.redis.execute_command(*index_command(run_id, index))
+    DirectWriter(stack.redis).write(index_commands(run_id, index))
     return run_id
 
 

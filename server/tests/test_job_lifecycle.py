@@ -26,11 +26,25 @@ from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.reaper import Reaper
 from model_trainer.settings import Settings
 from model_trainer.store.fencing import Command, DirectWriter
-from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, TOKENIZER_KEYS, KeySchema
-from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
+from model_trainer.store.keys import (
+    EVAL_KEYS,
+    RUN_KEYS,
+    TOKENIZER_KEYS,
+    JobField,
+    KeySchema,
+    lease_key,
+)
+from model_trainer.store.records import (
+    RecordMeta,
+    RunProgress,
+    Status,
+    StatusStore,
+    as_str,
+    hset,
+)
 from tests.processes import Proc, wait_until
 from tests.redis_server import RedisServer
-from tests.stack import Stack, get_json, json_dict, poll
+from tests.stack import Stack, get_json, job_field, json_dict, poll
 from tests.test_training_runs import _run_body, _submit, _text
 
 # Each kind under test: its keys, and how the test submits one job of it and reads it back.
@@ -142,17 +156,17 @@ class Job:
         assert answer["eval_id"] == self.id, answer
         return answer
 
-    def raw(self, field: str) -> str | None:
-        return as_str(self.stack.redis.get(self.keys.key(getattr(self.keys, field), self.id)))
-
     def attempts(self) -> int:
-        return int(self.raw("attempts") or 0)
+        return int(job_field(self.stack.redis, self.id, JobField.ATTEMPTS) or 0)
 
     def epoch(self) -> int:
-        return int(self.raw("epoch") or 0)
+        return int(job_field(self.stack.redis, self.id, JobField.EPOCH) or 0)
+
+    def status(self) -> str | None:
+        return job_field(self.stack.redis, self.id, JobField.STATUS)
 
     def owner(self) -> str | None:
-        token = self.raw("lease")
+        token = as_str(self.stack.redis.get(lease_key(self.id)))
         return token.split("#")[0] if token else None
 
 
@@ -174,7 +188,7 @@ def _wait_done(get: Callable[[], dict[str, object]]) -> dict[str, object]:
 def _held_by(stack: Stack, job: Job, worker: Proc) -> None:
     """Wait until `worker` owns the job and it runs (waiting on the paused Data Bank)."""
     wait_until(
-        lambda: job.owner() == stack.worker_name(worker) and job.raw("status") == "running",
+        lambda: job.owner() == stack.worker_name(worker) and job.status() == "running",
         60,
         f"{worker.pid} to take the {job.kind}",
         worker,
@@ -280,14 +294,14 @@ def test_user_and_fatal_failures_of_evaluations_are_not_retried(stack: Stack, ru
         done = _wait_done(lambda: _evaluation(client, run_id))
         assert done["eval_id"] == user and done["status"] == "failed", done
         assert json_dict(done["error"])["kind"] == "user"
-        assert stack.redis.get(EVAL_KEYS.key(EVAL_KEYS.attempts, user)) is None
+        assert job_field(stack.redis, user, JobField.ATTEMPTS) is None
 
         broken = _completed_run_without_a_manifest(stack)
         fatal = _submit_eval(client, broken)
         done = _wait_done(lambda: _evaluation(client, broken))
         assert done["eval_id"] == fatal and done["status"] == "failed", done
         assert json_dict(done["error"])["kind"] == "fatal", done
-        assert stack.redis.get(EVAL_KEYS.key(EVAL_KEYS.attempts, fatal)) is None
+        assert job_field(stack.redis, fatal, JobField.ATTEMPTS) is None
     _retire(stack, worker)
 
 
@@ -301,7 +315,7 @@ def _completed_run_without_a_manifest(stack: Stack) -> str:
     (folder / "weights.txt").write_text("not a model")
     with stack.bank() as bank:
         artifact = bank.upload_directory(folder, f"model-{run}").file_id
-    runs.set_status(run, Status.COMPLETED, also=(runs.file_id_command(run, artifact),))
+    runs.set_status(run, Status.COMPLETED, also=runs.file_id_commands(run, artifact))
     return run
 
 
@@ -330,7 +344,7 @@ def _fill(redis: Redis, finished: int) -> None:
         for n in range(existing, finished):
             job = f"{keys.kind}-{n:06d}"
             batch += [
-                ("SET", keys.key(keys.meta, job), meta),
+                *hset(job, (JobField.META, meta)),
                 ("ZADD", keys.index, str(n), job),
                 *store.status_commands(job, Status.COMPLETED, "done"),
             ]
@@ -355,7 +369,7 @@ def test_reaper_pass_and_listing_by_status_cost_the_same_with_10_or_10000_finish
         running = "run-live"
         runs.create(running, RecordMeta(created_at=time.time(), request={}))
         runs.set_status(running, Status.RUNNING)
-        redis.set(RUN_KEYS.key(RUN_KEYS.lease, running), "someone#1", px=60_000)
+        redis.set(lease_key(running), "someone#1", px=60_000)
         costs: list[tuple[int, int]] = []
         for finished in (10, 10_000):
             _fill(redis, finished)

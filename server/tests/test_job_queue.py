@@ -24,12 +24,12 @@ from model_trainer.jobs.queue import (
     worker_queue_names,
 )
 from model_trainer.settings import AppSettings, RQSettings, Settings
-from model_trainer.store.keys import RUN_KEYS, JobKind, workers_key
-from model_trainer.store.records import as_str
+from model_trainer.store.keys import JobKind, workers_key
 from model_trainer.training.config import Device, ModelTrainConfig
 from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload
 from tests.processes import WORKER_COMMAND, Proc, wait_until
+from tests.stack import rq_job
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +141,16 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     assert run_queue_name(settings, cuda.config.device) == gpu_queue
     job_id = queue.submit(JobKind.RUN, cuda.run_id, cuda)
     assert job_id.startswith(f"{cuda.run_id}-"), "each dispatch is an RQ job of its own"
-    assert as_str(redis_client.get(RUN_KEYS.key(RUN_KEYS.job, cuda.run_id))) == job_id
+    assert rq_job(redis_client, cuda.run_id).id == job_id
     assert _job_ids(redis_client, gpu_queue) == [job_id]
     later = uuid.uuid4().hex
     queue.enqueue("record", Payload(key=f"k:{later}"), job_id=later)
     wait_until(lambda: queue.state(later) is JobState.FINISHED, 60, "the ordinary job to run")
     assert queue.state(job_id) is JobState.QUEUED
-    assert queue.job_pending(JobKind.RUN, cuda.run_id)
+    assert queue.job_pending(cuda.run_id)
 
     Job.fetch(job_id, connection=redis_client).cancel()  # as if its attempt ended
-    assert not queue.job_pending(JobKind.RUN, cuda.run_id)
+    assert not queue.job_pending(cuda.run_id)
     again = queue.requeue(JobKind.RUN, cuda.run_id)
     assert again is not None and again != job_id
     assert _job_ids(redis_client, gpu_queue) == [again]

@@ -8,7 +8,7 @@ import uuid
 
 from redis import Redis
 
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS
+from model_trainer.store.keys import RECORD_TTL_SEC, RUN_KEYS, TOKENIZER_KEYS
 from model_trainer.store.records import (
     RecordMeta,
     RunProgress,
@@ -21,37 +21,46 @@ META = RecordMeta(created_at=1.5, request={"a": 1})
 
 
 def reads(client: Redis) -> int:
-    """How many read commands (GET, MGET) the suite's own Redis has served so far."""
+    """How many read commands (HMGET, HGET) the suite's own Redis has served so far."""
     stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "mget"))
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hmget", "hget"))
 
 
 def test_run_life_cycle_uses_the_documented_keys(redis_client: Redis) -> None:
     store = StatusStore(redis_client, RUN_KEYS, RunProgress)
-    rid = uuid.uuid4().hex
+    rid = f"run-{uuid.uuid4().hex}"
+    key = f"job:{{{rid}}}"  # one hash per job, its id the hash tag
+
+    def field(name: str) -> bytes | None:
+        value = redis_client.hget(key, name)
+        assert value is None or isinstance(value, bytes)
+        return value
+
     assert store.create(rid, META)
     assert not store.create(rid, META), "a second create of the same id is refused"
-    assert redis_client.get(f"runs:status:{rid}") == b"queued"
-    assert RecordMeta.model_validate_json(redis_client.get(f"runs:meta:{rid}") or b"") == META
+    assert field("status") == b"queued"
+    assert RecordMeta.model_validate_json(field("meta") or b"") == META
+    assert 0 < int(redis_client.ttl(key)) <= RECORD_TTL_SEC, "one TTL, the record's"
     store.set_status(rid, Status.RUNNING)
     assert redis_client.zscore("runs:by-status:running", rid) is not None
     assert redis_client.zscore("runs:by-status:queued", rid) is None
     beat = store.heartbeat(rid)
-    assert redis_client.get(f"runs:hb:{rid}") == repr(beat).encode()
+    assert field("heartbeat") == repr(beat).encode()
     store.request_cancel(rid)
-    assert redis_client.get(f"runs:{rid}:cancelled") == b"1"
+    assert field("cancel") == b"1"
     assert store.is_cancelled(rid)
-    store.set_status(rid, Status.RUNNING, also=(store.file_id_command(rid, "ab" * 32),))
-    assert redis_client.get(f"runs:artifact:{rid}:file_id") == ("ab" * 32).encode()
+    store.set_status(rid, Status.RUNNING, also=store.file_id_commands(rid, "ab" * 32))
+    assert field("file_id") == ("ab" * 32).encode()
     store.set_progress(rid, RunProgress(step=7, total_steps=10))
-    assert redis_client.exists(f"runs:progress:{rid}")
+    assert field("progress") is not None
     store.set_status(rid, Status.FAILED, "boom")
-    assert redis_client.get(f"runs:msg:{rid}") == b"boom"
+    assert field("message") == b"boom"
     record = store.record(rid)
     assert record is not None and record.last_heartbeat_ts == beat, "kept after the end"
     assert store.status(rid) is Status.FAILED
     assert store.ids_with_status(Status.FAILED).count(rid) == 1
     assert rid not in store.ids_with_status(Status.RUNNING)
+    assert redis_client.keys(f"*{rid}*") == [key.encode()], "nothing but the hash"
 
 
 def test_records_are_typed_and_read_in_one_round_trip(redis_client: Redis) -> None:
@@ -63,7 +72,7 @@ def test_records_are_typed_and_read_in_one_round_trip(redis_client: Redis) -> No
     store.set_status(ids[1], Status.COMPLETED, "done")
     before = reads(redis_client)
     records = store.records([*ids, "run-unknown"])
-    assert reads(redis_client) - before == 1
+    assert reads(redis_client) - before == 6, "one HMGET per id"
     assert records[-1] is None
     second = records[1]
     assert second is not None
@@ -95,7 +104,7 @@ def test_listing_is_newest_first_and_paginated(redis_client: Redis) -> None:
     ids = [f"tok-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
     for tid in ids:
         store.create(tid, META)
-    assert redis_client.get(f"tokenizer:{ids[0]}:status") == b"queued"
+    assert redis_client.hget(f"job:{{{ids[0]}}}", "status") == b"queued"
     page, total = store.list_ids(offset=0, limit=2)
     assert total >= 5
     assert page == [ids[4], ids[3]]

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from model_trainer.databank.archive import safe_extract
-from model_trainer.store.keys import TOKENIZER_KEYS
 from tests.stack import Stack, poll, rq_job
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -158,7 +157,7 @@ def test_same_request_is_one_job_and_seed_changes_the_id(stack: Stack, corpus_id
         assert again["status"] == "completed", "a finished tokenizer is not trained again"
         other = _train(client, {**body, "seed": 7})
         assert other["tokenizer_id"] != first["tokenizer_id"]
-    job = rq_job(stack.redis, TOKENIZER_KEYS, str(first["tokenizer_id"]))
+    job = rq_job(stack.redis, str(first["tokenizer_id"]))
     assert job.get_status() == "finished"
 
 
@@ -213,7 +212,7 @@ def test_bad_corpus_fails_with_a_clear_message_and_no_retry(
         assert expected in str(done["message"]), done["message"]
         assert client.get(f"/tokenizers/{tokenizer_id}/artifact").status_code == 404
     assert done["attempts"] == 0, "a user error is not retried"
-    job = rq_job(stack.redis, TOKENIZER_KEYS, tokenizer_id)
+    job = rq_job(stack.redis, tokenizer_id)
     assert job.get_status() == "finished", "the failure was settled by its owner, not RQ"
 
 

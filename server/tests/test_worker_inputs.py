@@ -14,14 +14,14 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 from rq import Queue, Worker
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 
-from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, KeySchema
-from model_trainer.store.records import StatusStore, TokenizerSummary, as_str
+from model_trainer.store.keys import TOKENIZER_KEYS
+from model_trainer.store.records import StatusStore, TokenizerSummary
 from model_trainer.store.runlog import RunLogReader
 from tests.processes import wait_until
-from tests.stack import Stack, get_json, json_dict, poll
+from tests.stack import Stack, get_json, json_dict, poll, rq_job
 
 # Small enough to test with lines of a few kilobytes; the shipped default is 4 MiB.
 MAX_LINE_BYTES = 4096
@@ -107,16 +107,8 @@ def _stop_workers(stack: Stack) -> None:
     )
 
 
-def _rq_id(stack: Stack, keys: KeySchema, job_id: str) -> str:
-    """The RQ job that dispatched our job last (RQ only dispatches; the record names it)."""
-    rq_id = as_str(stack.redis.get(keys.key(keys.job, job_id)))
-    assert rq_id is not None, job_id
-    return rq_id
-
-
-def _job_outcome(stack: Stack, keys: KeySchema, job_id: str) -> str:
-    job = Job.fetch(_rq_id(stack, keys, job_id), connection=stack.redis)
-    return JobStatus(job.get_status(refresh=True)).value
+def _job_outcome(stack: Stack, job_id: str) -> str:
+    return JobStatus(rq_job(stack.redis, job_id).get_status(refresh=True)).value
 
 
 def test_jobs_cancelled_while_queued_end_cleanly(stack: Stack, tokenizer_id: str) -> None:
@@ -137,11 +129,11 @@ def test_jobs_cancelled_while_queued_end_cleanly(stack: Stack, tokenizer_id: str
 
         worker = stack.start_worker(**WORKER_ENV)
 
-        def taken(keys: KeySchema, job_id: str) -> bool:
-            return _job_outcome(stack, keys, job_id) in ("finished", "failed")
+        def taken(job_id: str) -> bool:
+            return _job_outcome(stack, job_id) in ("finished", "failed")
 
         wait_until(
-            lambda: taken(TOKENIZER_KEYS, queued_tokenizer) and taken(RUN_KEYS, run_id),
+            lambda: taken(queued_tokenizer) and taken(run_id),
             60,
             "the worker to take both",
             worker,
@@ -155,11 +147,11 @@ def test_jobs_cancelled_while_queued_end_cleanly(stack: Stack, tokenizer_id: str
         assert run["status"] == "cancelled", run
         assert run["error"] is None and run["attempts"] == 0
 
-    assert _job_outcome(stack, TOKENIZER_KEYS, queued_tokenizer) == "finished"
-    assert _job_outcome(stack, RUN_KEYS, run_id) == "finished"
+    assert _job_outcome(stack, queued_tokenizer) == "finished"
+    assert _job_outcome(stack, run_id) == "finished"
     failed = FailedJobRegistry(stack.queue_name, connection=stack.redis).get_job_ids()
-    assert _rq_id(stack, TOKENIZER_KEYS, queued_tokenizer) not in failed
-    assert _rq_id(stack, RUN_KEYS, run_id) not in failed
+    assert rq_job(stack.redis, queued_tokenizer).id not in failed
+    assert rq_job(stack.redis, run_id).id not in failed
     events = [line.get("event") for line in _log_lines(stack, queued_tokenizer)]
     assert events == ["job_cancelled"], events
     output = worker.output()
@@ -198,7 +190,7 @@ def test_whitespace_only_corpus_fails_fast_for_tokenizers_and_runs(
     # Fast: refused right after the corpus was fetched, before tokenizing or training.
     assert "tokens_written" not in run_events and "run_started" not in run_events, run_events
     assert tokenizer["attempts"] == 0, "a user error is not retried"
-    assert _job_outcome(stack, TOKENIZER_KEYS, str(accepted["tokenizer_id"])) == "finished"
+    assert _job_outcome(stack, str(accepted["tokenizer_id"])) == "finished"
 
 
 def test_a_corpus_without_line_breaks_fails_with_the_limit_named(stack: Stack) -> None:

@@ -33,7 +33,8 @@ from model_trainer.jobs.payloads import (
 )
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
-from model_trainer.store.keys import RECORD_TTL_SEC, JobKind, latest_eval_key
+from model_trainer.store.fencing import DirectWriter
+from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
     EvalInfo,
     Record,
@@ -41,7 +42,7 @@ from model_trainer.store.records import (
     RunProgress,
     Status,
     TokenizerSummary,
-    as_str,
+    hset,
 )
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.config import STORED, ModelTrainConfig
@@ -326,7 +327,7 @@ def cancel_run(ctx: ApiContext, run: Record[RunProgress]) -> None:
 
 def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:
     """The run's latest evaluation (an `eval` job's record, or the run's final one)."""
-    eval_id = as_str(ctx.redis.get(latest_eval_key(run_id)))
+    eval_id = ctx.runs.field(run_id, JobField.EVAL)
     record = ctx.evals.record(eval_id) if eval_id else None
     if record is None:
         return None
@@ -378,7 +379,7 @@ def submit_evaluation(
     job = EvaluateJob(run_id=run.id, eval_id=eval_id, request=request)
     described: dict[str, JsonValue] = {"run_id": run.id, **request.model_dump(mode="json")}
     ctx.evals.create(eval_id, RecordMeta(created_at=time.time(), request=described))
-    ctx.redis.set(latest_eval_key(run.id), eval_id, ex=RECORD_TTL_SEC)
+    DirectWriter(ctx.redis).write(hset(run.id, (JobField.EVAL, eval_id)))
     ctx.queue.submit(JobKind.EVAL, eval_id, job)
     return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=eval_id, status=Status.QUEUED)
 

@@ -25,7 +25,7 @@ from model_trainer.store.checkpoints import (
     CheckpointEntry,
     CheckpointIndex,
     CheckpointKind,
-    index_command,
+    index_commands,
     read_checkpoints,
 )
 from model_trainer.training.checkpoint import (
@@ -137,7 +137,7 @@ class CheckpointSync:
         if self._index_saved:
             return
         try:
-            self._owner.lease.writer().write([index_command(self._run_id, self.index)])
+            self._owner.lease.writer().write(index_commands(self._run_id, self.index))
         except RedisError as exc:
             log.warning(
                 "could not record the checkpoint index (%s); will retry at the next checkpoint",

@@ -1,7 +1,7 @@
 """The evaluation job: a run's artifact (Data Bank) -> metrics and samples on a split or a corpus.
 
-An evaluation is a job of its own (`eval:{id}:...` keys, the life of jobs/ownership.py); the
-run's `runs:eval:{id}` names its latest one, and its log lines go to the run's log stream,
+An evaluation is a job of its own (a record of its own, the life of jobs/ownership.py); the
+run's record names its latest one (its `eval` field), and its log lines go to the run's log stream,
 so `/runs/{id}/logs` shows them. A finished run's own final evaluation is recorded the same
 way, by the training job (`final_eval_commands`).
 """
@@ -20,14 +20,14 @@ from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import EvaluateJob
 from model_trainer.manifest import read_manifest
 from model_trainer.store.fencing import Command
-from model_trainer.store.keys import JobKind, latest_eval_key
+from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
-    TTL,
     EvalResult,
     RecordMeta,
     SampleText,
     Status,
     StatusStore,
+    hset,
 )
 from model_trainer.training.config import STORED, ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
@@ -88,7 +88,7 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     owner.complete(
         f"evaluation {payload.eval_id}: loss {metrics.loss:.4f}, "
         f"{metrics.bits_per_char:.3f} bits/char",
-        also=(evals.progress_command(payload.eval_id, result),),
+        also=evals.progress_commands(payload.eval_id, result),
     )
     log.info("evaluation %s completed", payload.eval_id, extra=log_fields("eval_completed"))
 
@@ -122,12 +122,11 @@ def final_eval_commands(
     """A finished run's own evaluation as a completed eval record, and the run's pointer to
     it: commands for the run's completing (fenced) write."""
     eval_id = final_eval_id(run_id)
-    keys = evals.keys
     meta = RecordMeta(created_at=time.time(), request={"run_id": run_id, "split": "validation"})
     return (
-        ("SET", keys.key(keys.meta, eval_id), meta.model_dump_json(), "EX", TTL),
+        *hset(eval_id, (JobField.META, meta.model_dump_json())),
         *evals.status_commands(eval_id, Status.COMPLETED, message),
-        evals.progress_command(eval_id, result),
-        ("ZADD", keys.index, repr(meta.created_at), eval_id),
-        ("SET", latest_eval_key(run_id), eval_id, "EX", TTL),
+        *evals.progress_commands(eval_id, result),
+        ("ZADD", evals.keys.index, repr(meta.created_at), eval_id),
+        *hset(run_id, (JobField.EVAL, eval_id)),
     )

@@ -33,8 +33,7 @@ from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
-from model_trainer.store.fencing import Command
-from model_trainer.store.keys import RECORD_TTL_SEC, JobKind
+from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunProgress
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
@@ -315,7 +314,7 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
             artifact_path=str(artifact),
         )
     runs = owner.fenced(ctx.runs)
-    also: tuple[Command, ...] = (runs.file_id_command(run_id, file_id),)
+    also = runs.file_id_commands(run_id, file_id)
     if metrics is not None:
         evaluation = eval_result(metrics, artifact / EVAL_DIR)
         also += final_eval_commands(owner.fenced(ctx.evals), run_id, evaluation, message)
@@ -360,7 +359,7 @@ def _announce_start(
 ) -> None:
     """`started` goes out once per run, not once per attempt."""
     run_id = owner.job_id
-    if not ctx.redis.set(owner.key(owner.keys.started), "1", nx=True, ex=RECORD_TTL_SEC):
+    if not ctx.redis.hsetnx(job_key(run_id), JobField.STARTED.value, "1"):
         return
     owner.events.publish(
         TrainStarted(

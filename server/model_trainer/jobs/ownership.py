@@ -44,8 +44,8 @@ from model_trainer.jobs.failures import classify, retry_delay
 from model_trainer.manifest import write_manifest
 from model_trainer.store.events import TrainerEvent, train_failed
 from model_trainer.store.fencing import Command, FencedWriter, Lease, NotAcquired
-from model_trainer.store.keys import JobKind
-from model_trainer.store.records import ErrorInfo, ProgressT, Status, StatusStore, as_str
+from model_trainer.store.keys import JobField, JobKind
+from model_trainer.store.records import ErrorInfo, ProgressT, Status, StatusStore, hdel, hset
 from model_trainer.store.runlog import MetricsWriter, capture_job_logs
 from service_common.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
 
@@ -77,9 +77,6 @@ class JobOwner:
         """`store` with its writes fenced by this job's lease."""
         return store.with_writer(self.writer)
 
-    def key(self, template: str) -> str:
-        return self.keys.key(template, self.job_id)
-
     # --- checks the body makes at safe points ----------------------------------------
     def check(self) -> None:
         """Raise `LeaseLost` once the renewal thread found another owner."""
@@ -108,7 +105,7 @@ class JobOwner:
             raise JobCancelled(f"{self.kind} {self.job_id} cancelled by request")
 
     def attempts(self) -> int:
-        raw = as_str(self.ctx.redis.get(self.key(self.keys.attempts)))
+        raw = self.store.field(self.job_id, JobField.ATTEMPTS)
         return int(raw) if raw else 0
 
     # --- writes that must land --------------------------------------------------------
@@ -180,7 +177,7 @@ class JobOwner:
             error.message,
             error=error,
             event=self._failed_event(error.message, error.kind, cancelled=False),
-            also=(("DEL", self.key(self.keys.file_id)),),
+            also=(hdel(self.job_id, JobField.FILE_ID),),
         )
 
     def cancel(self, message: str) -> None:
@@ -215,7 +212,7 @@ class JobOwner:
             message,
             error=error,
             also=(
-                ("SET", self.key(self.keys.attempts), str(attempt)),
+                *hset(self.job_id, (JobField.ATTEMPTS, str(attempt))),
                 ("ZADD", self.keys.delayed, repr(due), self.job_id),
             ),
         )
@@ -310,8 +307,7 @@ def owned_job(
         _log_context(kind, job_id, stream),
         capture_job_logs(ctx.redis, stream, folder, ctx.settings.app.log_stream_maxlen),
     ):
-        keys = ctx.store(kind).keys
-        lease = Lease(ctx.redis, keys, job_id, ctx.settings.recovery.lease_ttl_sec)
+        lease = Lease(ctx.redis, job_id, ctx.settings.recovery.lease_ttl_sec)
         taken = lease.acquire(ctx.worker_name)
         if isinstance(taken, NotAcquired):
             reason = f"owned by {taken.holder}" if taken.holder else f"{taken.status or 'gone'}"

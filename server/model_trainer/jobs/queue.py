@@ -31,8 +31,9 @@ from rq.job import JobStatus as RQStatus
 
 from model_trainer.jobs.payloads import EvaluateJob, TokenizerJob, TrainJob
 from model_trainer.settings import RQSettings, Settings
-from model_trainer.store.keys import JOB_KEYS, RECORD_TTL_SEC, JobKind
-from model_trainer.store.records import as_str
+from model_trainer.store.fencing import DirectWriter
+from model_trainer.store.keys import JobField, JobKind, job_key
+from model_trainer.store.records import as_str, hset
 from model_trainer.training.config import STORED, Device
 
 # Where the worker finds each kind's job. Only the worker imports these modules.
@@ -140,18 +141,14 @@ class RQJobQueue:
         return str(job.id)
 
     def submit(self, kind: JobKind, job_id: str, payload: Payload) -> str:
-        """Keep the payload beside the record (any worker can dispatch the job again), then
+        """Keep the payload in the job's record (any worker can dispatch the job again), then
         dispatch it."""
-        keys = JOB_KEYS[kind]
-        self._redis.set(
-            keys.key(keys.payload, job_id), payload.model_dump_json(), ex=RECORD_TTL_SEC
-        )
+        DirectWriter(self._redis).write(hset(job_id, (JobField.PAYLOAD, payload.model_dump_json())))
         return self._dispatch(kind, job_id, payload)
 
     def requeue(self, kind: JobKind, job_id: str) -> str | None:
         """Dispatch the job again as a new RQ job; None if its payload is gone."""
-        keys = JOB_KEYS[kind]
-        raw = as_str(self._redis.get(keys.key(keys.payload, job_id)))
+        raw = as_str(self._redis.hget(job_key(job_id), JobField.PAYLOAD.value))
         if raw is None:
             return None
         return self._dispatch(kind, job_id, PAYLOADS[kind].model_validate_json(raw, context=STORED))
@@ -163,14 +160,12 @@ class RQJobQueue:
             else self._settings.queue_name
         )
         rq_id = self.enqueue(kind, payload, job_id=f"{job_id}-{uuid.uuid4().hex[:8]}", queue=queue)
-        keys = JOB_KEYS[kind]
-        self._redis.set(keys.key(keys.job, job_id), rq_id, ex=RECORD_TTL_SEC)
+        DirectWriter(self._redis).write(hset(job_id, (JobField.DISPATCH, rq_id)))
         return rq_id
 
-    def job_pending(self, kind: JobKind, job_id: str) -> bool:
+    def job_pending(self, job_id: str) -> bool:
         """Whether the job's current RQ job is waiting or running (False once it ended)."""
-        keys = JOB_KEYS[kind]
-        rq_id = as_str(self._redis.get(keys.key(keys.job, job_id)))
+        rq_id = as_str(self._redis.hget(job_key(job_id), JobField.DISPATCH.value))
         if rq_id is None:
             return False
         return self.state(rq_id) in (JobState.QUEUED, JobState.STARTED, JobState.SCHEDULED)

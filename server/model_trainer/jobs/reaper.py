@@ -37,40 +37,43 @@ from model_trainer.store.events import train_failed
 from model_trainer.store.keys import (
     JOB_KEYS,
     RECORD_TTL_SEC,
+    JobField,
     JobKind,
     KeySchema,
+    claim_key,
+    job_key,
+    lease_key,
     worker_memory_key,
     workers_key,
 )
-from model_trainer.store.records import ErrorInfo, Status, as_str
+from model_trainer.store.records import ErrorInfo, Status, as_str, hdel
 from model_trainer.training.memory import gib, machine_memory_bytes
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs.reaper")
 
-# KEYS: lease, status, epoch, attempts, cancel flag, then the status indexes of running,
-# queued, failed and cancelled. ARGV: max attempts, record TTL, now.
+# KEYS: the lease, the job's record, then its kind's status indexes of running, queued,
+# failed and cancelled. ARGV: max attempts, record TTL, now, the job's id.
 _REAP = """
-if redis.call('GET', KEYS[2]) ~= 'running' then return {'skip', 0} end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {'skip', 0} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'skip', 0} end
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 local id = ARGV[4]
-redis.call('ZREM', KEYS[6], id)
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  redis.call('SET', KEYS[2], 'cancelled', 'EX', ARGV[2])
-  redis.call('ZADD', KEYS[9], ARGV[3], id)
+redis.call('ZREM', KEYS[3], id)
+if redis.call('HEXISTS', KEYS[2], 'cancel') == 1 then
+  redis.call('HSET', KEYS[2], 'status', 'cancelled')
+  redis.call('ZADD', KEYS[6], ARGV[3], id)
   return {'cancelled', 0}
 end
-local n = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], ARGV[2])
+local n = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 if n >= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], 'failed', 'EX', ARGV[2])
-  redis.call('ZADD', KEYS[8], ARGV[3], id)
+  redis.call('HSET', KEYS[2], 'status', 'failed')
+  redis.call('ZADD', KEYS[5], ARGV[3], id)
   return {'failed', n}
 end
-redis.call('SET', KEYS[2], 'queued', 'EX', ARGV[2])
-redis.call('ZADD', KEYS[7], ARGV[3], id)
+redis.call('HSET', KEYS[2], 'status', 'queued')
+redis.call('ZADD', KEYS[4], ARGV[3], id)
 return {'requeue', n}
 """
 
@@ -178,7 +181,7 @@ class Reaper:
             return
         pipe = self._redis.pipeline(transaction=False)
         for job_id in running:
-            pipe.exists(keys.key(keys.lease, job_id))
+            pipe.exists(lease_key(job_id))
         held = pipe.execute()
         for job_id, has_lease in zip(running, held, strict=True):
             if has_lease:
@@ -187,14 +190,10 @@ class Reaper:
                 self._take_back(keys, job_id)
 
     def _take_back(self, keys: KeySchema, job_id: str) -> None:
-        k = keys.key
         reply = self._reap(
             keys=[
-                k(keys.lease, job_id),
-                k(keys.status, job_id),
-                k(keys.epoch, job_id),
-                k(keys.attempts, job_id),
-                k(keys.cancelled, job_id),
+                lease_key(job_id),
+                job_key(job_id),
                 keys.status_index(Status.RUNNING.value),
                 keys.status_index(Status.QUEUED.value),
                 keys.status_index(Status.FAILED.value),
@@ -224,7 +223,7 @@ class Reaper:
                 Status.FAILED,
                 message,
                 error=error,
-                also=(("DEL", k(keys.file_id, job_id)),),
+                also=(hdel(job_id, JobField.FILE_ID),),
             )
             self._publish_failed(kind, job_id, message, "system", cancelled=False)
         else:
@@ -254,17 +253,15 @@ class Reaper:
             marker = f"q:{job_id}"
             if (
                 job_id in delayed
-                or self._redis.exists(keys.key(keys.lease, job_id))
-                or self._ctx.queue.job_pending(keys.kind, job_id)
+                or self._redis.exists(lease_key(job_id))
+                or self._ctx.queue.job_pending(job_id)
             ):
                 self._missing_since.pop(marker, None)
                 continue
             if not self._missing_long_enough(marker):
                 continue
             self._missing_since.pop(marker, None)
-            claimed = self._redis.set(
-                keys.key(keys.claim, job_id), self._ctx.worker_name, nx=True, px=30_000
-            )
+            claimed = self._redis.set(claim_key(job_id), self._ctx.worker_name, nx=True, px=30_000)
             if claimed:
                 self._requeue(keys, job_id, "queued without a job")
 

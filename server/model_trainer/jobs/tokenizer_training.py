@@ -56,7 +56,7 @@ def _train(owner: JobOwner, payload: TokenizerJob) -> None:
     owner.complete(
         f"trained {config.method} tokenizer, vocabulary {result.vocab_size}",
         also=(
-            tokenizers.progress_command(tokenizer_id, summary),
-            tokenizers.file_id_command(tokenizer_id, file_id),
+            *tokenizers.progress_commands(tokenizer_id, summary),
+            *tokenizers.file_id_commands(tokenizer_id, file_id),
         ),
     )

@@ -1,4 +1,4 @@
-"""A run's checkpoints in Data Bank: the index in Redis (`runs:checkpoints:{id}`).
+"""A run's checkpoints in Data Bank: the index in Redis (its record's `checkpoints` field).
 
 The owner of a run uploads each checkpoint file to Data Bank and then rewrites this index
 (a fenced write), so the index only ever names blobs that are fully uploaded. `last`
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 
 from model_trainer.store.fencing import Command
-from model_trainer.store.keys import RECORD_TTL_SEC, checkpoints_key
-from model_trainer.store.records import as_str
+from model_trainer.store.keys import JobField, job_key
+from model_trainer.store.records import as_str, hset
 
 CheckpointKind = Literal["last", "best"]
 
@@ -75,9 +75,9 @@ class CheckpointIndex(BaseModel):
 
 
 def read_checkpoints(redis: Redis, run_id: str) -> CheckpointIndex:
-    raw = as_str(redis.get(checkpoints_key(run_id)))
+    raw = as_str(redis.hget(job_key(run_id), JobField.CHECKPOINTS.value))
     return CheckpointIndex.model_validate_json(raw) if raw else CheckpointIndex()
 
 
-def index_command(run_id: str, index: CheckpointIndex) -> Command:
-    return ("SET", checkpoints_key(run_id), index.model_dump_json(), "EX", str(RECORD_TTL_SEC))
+def index_commands(run_id: str, index: CheckpointIndex) -> tuple[Command, ...]:
+    return hset(run_id, (JobField.CHECKPOINTS, index.model_dump_json()))

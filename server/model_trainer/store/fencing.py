@@ -1,9 +1,9 @@
 """Who owns a job, and writes that only its owner can make.
 
-A worker that takes a job (of any kind) gets a lease: the kind's `lease` key holds its token
-(`worker#epoch`) and expires unless renewed. The `epoch` key counts how many times the job
-changed hands; taking a job (or the reaper taking it back from a dead owner) increments it,
-so a token can never be handed out twice.
+A worker that takes a job (of any kind) gets a lease: `job:{<id>}:lease` holds its token
+(`worker#epoch`) and expires unless renewed. The record's `epoch` field counts how many times
+the job changed hands; taking a job (or the reaper taking it back from a dead owner)
+increments it, so a token can never be handed out twice.
 
 Every write the owner makes goes through a `Writer`. The `FencedWriter` runs the commands in
 one Lua script that first checks that the lease still holds the owner's token: a worker that
@@ -11,8 +11,8 @@ was paused, partitioned or presumed dead, and has since been replaced, has its w
 refused (`LeaseLost`) instead of overwriting the new owner's status or checkpoints. The
 `DirectWriter` is for writers that own nothing (the API, the reaper).
 
-The fenced script is handed its commands as data, so it names in `KEYS` only the lease it
-checks: fine on a single Redis (what we deploy), not on a cluster.
+A command is `(NAME, key, *args)`: one key, in second place (`PUBLISH`'s channel is not a
+key). The scripts name every key they touch in `KEYS`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Protocol
 from redis import Redis
 
 from model_trainer.errors import LeaseLost
-from model_trainer.store.keys import RECORD_TTL_SEC, KeySchema
+from model_trainer.store.keys import RECORD_TTL_SEC, job_key, lease_key
 
-# One Redis command, every argument as text (Lua receives strings either way).
+# One Redis command, `(NAME, key, *args)`, every argument as text (Lua receives strings either
+# way).
 Command = tuple[str, ...]
 
 
@@ -52,19 +53,29 @@ class DirectWriter:
         pipe.execute()
 
 
+# KEYS[1]: the lease; the rest: the keys the commands touch. ARGV[2]: the commands as
+# `[NAME, index of its key in KEYS (0: none), args...]`.
 _FENCED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local commands = cjson.decode(ARGV[2])
-for i = 1, #commands do redis.call(unpack(commands[i])) end
+for i = 1, #commands do
+  local c = commands[i]
+  if c[2] == 0 then
+    redis.call(c[1], unpack(c, 3))
+  else
+    redis.call(c[1], KEYS[c[2]], unpack(c, 3))
+  end
+end
 return 1
 """
 
+# KEYS: the lease, the job's record.
 _ACQUIRE = """
-local status = redis.call('GET', KEYS[3])
+local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'queued' and status ~= 'running' then return {0, status or ''} end
 local holder = redis.call('GET', KEYS[1])
 if holder then return {-1, holder} end
-local epoch = redis.call('INCR', KEYS[2])
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local token = ARGV[1] .. '#' .. epoch
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
@@ -77,7 +88,7 @@ _RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif (not holder) and redis.call('GET', KEYS[2]) == ARGV[3] then
+elseif (not holder) and redis.call('HGET', KEYS[2], 'epoch') == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   return 0
@@ -103,12 +114,11 @@ class NotAcquired:
 class Lease:
     """A job's ownership record in Redis; `acquire` once, then `renew` periodically."""
 
-    def __init__(self, redis: Redis, keys: KeySchema, job_id: str, ttl_sec: float) -> None:
+    def __init__(self, redis: Redis, job_id: str, ttl_sec: float) -> None:
         self._redis = redis
         self.job_id = job_id
-        self.key = keys.key(keys.lease, job_id)
-        self._epoch_key = keys.key(keys.epoch, job_id)
-        self._status_key = keys.key(keys.status, job_id)
+        self.key = lease_key(job_id)
+        self._record = job_key(job_id)
         self.ttl_ms = max(1, int(ttl_sec * 1000))
         self._fenced = redis.register_script(_FENCED)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -119,7 +129,7 @@ class Lease:
     def acquire(self, worker: str) -> Acquired | NotAcquired:
         """Take the job if it is queued or running and nobody holds it."""
         reply = self._acquire(
-            keys=[self.key, self._epoch_key, self._status_key],
+            keys=[self.key, self._record],
             args=[worker, self.ttl_ms, RECORD_TTL_SEC],
         )
         code, detail = _pair(reply)
@@ -133,7 +143,7 @@ class Lease:
     def renew(self) -> bool:
         """Extend the lease; False when another worker owns the job now."""
         reply = self._renew(
-            keys=[self.key, self._epoch_key], args=[self.token, self.ttl_ms, str(self.epoch)]
+            keys=[self.key, self._record], args=[self.token, self.ttl_ms, str(self.epoch)]
         )
         return bool(reply)
 
@@ -141,8 +151,16 @@ class Lease:
         return FencedWriter(self)
 
     def run_fenced(self, commands: Sequence[Command]) -> bool:
-        payload = json.dumps([list(c) for c in commands])
-        return bool(self._fenced(keys=[self.key], args=[self.token, payload]))
+        keys = [self.key]
+        encoded: list[list[str | int]] = []
+        for name, target, *args in commands:
+            if name == "PUBLISH":  # a channel, not a key
+                encoded.append([name, 0, target, *args])
+                continue
+            if target not in keys:
+                keys.append(target)
+            encoded.append([name, keys.index(target) + 1, *args])
+        return bool(self._fenced(keys=keys, args=[self.token, json.dumps(encoded)]))
 
     def release_command(self) -> Command:
         """Deleting the lease, for the last fenced write of an owner letting the job go."""

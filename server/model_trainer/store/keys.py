@@ -1,51 +1,34 @@
 """Every Redis key the API and the worker share: the whole schema, in one place.
 
 Every job, whatever its kind (a tokenizer, a training run, an evaluation), has the same life
-(queued -> running -> completed | failed | cancelled, jobs/ownership.py) and the same keys,
-spelled per kind by a `KeySchema`; `{id}` stands for the job's id, `{status}` for a status.
-Records expire `RECORD_TTL_SEC` after their last write unless noted. DESIGN.md links here.
+(queued -> running -> completed | failed | cancelled, jobs/ownership.py) and the same record:
+one hash, read with one command and expiring `RECORD_TTL_SEC` after its last write. The keys
+of one job share its id as a hash tag (`{id}`), so they live in one cluster slot and a
+script that touches them touches one slot. DESIGN.md links here.
 
-| key (runs; others below)         | type                        | TTL       | written by         |
-| -------------------------------- | --------------------------- | --------- | ------------------ |
-| `runs:index`                     | zset (score = created ts)   | none      | API                |
-| `runs:by-status:{status}`        | zset (score = when set)     | none      | API, worker        |
-| `runs:meta:{id}`                 | string (RecordMeta)         | 30 d      | API                |
-| `runs:status:{id}`               | string (Status)             | 30 d      | API, worker        |
-| `runs:msg:{id}`                  | string                      | 30 d      | API, worker        |
-| `runs:error:{id}`                | string (ErrorInfo)          | 30 d      | worker, reaper     |
-| `runs:hb:{id}`                   | string (unix ts)            | 30 d      | owning worker      |
-| `runs:{id}:cancelled`            | string "1"                  | 30 d      | API                |
-| `runs:progress:{id}`             | string (kind's progress)    | 30 d      | owning worker      |
-| `runs:artifact:{id}:file_id`     | string (Data Bank id)       | 30 d      | owning worker      |
-| `runs:lease:{id}`                | string (owner token)        | lease TTL | owning worker      |
-| `runs:epoch:{id}`                | int (fencing epoch)         | 30 d      | worker, reaper     |
-| `runs:attempts:{id}`             | int (failed attempts)       | 30 d      | worker, reaper     |
-| `runs:started:{id}`              | string "1" (`started` sent) | 30 d      | owning worker      |
-| `runs:job:{id}`                  | string (current RQ job id)  | 30 d      | API, worker        |
-| `runs:payload:{id}`              | string (the job's payload)  | 30 d      | API                |
-| `runs:claim:{id}`                | string (worker)             | 30 s      | reaper             |
-| `trainer:runs:delayed`           | zset (score = due ts)       | none      | worker, reaper     |
-| `runs:logs:{id}`                 | stream (`line`), any kind   | 30 d      | worker             |
-| `runs:metrics:{id}`              | list (MetricPoint)          | 30 d      | owning worker      |
-| `runs:checkpoints:{id}`          | string (CheckpointIndex)    | 30 d      | owning worker      |
-| `runs:eval:{id}`                 | string (latest eval's id)   | 30 d      | API, owning worker |
-| `trainer:workers:{queue}`        | zset (score = seen ts)      | none      | worker             |
-| `trainer:workers:{queue}:memory` | hash (worker -> bytes)      | none      | worker             |
-| `corpora:index`                  | zset (score = ts)           | none      | API                |
-| `corpora:info`                   | hash (id -> CorpusInfo)     | none      | API                |
-| `trainer:events` (setting)       | pub/sub channel             | -         | worker             |
-| `rq:*`                           | RQ's own (dispatch only)    | RQ's      | RQ                 |
+| key                              | type                              | TTL   | by             |
+| -------------------------------- | --------------------------------- | ----- | -------------- |
+| `job:{<id>}`                     | hash, the fields of `JobField`    | 30 d  | API, worker    |
+| `job:{<id>}:lease`               | string (`worker#epoch`)           | lease | owning worker  |
+| `job:{<id>}:claim`               | string (a reaper re-enqueuing it) | 30 s  | reaper         |
+| `job:{<id>}:logs`                | stream (`line`)                   | 30 d  | worker         |
+| `job:{<id>}:metrics`             | list (MetricPoint), runs          | 30 d  | owning worker  |
+| `{kinds}:index`                  | zset (score = created ts)         | none  | API            |
+| `{kinds}:by-status:{status}`     | zset (score = when set)           | none  | API, worker    |
+| `trainer:{kinds}:delayed`        | zset (score = due ts)             | none  | worker, reaper |
+| `trainer:workers:{queue}`        | zset (score = seen ts)            | none  | worker         |
+| `trainer:workers:{queue}:memory` | hash (worker -> bytes)            | none  | worker         |
+| `corpora:index`                  | zset (score = ts)                 | none  | API            |
+| `corpora:info`                   | hash (id -> CorpusInfo)           | none  | API            |
+| `trainer:events` (setting)       | pub/sub channel                   | -     | worker         |
+| `rq:*`                           | RQ's own (dispatch only)          | RQ's  | RQ             |
 
-Tokenizers spell the same keys `tokenizer:{id}:status`, `tokenizer:{id}:lease`... and
-`tokenizers:index`, `tokenizers:by-status:{status}`, `trainer:tokenizers:delayed`;
-evaluations `eval:{id}:...`, `evals:...`, `trainer:evals:delayed` (`_schema` below).
-Log lines of every kind share the `runs:logs:` stream namespace: ids never collide (`tok-`,
-`run-`, `eval-`) and one reader serves them all. An evaluation's status is its own record;
-`runs:eval:{id}` only points at the run's latest one.
+`{kinds}` is `runs`, `tokenizers` or `evals`; ids never collide across kinds (`run-`, `tok-`,
+`eval-`). An evaluation logs to its run's stream; `delayed` holds the jobs in backoff.
 
-Every write the owner of a job makes (status, progress, metrics, checkpoints, pointer,
-events) is fenced: it happens only while the job's lease still holds the owner's token
-(store/fencing.py), so a worker that lost its job cannot overwrite the new owner's state.
+Every write the owner of a job makes (its record, metrics, events) is fenced: it happens
+only while the job's lease still holds the owner's token (store/fencing.py), so a worker
+that lost its job cannot overwrite the new owner's state.
 """
 
 from __future__ import annotations
@@ -61,126 +44,86 @@ METRICS_MAX_POINTS = 50_000
 
 
 class JobKind(StrEnum):
-    """The kinds of job; each has its record keys, payload and job function."""
+    """The kinds of job; each has its record's progress model, payload and job function."""
 
     TOKENIZER = "tokenizer"
     RUN = "run"
     EVAL = "eval"
 
 
+class JobField(StrEnum):
+    """The fields of a job's hash (`job:{<id>}`)."""
+
+    STATUS = "status"  # Status
+    MESSAGE = "message"  # for people
+    META = "meta"  # RecordMeta: when, and the validated request
+    HEARTBEAT = "heartbeat"  # unix ts the owner last said it works on the job
+    PROGRESS = "progress"  # the kind's progress model (RunProgress, TokenizerSummary...)
+    FILE_ID = "file_id"  # the artifact in Data Bank
+    ERROR = "error"  # ErrorInfo: why it failed, or why its last attempt did
+    ATTEMPTS = "attempts"  # failed attempts so far
+    EPOCH = "epoch"  # fencing epoch: +1 each time the job changes hands
+    CANCEL = "cancel"  # "1" once a cancel was asked
+    STARTED = "started"  # "1" once a run's `started` event went out
+    PAYLOAD = "payload"  # the job's payload, to dispatch it again
+    DISPATCH = "dispatch"  # the current RQ job's id
+    EVAL = "eval"  # a run's latest evaluation's id
+    CHECKPOINTS = "checkpoints"  # a run's CheckpointIndex
+
+
+def job_key(job_id: str) -> str:
+    return f"job:{{{job_id}}}"
+
+
+def lease_key(job_id: str) -> str:
+    return f"job:{{{job_id}}}:lease"
+
+
+def claim_key(job_id: str) -> str:
+    return f"job:{{{job_id}}}:claim"
+
+
+def logs_key(job_id: str) -> str:
+    """A job's log lines; stream ids are the SSE event ids."""
+    return f"job:{{{job_id}}}:logs"
+
+
+def metrics_key(run_id: str) -> str:
+    """A run's loss curve: one JSON `MetricPoint` per element, oldest first."""
+    return f"job:{{{run_id}}}:metrics"
+
+
 class KeySchema(BaseModel):
-    """Key names for one kind of job; `{id}` is replaced by the job's id."""
+    """The keys all jobs of one kind share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: JobKind
-    # The record the API shows.
-    status: str
-    message: str
-    heartbeat: str
-    cancelled: str
-    file_id: str
-    meta: str
-    progress: str
-    error: str
-    # Ownership and retries (jobs/ownership.py, jobs/reaper.py).
-    lease: str
-    epoch: str
-    attempts: str
-    started: str
-    job: str
-    payload: str
-    claim: str
-    # Shared by all jobs of the kind.
     index: str
     by_status: str  # `{status}` is replaced by a status
     delayed: str
-
-    def key(self, template: str, record_id: str) -> str:
-        return template.replace("{id}", record_id)
 
     def status_index(self, status: str) -> str:
         return self.by_status.replace("{status}", status)
 
 
-RUN_KEYS = KeySchema(
-    kind=JobKind.RUN,
-    status="runs:status:{id}",
-    message="runs:msg:{id}",
-    heartbeat="runs:hb:{id}",
-    cancelled="runs:{id}:cancelled",
-    file_id="runs:artifact:{id}:file_id",
-    meta="runs:meta:{id}",
-    progress="runs:progress:{id}",
-    error="runs:error:{id}",
-    lease="runs:lease:{id}",
-    epoch="runs:epoch:{id}",
-    attempts="runs:attempts:{id}",
-    started="runs:started:{id}",
-    job="runs:job:{id}",
-    payload="runs:payload:{id}",
-    claim="runs:claim:{id}",
-    index="runs:index",
-    by_status="runs:by-status:{status}",
-    delayed="trainer:runs:delayed",
-)
-
-
-def _schema(kind: JobKind, prefix: str, plural: str) -> KeySchema:
-    """The uniform spelling of the kinds that came after runs: `{prefix}:{id}:{field}`."""
-    fields = {
-        "status": "status",
-        "message": "msg",
-        "heartbeat": "hb",
-        "cancelled": "cancelled",
-        "file_id": "file_id",
-        "meta": "meta",
-        "progress": "progress",
-        "error": "error",
-        "lease": "lease",
-        "epoch": "epoch",
-        "attempts": "attempts",
-        "started": "started",
-        "job": "job",
-        "payload": "payload",
-        "claim": "claim",
-    }
+def _schema(kind: JobKind, plural: str) -> KeySchema:
     return KeySchema(
         kind=kind,
-        **{name: f"{prefix}:{{id}}:{suffix}" for name, suffix in fields.items()},
         index=f"{plural}:index",
         by_status=f"{plural}:by-status:{{status}}",
         delayed=f"trainer:{plural}:delayed",
     )
 
 
-TOKENIZER_KEYS = _schema(JobKind.TOKENIZER, "tokenizer", "tokenizers")
-EVAL_KEYS = _schema(JobKind.EVAL, "eval", "evals")
+RUN_KEYS = _schema(JobKind.RUN, "runs")
+TOKENIZER_KEYS = _schema(JobKind.TOKENIZER, "tokenizers")
+EVAL_KEYS = _schema(JobKind.EVAL, "evals")
 JOB_KEYS: dict[JobKind, KeySchema] = {
     JobKind.RUN: RUN_KEYS,
     JobKind.TOKENIZER: TOKENIZER_KEYS,
     JobKind.EVAL: EVAL_KEYS,
 }
-
-
-def logs_key(record_id: str) -> str:
-    """A job's log lines (any kind's); stream ids are the SSE event ids."""
-    return f"runs:logs:{record_id}"
-
-
-def metrics_key(run_id: str) -> str:
-    """A run's loss curve: one JSON `MetricPoint` per element, oldest first."""
-    return f"runs:metrics:{run_id}"
-
-
-def checkpoints_key(run_id: str) -> str:
-    """A run's checkpoint index in Data Bank (store/checkpoints.py)."""
-    return f"runs:checkpoints:{run_id}"
-
-
-def latest_eval_key(run_id: str) -> str:
-    """The id of the run's latest evaluation (an `eval` job's record, or its final one)."""
-    return f"runs:eval:{run_id}"
 
 
 def workers_key(queue: str) -> str:

@@ -3,7 +3,7 @@
 Every kind of job has the same life (queued -> running -> completed | failed | cancelled),
 so one `StatusStore` serves them all, parameterised by the kind's `KeySchema` (keys.py) and
 the model of what its job reports as progress. `record()` and `records()` read everything
-the API shows of a record with one MGET, and hand back a typed `Record`.
+the API shows of a record with one HMGET of its hash, and hand back a typed `Record`.
 
 Each status write also moves the job between its kind's status indexes
 (`by-status:{status}`), so finding the running or queued jobs costs what there is of them,
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from redis import Redis
 
 from model_trainer.store.fencing import Command, DirectWriter, Writer
-from model_trainer.store.keys import RECORD_TTL_SEC, KeySchema
+from model_trainer.store.keys import RECORD_TTL_SEC, JobField, KeySchema, job_key
 
 TTL = str(RECORD_TTL_SEC)
 
@@ -169,6 +169,30 @@ def status_index_commands(
     return tuple(commands)
 
 
+def hset(job_id: str, *pairs: tuple[JobField, str]) -> tuple[Command, Command]:
+    """Set fields of a job's record, and give the record its full TTL again."""
+    key = job_key(job_id)
+    values = [part for name, value in pairs for part in (name.value, value)]
+    return ("HSET", key, *values), ("EXPIRE", key, TTL)
+
+
+def hdel(job_id: str, *fields: JobField) -> Command:
+    return ("HDEL", job_key(job_id), *(f.value for f in fields))
+
+
+# What `record()` reads of the hash, in `_record`'s order.
+_READ = (
+    JobField.STATUS,
+    JobField.MESSAGE,
+    JobField.META,
+    JobField.HEARTBEAT,
+    JobField.PROGRESS,
+    JobField.FILE_ID,
+    JobField.ERROR,
+    JobField.ATTEMPTS,
+)
+
+
 class StatusStore(Generic[ProgressT]):
     def __init__(
         self,
@@ -188,27 +212,25 @@ class StatusStore(Generic[ProgressT]):
         """The same store whose writes go through `writer` (an owner's fenced writer)."""
         return StatusStore(self._r, self.keys, self._progress_model, self._clock, writer)
 
-    def _set(self, template: str, record_id: str, value: str) -> Command:
-        return ("SET", self._k(template, record_id), value, "EX", TTL)
-
-    def _k(self, template: str, record_id: str) -> str:
-        return self.keys.key(template, record_id)
-
     # --- typed reads: one round trip ------------------------------------------------
-    _FIELDS = ("status", "message", "meta", "heartbeat", "progress", "file_id", "error", "attempts")
-
     def record(self, record_id: str) -> Record[ProgressT] | None:
-        """The record, or None if there is no such id."""
-        return self.records([record_id])[0]
+        """The record, or None if there is no such id (one HMGET)."""
+        values = self._r.hmget(job_key(record_id), [f.value for f in _READ])
+        return self._record(record_id, [as_str(v) for v in values])
 
     def records(self, ids: Sequence[str]) -> list[Record[ProgressT] | None]:
-        """The records of `ids`, in order (None for an unknown id), with one MGET."""
+        """The records of `ids`, in order (None for an unknown id): one HMGET each, in one
+        round trip."""
         if not ids:
             return []
-        keys = [self._k(getattr(self.keys, f), i) for i in ids for f in self._FIELDS]
-        raw = [as_str(v) for v in self._r.mget(keys)]
-        n = len(self._FIELDS)
-        return [self._record(i, raw[j * n : (j + 1) * n]) for j, i in enumerate(ids)]
+        pipe = self._r.pipeline(transaction=False)
+        for record_id in ids:
+            pipe.hmget(job_key(record_id), [f.value for f in _READ])
+        replies = pipe.execute()
+        return [
+            self._record(i, [as_str(v) for v in values])
+            for i, values in zip(ids, replies, strict=True)
+        ]
 
     def _record(self, record_id: str, values: list[str | None]) -> Record[ProgressT] | None:
         status, message, meta, heartbeat, progress, file_id, error, attempts = values
@@ -226,38 +248,41 @@ class StatusStore(Generic[ProgressT]):
             attempts=int(attempts) if attempts else 0,
         )
 
+    def field(self, record_id: str, field: JobField) -> str | None:
+        return as_str(self._r.hget(job_key(record_id), field.value))
+
     # --- creation and listing -------------------------------------------------------
     def create(self, record_id: str, meta: RecordMeta) -> bool:
         """Register a new record as queued. False if the id already exists (idempotent submit)."""
-        k = self.keys
-        meta_json = meta.model_dump_json()
-        created = self._r.set(self._k(k.meta, record_id), meta_json, nx=True, ex=RECORD_TTL_SEC)
-        if not created:
+        key = job_key(record_id)
+        if not self._r.hsetnx(key, JobField.META.value, meta.model_dump_json()):
             return False
-        now = self._clock()
         DirectWriter(self._r).write(
             [
                 *self.status_commands(record_id, Status.QUEUED),
-                ("DEL", self._k(k.message, record_id), self._k(k.cancelled, record_id)),
-                ("ZADD", k.index, repr(now), record_id),
+                ("ZADD", self.keys.index, repr(self._clock()), record_id),
             ]
         )
         return True
 
     def reset(self, record_id: str, meta: RecordMeta) -> None:
         """Queue a failed or cancelled record again (a re-submitted request): a new job with
-        no trace of the old one's attempts, progress or pointer."""
-        k = self.keys
-        gone: list[str] = [
-            self._k(template, record_id)
-            for template in (k.message, k.cancelled, k.file_id, k.progress, k.error, k.attempts)
-        ]
+        no trace of the old one's attempts, progress, pointer or heartbeat."""
         DirectWriter(self._r).write(
             [
-                self._set(k.meta, record_id, meta.model_dump_json()),
+                hdel(
+                    record_id,
+                    JobField.MESSAGE,
+                    JobField.CANCEL,
+                    JobField.FILE_ID,
+                    JobField.PROGRESS,
+                    JobField.HEARTBEAT,
+                    JobField.ERROR,
+                    JobField.ATTEMPTS,
+                ),
+                *hset(record_id, (JobField.META, meta.model_dump_json())),
                 *self.status_commands(record_id, Status.QUEUED),
-                ("DEL", *gone),
-                ("ZADD", k.index, repr(self._clock()), record_id),
+                ("ZADD", self.keys.index, repr(self._clock()), record_id),
             ]
         )
 
@@ -299,53 +324,54 @@ class StatusStore(Generic[ProgressT]):
         message: str | None = None,
         error: ErrorInfo | None = None,
     ) -> tuple[Command, ...]:
-        k = self.keys
-        commands: list[Command] = [self._set(k.status, record_id, status.value)]
+        fields: list[tuple[JobField, str]] = [(JobField.STATUS, status.value)]
         if message is not None:
-            commands.append(self._set(k.message, record_id, message))
+            fields.append((JobField.MESSAGE, message))
+        commands: list[Command] = []
         if error is not None:
-            commands.append(self._set(k.error, record_id, error.model_dump_json()))
+            fields.append((JobField.ERROR, error.model_dump_json()))
         elif status is not Status.FAILED:
             # A job that is going again (or finished) carries no stale error; a queued job
             # waiting out a retry delay keeps it (set with `error=`) so users see why.
-            commands.append(("DEL", self._k(k.error, record_id)))
-        commands.extend(status_index_commands(k, record_id, status, self._clock()))
+            commands.append(hdel(record_id, JobField.ERROR))
+        commands.extend(hset(record_id, *fields))
+        commands.extend(status_index_commands(self.keys, record_id, status, self._clock()))
         return tuple(commands)
 
     def status(self, record_id: str) -> Status | None:
-        raw = as_str(self._r.get(self._k(self.keys.status, record_id)))
+        raw = self.field(record_id, JobField.STATUS)
         return Status(raw) if raw is not None else None
 
     # --- liveness -------------------------------------------------------------------
     def heartbeat(self, record_id: str) -> float:
         """When the owner last said it is working on the job (kept after it ends)."""
         now = self._clock()
-        self._writer.write([self._set(self.keys.heartbeat, record_id, repr(now))])
+        self._writer.write(hset(record_id, (JobField.HEARTBEAT, repr(now))))
         return now
 
     # --- cancellation ---------------------------------------------------------------
     def request_cancel(self, record_id: str) -> None:
-        self._r.set(self._k(self.keys.cancelled, record_id), "1", ex=RECORD_TTL_SEC)
+        DirectWriter(self._r).write(hset(record_id, (JobField.CANCEL, "1")))
 
     def is_cancelled(self, record_id: str) -> bool:
-        return bool(self._r.exists(self._k(self.keys.cancelled, record_id)))
+        return bool(self._r.hexists(job_key(record_id), JobField.CANCEL.value))
 
     # --- progress and artifact pointer ----------------------------------------------
     def set_progress(self, record_id: str, progress: ProgressT) -> None:
-        self._writer.write([self.progress_command(record_id, progress)])
+        self._writer.write(self.progress_commands(record_id, progress))
 
-    def progress_command(self, record_id: str, progress: ProgressT) -> Command:
-        return self._set(self.keys.progress, record_id, progress.model_dump_json())
+    def progress_commands(self, record_id: str, progress: ProgressT) -> tuple[Command, ...]:
+        return hset(record_id, (JobField.PROGRESS, progress.model_dump_json()))
 
     def progress(self, record_id: str) -> ProgressT | None:
-        raw = as_str(self._r.get(self._k(self.keys.progress, record_id)))
+        raw = self.field(record_id, JobField.PROGRESS)
         return self._progress_model.model_validate_json(raw) if raw else None
 
-    def file_id_command(self, record_id: str, file_id: str) -> Command:
-        return self._set(self.keys.file_id, record_id, file_id)
+    def file_id_commands(self, record_id: str, file_id: str) -> tuple[Command, ...]:
+        return hset(record_id, (JobField.FILE_ID, file_id))
 
     def file_id(self, record_id: str) -> str | None:
-        return as_str(self._r.get(self._k(self.keys.file_id, record_id)))
+        return self.field(record_id, JobField.FILE_ID)
 
 
 # Any kind's store, where only the shared life cycle matters (status, heartbeat, pointer).

@@ -1,8 +1,8 @@
 """A job's log lines and metric points, kept where the API can read them without our disk.
 
 Each log line goes to the run folder's `logs.jsonl` and to a capped Redis stream
-(`runs:logs:<id>`), whose entry ids serve as SSE event ids. Metric points (the loss curve) go
-to a capped Redis list (`runs:metrics:<id>`).
+(`job:{<id>}:logs`), whose entry ids serve as SSE event ids. Metric points (the loss curve) go
+to a capped Redis list (`job:{<id>}:metrics`).
 """
 
 from __future__ import annotations
