@@ -1,23 +1,38 @@
-"""Typed errors shared by the API and the worker.
+"""Every error the trainer raises, in one tree (as httpx draws its own in `_exceptions.py`).
 
-    AppError (ServiceError)        a stable `ErrorCode`, a message, the HTTP status
-    ├── NotFoundError, ConflictError
-    └── UserError                  a job's input is wrong: failed, never retried
-    JobStopped                     a job body stopped at a safe point; not a failure
-    ├── JobCancelled               the user asked: the job ends `cancelled`
-    ├── WorkerShutdown             the worker is stopping: the job is handed back
-    └── LeaseLost                  another worker owns the job now: write nothing
-    CheckpointInvalid (ValueError) a checkpoint that cannot be read: fatal
+    TrainerError                     the root; `failure` says how a job that raised it ends
+    ├── AppError                     a stable `ErrorCode` and a message for people
+    │   ├── NotFoundError            an unknown id
+    │   ├── ConflictError            not possible in the current state
+    │   ├── FieldsInvalid            refused field by field (api/errors.py)
+    │   └── UserError                a job's input is wrong                    failure: user
+    ├── JobStopped                   a job body stopped at a safe point; not a failure
+    │   ├── JobCancelled             the user asked: the job ends `cancelled`
+    │   ├── WorkerShutdown           the worker is stopping: the job is handed back
+    │   └── LeaseLost                another worker owns the job now: write nothing
+    ├── TrainingStopped              the tokenizer library was told to stop (tokenization/)
+    ├── CheckpointInvalid            a checkpoint that cannot be read            failure: fatal
+    ├── ArtifactUploadFailed         a finished artifact could not be uploaded   failure: transient
+    ├── OutOfMemory                  torch could not allocate                    failure: fatal
+    ├── UnsafeArchiveError           a tar we refuse to extract (databank/archive.py)
+    └── DataBankError                Data Bank refused or failed (databank/errors.py):
+                                     unavailable: transient; anything else: fatal
 
-How each ends a job is jobs/ownership.py's table; which failure class the rest fall in is
-jobs/failures.py's.
+The HTTP status of each `ErrorCode` is api/errors.py's (and only there); how each way of
+ending an attempt moves a job is jobs/ownership.py's; foreign exceptions (Redis, the
+network, memory) are classed in jobs/failures.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import ClassVar, Literal
 
-from service_common.service_error import ServiceError
+from pydantic import BaseModel
+
+# How a failed job ends: `user` never retried, `transient` retried with backoff, `fatal` not.
+FailureKind = Literal["user", "transient", "fatal"]
 
 
 class ErrorCode(StrEnum):
@@ -50,41 +65,62 @@ class ErrorCode(StrEnum):
     CHECKPOINT_INVALID = "CHECKPOINT_INVALID"
 
 
-class AppError(ServiceError[ErrorCode]):
-    # A ServiceError, so the API's shared error handlers answer it with its status and code.
-    def __init__(self, code: ErrorCode, message: str, status_code: int = 400) -> None:
-        super().__init__(status_code, code, message)
+class TrainerError(Exception):
+    """The root of the tree. `failure` and `code` say how a job that raised it ends (None:
+    the error is not a job failure)."""
+
+    failure: ClassVar[FailureKind | None] = None
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
 
     @property
-    def status_code(self) -> int:
-        return self.status
+    def message(self) -> str:
+        return str(self) or type(self).__name__
+
+    @property
+    def failure_message(self) -> str:
+        """What a failed job says of it (its status message and event)."""
+        return self.message
+
+
+class AppError(TrainerError):
+    """A refusal or a failure with a stable code (what clients switch on) and a message for
+    people; `headers` and `details` (a 422's fields) travel with an HTTP answer."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        details: Sequence[BaseModel] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.headers = headers
+        self.details = details
 
 
 class NotFoundError(AppError):
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.NOT_FOUND, message, 404)
+        super().__init__(ErrorCode.NOT_FOUND, message)
 
 
 class ConflictError(AppError):
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.CONFLICT, message, 409)
+        super().__init__(ErrorCode.CONFLICT, message)
 
 
 class UserError(AppError):
-    """A job failed because of its input (bad corpus, diverging learning rate...).
+    """A job failed because of its input (bad corpus, diverging learning rate...): the job
+    ends failed with this message and is not retried."""
 
-    The job records it as failed with this message and is not retried.
-    """
+    failure: ClassVar[FailureKind | None] = "user"
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.DATA_INVALID) -> None:
-        super().__init__(code, message, 400)
+        super().__init__(code, message)
 
 
-class CheckpointInvalid(ValueError):
-    """A checkpoint file that cannot be read (corrupt, truncated, another format): fatal."""
-
-
-class JobStopped(Exception):
+class JobStopped(TrainerError):
     """The job body stopped at a safe point for a reason that is not a failure."""
 
 
@@ -98,3 +134,44 @@ class WorkerShutdown(JobStopped):
 
 class LeaseLost(JobStopped):
     """This worker no longer owns the job: another took it over. Stop, write nothing."""
+
+
+class TrainingStopped(TrainerError):
+    """A library's `should_stop()` answered true; nothing was written to its final files."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(f"tokenizer training stopped during {phase}")
+        self.phase = phase
+
+
+class CheckpointInvalid(TrainerError):
+    """A checkpoint file that cannot be read (corrupt, truncated, another format)."""
+
+    failure: ClassVar[FailureKind | None] = "fatal"
+    code = ErrorCode.CHECKPOINT_INVALID
+
+
+class ArtifactUploadFailed(TrainerError):
+    """A finished artifact could not be uploaded (Data Bank down): a later attempt uploads
+    it."""
+
+    failure: ClassVar[FailureKind | None] = "transient"
+    code = ErrorCode.ARTIFACT_UPLOAD_FAILED
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"artifact upload failed: {detail}")
+
+
+class OutOfMemory(TrainerError):
+    """The job asked for more memory than the machine gives (torch's allocator said so)."""
+
+    failure: ClassVar[FailureKind | None] = "fatal"
+    code = ErrorCode.OUT_OF_MEMORY
+
+    @property
+    def failure_message(self) -> str:
+        return f"out of memory: {self.message}. Use a smaller model, batch or context"
+
+
+class UnsafeArchiveError(TrainerError):
+    """A tar that is not safe (or not ours) to extract; the callers say what to do."""

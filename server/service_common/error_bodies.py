@@ -66,8 +66,6 @@ class ErrorVocabulary(Generic[CodeT]):
 
     log: logging.Logger
     codes: type[CodeT]
-    # The service's own refusals, answered with their status, code and headers.
-    error_type: type[ServiceError[CodeT]]
     # For a Starlette HTTP error whose status has no code of the same name in `codes`.
     fallback_code: CodeT
     # The 500 for an unhandled exception.
@@ -75,6 +73,9 @@ class ErrorVocabulary(Generic[CodeT]):
     internal_message: str
     # The whole answer to a request FastAPI could not validate (its status differs by service).
     validation_response: Callable[[RequestValidationError], Response]
+    # The service's own refusals, answered with their status, code and headers (None: the
+    # service installs its own handler for its errors).
+    error_type: type[ServiceError[CodeT]] | None = None
 
     def code_for_status(self, status: int) -> CodeT:
         name = _CODE_NAME_BY_STATUS.get(status, "")
@@ -94,8 +95,10 @@ def install_error_bodies(app: FastAPI, vocabulary: ErrorVocabulary[CodeT]) -> No
     )
     log = vocabulary.log
 
+    error_type = vocabulary.error_type
+
     async def service_error(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, vocabulary.error_type):
+        if error_type is None or not isinstance(exc, error_type):
             raise exc
         log.info(
             "%s %s -> %s: %s",
@@ -121,6 +124,7 @@ def install_error_bodies(app: FastAPI, vocabulary: ErrorVocabulary[CodeT]) -> No
             raise exc
         return vocabulary.validation_response(exc)
 
-    app.add_exception_handler(vocabulary.error_type, service_error)
+    if error_type is not None:
+        app.add_exception_handler(error_type, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from model_trainer.databank.archive import UnsafeArchiveError, pack_directory, safe_extract
+from model_trainer.databank.archive import pack_directory, safe_extract
+from model_trainer.errors import UnsafeArchiveError
 
 LIMITS = {"max_members": 10, "max_total_bytes": 1000}
 

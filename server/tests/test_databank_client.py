@@ -102,7 +102,7 @@ def test_documented_errors_are_typed(databank_server: DataBankServer, tmp_path: 
     with make_client(databank_server.url, api_key=None) as anonymous:
         with pytest.raises(Unauthorized) as caught:
             anonymous.upload_file(small)
-        assert caught.value.status == 401 and caught.value.code == "UNAUTHORIZED"
+        assert caught.value.status == 401 and caught.value.service_code == "UNAUTHORIZED"
     with make_client(databank_server.url, api_key=READ_KEY) as reader:
         with pytest.raises(Forbidden):
             reader.upload_file(small)

@@ -40,7 +40,6 @@ async def receive_corpus(
         raise AppError(
             ErrorCode.VALIDATION_ERROR,
             "send the file's bytes as the body (Content-Type: text/plain), not a form",
-            422,
         )
     spool = ctx.settings.app.data_root / "uploads"
     spool.mkdir(parents=True, exist_ok=True)
@@ -58,16 +57,14 @@ async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
     except ClientDisconnect as exc:
         # The client went away, or the body went over its cap: then the body-size middleware
         # drops this answer and sends its 413.
-        raise AppError(
-            ErrorCode.BAD_REQUEST, "the upload ended before the whole body", 400
-        ) from exc
+        raise AppError(ErrorCode.BAD_REQUEST, "the upload ended before the whole body") from exc
 
 
 def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
     try:
         checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
     except UserError as exc:
-        raise AppError(exc.code, exc.message, 422) from exc
+        raise AppError(exc.code, exc.message) from exc
     app = ctx.settings.app
     key = app.data_bank_api_key.get_secret_value() if app.data_bank_api_key else None
     # Not the API's request-path client (no retries, seconds of timeout): an upload of a
@@ -80,7 +77,7 @@ def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
             stored = bank.upload_file(path, content_type="text/plain; charset=utf-8")
     except bank_errors.DataBankError as exc:
         raise AppError(
-            ErrorCode.UPSTREAM_ERROR, f"cannot upload the corpus to Data Bank: {exc.message}", 503
+            ErrorCode.UPSTREAM_ERROR, f"cannot upload the corpus to Data Bank: {exc.message}"
         ) from exc
     info = CorpusInfo(
         file_id=stored.file_id,

@@ -73,10 +73,10 @@ async def require_api_key(
     if expected is None or not expected.get_secret_value():
         return
     if api_key is None:
-        raise AppError(ErrorCode.UNAUTHORIZED, "missing X-API-Key header", 401)
+        raise AppError(ErrorCode.UNAUTHORIZED, "missing X-API-Key header")
     # Constant-time comparison: response timing must not reveal how much of the key matched.
     if not hmac.compare_digest(api_key.encode(), expected.get_secret_value().encode()):
-        raise AppError(ErrorCode.UNAUTHORIZED, "invalid API key", 401)
+        raise AppError(ErrorCode.UNAUTHORIZED, "invalid API key")
 
 
 def require_corpus(ctx: ApiContext, file_id: str) -> None:
@@ -93,7 +93,6 @@ def require_corpus(ctx: ApiContext, file_id: str) -> None:
         raise AppError(
             ErrorCode.UPSTREAM_ERROR,
             f"cannot check the corpus in Data Bank: {exc.message}",
-            503,
         ) from exc
 
 
@@ -106,7 +105,7 @@ def artifact_available(ctx: ApiContext, file_id: str | None) -> bool:
             return ctx.databank.exists(file_id)
     except bank_errors.DataBankError as exc:
         raise AppError(
-            ErrorCode.UPSTREAM_ERROR, f"cannot check the artifact in Data Bank: {exc.message}", 503
+            ErrorCode.UPSTREAM_ERROR, f"cannot check the artifact in Data Bank: {exc.message}"
         ) from exc
 
 

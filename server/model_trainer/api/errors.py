@@ -2,16 +2,17 @@
 
 The body, the handlers and the request-id middleware (X-Request-ID, access log, the
 last-resort 500) are `service_common`'s; this module gives them the API's vocabulary: its
-ErrorCode, AppError, and validation errors answered 422 with `details` (one FieldError per
-field). It adds the API's own answers on top: Redis unreachable is a 503
-(`SERVICE_UNAVAILABLE`), never a 500, and `FieldsInvalid` is a 422 with `details` raised by
-services, not by request parsing.
+ErrorCode, and validation errors answered 422 with `details` (one FieldError per field). It
+adds the API's own answers on top: every `AppError` (errors.py) is answered with the HTTP
+status of its code, from `STATUS` below (the one place that maps codes to statuses); Redis
+unreachable is a 503 (`SERVICE_UNAVAILABLE`), never a 500; and `FieldsInvalid` is a 422 with
+`details` raised by services, not by request parsing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,12 +50,40 @@ class ErrorBody(BaseModel):
 
 
 class FieldsInvalid(AppError):
-    """A request that parsed but that a service refuses field by field: 422 with `details`
-    (answered by the shared ServiceError handler, which passes `details` on)."""
+    """A request that parsed but that a service refuses field by field: 422 with `details`."""
 
     def __init__(self, message: str, details: Sequence[FieldError]) -> None:
-        super().__init__(ErrorCode.VALIDATION_ERROR, message, 422)
-        self.details = list(details)
+        super().__init__(ErrorCode.VALIDATION_ERROR, message, details=list(details))
+
+
+# The HTTP status of each code. A job's failure codes reach HTTP where the API checks the
+# same thing a job would (a corpus uploaded through the API): the request was unusable, 422.
+STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.DATA_INVALID: 422,
+    ErrorCode.CONFIG_INVALID: 422,
+    ErrorCode.CORPUS_UNREADABLE: 422,
+    ErrorCode.CORPUS_FIELD_NOT_FOUND: 422,
+    ErrorCode.CORPUS_FIELD_NOT_TEXT: 422,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.TOKENIZER_TRAIN_FAILED: 500,
+    ErrorCode.MODEL_TRAIN_FAILED: 500,
+    ErrorCode.CHECKPOINT_INVALID: 500,
+    ErrorCode.OUT_OF_MEMORY: 500,
+    ErrorCode.WORKER_LOST: 500,
+    ErrorCode.ARTIFACT_UPLOAD_FAILED: 503,
+    ErrorCode.UPSTREAM_ERROR: 503,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+    ErrorCode.DATABANK_UNAVAILABLE: 503,
+    ErrorCode.REDIS_UNAVAILABLE: 503,
+}
 
 
 # The answer when Redis (records, queue) cannot be reached: clients retry, probes see 503.
@@ -85,7 +114,6 @@ def _validation_response(exc: RequestValidationError) -> Response:
 VOCABULARY = ErrorVocabulary(
     log=log,
     codes=ErrorCode,
-    error_type=AppError,
     fallback_code=ErrorCode.BAD_REQUEST,
     internal_error=ErrorCode.INTERNAL_ERROR,
     internal_message="internal error; see the server logs",
@@ -95,6 +123,22 @@ VOCABULARY = ErrorVocabulary(
 
 def install_api_error_handlers(app: FastAPI) -> None:
     """The API's answers beyond the shared vocabulary; call after `install_error_bodies`."""
+
+    async def app_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, AppError):
+            raise exc
+        status = STATUS[exc.code]
+        log.info(
+            "%s %s -> %s: %s",
+            request.method,
+            request.url.path,
+            status,
+            exc.message,
+            extra=log_fields("request_rejected", error_code=exc.code.value),
+        )
+        return error_response(
+            status, exc.code, exc.message, details=exc.details, headers=exc.headers
+        )
 
     async def redis_unavailable(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
@@ -117,6 +161,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
     # Handlers are found by the exception's class, most specific first: Redis unreachable or
     # not answering (ConnectionError and its BusyLoadingError, TimeoutError) lands here; any
     # other Redis error (a ResponseError) is our bug, answered 500 and logged with its stack.
+    app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RedisConnectionError, redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, redis_unavailable)
 

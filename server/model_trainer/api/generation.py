@@ -182,7 +182,6 @@ class GenerationService:
                 ErrorCode.SERVICE_UNAVAILABLE,
                 f"generation is busy ({self._workers} running, {self._max_waiting} waiting); "
                 "try again shortly",
-                503,
             )
         self._count(+1)
         try:
@@ -338,5 +337,5 @@ class GenerationService:
 
 def _upstream(exc: bank_errors.DataBankError) -> AppError:
     return AppError(
-        ErrorCode.UPSTREAM_ERROR, f"cannot fetch the model from Data Bank: {exc.message}", 503
+        ErrorCode.UPSTREAM_ERROR, f"cannot fetch the model from Data Bank: {exc.message}"
     )

@@ -107,7 +107,6 @@ def _last_event_id(
             ErrorCode.BAD_REQUEST,
             f"Last-Event-ID {_shown(last_event_id)} is not an event id of this stream: "
             "send back the `id:` of the last event received (`<ms>-<seq>`), or 0",
-            400,
         )
     return last_event_id
 

@@ -57,5 +57,4 @@ class RemoteGuard:
         return AppError(
             ErrorCode.SERVICE_UNAVAILABLE,
             f"cannot {what}: {self._name} is unavailable ({why}); try again shortly",
-            503,
         )

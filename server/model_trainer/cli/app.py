@@ -48,9 +48,10 @@ from model_trainer.cli.render import (
     tokenizer_details,
     tokenizer_table,
 )
-from model_trainer.databank.archive import UnsafeArchiveError, safe_extract
+from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import DataBankError
+from model_trainer.errors import UnsafeArchiveError
 from model_trainer.settings import AppSettings
 from model_trainer.store.records import Status
 from model_trainer.tokenization.corpus_formats import PARQUET_MAGIC

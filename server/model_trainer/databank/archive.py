@@ -23,11 +23,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from model_trainer.errors import UnsafeArchiveError
+
 _TOP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-class UnsafeArchiveError(ValueError):
-    """A tar (or a folder to pack) holds something we refuse: links, devices, escapes."""
 
 
 # The first bytes of compressed formats (tarfile's "r:*" would decompress several of them),

@@ -13,10 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
-from model_trainer.databank.archive import UnsafeArchiveError, safe_extract
+from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import NotFound
-from model_trainer.errors import UserError
+from model_trainer.errors import UnsafeArchiveError, UserError
 from model_trainer.settings import AppSettings
 
 # Tar headers and padding around the contents: a member's header (a PAX one for long names

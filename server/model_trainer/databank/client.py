@@ -444,7 +444,7 @@ def _raise_for(response: httpx.Response) -> NoReturn:
     raise error(
         f"{request.method} {request.url.path}: {status} {code or ''} {message}".strip(),
         status=status,
-        code=code,
+        service_code=code,
         request_id=request_id,
     )
 

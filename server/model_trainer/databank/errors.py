@@ -1,28 +1,50 @@
 """Typed failures of Data Bank calls, one class per documented answer.
 
 Callers switch on the class (`except NotFound`), not on status numbers. Everything derives
-from `DataBankError`, so "any Data Bank problem" is one `except` too.
+from `DataBankError` (a `TrainerError`, errors.py), so "any Data Bank problem" is one
+`except` too. A job that lets one escape fails as its class says: `Unavailable`, a full disk
+or bytes that came out wrong are transient (retried); any other answer means our request or
+our configuration is wrong, and asking again gives the same answer (fatal).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class DataBankError(Exception):
-    """A Data Bank call failed; `status`/`code` are set when the service answered."""
+from model_trainer.errors import ErrorCode, FailureKind, TrainerError
+
+
+class DataBankError(TrainerError):
+    """A Data Bank call failed; `status`/`service_code` are set when the service answered."""
+
+    failure: ClassVar[FailureKind | None] = "fatal"
+    code = ErrorCode.UPSTREAM_ERROR
 
     def __init__(
         self,
         message: str,
         *,
         status: int | None = None,
-        code: str | None = None,
+        service_code: str | None = None,
         request_id: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.status = status
-        self.code = code
+        self.service_code = service_code
         self.request_id = request_id
+
+    @property
+    def failure_message(self) -> str:
+        return f"Data Bank: {self.message}"
+
+
+class _Transient(DataBankError):
+    failure: ClassVar[FailureKind | None] = "transient"
+    code = ErrorCode.DATABANK_UNAVAILABLE
+
+    @property
+    def failure_message(self) -> str:
+        return f"Data Bank unavailable: {self.message}"
 
 
 class InvalidFileId(DataBankError, ValueError):
@@ -53,15 +75,15 @@ class InvalidRange(DataBankError):
     """416: a Range the service refused (malformed, several, or past the end)."""
 
 
-class InsufficientStorage(DataBankError):
+class InsufficientStorage(_Transient):
     """507: the service's disk is too full to take the file."""
 
 
-class IntegrityError(DataBankError):
+class IntegrityError(_Transient):
     """The bytes are not what they claim to be: size or SHA-256 differ from the answer."""
 
 
-class Unavailable(DataBankError):
+class Unavailable(_Transient):
     """Unreachable, timing out, or answering 408/429/5xx after every retry."""
 
 

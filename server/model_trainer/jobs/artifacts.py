@@ -13,9 +13,8 @@ from pathlib import Path
 from model_trainer.databank.artifacts import fetch_extracted
 from model_trainer.databank.corpus import CorpusFetcher
 from model_trainer.databank.errors import DataBankError, NotFound
-from model_trainer.errors import UserError
+from model_trainer.errors import ArtifactUploadFailed, UserError
 from model_trainer.jobs.context import WorkerContext
-from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.manifest import add_artifact_pointer
 from model_trainer.tokenization.corpus import CorpusCheck, check_corpus
 from model_trainer.tokenization.corpus_formats import (

@@ -5,7 +5,8 @@
     fatal      a bug, a corrupt checkpoint, out of memory,         never retried
                a worker dying on every attempt
 
-`classify` maps an exception to an `ErrorInfo` (kind, code, message); `retry_delay` is the
+Our own exceptions carry their class (`TrainerError.failure`, errors.py); `classify` adds
+the foreign ones (the network, Redis, memory) and calls the rest bugs. `retry_delay` is the
 exponential backoff with jitter between transient attempts.
 """
 
@@ -16,34 +17,16 @@ import random
 import httpx
 from redis.exceptions import RedisError
 
-from model_trainer.databank.errors import (
-    DataBankError,
-    InsufficientStorage,
-    IntegrityError,
-    Unavailable,
-)
-from model_trainer.errors import CheckpointInvalid, ErrorCode, UserError
+from model_trainer.errors import ErrorCode, TrainerError
 from model_trainer.settings import RecoverySettings
 from model_trainer.store.records import ErrorInfo
 
 
-class ArtifactUploadFailed(Exception):
-    """A finished artifact could not be uploaded (Data Bank down): transient, retried."""
-
-    def __init__(self, detail: str) -> None:
-        self.message = f"artifact upload failed: {detail}"
-        super().__init__(self.message)
-
-
 def classify(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, TrainerError) and exc.failure is not None:
+        return ErrorInfo(kind=exc.failure, code=exc.code.value, message=exc.failure_message)
     message = str(exc) or type(exc).__name__
-    if isinstance(exc, UserError):
-        return ErrorInfo(kind="user", code=exc.code.value, message=exc.message)
-    if isinstance(exc, ArtifactUploadFailed):
-        return ErrorInfo(
-            kind="transient", code=ErrorCode.ARTIFACT_UPLOAD_FAILED.value, message=exc.message
-        )
-    if isinstance(exc, Unavailable | InsufficientStorage | IntegrityError | httpx.TransportError):
+    if isinstance(exc, httpx.TransportError):
         return ErrorInfo(
             kind="transient",
             code=ErrorCode.DATABANK_UNAVAILABLE.value,
@@ -55,14 +38,8 @@ def classify(exc: BaseException) -> ErrorInfo:
             code=ErrorCode.REDIS_UNAVAILABLE.value,
             message=f"Redis unavailable: {type(exc).__name__}: {message}",
         )
-    if isinstance(exc, DataBankError):
-        # 401/403/400...: our configuration or our bug; trying again gives the same answer.
-        return ErrorInfo(
-            kind="fatal", code=ErrorCode.UPSTREAM_ERROR.value, message=f"Data Bank: {message}"
-        )
-    if isinstance(exc, CheckpointInvalid):
-        return ErrorInfo(kind="fatal", code=ErrorCode.CHECKPOINT_INVALID.value, message=message)
-    if isinstance(exc, MemoryError) or "out of memory" in message.lower():
+    # Python's own; torch's allocation failures arrive as `OutOfMemory` (training/run.py).
+    if isinstance(exc, MemoryError):
         return ErrorInfo(
             kind="fatal",
             code=ErrorCode.OUT_OF_MEMORY.value,

@@ -23,11 +23,16 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from model_trainer.databank.errors import NotFound
-from model_trainer.errors import ErrorCode, JobCancelled, UserError, WorkerShutdown
+from model_trainer.errors import (
+    ArtifactUploadFailed,
+    ErrorCode,
+    JobCancelled,
+    UserError,
+    WorkerShutdown,
+)
 from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus, publish_artifact
 from model_trainer.jobs.checkpoint_sync import CheckpointSync
 from model_trainer.jobs.context import WorkerContext, worker_context
-from model_trainer.jobs.failures import ArtifactUploadFailed
 from model_trainer.jobs.model_evaluation import eval_result, final_eval_commands
 from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob

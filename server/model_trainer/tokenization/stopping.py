@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from model_trainer.errors import TrainingStopped
+
 StopCheck = Callable[[], bool]
 
-
-class TrainingStopped(Exception):
-    """`should_stop()` answered true; nothing was written to the output folder's final files."""
-
-    def __init__(self, phase: str) -> None:
-        super().__init__(f"tokenizer training stopped during {phase}")
-        self.phase = phase
+__all__ = ["StopCheck", "TrainingStopped", "check_stop"]
 
 
 def check_stop(should_stop: StopCheck | None, phase: str) -> None:

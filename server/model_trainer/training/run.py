@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from transformers import PreTrainedModel
 
+from model_trainer.errors import OutOfMemory
 from model_trainer.manifest import library_versions, write_manifest
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.artifact import (
@@ -148,18 +151,19 @@ def run_training(
             device=device.type,
         ),
     )
-    result = train(
-        model,
-        config,
-        splits,
-        run_dir,
-        precision=precision,
-        device=device,
-        callbacks=callbacks or TrainingCallbacks(),
-        checkpoint_every_seconds=checkpoint_every_seconds,
-        init_weights=init_weights,
-        init_label=init_label,
-    )
+    with _allocation_failures_as_out_of_memory():
+        result = train(
+            model,
+            config,
+            splits,
+            run_dir,
+            precision=precision,
+            device=device,
+            callbacks=callbacks or TrainingCallbacks(),
+            checkpoint_every_seconds=checkpoint_every_seconds,
+            init_weights=init_weights,
+            init_label=init_label,
+        )
     state = result.state
     if result.outcome in (Outcome.CANCELLED, Outcome.INTERRUPTED):
         return TrainingResult(
@@ -301,3 +305,18 @@ def ship_weights(
         return last
     model.load_state_dict(best.model)
     return ArtifactWeights(kind="best", step=best.step, val_loss=best.val_loss)
+
+
+@contextmanager
+def _allocation_failures_as_out_of_memory() -> Iterator[None]:
+    """torch reports a failed allocation as `torch.OutOfMemoryError` on a GPU, and from its
+    CPU allocator as a plain RuntimeError naming `DefaultCPUAllocator`: both become our
+    typed `OutOfMemory`, so that no one downstream reads messages to class a failure."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(str(exc)) from exc
+    except RuntimeError as exc:
+        if "DefaultCPUAllocator" in str(exc):
+            raise OutOfMemory(str(exc)) from exc
+        raise
