@@ -22,15 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from model_trainer.api.deps import ApiContext
+from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank import errors as bank_errors
-from model_trainer.databank.client import DataBankClient
-from model_trainer.errors import AppError, ErrorCode, UserError
+from model_trainer.errors import AppError, ErrorCode
 from model_trainer.store.corpora import CorpusCatalog, CorpusInfo
 from model_trainer.tokenization.corpus import check_corpus
-
-# An upload is one POST of content-addressed bytes: safe to repeat once after a dropped
-# connection; more would keep a browser waiting on a Data Bank that is down.
-UPLOAD_RETRIES = 1
 
 
 async def receive_corpus(
@@ -61,18 +57,17 @@ async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
 
 
 def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
-    try:
-        checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
-    except UserError as exc:
-        raise AppError(exc.code, exc.message) from exc
+    # A corpus a job would refuse (UserError) is refused now, with its code (422).
+    checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
     app = ctx.settings.app
-    key = app.data_bank_api_key.get_secret_value() if app.data_bank_api_key else None
     # Not the API's request-path client (no retries, seconds of timeout): an upload of a
     # few hundred MiB takes longer. The guard still answers 503 fast while Data Bank is down.
     try:
         with (
             ctx.databank_guard.call("upload the corpus"),
-            DataBankClient(app.data_bank_api_url, key, max_retries=UPLOAD_RETRIES) as bank,
+            databank_client(
+                app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
+            ) as bank,
         ):
             stored = bank.upload_file(path, content_type="text/plain; charset=utf-8")
     except bank_errors.DataBankError as exc:

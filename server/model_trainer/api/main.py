@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import Depends, FastAPI
-from redis import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from model_trainer.api.dashboard import dashboard_router
 from model_trainer.api.deps import ApiContext, require_api_key
@@ -22,37 +18,20 @@ from model_trainer.api.errors import (
 )
 from model_trainer.api.limits import BodyCap, BodySizeLimit
 from model_trainer.api.routes import corpora, health, runs, tokenizers
-from model_trainer.databank.client import DataBankClient
+from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import setup_logging
 
-# Redis unreachable: a request fails at once (503, see errors.py) rather than hanging or
-# retrying with backoff. A refused connection fails in a millisecond, an unanswered connect
-# in 2 s, an unanswered command in 5 s (the API sends no blocking commands). No retries:
-# redis-py's defaults differ by constructor and version (Redis() retries 3 times with up to
-# 10 s of backoff), so say it. A pooled connection the server closed (a Redis restart) is
-# noticed and reconnected when it is taken from the pool, without a retry.
-REDIS_CONNECT_TIMEOUT_SEC = 2.0
-REDIS_SOCKET_TIMEOUT_SEC = 5.0
-
 
 def build_context(settings: Settings) -> ApiContext:
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SEC,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_SEC,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
-    key = settings.app.data_bank_api_key
-    # On the request path: no retries and a short timeout (see api/remote.py).
-    databank = DataBankClient(
+    redis = redis_client(settings.redis_url, RedisUse.API)
+    databank = databank_client(
         settings.app.data_bank_api_url,
-        key.get_secret_value() if key else None,
-        max_retries=0,
-        timeout=httpx.Timeout(settings.limits.remote_timeout_sec),
+        settings.app.data_bank_api_key,
+        DataBankUse.API,
+        request_timeout_sec=settings.limits.remote_timeout_sec,
     )
     return ApiContext(settings, redis, RQJobQueue(redis, settings.rq), databank)
 

@@ -48,6 +48,7 @@ from model_trainer.cli.render import (
     tokenizer_details,
     tokenizer_table,
 )
+from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank.archive import safe_extract
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import DataBankError
@@ -97,12 +98,8 @@ class Options:
         return ApiClient(self.settings.api_url, key.get_secret_value() if key else None)
 
     def bank(self) -> DataBankClient:
-        key = self.settings.data_bank_api_key
-        return DataBankClient(
-            self.settings.data_bank_url,
-            key.get_secret_value() if key else None,
-            max_retries=2,
-            backoff_base_sec=0.2,
+        return databank_client(
+            self.settings.data_bank_url, self.settings.data_bank_api_key, DataBankUse.CLI
         )
 
 

@@ -5,9 +5,10 @@
 - Downloads go to a temp file beside the destination, resume with `Range: bytes=<have>-`
   after a dropped connection, and are renamed into place only when the size matches the
   announced total and the SHA-256 matches both the ETag and the file_id.
-- Retries (bounded, exponential backoff with jitter) only for connection failures,
-  timeouts and 408/429/5xx, and only on requests that are safe to repeat: GET, HEAD,
-  DELETE (answered 204 when already gone) and the POST of content-addressed bytes.
+- Retries (tenacity: bounded, exponential backoff with jitter, at least what Retry-After
+  asks) only for connection failures, timeouts and 408/429/5xx, and only on requests that
+  are safe to repeat: GET, HEAD, DELETE (answered 204 when already gone) and the POST of
+  content-addressed bytes.
 - Every documented 4xx raises its own `DataBankError` subclass; the API key never reaches
   a log line or an exception message.
 """
@@ -22,13 +23,14 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NoReturn, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from model_trainer.databank.archive import pack_directory
 from model_trainer.databank.errors import (
@@ -55,7 +57,6 @@ CHUNK_BYTES = 1 << 20
 # 5xx means "try again later", except these three, which say so for good.
 _PERMANENT_5XX = frozenset({501, 505, 507})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_jitter = random.SystemRandom()
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -221,22 +222,28 @@ class DataBankClient:
         A retry that made progress starts a fresh retry budget: a long download over a
         flaky link should finish, not die after N drops spread over an hour.
         """
-        failures = 0
-        while True:
-            had = partial.have
-            try:
-                self._get_once(path, partial)
-                if partial.complete:
-                    return
-                problem, retry_after = "body ended early", None
-            except httpx.TransportError as exc:
-                problem, retry_after = f"{type(exc).__name__}: {exc}", None
-            except _RetryableStatus as exc:
-                problem, retry_after = f"HTTP {exc.status}", exc.retry_after
-            failures = 1 if partial.have > had else failures + 1
-            if failures > self._max_retries:
-                raise Unavailable(f"GET {path}: {problem}; gave up after {failures} tries")
-            self._backoff(failures, "GET", path, f"{problem} at byte {partial.have}", retry_after)
+        budget = _ProgressBudget(partial, self._max_retries)
+
+        def once() -> None:
+            self._get_once(path, partial)
+            if not partial.complete:
+                raise _Retryable("body ended early")
+
+        try:
+            for attempt in Retrying(
+                stop=budget.spent,
+                wait=self._wait(budget.failures),
+                retry=retry_if_exception_type(_Retryable),
+                before_sleep=self._log_retry("GET", path),
+                reraise=True,
+            ):
+                with attempt:
+                    once()
+        except _Retryable as exc:
+            raise Unavailable(
+                f"GET {path}: {exc.problem} at byte {partial.have}; gave up after "
+                f"{budget.failures(None)} tries"
+            ) from exc
 
     def _get_once(self, path: str, partial: _PartialFile) -> None:
         # identity: offsets in Range and the hash both refer to the stored bytes themselves.
@@ -247,12 +254,15 @@ class DataBankClient:
             if response.status_code not in (200, 206):
                 response.read()
                 if _retryable(response.status_code):
-                    raise _RetryableStatus(response)
+                    raise _Retryable.of(response)
                 _raise_for(response)
             partial.start(response)
             # As they arrive (no re-chunking): bytes buffered here would be lost on a drop.
-            for chunk in response.iter_bytes():
-                partial.append(chunk)
+            try:
+                for chunk in response.iter_bytes():
+                    partial.append(chunk)
+            except httpx.TransportError as exc:
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -265,29 +275,36 @@ class DataBankClient:
         headers: Mapping[str, str] | None = None,
         content: _MultipartFile | None = None,
     ) -> httpx.Response:
-        attempt = 0
-        while True:
-            attempt += 1
-            status: int | None = None
-            retry_after: float | None = None
+        def once() -> httpx.Response:
             try:
                 response = self._http.request(
                     method, path, headers=self._headers(headers), content=content
                 )
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                status = response.status_code
-                if status in ok:
-                    return response
-                if not _retryable(status):
-                    _raise_for(response)
-                problem, retry_after = f"HTTP {status}", _retry_after(response)
-            if attempt > self._max_retries:
-                raise Unavailable(
-                    f"{method} {path}: {problem}; gave up after {attempt} tries", status=status
-                )
-            self._backoff(attempt, method, path, problem, retry_after)
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code in ok:
+                return response
+            if not _retryable(response.status_code):
+                _raise_for(response)
+            raise _Retryable.of(response)
+
+        tries = stop_after_attempt(self._max_retries + 1)
+        try:
+            for attempt in Retrying(
+                stop=tries,
+                wait=self._wait(lambda state: state.attempt_number),
+                retry=retry_if_exception_type(_Retryable),
+                before_sleep=self._log_retry(method, path),
+                reraise=True,
+            ):
+                with attempt:
+                    return once()
+        except _Retryable as exc:
+            raise Unavailable(
+                f"{method} {path}: {exc.problem}; gave up after {self._max_retries + 1} tries",
+                status=exc.status,
+            ) from exc
+        raise AssertionError("unreachable: Retrying returns or raises")
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = dict(extra or {})
@@ -296,31 +313,73 @@ class DataBankClient:
             headers[REQUEST_ID_HEADER] = request_id
         return headers
 
-    def _backoff(
-        self, attempt: int, method: str, path: str, problem: str, retry_after: float | None
+    def _wait(self, failures: Callable[[RetryCallState], int]) -> Callable[[RetryCallState], float]:
+        """Exponential in the failures that count, with jitter, and at least what the
+        service's Retry-After asked (capped)."""
+
+        def wait(state: RetryCallState) -> float:
+            delay = min(self._backoff_max, self._backoff_base * 2 ** (failures(state) - 1))
+            delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not secrets
+            outcome = state.outcome.exception() if state.outcome else None
+            if isinstance(outcome, _Retryable) and outcome.retry_after is not None:
+                delay = min(self._backoff_max, max(delay, outcome.retry_after))
+            return delay
+
+        return wait
+
+    def _log_retry(self, method: str, path: str) -> Callable[[RetryCallState], None]:
+        def log_retry(state: RetryCallState) -> None:
+            outcome = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "data bank %s %s failed (%s); retry %d/%d in %.2fs",
+                method,
+                path,
+                outcome.problem if isinstance(outcome, _Retryable) else outcome,
+                state.attempt_number,
+                self._max_retries,
+                state.upcoming_sleep,
+                extra=log_fields("databank_retry"),
+            )
+
+        return log_retry
+
+
+class _Retryable(Exception):
+    """A failure worth another try: the connection, a timeout, or 408/429/5xx."""
+
+    def __init__(
+        self, problem: str, status: int | None = None, retry_after: float | None = None
     ) -> None:
-        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        delay = _jitter.uniform(delay / 2, delay)
-        if retry_after is not None:
-            delay = min(self._backoff_max, max(delay, retry_after))
-        log.warning(
-            "data bank %s %s failed (%s); retry %d/%d in %.2fs",
-            method,
-            path,
-            problem,
-            attempt,
-            self._max_retries,
-            delay,
-            extra=log_fields("databank_retry"),
-        )
-        time.sleep(delay)
+        super().__init__(problem)
+        self.problem = problem
+        self.status = status
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Retryable:
+        return cls(f"HTTP {response.status_code}", response.status_code, _retry_after(response))
 
 
-class _RetryableStatus(Exception):
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.status = response.status_code
-        self.retry_after = _retry_after(response)
+class _ProgressBudget:
+    """A download's retry budget: failures since the last one that made progress."""
+
+    def __init__(self, partial: _PartialFile, max_retries: int) -> None:
+        self._partial = partial
+        self._max_retries = max_retries
+        self._had = 0
+        self._failures = 0
+        self._seen = 0  # the attempt number last counted
+
+    def failures(self, state: RetryCallState | None) -> int:
+        if state is not None and state.attempt_number != self._seen:
+            self._seen = state.attempt_number
+            progressed = self._partial.have > self._had
+            self._had = self._partial.have
+            self._failures = 1 if progressed else self._failures + 1
+        return self._failures
+
+    def spent(self, state: RetryCallState) -> bool:
+        return self.failures(state) > self._max_retries
 
 
 class _PartialFile:

@@ -45,7 +45,7 @@ class CheckpointSync:
         self._run_id = owner.job_id
         self._run_dir = run_dir
         self._keep = owner.ctx.settings.recovery.checkpoints_keep_last
-        self._bank = owner.ctx.databank_client(max_retries=1)
+        self._bank = owner.ctx.checkpoint_bank()
         self.index: CheckpointIndex = read_checkpoints(owner.ctx.redis, owner.job_id)
         self._index_saved = True
         self._to_delete: list[str] = []

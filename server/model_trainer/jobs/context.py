@@ -8,6 +8,7 @@ import threading
 
 from redis import Redis
 
+from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
@@ -46,20 +47,16 @@ class WorkerContext:
 
     @classmethod
     def from_settings(cls, settings: Settings, worker_name: str | None = None) -> WorkerContext:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-        ctx = cls(settings, redis, DataBankClient("http://unused"), worker_name)
-        ctx.databank = ctx.databank_client()
-        return ctx
-
-    def databank_client(self, max_retries: int = 4) -> DataBankClient:
-        """A Data Bank client; checkpoints use one that gives up fast (they retry later)."""
-        app = self.settings.app
-        key = app.data_bank_api_key
-        return DataBankClient(
-            app.data_bank_api_url,
-            key.get_secret_value() if key else None,
-            max_retries=max_retries,
+        redis = redis_client(settings.redis_url, RedisUse.JOBS)
+        bank = databank_client(
+            settings.app.data_bank_api_url, settings.app.data_bank_api_key, DataBankUse.JOB
         )
+        return cls(settings, redis, bank, worker_name)
+
+    def checkpoint_bank(self) -> DataBankClient:
+        """Checkpoints use a client that gives up fast (the next checkpoint tries again)."""
+        app = self.settings.app
+        return databank_client(app.data_bank_api_url, app.data_bank_api_key, DataBankUse.CHECKPOINT)
 
     def store(self, kind: JobKind) -> AnyStatusStore:
         if kind is JobKind.RUN:

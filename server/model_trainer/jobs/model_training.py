@@ -21,6 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from redis.exceptions import RedisError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from model_trainer.databank.errors import NotFound
 from model_trainer.errors import (
@@ -390,23 +397,26 @@ def _announce_start(
 def _upload_artifact(ctx: WorkerContext, owner: JobOwner, artifact: Path) -> str:
     """Upload the finished model, retrying with backoff for `upload_retry_sec`; then the
     failure is transient and a later attempt uploads it without training again."""
-    deadline = time.monotonic() + ctx.settings.recovery.upload_retry_sec
-    delay = 1.0
-    while True:
-        owner.check()
-        try:
+
+    def log_retry(state: RetryCallState) -> None:
+        log.warning(
+            "%s; retrying in %.0f s",
+            state.outcome.exception() if state.outcome else "upload failed",
+            state.upcoming_sleep,
+            extra=log_fields("artifact_upload_retry"),
+        )
+
+    for attempt in Retrying(
+        stop=stop_after_delay(ctx.settings.recovery.upload_retry_sec),
+        wait=wait_exponential(multiplier=1.0, max=30.0),
+        retry=retry_if_exception_type(ArtifactUploadFailed),
+        before_sleep=log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            owner.check()  # a worker that lost the run uploads nothing
             return publish_artifact(ctx, artifact, f"model-{owner.job_id}")
-        except ArtifactUploadFailed as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning(
-                "%s; retrying in %.0f s",
-                exc.message,
-                delay,
-                extra=log_fields("artifact_upload_retry"),
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable: Retrying returns or raises")
 
 
 def _rss_mb() -> int | None:

@@ -37,6 +37,13 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from redis.exceptions import RedisError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from model_trainer.errors import ErrorCode, JobCancelled, LeaseLost, WorkerShutdown
 from model_trainer.jobs.context import WorkerContext
@@ -111,24 +118,25 @@ class JobOwner:
     # --- writes that must land --------------------------------------------------------
     def when_redis_is_back(self, what: str, write: Callable[[], None]) -> None:
         """Run `write`, retrying while Redis is unreachable (up to `redis_wait_sec`)."""
-        deadline = time.monotonic() + self._settings.redis_wait_sec
-        delay = 0.5
-        while True:
-            try:
+
+        def log_wait(state: RetryCallState) -> None:
+            log.warning(
+                "Redis unavailable while recording %s (%s); retrying in %.1f s",
+                what,
+                state.outcome.exception() if state.outcome else None,
+                state.upcoming_sleep,
+                extra=log_fields("redis_wait", error_code=ErrorCode.REDIS_UNAVAILABLE.value),
+            )
+
+        for attempt in Retrying(
+            stop=stop_after_delay(self._settings.redis_wait_sec),
+            wait=wait_exponential(multiplier=0.5, max=5.0),
+            retry=retry_if_exception_type(RedisError),
+            before_sleep=log_wait,
+            reraise=True,
+        ):
+            with attempt:
                 write()
-                return
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning(
-                    "Redis unavailable while recording %s (%s); retrying in %.1f s",
-                    what,
-                    exc,
-                    delay,
-                    extra=log_fields("redis_wait", error_code=ErrorCode.REDIS_UNAVAILABLE.value),
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def end(
         self,

@@ -34,13 +34,13 @@ import sys
 import time
 from types import FrameType
 
-from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
+from model_trainer.connections import RedisUse, redis_client
 from model_trainer.jobs.context import WorkerContext, set_worker_context, worker_context
 from model_trainer.jobs.queue import worker_queue_names
 from model_trainer.jobs.reaper import Reaper
@@ -188,7 +188,7 @@ def cuda_missing_reason(settings: Settings) -> str | None:
 def main() -> int:
     settings = load_settings()
     setup_logging(settings.logging.level, service="worker")
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    redis = redis_client(settings.redis_url, RedisUse.WORKER)
     try:
         redis.ping()
     except RedisError as exc:
