@@ -17,7 +17,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' server/constraints.txt)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup torch-index lint format test check start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -55,10 +55,28 @@ format: setup
 	$(RUFF) check --fix $(RUFF_CFG) server scripts
 	$(RUFF) format $(RUFF_CFG) server scripts
 
+# The fast lane: every test that needs no worker process and no browser (marker e2e).
 test: setup
+	cd server && ../$(PY) -m pytest -m "not e2e"
+
+# Lint and the whole suite, end-to-end and browser tests included (what CI runs).
+check: lint system-deps
 	cd server && ../$(PY) -m pytest
 
-check: lint test
+# What the suite needs from Debian, installed when missing (as root, else with sudo):
+# redis-server (each test run starts its own on a free port; the package's own service is
+# stopped again) and chromium (the dashboard's browser tests drive it; never a download).
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="redis-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	  else echo "system-deps: install$$missing (Debian packages) first" >&2; exit 1; fi; \
+	  echo "system-deps: installing$$missing (Debian packages)"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	  $$sudo service redis-server stop >/dev/null 2>&1 || true; \
+	fi
 
 start: setup
 	$(PY) scripts/stack.py start

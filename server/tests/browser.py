@@ -1,6 +1,6 @@
 """The system's chromium driven by Playwright: for the dashboard's tests and its screenshots.
 
-Playwright drives the browser Debian installs (`apt-get install chromium`; `.ci/run` does
+Playwright drives the browser Debian installs (`apt-get install chromium`; `make check` does
 it), never one of its own: `playwright install` would download a browser, and nothing may
 be fetched at test time. Each session gets a fresh profile folder, so nothing (a saved API
 key, a cache) carries over from one to the next.
@@ -36,7 +36,7 @@ def missing_chromium() -> str | None:
         return None
     return (
         f"{CHROMIUM} is missing: the dashboard's browser tests need Debian's chromium "
-        "(apt-get install chromium; .ci/run installs it), or CHROMIUM_PATH naming one"
+        "(apt-get install chromium; make check installs it), or CHROMIUM_PATH naming one"
     )
 
 

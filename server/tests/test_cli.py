@@ -29,6 +29,9 @@ from tests.databank_fixtures import UPLOAD_KEY
 from tests.processes import SERVER_DIR, child_env, free_port
 from tests.stack import Api, Stack, json_dict, num, wait_while_progressing
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 API_KEY = "cli-test-api-key"
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fe", "gu", "sh", "or"]
 

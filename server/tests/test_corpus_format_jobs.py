@@ -17,6 +17,9 @@ from model_trainer.store.runlog import RunLogReader
 from tests.stack import Stack, get_json, json_dict, poll
 from tests.test_training_runs import EventCollector
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 LINES = [f"record {i}: the quick brown fox jumps over the lazy dog" for i in range(1500)]
 
 

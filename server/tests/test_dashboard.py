@@ -21,6 +21,9 @@ from tests.browser import RequestLog, chromium, missing_chromium
 from tests.stack import Api, Stack, json_dict, poll
 from tests.test_cli import _text
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 API_KEY = "dashboard-test-key"
 # Generous: a loaded CI machine trains slowly. Waits end as soon as their condition holds.
 JOB_TIMEOUT_MS = 120_000

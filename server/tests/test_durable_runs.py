@@ -34,6 +34,9 @@ from tests.redis_server import RedisServer
 from tests.stack import Stack, get_json, job_field, json_dict, poll, wait_while_progressing
 from tests.test_training_runs import EventCollector, _run_body, _submit, _text
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 RESUME_BOUND_SEC = 60.0
 
 

@@ -23,6 +23,9 @@ from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, poll
 from tests.test_training_runs import _run_body, _submit, _text
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:

@@ -31,6 +31,9 @@ from tests.jobs_for_tests import FUNCTIONS, Payload
 from tests.processes import WORKER_COMMAND, Proc, wait_until
 from tests.stack import rq_job
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def queue_name() -> str:

@@ -21,6 +21,9 @@ import pytest
 
 from tests.processes import child_env, free_port
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = ROOT / "scripts" / "stack.py"
 

@@ -15,6 +15,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from model_trainer.databank.archive import safe_extract
 from tests.stack import Stack, poll, rq_job
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 

@@ -29,6 +29,9 @@ from model_trainer.training.evaluate import CanGenerate
 from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, num, poll
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
 EVENT_TYPES: dict[str, type[TrainerEvent]] = {
     "trainer.train.started.v1": TrainStarted,

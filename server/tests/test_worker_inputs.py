@@ -23,6 +23,9 @@ from model_trainer.store.runlog import RunLogReader
 from tests.processes import wait_until
 from tests.stack import Stack, get_json, json_dict, poll, rq_job
 
+# Starts worker processes (or a browser): `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 # Small enough to test with lines of a few kilobytes; the shipped default is 4 MiB.
 MAX_LINE_BYTES = 4096
 WORKER_ENV = {"APP__CORPUS_MAX_LINE_BYTES": str(MAX_LINE_BYTES)}
