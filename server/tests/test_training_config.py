@@ -8,12 +8,10 @@ from pydantic import ValidationError
 from model_trainer.training.config import (
     DEFAULT_MAX_TRAIN_SECONDS,
     PRESETS,
-    STORED,
     Architecture,
     ModelFamily,
     ModelSize,
     ModelTrainConfig,
-    Optimizer,
 )
 
 BARE = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
@@ -127,17 +125,3 @@ def test_each_budget_kind() -> None:
     by_epochs = ModelTrainConfig.model_validate({**IDS, "num_epochs": 0.5}).budget()
     assert (by_epochs.kind, by_epochs.value) == ("epochs", 0.5)
     assert ModelTrainConfig.model_validate({**IDS, "max_train_seconds": 3}).budget().value == 3
-
-
-def test_stored_requests_keep_the_family_and_optimizer_of_their_day() -> None:
-    """Defaults changed (gpt2 + adamw, then qwen3 + muon): a request stored before
-    `optimizer` existed meant AdamW, and a resumed run must not switch optimizer."""
-    old = {"corpus_file_id": "a" * 64, "tokenizer_id": "tok-x", "model_family": "gpt2"}
-    assert ModelTrainConfig.model_validate(old).optimizer is Optimizer.MUON
-    stored = ModelTrainConfig.model_validate(old, context=STORED)
-    assert stored.optimizer is Optimizer.ADAMW
-    bare = ModelTrainConfig.model_validate({"corpus_file_id": "a" * 64, "tokenizer_id": "t"})
-    assert (bare.model_family, bare.optimizer) == (ModelFamily.QWEN3, Optimizer.MUON)
-    # What a stored request says wins over the stored defaults.
-    explicit = ModelTrainConfig.model_validate(old | {"optimizer": "muon"}, context=STORED)
-    assert explicit.optimizer is Optimizer.MUON

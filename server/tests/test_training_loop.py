@@ -255,27 +255,6 @@ def _tensors_of(state: object, prefix: str = "") -> dict[str, bytes]:
     return out
 
 
-def test_a_checkpoint_from_before_families_and_muon_still_resumes(
-    inputs: Inputs, tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        inputs.run(run_dir, Recorder(crash_at=30), max_steps=40)  # checkpoint at step 20
-    # Make last.pt what an older release wrote: a config without the fields added since.
-    path = checkpoint_path(run_dir, "last")
-    saved = torch.load(path, weights_only=True)
-    config = json.loads(saved["config_json"])
-    for added in ("optimizer", "muon_learning_rate", "n_kv_head", "tie_word_embeddings"):
-        del config[added]
-    saved["config_json"] = json.dumps(config)
-    assert set(saved["optimizer"]) == {"state", "param_groups"}  # AdamW's own, as before
-    torch.save(saved, path)
-    outcome, steps = inputs.run(run_dir, max_steps=40)
-    assert (outcome, steps) == (Outcome.COMPLETED, 40)
-    manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
-    assert manifest["training"]["resumed_at_steps"] == [20]
-
-
 StorageLike = torch.types.Storage | torch.storage.TypedStorage | torch.storage.UntypedStorage
 
 

@@ -45,7 +45,7 @@ from model_trainer.store.records import (
     hset,
 )
 from model_trainer.tokenization.config import TokenizerTrainConfig
-from model_trainer.training.config import STORED, ModelTrainConfig
+from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
@@ -287,7 +287,7 @@ def _model_differences(
 ) -> list[FieldError]:
     """The fields whose value in run `source_id`'s request differs from `config`'s."""
     try:
-        source = ModelTrainConfig.model_validate(request, context=STORED)
+        source = ModelTrainConfig.model_validate(request)
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {source_id!r} to compare its model: "
@@ -411,9 +411,7 @@ def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequ
             f"run {run_id!r} has no checkpoint {which!r}; {_describe_checkpoints(index)}"
         )
     try:
-        config = ModelTrainConfig.model_validate(
-            run.meta.request if run.meta else None, context=STORED
-        )
+        config = ModelTrainConfig.model_validate(run.meta.request if run.meta else None)
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {run_id!r} to build its model: "

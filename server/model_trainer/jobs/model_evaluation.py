@@ -29,7 +29,7 @@ from model_trainer.store.records import (
     StatusStore,
     hset,
 )
-from model_trainer.training.config import STORED, ModelTrainConfig
+from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
 from service_common.jsonlog import log_fields
 
@@ -59,7 +59,7 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
     owner.stop_if_asked()
     manifest = read_manifest(model_dir)
-    config = ModelTrainConfig.model_validate(manifest["config"], context=STORED)
+    config = ModelTrainConfig.model_validate(manifest["config"])
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
         other = prepare_corpus(

@@ -49,7 +49,7 @@ from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunProgress
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
-from model_trainer.training.config import STORED, ModelTrainConfig
+from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EVAL_DIR
 from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
@@ -239,7 +239,7 @@ class RunReporter(TrainingCallbacks):
 
 
 def run(payload_json: str) -> None:
-    payload = TrainJob.model_validate_json(payload_json, context=STORED)
+    payload = TrainJob.model_validate_json(payload_json)
     ctx = worker_context()
     run_id, config = payload.run_id, payload.config
     run_dir = ctx.settings.app.runs_root / run_id

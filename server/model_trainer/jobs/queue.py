@@ -34,7 +34,7 @@ from model_trainer.settings import RQSettings, Settings
 from model_trainer.store.fencing import DirectWriter
 from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import as_str, hset
-from model_trainer.training.config import STORED, Device
+from model_trainer.training.config import Device
 
 # Where the worker finds each kind's job. Only the worker imports these modules.
 JOB_FUNCTIONS: Mapping[str, str] = {
@@ -151,7 +151,7 @@ class RQJobQueue:
         raw = as_str(self._redis.hget(job_key(job_id), JobField.PAYLOAD.value))
         if raw is None:
             return None
-        return self._dispatch(kind, job_id, PAYLOADS[kind].model_validate_json(raw, context=STORED))
+        return self._dispatch(kind, job_id, PAYLOADS[kind].model_validate_json(raw))
 
     def _dispatch(self, kind: JobKind, job_id: str, payload: Payload) -> str:
         queue = (

@@ -164,8 +164,6 @@ class Budget(BaseModel):
 # Validation context for requests read back from storage (job payloads, checkpoints,
 # manifests, run records): fields they lack take what the service did before the field
 # existed (one family and one optimizer), not today's defaults.
-STORED: dict[str, bool] = {"stored": True}
-STORED_DEFAULTS: dict[str, str] = {"model_family": "gpt2", "optimizer": "adamw"}
 
 
 class ModelTrainConfig(BaseModel):
@@ -323,15 +321,6 @@ class ModelTrainConfig(BaseModel):
                 "parameter follows learning_rate"
             )
         return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _stored_defaults(cls, data: object, info: ValidationInfo) -> object:
-        """A request stored before a field existed meant what the service did then, which
-        may not be today's default: read with `STORED` context, it gets those values."""
-        if isinstance(data, dict) and info.context == STORED:
-            return {**STORED_DEFAULTS, **data}
-        return data
 
     @model_validator(mode="after")
     def _check_combination(self) -> Self:

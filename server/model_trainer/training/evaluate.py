@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from model_trainer.errors import UserError
 from model_trainer.manifest import read_manifest
 from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
-from model_trainer.training.config import STORED, ModelTrainConfig
+from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.data import (
     EvalSplit,
     Holdout,
@@ -239,7 +239,7 @@ def evaluate_folder(
     loaded = AutoModelForCausalLM.from_pretrained(model_dir)
     if not isinstance(loaded, PreTrainedModel):
         raise TypeError(f"{model_dir} does not hold a causal language model")
-    config = ModelTrainConfig.model_validate(read_manifest(model_dir)["config"], context=STORED)
+    config = ModelTrainConfig.model_validate(read_manifest(model_dir)["config"])
     tokenizer = load_tokenizer(model_dir)
     cache = tokenize_corpus(
         corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_id=corpus_id

@@ -49,7 +49,7 @@ from model_trainer.training.checkpoint import (
     save_best,
     save_last,
 )
-from model_trainer.training.config import STORED, Budget, ModelTrainConfig, Precision
+from model_trainer.training.config import Budget, ModelTrainConfig, Precision
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.schedule import LrPlan
@@ -213,12 +213,8 @@ class _Pace:
 
 
 def _comparable(config_json: str) -> dict[str, object]:
-    # Read through today's config, so that a checkpoint written before a field existed
-    # (optimizer, n_kv_head...) compares with that field's default filled in.
     try:
-        fields = ModelTrainConfig.model_validate_json(config_json, context=STORED).model_dump(
-            mode="json"
-        )
+        fields = ModelTrainConfig.model_validate_json(config_json).model_dump(mode="json")
     except ValidationError as exc:
         raise CheckpointInvalid(f"the checkpoint's config is not valid: {exc}") from exc
     # Fields that may change between attempts of the same run without changing its math.

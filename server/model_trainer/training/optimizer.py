@@ -180,14 +180,9 @@ class RunOptimizer:
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, object]:
-        if self.kind is Optimizer.ADAMW:
-            return dict(self.parts["adamw"].state_dict())
         return {name: o.state_dict() for name, o in self.parts.items()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if self.kind is Optimizer.ADAMW:
-            self.parts["adamw"].load_state_dict(state)
-            return
         for name, optimizer in self.parts.items():
             part = state.get(name)
             if not isinstance(part, dict):
