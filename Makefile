@@ -55,13 +55,17 @@ format: setup
 	$(RUFF) check --fix $(RUFF_CFG) server scripts
 	$(RUFF) format $(RUFF_CFG) server scripts
 
+# Tests run in TEST_PROCS processes (pytest-xdist), a test module to a process: modules
+# share their stack (Data Bank, workers), and each process has its own Redis.
+TEST_PROCS ?= 2
+
 # The fast lane: every test that needs no worker process and no browser (marker e2e).
 test: setup
-	cd server && ../$(PY) -m pytest -m "not e2e"
+	cd server && ../$(PY) -m pytest -m "not e2e" -n $(TEST_PROCS) --dist loadfile
 
 # Lint and the whole suite, end-to-end and browser tests included (what CI runs).
 check: lint system-deps
-	cd server && ../$(PY) -m pytest
+	cd server && ../$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
 
 # What the suite needs from Debian, installed when missing (as root, else with sudo):
 # redis-server (each test run starts its own on a free port; the package's own service is
