@@ -81,14 +81,28 @@ class Proc:
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: Proc | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until `predicate()`. Without `progress`, at most `timeout` seconds (for what has no
+    sign of life: a process starting). With it, no deadline while `progress()` keeps
+    changing: fail only when it stood still for `timeout` seconds (a stuck job, not a slow
+    machine). A `proc` that dies fails the wait at once, with its output."""
+    last_change = time.monotonic()
+    seen = progress() if progress is not None else None
+    while time.monotonic() - last_change < timeout:
         if predicate():
             return
         if proc is not None and not proc.alive():
             raise AssertionError(f"process died while waiting for {what}:\n{proc.output()[-4000:]}")
+        if progress is not None:
+            now = progress()
+            if now != seen:
+                seen, last_change = now, time.monotonic()
         time.sleep(0.05)
     detail = f"\n{proc.output()[-4000:]}" if proc is not None else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+    still = " with no progress" if progress is not None else ""
+    raise AssertionError(f"waited {timeout:.0f}s{still} for {what}{detail}")

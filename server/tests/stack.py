@@ -189,35 +189,21 @@ class Api:
 
 
 def poll(
-    get: Callable[[], dict[str, object]], done: Callable[[dict[str, object]], bool], timeout: float
-) -> dict[str, object]:
-    """Call `get` until `done(answer)`; return the answer (fail with the last one on timeout)."""
-    deadline = time.monotonic() + timeout
-    last: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        last = get()
-        if done(last):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s; last answer: {last}")
-
-
-def wait_while_progressing(
     get: Callable[[], dict[str, object]],
     done: Callable[[dict[str, object]], bool],
     stall_timeout: float,
 ) -> dict[str, object]:
-    """Like `poll`, for a run: no deadline while its status or step keeps changing; fail only
-    when nothing changed for `stall_timeout` seconds (a stuck run, not a slow machine)."""
+    """Call `get` until `done(answer)`, and return that answer. No deadline while the answer
+    keeps changing (status, step, message...; a heartbeat alone is no progress): fail only
+    when it stood still for `stall_timeout` seconds (a stuck job, not a slow machine)."""
     last_change = time.monotonic()
-    seen: tuple[object, object] | None = None
+    seen: object = None
     answer: dict[str, object] = {}
     while time.monotonic() - last_change < stall_timeout:
         answer = get()
         if done(answer):
             return answer
-        progress = answer.get("progress")
-        state = (answer.get("status"), progress.get("step") if isinstance(progress, dict) else None)
+        state = {k: v for k, v in answer.items() if k != "last_heartbeat_ts"}
         if state != seen:
             seen, last_change = state, time.monotonic()
         time.sleep(0.2)

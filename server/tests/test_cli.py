@@ -27,7 +27,7 @@ from model_trainer.cli.config import load_cli_settings
 from model_trainer.cli.render import run_table
 from tests.databank_fixtures import UPLOAD_KEY
 from tests.processes import SERVER_DIR, child_env, free_port
-from tests.stack import Api, Stack, json_dict, num, wait_while_progressing
+from tests.stack import Api, Stack, json_dict, num, poll
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
 pytestmark = pytest.mark.e2e
@@ -433,7 +433,7 @@ def long_run(api: Api, stack: Stack, corpus_id: str, tokenizer_id: str) -> Itera
         return as_json(cli(api, stack, "--json", "run", "show", run_id))
 
     try:
-        wait_while_progressing(
+        poll(
             show,
             lambda r: r["status"] == "running" and num(json_dict(r["progress"])["step"]) >= 1,
             stall_timeout=120,
@@ -441,9 +441,7 @@ def long_run(api: Api, stack: Stack, corpus_id: str, tokenizer_id: str) -> Itera
         yield run_id
     finally:
         httpx.post(f"{api.url}/runs/{run_id}/cancel", headers={"X-API-Key": API_KEY})  # 409: ended
-        wait_while_progressing(
-            show, lambda r: r["status"] in ("completed", "failed", "cancelled"), 120
-        )
+        poll(show, lambda r: r["status"] in ("completed", "failed", "cancelled"), 120)
 
 
 def test_cancel_waits_until_the_run_has_stopped(api: Api, stack: Stack, long_run: str) -> None:
@@ -466,7 +464,7 @@ def test_cancel_no_wait_says_it_is_cancelling(api: Api, stack: Stack, long_run: 
     out = ok(cli(api, stack, "run", "cancel", run_id, "--no-wait"))
     # The worker sees the cancel at its next step: almost always after the answer.
     assert out.startswith((f"{run_id} cancelling: requested while running", f"{run_id} cancelled"))
-    ended = wait_while_progressing(
+    ended = poll(
         lambda: as_json(cli(api, stack, "--json", "run", "show", run_id)),
         lambda r: r["status"] in ("completed", "failed", "cancelled"),
         stall_timeout=120,
