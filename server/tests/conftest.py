@@ -145,6 +145,7 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
             60,
             "the worker to register",
             proc,
+            progress=proc.cpu_ticks,
         )
         conn.close()
         return proc

@@ -62,7 +62,13 @@ def start_databank(root: Path, port: int | None = None, **env: str) -> DataBankS
         root / "databank.log",
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{url}/healthz"), 30, "the data bank's /healthz", proc)
+    wait_until(
+        lambda: _answers(f"{url}/healthz"),
+        30,
+        "the data bank's /healthz",
+        proc,
+        progress=proc.cpu_ticks,
+    )
     return DataBankServer(url, data_root, proc)
 
 

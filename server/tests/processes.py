@@ -62,6 +62,17 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def cpu_ticks(self) -> int:
+        """CPU time the process (and its finished children) has used, in clock ticks: a
+        sign of life while it starts (importing torch takes seconds, and minutes on a
+        loaded machine) that says nothing through its output."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return -1
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
+        return sum(int(value) for value in fields[11:15])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.alive():
             self.popen.send_signal(sig)

@@ -131,7 +131,13 @@ class Stack:
         log_path = self.root / f"{name}-{len(self.workers)}.log"
         proc = Proc(WORKER_COMMAND, environment, log_path)
         self.workers.append(proc)
-        wait_until(lambda: self.worker_name(proc) is not None, 60, "the worker to register", proc)
+        wait_until(
+            lambda: self.worker_name(proc) is not None,
+            60,
+            "the worker to register",
+            proc,
+            progress=proc.cpu_ticks,
+        )
         return proc
 
     def worker_name(self, proc: Proc) -> str | None:
@@ -176,7 +182,7 @@ class Api:
             f"127.0.0.1:{port}",
         ]
         self.proc = Proc(command, environment, root / "api.log")
-        wait_until(self._ready, 60, "the API to be ready", self.proc)
+        wait_until(self._ready, 60, "the API to be ready", self.proc, progress=self.proc.cpu_ticks)
 
     def _ready(self) -> bool:
         try:
