@@ -48,8 +48,8 @@ from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.config import (
     MAX_INTERVAL_STEPS,
     ModelSize,
-    ModelTrainConfig,
     Precision,
+    TrainingSpec,
 )
 from model_trainer.training.data import split_tokens, tokenize_corpus
 from model_trainer.training.hardware import cpu_info
@@ -184,10 +184,8 @@ def throughput_grid(
     splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
     cases = [(f, o, s) for f in families for o in optimizers for s in SIZES]
     for family, optimizer, (size, context, batch) in cases:
-        config = ModelTrainConfig.model_validate(
+        config = TrainingSpec.model_validate(
             {
-                "corpus_file_id": cache.meta.corpus_sha256,
-                "tokenizer_id": f"bench-bpe{vocab}",
                 "model_family": family,
                 "optimizer": optimizer,
                 "model_size": size.value,

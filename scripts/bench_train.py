@@ -46,9 +46,9 @@ from model_trainer.training.config import (
     Architecture,
     ModelFamily,
     ModelSize,
-    ModelTrainConfig,
     Optimizer,
     Precision,
+    TrainingSpec,
 )
 from model_trainer.training.data import (
     TokenSplits,
@@ -142,7 +142,7 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 1024) -> floa
 
 
 def reference_tokens_per_sec(
-    config: ModelTrainConfig,
+    config: TrainingSpec,
     splits: TokenSplits,
     vocab: int,
     precision: Precision,
@@ -177,7 +177,7 @@ def reference_tokens_per_sec(
 
 
 def our_tokens_per_sec(
-    config: ModelTrainConfig, splits: TokenSplits, vocab: int, precision: Precision, steps: int
+    config: TrainingSpec, splits: TokenSplits, vocab: int, precision: Precision, steps: int
 ) -> float:
     """`training.loop.train` itself; tokens/s from its metrics rows (evaluation excluded)."""
     spec = model_spec(config, vocab, None, None)
@@ -232,9 +232,7 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
         "| ours / reference | MFU (ours) |\n|---|---|---|---|---|---|---|---|"
     )
     for size, context, batch in THROUGHPUT_CASES:
-        config = ModelTrainConfig(
-            corpus_file_id=cache.meta.corpus_sha256,
-            tokenizer_id=f"bench-bpe{vocab}",
+        config = TrainingSpec(
             model_size=size,
             max_seq_len=context,
             batch_size=batch,
@@ -293,10 +291,8 @@ def quality(
 ) -> None:
     log(f"\n## Quality per CPU minute ({load_line()})")
     tok_dir = prepare_tokenizer(work, vocab)
-    config = ModelTrainConfig.model_validate(
+    config = TrainingSpec.model_validate(
         {
-            "corpus_file_id": corpus_id(CORPUS),
-            "tokenizer_id": f"bench-bpe{vocab}",
             "max_train_seconds": seconds,
             "holdout_fraction": 1 - TRAIN_FRACTION,
             **overrides,
@@ -304,7 +300,16 @@ def quality(
     )
     started = time.perf_counter()
     cpu0 = time.process_time()
-    result = run_training(config, CORPUS, tok_dir, work / "run", work / "cache", cpu=cpu_info())
+    result = run_training(
+        config,
+        CORPUS,
+        tok_dir,
+        work / "run",
+        work / "cache",
+        cpu=cpu_info(),
+        corpus_id=corpus_id(CORPUS),
+        tokenizer_id=f"bench-bpe{vocab}",
+    )
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     assert result.manifest is not None and result.eval is not None

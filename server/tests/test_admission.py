@@ -25,13 +25,14 @@ from redis import Redis
 from rq import Queue
 
 from model_trainer.api.main import build_context, create_app
+from model_trainer.api.schemas import TrainRequest
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.reaper import Reaper
 from model_trainer.settings import AdmissionSettings, RecoverySettings, Settings
 from model_trainer.store.keys import RUN_KEYS, TOKENIZER_KEYS, worker_memory_key, workers_key
 from model_trainer.store.records import RecordMeta, Status, StatusStore, TokenizerSummary
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.memory import (
     GIB,
     estimate_run_memory,
@@ -48,12 +49,7 @@ from tests.stack import Answer
 
 # GPT-2 with AdamW unless a case names another family or optimizer (the estimate's formulas
 # are checked per family and optimizer below).
-IDS = {
-    "corpus_file_id": "ab" * 32,
-    "tokenizer_id": "tok-1",
-    "model_family": "gpt2",
-    "optimizer": "adamw",
-}
+BASE = {"model_family": "gpt2", "optimizer": "adamw"}
 VOCAB = 2000
 # What a client asking for a model no CPU worker can hold might send.
 GIANT = {"n_layer": 96, "n_embd": 16384, "max_seq_len": 8192, "batch_size": 4096}
@@ -61,8 +57,8 @@ GIANT = {"n_layer": 96, "n_embd": 16384, "max_seq_len": 8192, "batch_size": 4096
 LARGEST_IN_BOUNDS = {"n_layer": 48, "n_embd": 4096, "max_seq_len": 8192, "batch_size": 1024}
 
 
-def _config(**fields: object) -> ModelTrainConfig:
-    return ModelTrainConfig.model_validate({**IDS, **fields})
+def _config(**fields: object) -> TrainingSpec:
+    return TrainingSpec.model_validate({**BASE, **fields})
 
 
 # -- 1. the estimate against real models and real steps -----------------------------------
@@ -124,7 +120,7 @@ import json, sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from model_trainer.training.config import ModelTrainConfig, Precision
+from model_trainer.training.config import Precision, TrainingSpec
 from model_trainer.training.data import WindowSampler, validation_batches
 from model_trainer.training.loop import autocast, forward_logits
 from model_trainer.training.optimizer import make_optimizer
@@ -137,7 +133,7 @@ def status(field):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
 
-config = ModelTrainConfig.model_validate_json(sys.argv[1])
+config = TrainingSpec.model_validate_json(sys.argv[1])
 vocab = int(sys.argv[2])
 tokens = np.random.default_rng(0).integers(0, vocab, size=200_000, dtype=np.uint16)
 base = status("VmRSS")
@@ -274,8 +270,8 @@ class Submit:
             **fields,
         }
 
-    def config(self, **fields: object) -> ModelTrainConfig:
-        return ModelTrainConfig.model_validate(self.body(**fields))
+    def config(self, **fields: object) -> TrainRequest:
+        return TrainRequest.model_validate(self.body(**fields))
 
     def client(self, **admission: object) -> TestClient:
         settings = self.settings.model_copy(

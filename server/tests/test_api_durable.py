@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from redis import Redis
 
 from model_trainer.api.main import build_context, create_app
+from model_trainer.api.schemas import TrainRequest
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import Settings
@@ -35,7 +36,6 @@ from model_trainer.store.records import (
     TokenizerSummary,
     hset,
 )
-from model_trainer.training.config import ModelTrainConfig
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
 from tests.redis_server import RedisServer
 from tests.stack import Answer, rq_job
@@ -332,7 +332,7 @@ class FromRunSetup:
         self.last_20 = _upload(bank, directory, f"ckpt 20 {uuid.uuid4()}")
         self.last_40 = _upload(bank, directory, f"ckpt 40 {uuid.uuid4()}")
         self.best_20 = _upload(bank, directory, f"best 20 {uuid.uuid4()}")
-        source = ModelTrainConfig.model_validate(self.body(n_layer=2, n_embd=64))
+        source = TrainRequest.model_validate(self.body(n_layer=2, n_embd=64))
         self.source_id = _new_run(redis, source.model_dump(mode="json"))
         _runs(redis).set_status(self.source_id, Status.COMPLETED)
         _write_index(
@@ -386,7 +386,6 @@ def test_start_from_another_runs_checkpoint(
             "kind": "last",
             "file_id": from_run.last_40,
         }
-        assert job.config.from_checkpoint == "last"
         request = client.get(f"/runs/{run_id}").json()["request"]
         assert request["from_run_id"] == from_run.source_id
         assert request["from_checkpoint"] == "last"
@@ -427,7 +426,7 @@ def test_start_from_another_run_is_refused_when_it_cannot_work(
         assert "last at step 20, 40" in message and "best at step 20" in message
 
         # As the API stores a request: every field, defaults filled in.
-        stored = ModelTrainConfig.model_validate(from_run.body(n_layer=2, n_embd=64))
+        stored = TrainRequest.model_validate(from_run.body(n_layer=2, n_embd=64))
         empty_id = _new_run(redis_client, stored.model_dump(mode="json"))
         no_checkpoints = client.post(
             "/runs/train",

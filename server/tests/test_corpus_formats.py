@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from model_trainer.api.schemas import TrainRequest
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.jobs.payloads import EvaluateRequest
 from model_trainer.tokenization.config import TokenizerTrainConfig
@@ -26,7 +27,6 @@ from model_trainer.tokenization.corpus_formats import (
     text_corpus_id,
     write_text_corpus,
 )
-from model_trainer.training.config import ModelTrainConfig
 
 FILE_ID = "a" * 64
 DOCS = ["first record", "a record\nof two lines", "third, with a comma", "42"]
@@ -222,10 +222,10 @@ def test_requests_validate_the_format_fields() -> None:
         TokenizerTrainConfig.model_validate({**base, "corpus_format": "xml"})
 
     run = {"corpus_file_id": FILE_ID, "tokenizer_id": "tok-1"}
-    parsed = ModelTrainConfig.model_validate({**run, "corpus_format": "csv", "text_field": "t"})
+    parsed = TrainRequest.model_validate({**run, "corpus_format": "csv", "text_field": "t"})
     assert (parsed.corpus_format, parsed.text_field) == ("csv", "t")
     with pytest.raises(ValidationError, match="remove it for corpus_format 'text'"):
-        ModelTrainConfig.model_validate({**run, "corpus_format": "text", "text_field": "body"})
+        TrainRequest.model_validate({**run, "corpus_format": "text", "text_field": "body"})
 
     other = EvaluateRequest.model_validate({"corpus_file_id": FILE_ID, "text_field": "body"})
     assert other.text_field == "body"

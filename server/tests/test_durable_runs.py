@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from model_trainer.api.schemas import TrainRequest
 from model_trainer.store.checkpoints import (
     CheckpointEntry,
     CheckpointIndex,
@@ -28,7 +29,7 @@ from model_trainer.store.checkpoints import (
 from model_trainer.store.fencing import DirectWriter
 from model_trainer.store.keys import RUN_KEYS, JobField, lease_key
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
-from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
+from model_trainer.training.config import MAX_LEARNING_RATE
 from tests.processes import Proc, wait_until
 from tests.stack import Stack, get_json, job_field, json_dict, poll
 from tests.test_training_runs import EventCollector, _run_body, _submit, _text
@@ -346,7 +347,7 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
 
 def _fake_source_run(stack: Stack, request: dict[str, object]) -> str:
     run_id = f"run-{uuid.uuid4().hex[:16]}"
-    config = ModelTrainConfig.model_validate(request)
+    config = TrainRequest.model_validate(request)
     runs = StatusStore(stack.redis, RUN_KEYS, RunProgress)
     runs.create(run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json")))
     runs.set_status(run_id, Status.COMPLETED, "completed")

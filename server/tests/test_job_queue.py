@@ -25,7 +25,7 @@ from model_trainer.jobs.queue import (
 )
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.store.keys import JobKind, workers_key
-from model_trainer.training.config import Device, ModelTrainConfig
+from model_trainer.training.config import Device, TrainingSpec
 from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload
 from tests.processes import WORKER_COMMAND, Proc, wait_until
@@ -116,8 +116,13 @@ def test_the_worker_runs_at_a_lower_cpu_priority(worker: Proc) -> None:
 
 
 def _train_job(device: str) -> TrainJob:
-    config = ModelTrainConfig(corpus_file_id="0" * 64, tokenizer_id="tok-x", device=Device(device))
-    return TrainJob(run_id=f"run-{uuid.uuid4().hex[:16]}", config=config)
+    return TrainJob(
+        run_id=f"run-{uuid.uuid4().hex[:16]}",
+        spec=TrainingSpec(),
+        corpus_file_id="0" * 64,
+        tokenizer_id="tok-x",
+        device=Device(device),
+    )
 
 
 def _job_ids(redis: Redis, queue: str) -> list[str]:
@@ -141,7 +146,7 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     assert redis_client.zcard(workers_key(gpu_queue)) == 0
 
     cuda = _train_job("cuda")
-    assert run_queue_name(settings, cuda.config.device) == gpu_queue
+    assert run_queue_name(settings, cuda.device) == gpu_queue
     job_id = queue.submit(JobKind.RUN, cuda.run_id, cuda)
     assert job_id.startswith(f"{cuda.run_id}-"), "each dispatch is an RQ job of its own"
     assert rq_job(redis_client, cuda.run_id).id == job_id
@@ -166,7 +171,7 @@ def test_other_runs_go_on_the_ordinary_queue(redis_client: Redis, device: str) -
     settings = RQSettings(queue_name=f"unserved-{uuid.uuid4().hex[:8]}")
     queue = RQJobQueue(redis_client, settings)
     job = _train_job(device)
-    assert run_queue_name(settings, job.config.device) == settings.queue_name
+    assert run_queue_name(settings, job.device) == settings.queue_name
     job_id = queue.submit(JobKind.RUN, job.run_id, job)
     assert _job_ids(redis_client, settings.queue_name) == [job_id]
     assert _job_ids(redis_client, settings.gpu_queue_name).count(job_id) == 0

@@ -8,16 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.model import build_model, model_spec, output_head
 from model_trainer.training.optimizer import CpuMuon, make_optimizer, split_parameters
 
-IDS = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
 
-
-def _model(**fields: object) -> tuple[nn.Module, ModelTrainConfig]:
-    config = ModelTrainConfig.model_validate(
-        {**IDS, "n_layer": 2, "n_head": 2, "n_embd": 32, "max_seq_len": 16, **fields}
+def _model(**fields: object) -> tuple[nn.Module, TrainingSpec]:
+    config = TrainingSpec.model_validate(
+        {"n_layer": 2, "n_head": 2, "n_embd": 32, "max_seq_len": 16, **fields}
     )
     return build_model(model_spec(config, 100, 0, None), config.model_family, seed=1), config
 

@@ -19,7 +19,7 @@ from model_trainer.training.checkpoint import (
     save_best,
     sidecar_path,
 )
-from model_trainer.training.config import ModelTrainConfig, Precision
+from model_trainer.training.config import Precision, TrainingSpec
 from model_trainer.training.data import EvalSplit
 from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_folder
 from model_trainer.training.hardware import NO_GPU, CpuInfo
@@ -30,7 +30,6 @@ from tests.test_training_data import file_id, train_bpe, write_corpus
 CONFIG = {
     "model_family": "gpt2",
     "optimizer": "adamw",
-    "tokenizer_id": "tok-artifact",
     "n_layer": 2,
     "n_head": 2,
     "n_embd": 32,
@@ -40,16 +39,23 @@ CONFIG = {
     "learning_rate": 3e-3,
     "eval_interval": 20,
     "eval_batches": 2,
-    "threads": 1,
 }
 
 
 def train(root: Path, run_dir: Path, cpu: CpuInfo, **fields: object) -> TrainingResult:
     """A run on `root`'s corpus and tokenizer (made by the `trained` fixture)."""
-    config = ModelTrainConfig.model_validate(
-        {**CONFIG, "corpus_file_id": file_id(root / "corpus.txt"), **fields}
+    config = TrainingSpec.model_validate({**CONFIG, **fields})
+    return run_training(
+        config,
+        root / "corpus.txt",
+        root / "tok",
+        run_dir,
+        root / "cache",
+        cpu=cpu,
+        threads=1,
+        corpus_id=file_id(root / "corpus.txt"),
+        tokenizer_id="tok-artifact",
     )
-    return run_training(config, root / "corpus.txt", root / "tok", run_dir, root / "cache", cpu=cpu)
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,17 @@
-"""ModelTrainConfig: good defaults, presets with overrides, and refusals that name the field."""
+"""TrainRequest: good defaults, presets with overrides, and refusals that name the field."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
+from model_trainer.api.schemas import TrainRequest
 from model_trainer.training.config import (
     DEFAULT_MAX_TRAIN_SECONDS,
     PRESETS,
     Architecture,
     ModelFamily,
     ModelSize,
-    ModelTrainConfig,
 )
 
 BARE = {"corpus_file_id": "ab" * 32, "tokenizer_id": "tok-1"}
@@ -21,14 +21,14 @@ IDS = BARE | {"model_family": "gpt2", "optimizer": "adamw"}
 
 def _error_text(**fields: object) -> str:
     with pytest.raises(ValidationError) as caught:
-        ModelTrainConfig.model_validate({**IDS, **fields})
+        TrainRequest.model_validate({**IDS, **fields})
     return "\n".join(
         f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in caught.value.errors()
     )
 
 
 def test_defaults_are_a_tiny_model_on_a_time_budget() -> None:
-    config = ModelTrainConfig.model_validate(BARE)
+    config = TrainRequest.model_validate(BARE)
     # A qwen3 `tiny` trained with Muon: the best of the grid (docs/benchmarks.md).
     assert config.resolved() == _arch(4, 4, 128).model_copy(update={"intermediate_size": 320})
     assert (config.model_family, config.optimizer) == ("qwen3", "muon")
@@ -40,9 +40,9 @@ def test_defaults_are_a_tiny_model_on_a_time_budget() -> None:
 
 
 def test_presets_and_overrides_resolve() -> None:
-    mini = ModelTrainConfig.model_validate({**IDS, "model_size": "mini"})
+    mini = TrainRequest.model_validate({**IDS, "model_size": "mini"})
     assert mini.resolved() == _arch(6, 6, 384)
-    small = ModelTrainConfig.model_validate({**IDS, "model_size": ModelSize.SMALL, "n_layer": 2})
+    small = TrainRequest.model_validate({**IDS, "model_size": ModelSize.SMALL, "n_layer": 2})
     assert small.resolved() == _arch(2, 12, 768)
 
 
@@ -66,7 +66,7 @@ def _arch(n_layer: int, n_head: int, n_embd: int) -> Architecture:
 def test_rotary_families_have_gpt2s_shape_with_a_swiglu_mlp(
     family: ModelFamily, size: ModelSize, intermediate: int
 ) -> None:
-    config = ModelTrainConfig.model_validate({**IDS, "model_family": family, "model_size": size})
+    config = TrainRequest.model_validate({**IDS, "model_family": family, "model_size": size})
     arch = config.resolved()
     assert (arch.n_layer, arch.n_head, arch.n_embd) == tuple(PRESETS[size].model_dump().values())
     assert (arch.intermediate_size, arch.n_kv_head, arch.tie_word_embeddings) == (
@@ -74,17 +74,15 @@ def test_rotary_families_have_gpt2s_shape_with_a_swiglu_mlp(
         arch.n_head,
         True,
     )
-    gqa = ModelTrainConfig.model_validate(
+    gqa = TrainRequest.model_validate(
         {**IDS, "model_family": family, "n_kv_head": 2, "tie_word_embeddings": False}
     ).resolved()
     assert (gqa.n_kv_head, gqa.tie_word_embeddings) == (2, False)
 
 
 def test_muon_learning_rate_defaults_and_overrides() -> None:
-    assert ModelTrainConfig.model_validate({**IDS, "optimizer": "muon"}).muon_lr() == 0.02
-    config = ModelTrainConfig.model_validate(
-        {**IDS, "optimizer": "muon", "muon_learning_rate": 0.05}
-    )
+    assert TrainRequest.model_validate({**IDS, "optimizer": "muon"}).muon_lr() == 0.02
+    config = TrainRequest.model_validate({**IDS, "optimizer": "muon", "muon_learning_rate": 0.05})
     assert config.muon_lr() == 0.05
 
 
@@ -121,7 +119,7 @@ def test_a_config_that_cannot_work_names_the_field(fields: dict[str, object], na
 
 
 def test_each_budget_kind() -> None:
-    assert ModelTrainConfig.model_validate({**IDS, "max_steps": 7}).budget().kind == "steps"
-    by_epochs = ModelTrainConfig.model_validate({**IDS, "num_epochs": 0.5}).budget()
+    assert TrainRequest.model_validate({**IDS, "max_steps": 7}).budget().kind == "steps"
+    by_epochs = TrainRequest.model_validate({**IDS, "num_epochs": 0.5}).budget()
     assert (by_epochs.kind, by_epochs.value) == ("epochs", 0.5)
-    assert ModelTrainConfig.model_validate({**IDS, "max_train_seconds": 3}).budget().value == 3
+    assert TrainRequest.model_validate({**IDS, "max_train_seconds": 3}).budget().value == 3

@@ -15,7 +15,7 @@ import torch
 
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.training.checkpoint import checkpoint_path, read_checkpoint_file, sidecar_path
-from model_trainer.training.config import MAX_LEARNING_RATE, ModelTrainConfig
+from model_trainer.training.config import MAX_LEARNING_RATE, TrainingSpec
 from model_trainer.training.hardware import CpuInfo
 from model_trainer.training.loop import (
     METRICS_FILE,
@@ -30,10 +30,10 @@ from tests.test_training_data import file_id, train_bpe, write_corpus
 LEARNING_RATE = 3e-3
 # The loop's mechanics, measured on GPT-2 with AdamW (the defaults before the grid; the
 # other families and Muon have their own cases below and in test_training_runs.py).
+TOKENIZER_ID = "tok-loop"
 TINY = {
     "model_family": "gpt2",
     "optimizer": "adamw",
-    "tokenizer_id": "tok-loop",
     "n_layer": 2,
     "n_head": 2,
     "n_embd": 32,
@@ -44,7 +44,6 @@ TINY = {
     "eval_interval": 20,
     "eval_batches": 2,
     "checkpoint_interval": 20,
-    "threads": 1,
 }
 TOKENS_PER_STEP = 8 * 32
 # An update so small that no weight moves (w - 1e-30 == w in float32 for any weight that
@@ -77,9 +76,7 @@ class Inputs:
         init_weights: Path | None = None,
         init_label: str | None = None,
     ) -> TrainingResult:
-        config = ModelTrainConfig.model_validate(
-            {**TINY, "corpus_file_id": self.corpus_id, **fields}
-        )
+        config = TrainingSpec.model_validate({**TINY, **fields})
         return run_training(
             config,
             self.corpus,
@@ -87,6 +84,9 @@ class Inputs:
             run_dir,
             self.cache,
             cpu=self.cpu,
+            threads=1,
+            corpus_id=self.corpus_id,
+            tokenizer_id=TOKENIZER_ID,
             callbacks=callbacks,
             checkpoint_every_seconds=checkpoint_every_seconds,
             init_weights=init_weights,

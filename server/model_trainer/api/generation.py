@@ -38,7 +38,7 @@ from model_trainer.databank.artifacts import fetch_extracted, most_artifact_byte
 from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, CheckpointInvalid, ConflictError, ErrorCode, UserError
 from model_trainer.settings import Settings
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from service_common.jsonlog import log_fields
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class ModelRef:
     file_id: str
     source: ModelSource
     step: int | None = None
-    config: ModelTrainConfig | None = None  # checkpoints: the model to build
+    config: TrainingSpec | None = None  # checkpoints: the model to build
     tokenizer_id: str | None = None
     tokenizer_file_id: str | None = None
 

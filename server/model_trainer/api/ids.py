@@ -29,7 +29,6 @@ from typing import Annotated
 from fastapi import Depends, Header, Path
 
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
-from model_trainer.training.config import RUN_ID_PATTERN
 
 # `TokenizerTrainConfig.tokenizer_id()`: "tok-" and 16 hex digits of a SHA-256.
 TOKENIZER_ID_PATTERN = r"^tok-[0-9a-f]{16}$"
@@ -37,6 +36,7 @@ TOKENIZER_ID_PATTERN = r"^tok-[0-9a-f]{16}$"
 STREAM_ID_PATTERN = r"^(0|[0-9]{1,20}-[0-9]{1,20})$"
 _U64_MAX = 2**64 - 1
 
+RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _TOKENIZER_ID = re.compile(TOKENIZER_ID_PATTERN)
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)

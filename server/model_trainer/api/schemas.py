@@ -1,13 +1,15 @@
-"""Response bodies of the tokenizer and run routes, built from the store's typed records."""
+"""Request and response bodies of the run and tokenizer routes (responses built from the
+store's typed records)."""
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, Self
 
 from fastapi import Response
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from model_trainer.api.ids import RUN_ID_PATTERN
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
 from model_trainer.store.corpora import CorpusInfo
 from model_trainer.store.records import (
@@ -18,8 +20,56 @@ from model_trainer.store.records import (
     Status,
     TokenizerSummary,
 )
+from model_trainer.tokenization.corpus_formats import (
+    DEFAULT_TEXT_FIELD,
+    CorpusFormatField,
+    TextFieldName,
+    check_format_fields,
+)
+from model_trainer.training.config import Device, TrainingSpec
+from service_common.databank_contract import FILE_ID_PATTERN
 
 __all__ = ["CorpusInfo", "ErrorInfo", "EvalInfo", "RunProgress"]
+
+
+class TrainRequest(TrainingSpec):
+    """`POST /runs/train`: the run's spec, where its data comes from, who is told, and how it
+    is run (the job envelope's fields, jobs/payloads.py `TrainJob`)."""
+
+    corpus_file_id: str = Field(
+        pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
+    )
+    corpus_format: CorpusFormatField = "auto"
+    text_field: TextFieldName = DEFAULT_TEXT_FIELD
+    tokenizer_id: str = Field(min_length=1, max_length=128)
+    # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
+    user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
+    from_run_id: str | None = Field(
+        default=None,
+        pattern=RUN_ID_PATTERN,
+        description="start from another run's weights (same architecture and tokenizer)",
+    )
+    from_checkpoint: str | None = Field(
+        default=None,
+        pattern=r"^(last|best|[0-9]{1,12})$",
+        description="which checkpoint of from_run_id: last (default), best, or a step",
+    )
+    device: Device = Field(
+        default=Device.AUTO,
+        description="auto: the worker's device; cpu; cuda: wait for a GPU worker",
+    )
+    threads: int | None = Field(default=None, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _check_request(self) -> Self:
+        check_format_fields(self.corpus_format, self.text_field)
+        if self.from_checkpoint is not None and self.from_run_id is None:
+            raise ValueError("from_checkpoint needs from_run_id")
+        return self
+
+    def spec(self) -> TrainingSpec:
+        """The training spec alone (what the loop and the checkpoints see)."""
+        return TrainingSpec.model_validate(self.model_dump(include=set(TrainingSpec.model_fields)))
 
 
 class _Body(BaseModel):

@@ -22,7 +22,7 @@ from model_trainer.api.deps import (
 )
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.generation import GenerateRequest, ModelRef
-from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted
+from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted, TrainRequest
 from model_trainer.errors import ConflictError, NotFoundError
 from model_trainer.jobs.payloads import (
     EvaluateJob,
@@ -45,7 +45,6 @@ from model_trainer.store.records import (
     hset,
 )
 from model_trainer.tokenization.config import TokenizerTrainConfig
-from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
@@ -74,7 +73,7 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
     return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED)
 
 
-def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
+def submit_run(ctx: ApiContext, config: TrainRequest) -> RunAccepted:
     """A new run (runs are never deduplicated) once its tokenizer and corpus are usable, it
     fits in a worker's memory, and the checkpoint it starts from (`from_run_id`) exists and
     holds the same model."""
@@ -110,14 +109,25 @@ def submit_run(ctx: ApiContext, config: ModelTrainConfig) -> RunAccepted:
     ctx.runs.create(
         run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json"))
     )
-    job = TrainJob(run_id=run_id, config=config, init_from=init_from)
+    job = TrainJob(
+        run_id=run_id,
+        spec=config.spec(),
+        corpus_file_id=config.corpus_file_id,
+        corpus_format=config.corpus_format,
+        text_field=config.text_field,
+        tokenizer_id=config.tokenizer_id,
+        user_id=config.user_id,
+        device=config.device,
+        threads=config.threads,
+        init_from=init_from,
+    )
     ctx.queue.submit(JobKind.RUN, run_id, job)
     return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED)
 
 
 def inherit_corpus_reading(
-    config: ModelTrainConfig, tokenizer: Record[TokenizerSummary]
-) -> ModelTrainConfig:
+    config: TrainRequest, tokenizer: Record[TokenizerSummary]
+) -> TrainRequest:
     """A run on the very corpus its tokenizer was trained on reads it as the tokenizer did:
     `corpus_format` and `text_field` the request left out are the tokenizer's (a JSONL
     tokenizer trained with `text_field: body` needs no second `text_field`). What the
@@ -174,7 +184,7 @@ def memory_limit(ctx: ApiContext, queue: str) -> MemoryLimit | None:
 
 
 def admit_memory(
-    ctx: ApiContext, config: ModelTrainConfig, tokenizer: Record[TokenizerSummary]
+    ctx: ApiContext, config: TrainRequest, tokenizer: Record[TokenizerSummary]
 ) -> None:
     """422 (`details` name the fields that size it) when the run's memory estimate
     (training/memory.py) exceeds what a worker may use."""
@@ -196,9 +206,7 @@ def admit_memory(
     )
 
 
-def _memory_fields(
-    config: ModelTrainConfig, estimate: MemoryEstimate
-) -> list[tuple[str, object, str]]:
+def _memory_fields(config: TrainRequest, estimate: MemoryEstimate) -> list[tuple[str, object, str]]:
     """The fields to lower, with their values and what they size, biggest levers first."""
     arch = config.resolved()
     fields: list[tuple[str, object, str]] = [
@@ -235,7 +243,7 @@ def _vocab_size(tokenizer: Record[TokenizerSummary]) -> int:
     return asked if isinstance(asked, int) else 0
 
 
-def resolve_init_from(ctx: ApiContext, config: ModelTrainConfig, source_id: str) -> InitFrom:
+def resolve_init_from(ctx: ApiContext, config: TrainRequest, source_id: str) -> InitFrom:
     """The checkpoint of run `source_id` that `config` starts from, once it is known to exist
     and to hold the model `config` describes.
 
@@ -283,11 +291,11 @@ def _describe_checkpoints(index: CheckpointIndex) -> str:
 
 
 def _model_differences(
-    source_id: str, request: dict[str, JsonValue] | None, config: ModelTrainConfig
+    source_id: str, request: dict[str, JsonValue] | None, config: TrainRequest
 ) -> list[FieldError]:
     """The fields whose value in run `source_id`'s request differs from `config`'s."""
     try:
-        source = ModelTrainConfig.model_validate(request)
+        source = TrainRequest.model_validate(request)
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {source_id!r} to compare its model: "
@@ -411,7 +419,7 @@ def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequ
             f"run {run_id!r} has no checkpoint {which!r}; {_describe_checkpoints(index)}"
         )
     try:
-        config = ModelTrainConfig.model_validate(run.meta.request if run.meta else None)
+        config = TrainRequest.model_validate(run.meta.request if run.meta else None)
     except ValidationError as exc:
         raise ConflictError(
             f"cannot read the request of run {run_id!r} to build its model: "
@@ -427,7 +435,7 @@ def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequ
         file_id=entry.file_id,
         source="checkpoint",
         step=entry.step,
-        config=config,
+        config=config.spec(),
         tokenizer_id=config.tokenizer_id,
         tokenizer_file_id=tokenizer_file_id,
     )

@@ -17,8 +17,7 @@ from model_trainer.errors import UserError
 from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus
 from model_trainer.jobs.context import worker_context
 from model_trainer.jobs.ownership import JobOwner, owned_job
-from model_trainer.jobs.payloads import EvaluateJob
-from model_trainer.manifest import read_manifest
+from model_trainer.jobs.payloads import EvaluateJob, TrainJob
 from model_trainer.store.fencing import Command
 from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
@@ -29,7 +28,6 @@ from model_trainer.store.records import (
     StatusStore,
     hset,
 )
-from model_trainer.training.config import ModelTrainConfig
 from model_trainer.training.evaluate import EvalMetrics, evaluate_folder
 from service_common.jsonlog import log_fields
 
@@ -56,10 +54,13 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     file_id = ctx.runs.file_id(run_id)
     if file_id is None:
         raise UserError(f"run {run_id} has no artifact to evaluate")
+    # The run's own job: where its corpus came from and how it was read, and its seed.
+    raw = ctx.runs.field(run_id, JobField.PAYLOAD)
+    if raw is None:
+        raise UserError(f"run {run_id} has no record of its job any more; evaluate another run")
+    run = TrainJob.model_validate_json(raw)
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
     owner.stop_if_asked()
-    manifest = read_manifest(model_dir)
-    config = ModelTrainConfig.model_validate(manifest["config"])
     cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
         other = prepare_corpus(
@@ -71,7 +72,7 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
         )
     else:
         # The run's own corpus: validation or test as `data.Holdout` defines them.
-        own = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
+        own = prepare_corpus(ctx, run.corpus_file_id, run.corpus_format, run.text_field)
         owner.stop_if_asked()
         metrics = evaluate_folder(
             model_dir,
@@ -80,7 +81,7 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
             out_dir,
             corpus_id=own.corpus_id,
             split="test" if request.split == "test" else "validation",
-            seed=config.seed,
+            seed=run.spec.seed,
         )
     owner.stop_if_asked()
     result = eval_result(metrics, out_dir).model_copy(update={"split": request.split or "corpus"})

@@ -49,7 +49,7 @@ from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunProgress
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.evaluate import EVAL_DIR
 from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
@@ -81,12 +81,12 @@ class RunReporter(TrainingCallbacks):
     def __init__(
         self,
         owner: JobOwner,
-        config: ModelTrainConfig,
+        job: TrainJob,
         sync: CheckpointSync,
         resumed_from_step: int | None,
     ) -> None:
         self._owner = owner
-        self._config = config
+        self._job = job
         self._sync = sync
         self._run_id = owner.job_id
         self._runs = owner.fenced(owner.ctx.runs)
@@ -147,12 +147,12 @@ class RunReporter(TrainingCallbacks):
             final or info.evaluated or now - self._last_event >= EVENT_INTERVAL_SEC
         ):
             self._last_event = now
-            c = self._config
+            job = self._job
             self._owner.events.publish(
                 TrainProgress(
                     request_id=self._run_id,
                     run_id=self._run_id,
-                    user_id=c.user_id,
+                    user_id=job.user_id,
                     epoch=int(info.epoch),
                     total_epochs=max(1, math.ceil(info.total_epochs)),
                     step=info.step,
@@ -160,7 +160,7 @@ class RunReporter(TrainingCallbacks):
                     total_steps=info.total_steps,
                     tokens_per_sec=info.tokens_per_sec,
                     samples_per_sec=(
-                        info.tokens_per_sec / c.max_seq_len if info.tokens_per_sec else None
+                        info.tokens_per_sec / job.spec.max_seq_len if info.tokens_per_sec else None
                     ),
                     eta_seconds=info.eta_seconds,
                     val_loss=self._last_val,
@@ -241,22 +241,22 @@ class RunReporter(TrainingCallbacks):
 def run(payload_json: str) -> None:
     payload = TrainJob.model_validate_json(payload_json)
     ctx = worker_context()
-    run_id, config = payload.run_id, payload.config
+    run_id = payload.run_id
     run_dir = ctx.settings.app.runs_root / run_id
-    with owned_job(ctx, JobKind.RUN, run_id, run_dir, user_id=config.user_id) as owner:
+    with owned_job(ctx, JobKind.RUN, run_id, run_dir, user_id=payload.user_id) as owner:
         if owner is not None:
             _train(ctx, owner, payload, run_dir)
 
 
 def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path) -> None:
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
-    run_id, config = payload.run_id, payload.config
-    corpus = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
-    tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
+    run_id, spec = payload.run_id, payload.spec
+    corpus = prepare_corpus(ctx, payload.corpus_file_id, payload.corpus_format, payload.text_field)
+    tokenizer_file_id = ctx.tokenizers.file_id(payload.tokenizer_id)
     if tokenizer_file_id is None:
-        raise UserError(f"tokenizer {config.tokenizer_id} has no artifact (was it deleted?)")
-    tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", config.tokenizer_id)
-    _check_memory(ctx, config, tokenizer_dir)
+        raise UserError(f"tokenizer {payload.tokenizer_id} has no artifact (was it deleted?)")
+    tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", payload.tokenizer_id)
+    _check_memory(ctx, spec, tokenizer_dir)
     sync = CheckpointSync(owner, run_dir)
     try:
         resumed_from = sync.restore()
@@ -267,16 +267,19 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
                 resumed_from,
                 extra=log_fields("run_resumed", step=resumed_from),
             )
-        reporter = RunReporter(owner, config, sync, resumed_from)
-        threads = resolve_threads(ctx.settings.app.threads)
-        _announce_start(ctx, owner, config, threads)
+        reporter = RunReporter(owner, payload, sync, resumed_from)
+        # The request's own thread count wins over the worker's setting.
+        threads = resolve_threads(payload.threads, ctx.settings.app.threads)
+        _announce_start(ctx, owner, payload, threads)
         result = run_training(
-            config,
+            spec,
             corpus.path,
             tokenizer_dir,
             run_dir,
             ctx.settings.app.data_root / "tokens",
             corpus_id=corpus.corpus_id,
+            tokenizer_id=payload.tokenizer_id,
+            device_requested=payload.device,
             cpu=cpu_info(ctx.settings.app.native_bf16),
             # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
             gpu=gpu_info() if ctx.settings.app.worker_device == "cuda" else NO_GPU,
@@ -320,7 +323,7 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
         completed = TrainCompleted(
             request_id=run_id,
             run_id=run_id,
-            user_id=config.user_id,
+            user_id=payload.user_id,
             loss=metrics.loss,
             perplexity=metrics.perplexity,
             artifact_path=str(artifact),
@@ -333,14 +336,14 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
     owner.complete(message, event=completed, also=also)
 
 
-def _check_memory(ctx: WorkerContext, config: ModelTrainConfig, tokenizer_dir: Path) -> None:
+def _check_memory(ctx: WorkerContext, spec: TrainingSpec, tokenizer_dir: Path) -> None:
     """The API admits by what workers report; this worker checks its own memory too (a run
     submitted while no worker was up, or one that landed on a smaller worker)."""
     available = ctx.settings.admission.worker_memory_bytes or machine_memory_bytes()
     if available is None:
         return
     limit = int(available * ctx.settings.admission.memory_fraction)
-    estimate = estimate_run_memory(config, load_tokenizer(tokenizer_dir).vocab_size)
+    estimate = estimate_run_memory(spec, load_tokenizer(tokenizer_dir).vocab_size)
     if estimate.total_bytes > limit:
         raise UserError(
             f"this run needs about {estimate.describe()}, more than this worker's "
@@ -366,9 +369,7 @@ def _initial_weights(ctx: WorkerContext, payload: TrainJob, run_dir: Path) -> Pa
     return path
 
 
-def _announce_start(
-    ctx: WorkerContext, owner: JobOwner, config: ModelTrainConfig, threads: int
-) -> None:
+def _announce_start(ctx: WorkerContext, owner: JobOwner, job: TrainJob, threads: int) -> None:
     """`started` goes out once per run, not once per attempt."""
     run_id = owner.job_id
     if not ctx.redis.hsetnx(job_key(run_id), JobField.STARTED.value, "1"):
@@ -377,18 +378,18 @@ def _announce_start(
         TrainStarted(
             request_id=run_id,
             run_id=run_id,
-            user_id=config.user_id,
-            model_family=config.model_family.value,
-            model_size=config.model_size.value,
-            total_epochs=max(1, math.ceil(config.num_epochs or 1)),
-            queue=run_queue_name(ctx.settings.rq, config.device),
+            user_id=job.user_id,
+            model_family=job.spec.model_family.value,
+            model_size=job.spec.model_size.value,
+            total_epochs=max(1, math.ceil(job.spec.num_epochs or 1)),
+            queue=run_queue_name(ctx.settings.rq, job.device),
             cpu_cores=os.cpu_count(),
             optimal_threads=threads,
             optimal_workers=1,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
+            batch_size=job.spec.batch_size,
+            learning_rate=job.spec.learning_rate,
             memory_mb=_memory_mb(),
-            optimizer=config.optimizer.value,
+            optimizer=job.spec.optimizer.value,
         )
     )
     log.info("run started", extra=log_fields("run_started"))

@@ -13,7 +13,7 @@ from model_trainer.tokenization.corpus_formats import (
     TextFieldName,
     check_format_fields,
 )
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import Device, TrainingSpec
 from service_common.databank_contract import FILE_ID_PATTERN
 
 
@@ -36,8 +36,18 @@ class InitFrom(_Payload):
 
 
 class TrainJob(_Payload):
+    """A training run's envelope: its spec (what the loop sees), where its data comes from,
+    whom its events are for, and how it is run (queue, threads)."""
+
     run_id: str
-    config: ModelTrainConfig
+    spec: TrainingSpec
+    corpus_file_id: str = Field(pattern=FILE_ID_PATTERN)
+    corpus_format: CorpusFormatField = "auto"
+    text_field: TextFieldName = DEFAULT_TEXT_FIELD
+    tokenizer_id: str
+    user_id: int = 0
+    device: Device = Device.AUTO
+    threads: int | None = None
     init_from: InitFrom | None = None
 
 

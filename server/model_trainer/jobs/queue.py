@@ -155,7 +155,7 @@ class RQJobQueue:
 
     def _dispatch(self, kind: JobKind, job_id: str, payload: Payload) -> str:
         queue = (
-            run_queue_name(self._settings, payload.config.device)
+            run_queue_name(self._settings, payload.device)
             if isinstance(payload, TrainJob)
             else self._settings.queue_name
         )

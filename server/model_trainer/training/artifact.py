@@ -30,7 +30,7 @@ from model_trainer.tokenization.transformers_files import (
     read_special_tokens,
     write_special_token_files,
 )
-from model_trainer.training.config import Architecture, Device, ModelTrainConfig, Precision
+from model_trainer.training.config import Architecture, Device, Precision, TrainingSpec
 from model_trainer.training.evaluate import EvalMetrics
 from model_trainer.training.hardware import CpuInfo, GpuInfo
 from model_trainer.training.precision import ProbeTimings
@@ -98,7 +98,7 @@ class Manifest(BaseModel):
 
     format_version: int = 1
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
-    config: ModelTrainConfig
+    config: TrainingSpec
     architecture: Architecture
     n_params: int
     flops_per_token: int

@@ -1,7 +1,8 @@
-"""What a training run is asked to do: `ModelTrainConfig`, also the body of `POST /runs/train`.
+"""What a training run trains and how: `TrainingSpec` (the API's request, api/schemas.py
+`TrainRequest`, adds where the data comes from and how the run is routed).
 
-Everything a run needs that is not the data itself lives here, validated up front so that a
-config that cannot work (a width not divisible by the head count, a context of 0, two
+Everything the training loop needs that is not the data itself lives here, validated up
+front so that a spec that cannot work (a width not divisible by the head count, a context of 0, two
 budgets at once, a model far larger than any CPU worker holds...) is refused at submit time
 with a message that names the field. Whether a config fits a worker's memory is checked at
 submit too (training/memory.py).
@@ -14,7 +15,7 @@ with Muon; see docs/benchmarks.md).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -24,14 +25,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from model_trainer.tokenization.corpus_formats import (
-    DEFAULT_TEXT_FIELD,
-    CorpusFormatField,
-    TextFieldName,
-    check_format_fields,
-)
-from service_common.databank_contract import FILE_ID_PATTERN
 
 
 class ModelFamily(StrEnum):
@@ -126,8 +119,6 @@ class Architecture(BaseModel):
         return self.n_embd // self.n_head
 
 
-RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
-
 # Without any of the three budgets, a run trains for this long (the demo's budget).
 DEFAULT_MAX_TRAIN_SECONDS = 95.0
 
@@ -161,12 +152,12 @@ class Budget(BaseModel):
     value: float
 
 
-# Validation context for requests read back from storage (job payloads, checkpoints,
-# manifests, run records): fields they lack take what the service did before the field
-# existed (one family and one optimizer), not today's defaults.
+class TrainingSpec(BaseModel):
+    """What a run trains and how: everything the training loop needs, and what a checkpoint
+    must match to be resumed (`identity`). Where the data comes from, who is told and which
+    worker runs it are the job's (jobs/payloads.py `TrainJob`); the HTTP body is
+    `TrainRequest`."""
 
-
-class ModelTrainConfig(BaseModel):
     # `model_` is pydantic's protected prefix; our field names are the API's, so lift it.
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -257,22 +248,7 @@ class ModelTrainConfig(BaseModel):
         default="best",
         description="weights the artifact ships: the best by validation loss, or the last",
     )
-    from_run_id: str | None = Field(
-        default=None,
-        pattern=RUN_ID_PATTERN,
-        description="start from another run's weights (same architecture and tokenizer)",
-    )
-    from_checkpoint: str | None = Field(
-        default=None,
-        pattern=r"^(last|best|[0-9]{1,12})$",
-        description="which checkpoint of from_run_id: last (default), best, or a step",
-    )
     precision: Precision = Precision.AUTO
-    device: Device = Field(
-        default=Device.AUTO,
-        description="auto: the worker's device; cpu; cuda: wait for a GPU worker",
-    )
-    threads: int | None = Field(default=None, ge=1, le=256)
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
     holdout_fraction: float = Field(
         default=0.1,
@@ -281,15 +257,6 @@ class ModelTrainConfig(BaseModel):
         description="Tail of the token stream kept out of training: its first half is the "
         "validation split, its second half the test split (see training.data.Holdout).",
     )
-
-    corpus_file_id: str = Field(
-        pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
-    )
-    corpus_format: CorpusFormatField = "auto"
-    text_field: TextFieldName = DEFAULT_TEXT_FIELD
-    tokenizer_id: str = Field(min_length=1, max_length=128)
-    # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
-    user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
 
     @field_validator("n_kv_head")
     @classmethod
@@ -334,9 +301,6 @@ class ModelTrainConfig(BaseModel):
                 f"give at most one of num_epochs, max_steps, max_train_seconds "
                 f"(got {', '.join(budgets)})"
             )
-        check_format_fields(self.corpus_format, self.text_field)
-        if self.from_checkpoint is not None and self.from_run_id is None:
-            raise ValueError("from_checkpoint needs from_run_id")
         arch = self.resolved()
         if arch.n_embd % arch.n_head != 0:
             raise ValueError(
@@ -353,6 +317,14 @@ class ModelTrainConfig(BaseModel):
                 f"pairs of dimensions)"
             )
         return self
+
+    # How often a run validates and checkpoints does not change what it computes: a resumed
+    # run may take other values.
+    _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"eval_interval", "checkpoint_interval"})
+
+    def identity(self) -> dict[str, object]:
+        """What a checkpoint must match to be resumed by a run of this spec."""
+        return self.model_dump(mode="json", exclude=set(self._NOT_IDENTITY))
 
     def resolved(self) -> Architecture:
         """The effective architecture: the preset, then any override, then the family's

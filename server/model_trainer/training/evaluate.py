@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from model_trainer.errors import UserError
 from model_trainer.manifest import read_manifest
 from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.data import (
     EvalSplit,
     Holdout,
@@ -239,11 +239,15 @@ def evaluate_folder(
     loaded = AutoModelForCausalLM.from_pretrained(model_dir)
     if not isinstance(loaded, PreTrainedModel):
         raise TypeError(f"{model_dir} does not hold a causal language model")
-    config = ModelTrainConfig.model_validate(read_manifest(model_dir)["config"])
+    manifest = read_manifest(model_dir)
+    spec = TrainingSpec.model_validate(manifest["config"])
+    data = manifest.get("data")
+    tokenizer_id = data.get("tokenizer_id") if isinstance(data, dict) else None
+    if not isinstance(tokenizer_id, str):
+        raise ValueError(f"the manifest in {model_dir} names no tokenizer_id")
     tokenizer = load_tokenizer(model_dir)
-    cache = tokenize_corpus(
-        corpus_path, tokenizer, config.tokenizer_id, cache_dir, corpus_id=corpus_id
-    )
+    cache = tokenize_corpus(corpus_path, tokenizer, tokenizer_id, cache_dir, corpus_id=corpus_id)
     tokens = cache.tokens()
-    scored = eval_tokens(tokens, Holdout.of(len(tokens), config.holdout_fraction), split)
+    holdout = Holdout.of(len(tokens), spec.holdout_fraction)
+    scored = eval_tokens(tokens, holdout, split)
     return evaluate_model(loaded, tokenizer, scored, out_dir, split=split, seed=seed)

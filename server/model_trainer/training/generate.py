@@ -24,7 +24,7 @@ from transformers.cache_utils import Cache
 
 from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
 from model_trainer.training.checkpoint import load_weights
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.model import MODEL_BUILDERS, model_spec
 
 log = logging.getLogger("model_trainer.generate")
@@ -79,7 +79,7 @@ def load_artifact(folder: Path) -> LoadedModel:
     return _loaded(model, load_tokenizer(folder))
 
 
-def load_checkpoint(config: ModelTrainConfig, tokenizer_dir: Path, weights: Path) -> LoadedModel:
+def load_checkpoint(config: TrainingSpec, tokenizer_dir: Path, weights: Path) -> LoadedModel:
     """A checkpoint file's weights in the model the run's request describes."""
     tokenizer = load_tokenizer(tokenizer_dir)
     spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)

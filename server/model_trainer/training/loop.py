@@ -49,7 +49,7 @@ from model_trainer.training.checkpoint import (
     save_best,
     save_last,
 )
-from model_trainer.training.config import Budget, ModelTrainConfig, Precision
+from model_trainer.training.config import Budget, Precision, TrainingSpec
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.schedule import LrPlan
@@ -212,20 +212,16 @@ class _Pace:
         return (elapsed - self.anchor[1]) / (step - self.anchor[0])
 
 
-def _comparable(config_json: str) -> dict[str, object]:
+def _identity(config_json: str) -> dict[str, object]:
     try:
-        fields = ModelTrainConfig.model_validate_json(config_json).model_dump(mode="json")
+        return TrainingSpec.model_validate_json(config_json).identity()
     except ValidationError as exc:
         raise CheckpointInvalid(f"the checkpoint's config is not valid: {exc}") from exc
-    # Fields that may change between attempts of the same run without changing its math.
-    for name in ("threads", "user_id", "eval_interval", "checkpoint_interval"):
-        fields.pop(name, None)
-    return {str(k): v for k, v in fields.items()}
 
 
 def train(
     model: PreTrainedModel,
-    config: ModelTrainConfig,
+    config: TrainingSpec,
     splits: TokenSplits,
     run_dir: Path,
     *,
@@ -267,7 +263,7 @@ class _Trainer:
     def __init__(
         self,
         model: PreTrainedModel,
-        config: ModelTrainConfig,
+        config: TrainingSpec,
         splits: TokenSplits,
         run_dir: Path,
         precision: Precision,
@@ -501,7 +497,7 @@ class _Trainer:
         ckpt = load_last(self.run_dir)
         if ckpt is None:
             return False
-        if _comparable(ckpt.config_json) != _comparable(self.config.model_dump_json()):
+        if _identity(ckpt.config_json) != self.config.identity():
             raise UserError(
                 f"{self.run_dir} holds a checkpoint of a different config; use a new run",
                 ErrorCode.CONFIG_INVALID,
@@ -584,7 +580,7 @@ def _eta(budget: Budget, state: LoopState, spent: float, per_step: float | None)
     return max(0, state.total_steps - state.step) * per_step
 
 
-def _diverged(what: str, value: float, step: int, config: ModelTrainConfig) -> UserError:
+def _diverged(what: str, value: float, step: int, config: TrainingSpec) -> UserError:
     return UserError(
         f"the {what} became {value} at step {step}: training diverged. The learning rate "
         f"({config.learning_rate:g}) is probably too high; lower learning_rate "

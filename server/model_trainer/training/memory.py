@@ -1,6 +1,6 @@
 """How much memory a training run needs, estimated from its config before it is queued.
 
-Pure arithmetic on `ModelTrainConfig` and the tokenizer's vocabulary size: the API imports
+Pure arithmetic on `TrainingSpec` and the tokenizer's vocabulary size: the API imports
 this module, so it must never import torch (nor anything that does).
 
 The model is what `training.model` builds for the family: V = vocab_size, T = max_seq_len
@@ -77,8 +77,8 @@ from model_trainer.training.config import (
     ROTARY_FAMILIES,
     Architecture,
     ModelFamily,
-    ModelTrainConfig,
     Optimizer,
+    TrainingSpec,
 )
 
 GIB = 1024**3
@@ -184,7 +184,7 @@ def rotary_parameters(family: ModelFamily, vocab_size: int, arch: Architecture) 
     return vocab_size * d + head + arch.n_layer * (attention + mlp + norms) + d
 
 
-def model_parameters(config: ModelTrainConfig, vocab_size: int) -> int:
+def model_parameters(config: TrainingSpec, vocab_size: int) -> int:
     """Parameters of the model `config` describes (exact, any family)."""
     arch = config.resolved()
     if config.model_family in ROTARY_FAMILIES:
@@ -194,7 +194,7 @@ def model_parameters(config: ModelTrainConfig, vocab_size: int) -> int:
     )
 
 
-def muon_parameters(config: ModelTrainConfig) -> int:
+def muon_parameters(config: TrainingSpec) -> int:
     """Parameters Muon updates under optimizer muon: the blocks' weight matrices."""
     arch = config.resolved()
     d, layers = arch.n_embd, arch.n_layer
@@ -204,7 +204,7 @@ def muon_parameters(config: ModelTrainConfig) -> int:
     return layers * 12 * d * d
 
 
-def estimate_run_memory(config: ModelTrainConfig, vocab_size: int) -> MemoryEstimate:
+def estimate_run_memory(config: TrainingSpec, vocab_size: int) -> MemoryEstimate:
     """Peak memory of a training step of `config` with a `vocab_size`-token vocabulary."""
     arch = config.resolved()
     d, layers, heads = arch.n_embd, arch.n_layer, arch.n_head

@@ -28,7 +28,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from model_trainer.training.config import ModelFamily, ModelTrainConfig
+from model_trainer.training.config import ModelFamily, TrainingSpec
 
 # PyTorch's fused scaled-dot-product attention: on this 2-core CPU it was measurably faster
 # than the eager (matmul + softmax) path, the more so at longer contexts
@@ -131,7 +131,7 @@ MODEL_BUILDERS: dict[ModelFamily, Callable[[ModelSpec], PreTrainedModel]] = {
 
 
 def model_spec(
-    config: ModelTrainConfig, vocab_size: int, eos_id: int | None, pad_id: int | None
+    config: TrainingSpec, vocab_size: int, eos_id: int | None, pad_id: int | None
 ) -> ModelSpec:
     arch = config.resolved()
     return ModelSpec(

@@ -45,7 +45,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from model_trainer.errors import CheckpointInvalid
-from model_trainer.training.config import ModelTrainConfig, Optimizer
+from model_trainer.training.config import Optimizer, TrainingSpec
 from model_trainer.training.model import output_head
 
 # AdamW betas as nanoGPT uses for small batches (beta2 0.99 rather than 0.999).
@@ -190,7 +190,7 @@ class RunOptimizer:
             optimizer.load_state_dict({str(k): v for k, v in part.items()})
 
 
-def make_optimizer(model: nn.Module, config: ModelTrainConfig) -> RunOptimizer:
+def make_optimizer(model: nn.Module, config: TrainingSpec) -> RunOptimizer:
     use_muon = config.optimizer is Optimizer.MUON
     split = split_parameters(model, use_muon)
     groups: list[dict[str, object]] = [

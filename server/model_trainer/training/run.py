@@ -44,7 +44,7 @@ from model_trainer.training.artifact import (
     staging_dir,
 )
 from model_trainer.training.checkpoint import LoopState, load_best
-from model_trainer.training.config import ModelTrainConfig
+from model_trainer.training.config import Device, TrainingSpec
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
 from model_trainer.training.hardware import (
@@ -80,14 +80,16 @@ class TrainingResult(BaseModel):
 
 
 def run_training(
-    config: ModelTrainConfig,
+    config: TrainingSpec,
     corpus_path: Path,
     tokenizer_dir: Path,
     run_dir: Path,
     cache_dir: Path,
     *,
     cpu: CpuInfo,
-    corpus_id: str | None = None,
+    corpus_id: str,
+    tokenizer_id: str,
+    device_requested: Device = Device.AUTO,
     gpu: GpuInfo = NO_GPU,
     threads: int | None = None,
     callbacks: TrainingCallbacks | None = None,
@@ -98,14 +100,14 @@ def run_training(
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
     `cpu` and `gpu` are the worker's facts (`hardware.cpu_info()`, and `gpu_info()` on a
-    GPU worker): `device` and `precision: auto` resolve against them. `threads` is the
-    worker's setting (0 or None: every usable core); the config's own `threads` wins over
-    it. Raises `UserError` for bad input or a diverging loss. Ends `INTERRUPTED`, after a
-    checkpoint, when `callbacks.should_hand_back()` says so (no artifact: resume later).
+    GPU worker): `device_requested` and `precision: auto` resolve against them. `threads`:
+    how many the run may use (0 or None: every usable core). Raises `UserError` for bad
+    input or a diverging loss. Ends `INTERRUPTED`, after a checkpoint, when
+    `callbacks.should_hand_back()` says so (no artifact: resume later).
 
-    `corpus_id` (default `config.corpus_file_id`, the Data Bank id of the corpus, the
-    SHA-256 of `corpus_path`'s bytes; for a structured corpus, the id of the text it gave)
-    keys the token cache: the corpus is not hashed again.
+    `corpus_id` (the Data Bank id of the corpus, the SHA-256 of `corpus_path`'s bytes; for a
+    structured corpus, the id of the text it gave) and `tokenizer_id` key the token cache:
+    the corpus is not hashed again.
 
     `checkpoint_every_seconds`: checkpoint on time as well as every
     `config.checkpoint_interval` steps. `init_weights`: a `last.pt` or `best.pt` (of another
@@ -114,18 +116,18 @@ def run_training(
     budget would: artifact, evaluation and manifest.
     """
     started = time.perf_counter()
-    n_threads = resolve_threads(config.threads, threads)
+    n_threads = resolve_threads(threads)
     torch.set_num_threads(n_threads)
-    device = resolve_device(config.device, gpu)
+    device = resolve_device(device_requested, gpu)
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
     cache = tokenize_corpus(
         corpus_path,
         tokenizer,
-        config.tokenizer_id,
+        tokenizer_id,
         cache_dir,
-        corpus_id=corpus_id or config.corpus_file_id,
+        corpus_id=corpus_id,
     )
     splits = split_tokens(cache, config.holdout_fraction, tokenizer)
     tokenize_seconds = time.perf_counter() - t0
@@ -200,15 +202,15 @@ def run_training(
         precision=precision,
         precision_reason=choice.reason,
         precision_probe=choice.probe,
-        device_requested=config.device,
+        device_requested=device_requested,
         device="cuda" if device.type == "cuda" else "cpu",
         threads=n_threads,
         cpu=cpu,
         gpu=gpu if device.type == "cuda" else None,
         versions=library_versions(),
         data=DataSummary(
-            corpus_sha256=config.corpus_file_id,
-            tokenizer_id=config.tokenizer_id,
+            corpus_sha256=corpus_id,
+            tokenizer_id=tokenizer_id,
             vocab_size=tokenizer.vocab_size,
             token_dtype=cache.meta.dtype,
             tokens_from_cache=cache.from_cache,
@@ -265,7 +267,7 @@ def run_training(
 
 def _choose_precision(
     model: PreTrainedModel,
-    config: ModelTrainConfig,
+    config: TrainingSpec,
     vocab_size: int,
     device: torch.device,
     cpu: CpuInfo,
@@ -283,7 +285,7 @@ def _choose_precision(
 
 
 def ship_weights(
-    model: PreTrainedModel, config: ModelTrainConfig, run_dir: Path, state: LoopState
+    model: PreTrainedModel, config: TrainingSpec, run_dir: Path, state: LoopState
 ) -> ArtifactWeights:
     """Put the weights the artifact ships into `model` (best.pt's, or the last); say which.
 

@@ -30,6 +30,7 @@ from model_trainer.api.schemas import (
     RunAccepted,
     RunInfo,
     RunList,
+    TrainRequest,
     json_object,
     model_response,
 )
@@ -39,7 +40,7 @@ from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RunProgress, Status
 from model_trainer.store.runlog import RunLogReader
-from model_trainer.training.config import Device, ModelTrainConfig
+from model_trainer.training.config import Device
 from service_common.jsonlog import request_id_var
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -51,7 +52,7 @@ SSE_KEEPALIVE_SEC = 15.0
 @router.post(
     "/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409, 422)
 )
-def train_run(config: ModelTrainConfig, ctx: Ctx) -> RunAccepted:
+def train_run(config: TrainRequest, ctx: Ctx) -> RunAccepted:
     """A new run. With `from_run_id` it starts from that run's checkpoint `from_checkpoint`
     (`last` by default, `best`, or a step): 404 if the run is unknown, 409 if it has no such
     checkpoint, 422 if its model (family, architecture, max_seq_len, tokenizer) differs."""

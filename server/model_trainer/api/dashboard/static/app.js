@@ -366,7 +366,7 @@ async function newTokenizerPage(scope) {
 const BUDGETS = { seconds: "max_train_seconds", steps: "max_steps", epochs: "num_epochs" };
 
 async function newRunPage(scope) {
-  const schema = await schemaOf("ModelTrainConfig");
+  const schema = await schemaOf("TrainRequest");
   const error = errorBox();
   const picker = corpusPicker(scope);
   const tokenizer = el("select", { name: "tokenizer_id", id: "tokenizer-select" });
