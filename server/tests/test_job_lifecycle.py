@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from model_trainer.jobs.payloads import TrainJob
 from model_trainer.store.keys import (
     EVAL_KEYS,
     RUN_KEYS,
@@ -34,7 +35,9 @@ from model_trainer.store.records import (
     Status,
     StatusStore,
     as_str,
+    hset,
 )
+from model_trainer.training.config import TrainingSpec
 from tests.processes import Proc, wait_until
 from tests.stack import Stack, get_json, job_field, json_dict, poll
 from tests.test_training_runs import _run_body, _submit, _text
@@ -310,5 +313,18 @@ def _completed_run_without_a_manifest(stack: Stack) -> str:
     (folder / "weights.txt").write_text("not a model")
     with stack.bank() as bank:
         artifact = bank.upload_directory(folder, f"model-{run}").file_id
-    runs.set_status(run, Status.COMPLETED, also=runs.file_id_commands(run, artifact))
+    job = TrainJob(
+        run_id=run,
+        spec=TrainingSpec(),
+        corpus_file_id=stack.upload_text(_text()[:5_000]),
+        tokenizer_id="tok-unused",
+    )
+    runs.set_status(
+        run,
+        Status.COMPLETED,
+        also=(
+            *runs.file_id_commands(run, artifact),
+            *hset(run, (JobField.PAYLOAD, job.model_dump_json())),
+        ),
+    )
     return run
