@@ -140,14 +140,19 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
         procs.append(proc)
         conn = Redis.from_url(redis_url)
         before = Worker.count(connection=conn, queue=Queue(queue, connection=conn))
-        wait_until(
-            lambda: Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before,
-            60,
-            "the worker to register",
-            proc,
-            progress=proc.cpu_ticks,
-        )
-        conn.close()
+        try:
+            wait_until(
+                lambda: Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before,
+                60,
+                "the worker to register",
+                proc,
+                progress=proc.cpu_ticks,
+            )
+        except AssertionError:
+            proc.stop(timeout=10)  # a worker that never came up is not left behind
+            raise
+        finally:
+            conn.close()
         return proc
 
     yield start

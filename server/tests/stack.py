@@ -9,6 +9,7 @@ process instead, for clients that need a real URL (the CLI, a browser).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -60,6 +61,9 @@ class Stack:
         self.databank: DataBankServer = self._databank()
         self.workers: list[Proc] = []
         self.redis = Redis.from_url(redis_url)
+        # A fixture whose setup fails after this never reaches its `close()`: the processes
+        # are stopped when the test process exits all the same (stopping twice is harmless).
+        atexit.register(self.close)
 
     def _databank(self, port: int | None = None) -> DataBankServer:
         return start_databank(
@@ -131,13 +135,17 @@ class Stack:
         log_path = self.root / f"{name}-{len(self.workers)}.log"
         proc = Proc(WORKER_COMMAND, environment, log_path)
         self.workers.append(proc)
-        wait_until(
-            lambda: self.worker_name(proc) is not None,
-            60,
-            "the worker to register",
-            proc,
-            progress=proc.cpu_ticks,
-        )
+        try:
+            wait_until(
+                lambda: self.worker_name(proc) is not None,
+                60,
+                "the worker to register",
+                proc,
+                progress=proc.cpu_ticks,
+            )
+        except AssertionError:
+            proc.stop(timeout=10)  # a worker that never came up is not left behind
+            raise
         return proc
 
     def worker_name(self, proc: Proc) -> str | None:
