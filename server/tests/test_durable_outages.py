@@ -20,6 +20,7 @@ from tests.test_durable_runs import (
     _disk,
     _finish,
     _moving,
+    _no_worker_outlives_its_test,
     _owner,
     _retire,
     _run,
@@ -36,7 +37,7 @@ from tests.test_training_runs import _run_body, _submit, _text
 pytestmark = pytest.mark.e2e
 
 # The module's own stack, corpus and tokenizer (module-scoped fixtures, defined there).
-__all__ = ["corpus_id", "stack", "tokenizer_id"]
+__all__ = ["_no_worker_outlives_its_test", "corpus_id", "stack", "tokenizer_id"]
 
 
 def test_paused_owner_loses_the_run_and_writes_nothing(

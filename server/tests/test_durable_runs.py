@@ -59,6 +59,14 @@ def tokenizer_id(stack: Stack, corpus_id: str) -> str:
     return _train_tokenizer(stack, corpus_id)
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test(stack: Stack) -> Iterator[None]:
+    """A test that fails midway leaves no worker behind to take the next test's run."""
+    yield
+    for worker in list(stack.workers):
+        _retire(stack, worker)
+
+
 def _train_tokenizer(stack: Stack, corpus_id: str) -> str:
     worker = stack.start_worker(f"tok-{uuid.uuid4().hex[:6]}")
     with stack.client() as client:
