@@ -37,6 +37,7 @@ from model_trainer.store.fencing import DirectWriter
 from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
     EvalInfo,
+    EvalResult,
     Record,
     RecordMeta,
     RunProgress,
@@ -340,30 +341,18 @@ def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:
     if record is None:
         return None
     request = record.meta.request if record.meta else {}
-    corpus = request.get("corpus_file_id")
-    split = request.get("split")
-    info = EvalInfo(
-        run_id=run_id,
-        eval_id=record.id,
-        status=record.status,
-        message=record.message,
-        error=record.error,
-        split=split if isinstance(split, str) else "corpus",
-        corpus_file_id=corpus if isinstance(corpus, str) else None,
-    )
-    result = record.progress
-    if result is None:
-        return info
-    return info.model_copy(
-        update={
-            "split": result.split or info.split,
-            "loss": result.loss,
-            "perplexity": result.perplexity,
-            "bits_per_char": result.bits_per_char,
-            "tokens_per_char": result.tokens_per_char,
-            "num_tokens": result.num_tokens,
-            "num_chars": result.num_chars,
-            "samples": result.samples,
+    corpus, split = request.get("corpus_file_id"), request.get("split")
+    result = record.progress or EvalResult()
+    return EvalInfo.model_validate(
+        {
+            **result.model_dump(),
+            "split": result.split or (split if isinstance(split, str) else "corpus"),
+            "run_id": run_id,
+            "eval_id": record.id,
+            "status": record.status,
+            "message": record.message,
+            "error": record.error,
+            "corpus_file_id": corpus if isinstance(corpus, str) else None,
         }
     )
 

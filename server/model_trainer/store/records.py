@@ -108,23 +108,15 @@ class ErrorInfo(_Stored):
     message: str
 
 
-class EvalInfo(_Stored):
-    """The latest evaluation of a run and its status, as the API shows it."""
+class EvalInfo(EvalResult):
+    """The latest evaluation of a run, its status and what it measured, as the API shows it."""
 
     run_id: str
     eval_id: str
     status: Status
     message: str | None = None
     error: ErrorInfo | None = None
-    split: str | None = None
     corpus_file_id: str | None = None
-    loss: float | None = None
-    perplexity: float | None = None
-    bits_per_char: float | None = None
-    tokens_per_char: float | None = None
-    num_tokens: int | None = None
-    num_chars: int | None = None
-    samples: list[SampleText] | None = None
 
 
 ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary, EvalResult)
