@@ -191,6 +191,8 @@ def our_tokens_per_sec(
             splits,
             run_dir,
             precision=precision,
+            precision_reason="the benchmark's",
+            resume=None,
             callbacks=TrainingCallbacks(),
             log_interval=log_every,
         )

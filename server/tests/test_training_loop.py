@@ -44,6 +44,9 @@ TINY = {
     "eval_interval": 20,
     "eval_batches": 2,
     "checkpoint_interval": 20,
+    # Stated, not measured: `auto` probes the machine, and two runs compared bit for bit must
+    # not depend on what a busy machine's probe picked (test_training_artifact tests auto).
+    "precision": "fp32",
 }
 TOKENS_PER_STEP = 8 * 32
 # An update so small that no weight moves (w - 1e-30 == w in float32 for any weight that
@@ -75,6 +78,7 @@ class Inputs:
         checkpoint_every_seconds: float | None = None,
         init_weights: Path | None = None,
         init_label: str | None = None,
+        cpu: CpuInfo | None = None,
     ) -> TrainingResult:
         config = TrainingSpec.model_validate({**TINY, **fields})
         return run_training(
@@ -83,7 +87,7 @@ class Inputs:
             self.tokenizer,
             run_dir,
             self.cache,
-            cpu=self.cpu,
+            cpu=cpu or self.cpu,
             threads=1,
             corpus_id=self.corpus_id,
             tokenizer_id=TOKENIZER_ID,
@@ -317,6 +321,29 @@ def test_hand_back_checkpoints_then_resumes(inputs: Inputs, tmp_path: Path) -> N
     assert (outcome, steps) == (Outcome.COMPLETED, 30)
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20, 30]
     shutil.rmtree(run_dir)
+
+
+def test_a_resumed_run_keeps_the_precision_its_start_chose(inputs: Inputs, tmp_path: Path) -> None:
+    """`auto` is decided once: a run resumed on a CPU with native bf16 (where `auto` would
+    probe and might pick bf16) goes on in the fp32 its first session chose without bf16."""
+    run_dir = tmp_path / "run"
+    without = inputs.cpu.model_copy(update={"native_bf16": False, "native_bf16_source": "setting"})
+    with_bf16 = inputs.cpu.model_copy(update={"native_bf16": True, "native_bf16_source": "setting"})
+
+    class StopAtStep(Recorder):
+        def should_hand_back(self) -> bool:
+            return bool(self.progress) and self.progress[-1].step >= 10
+
+    budget = {"max_steps": 20, "precision": "auto"}
+    first = inputs.train(run_dir, budget, StopAtStep(), cpu=without)
+    assert (first.outcome, first.steps) == (Outcome.INTERRUPTED, 10)
+    result = inputs.train(run_dir, budget, cpu=with_bf16)
+    assert result.manifest is not None
+    assert result.manifest.precision.value == "fp32"
+    assert result.manifest.precision_reason == (
+        "no native bf16 (setting); kept on resuming at step 10"
+    )
+    assert result.manifest.precision_probe is None
 
 
 def test_a_time_budget_ends_on_time_with_the_schedule_decayed(

@@ -36,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_trainer.errors import CheckpointInvalid
+from model_trainer.training.config import Precision
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -64,6 +65,10 @@ class LoopState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Chosen once, at the run's start (precision.choose_precision): a resumed run keeps it,
+    # whatever a probe on the resuming machine would say, so its numerics never change midway.
+    precision: Precision
+    precision_reason: str
     step: int = 0
     tokens_seen: int = 0
     elapsed: float = 0.0  # seconds of training, summed over every session of this run
@@ -131,7 +136,7 @@ def save_last(run_dir: Path, ckpt: TrainingCheckpoint) -> CheckpointFile:
         "model": ckpt.model,
         "optimizer": ckpt.optimizer,
         "sampler": ckpt.sampler,
-        "loop": ckpt.loop.model_dump(),
+        "loop": ckpt.loop.model_dump(mode="json"),
         "rng": _rng_states(),
     }
     loop = ckpt.loop

@@ -44,7 +44,6 @@ from model_trainer.training.checkpoint import (
     MetricRow,
     TrainingCheckpoint,
     checkpoint_path,
-    load_last,
     load_weights,
     save_best,
     save_last,
@@ -226,6 +225,8 @@ def train(
     run_dir: Path,
     *,
     precision: Precision,
+    precision_reason: str,
+    resume: TrainingCheckpoint | None,
     callbacks: TrainingCallbacks,
     device: torch.device = CPU,
     log_interval: int = LOG_INTERVAL,
@@ -235,7 +236,9 @@ def train(
 ) -> LoopResult:
     """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
 
-    `precision` is the resolved one (fp32 or bf16, see precision.choose_precision).
+    `precision` is the resolved one (fp32 or bf16, see precision.choose_precision), and
+    `precision_reason` why; a resumed run passes its checkpoint's. `resume`: run_dir's last
+    checkpoint (`load_last`), to continue from.
     `device` is where `model` already is (hardware.resolve_device): batches go there too.
     `checkpoint_every_seconds`: also checkpoint when this much training time has passed
     since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
@@ -244,9 +247,14 @@ def train(
     """
     if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
         raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
-    init = None if init_weights is None else (init_weights, init_label or init_weights.name)
-    options = _Options(device, log_interval, checkpoint_every_seconds, init)
-    return _Trainer(model, config, splits, run_dir, precision, callbacks, options).run()
+    options = _Options(device, log_interval, checkpoint_every_seconds)
+    state = LoopState(precision=precision, precision_reason=precision_reason)
+    trainer = _Trainer(model, config, splits, run_dir, state, callbacks, options)
+    if resume is not None:
+        trainer.resume(resume)
+    elif init_weights is not None:
+        trainer.initialise(init_weights, init_label or init_weights.name)
+    return trainer.run()
 
 
 @dataclass(frozen=True)
@@ -254,7 +262,6 @@ class _Options:
     device: torch.device
     log_interval: int
     checkpoint_every_seconds: float | None
-    init: tuple[Path, str] | None  # a checkpoint file to start from, and its label
 
 
 class _Trainer:
@@ -266,13 +273,13 @@ class _Trainer:
         config: TrainingSpec,
         splits: TokenSplits,
         run_dir: Path,
-        precision: Precision,
+        state: LoopState,
         callbacks: TrainingCallbacks,
         options: _Options,
     ) -> None:
         self.session_start = time.perf_counter()
         self.model, self.config, self.run_dir = model, config, run_dir
-        self.precision, self.callbacks = precision, callbacks
+        self.precision, self.callbacks = state.precision, callbacks
         self.device = options.device
         self.log_interval = options.log_interval
         self.checkpoint_every_seconds = options.checkpoint_every_seconds
@@ -296,14 +303,9 @@ class _Trainer:
             min_lr_ratio=config.min_lr_ratio,
             total_steps=planned_steps(self.budget, self.train_tokens, self.tokens_per_step),
         )
-        self.state = LoopState(total_steps=self.plan.total_steps)
+        self.state = state
+        state.total_steps = self.plan.total_steps
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not self._resume() and options.init is not None:
-            self._initialise(*options.init)
-        self.metrics = MetricsLog(run_dir / METRICS_FILE, self.state.metrics)
-        self.elapsed_before = self.state.elapsed
-        # Seconds of training at the previous checkpoint (the resumed one, to begin with).
-        self.checkpointed_at = self.state.elapsed
         self.pace = _Pace()
         # Tokens/s is measured per metrics row, over training steps only.
         self.window_t0, self.window_tokens = time.perf_counter(), 0
@@ -312,6 +314,10 @@ class _Trainer:
 
     def run(self) -> LoopResult:
         state, config = self.state, self.config
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE, state.metrics)
+        self.elapsed_before = state.elapsed
+        # Seconds of training at the previous checkpoint (the resumed one, to begin with).
+        self.checkpointed_at = state.elapsed
         log.info(
             "training from step %d (%s on %s, %d tokens per step)",
             state.step,
@@ -492,11 +498,8 @@ class _Trainer:
         path = checkpoint_path(self.run_dir, file.kind)
         self.callbacks.on_checkpoint(CheckpointInfo(file.step, path, file.kind, elapsed, file))
 
-    def _resume(self) -> bool:
-        """Continue from run_dir's last checkpoint; False if there is none."""
-        ckpt = load_last(self.run_dir)
-        if ckpt is None:
-            return False
+    def resume(self, ckpt: TrainingCheckpoint) -> None:
+        """Continue from the run's last checkpoint."""
         if _identity(ckpt.config_json) != self.config.identity():
             raise UserError(
                 f"{self.run_dir} holds a checkpoint of a different config; use a new run",
@@ -506,6 +509,7 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.sampler.load_state_dict(ckpt.sampler)
         self.state = ckpt.loop
+        self.precision = self.state.precision
         self.state.resumed_at.append(self.state.step)
         self.plan.total_steps = self.state.total_steps
         log.info(
@@ -513,9 +517,8 @@ class _Trainer:
             self.state.step,
             extra=log_fields("training_resumed", step=self.state.step),
         )
-        return True
 
-    def _initialise(self, path: Path, label: str) -> None:
+    def initialise(self, path: Path, label: str) -> None:
         """Start a fresh run from the weights of a checkpoint file (optimizer, plan: fresh)."""
         weights = load_weights(path)
         problem = _mismatch(self.model.state_dict(), weights)

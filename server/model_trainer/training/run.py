@@ -43,7 +43,7 @@ from model_trainer.training.artifact import (
     save_model,
     staging_dir,
 )
-from model_trainer.training.checkpoint import LoopState, load_best
+from model_trainer.training.checkpoint import LoopState, TrainingCheckpoint, load_best, load_last
 from model_trainer.training.config import Device, TrainingSpec
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
@@ -135,7 +135,12 @@ def run_training(
     spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
     model = build_model(spec, config.model_family, config.seed)
     nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
-    choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
+    # After the model is built and the probe has run: loading restores the random states.
+    resume = load_last(run_dir)
+    if resume is None:
+        choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
+    else:
+        choice = _kept_precision(resume)
     precision = choice.precision
     log.info(
         "model %s: %d parameters, %d threads, %s on %s (%s)",
@@ -160,6 +165,8 @@ def run_training(
             splits,
             run_dir,
             precision=precision,
+            precision_reason=choice.reason,
+            resume=resume,
             device=device,
             callbacks=callbacks or TrainingCallbacks(),
             checkpoint_every_seconds=checkpoint_every_seconds,
@@ -262,6 +269,15 @@ def run_training(
         artifact_dir=artifact_dir,
         manifest=manifest,
         eval=metrics,
+    )
+
+
+def _kept_precision(resume: TrainingCheckpoint) -> PrecisionChoice:
+    """A resumed run's precision: the one its first session chose (see LoopState)."""
+    state = resume.loop
+    return PrecisionChoice(
+        precision=state.precision,
+        reason=f"{state.precision_reason}; kept on resuming at step {state.step}",
     )
 
 
