@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
-from model_trainer.databank.client import DataBankClient
+from model_trainer.connections import DataBankUse, databank_client
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
 
@@ -96,7 +97,7 @@ def main() -> int:
             _wait_healthy(url, server)
             source = tmp / "source.bin"
             _write_random(source, size)
-            with DataBankClient(url, key) as client:
+            with databank_client(url, SecretStr(key), DataBankUse.JOB) as client:
                 started = time.perf_counter()
                 info = client.upload_file(source)
                 upload_sec = time.perf_counter() - started

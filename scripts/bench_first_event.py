@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import httpx
-from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # the sibling script that runs the local stack
+
+from model_trainer.connections import RedisUse, redis_client
 
 RUN = {"model_size": "tiny", "max_seq_len": 64, "batch_size": 12, "max_steps": 20}
 
@@ -52,7 +53,8 @@ def measure(state: dict[str, str], runs: int) -> int:
         files={"file": ("c.txt", data)},
     )
     corpus = bank.json()["file_id"]
-    redis = Redis.from_url(stack.dotenv().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    url = stack.dotenv().get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis = redis_client(url, RedisUse.JOBS)
     pubsub = redis.pubsub()
     pubsub.subscribe("trainer:events")
     with httpx.Client(

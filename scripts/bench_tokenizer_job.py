@@ -24,12 +24,17 @@ KEY = "bench-key"
 
 
 def job_trial(corpus: Path, method: str, vocab: int, bank_url: str, threads: int) -> float:
-    from model_trainer.databank.client import DataBankClient
+    from pydantic import SecretStr
+
+    from model_trainer.connections import DataBankUse, databank_client
     from model_trainer.databank.corpus import CorpusFetcher
     from model_trainer.tokenization.config import TokenizerTrainConfig
     from model_trainer.tokenization.train import train_tokenizer
 
-    with DataBankClient(bank_url, KEY) as bank, tempfile.TemporaryDirectory() as work:
+    with (
+        databank_client(bank_url, SecretStr(KEY), DataBankUse.JOB) as bank,
+        tempfile.TemporaryDirectory() as work,
+    ):
         file_id = bank.upload_file(corpus).file_id  # not timed: the user's upload
         started = time.perf_counter()
         local = CorpusFetcher(bank, Path(work) / "cache").fetch(file_id)

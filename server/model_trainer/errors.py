@@ -15,6 +15,7 @@
     ├── ArtifactUploadFailed         a finished artifact could not be uploaded   failure: transient
     ├── OutOfMemory                  torch could not allocate                    failure: fatal
     ├── UnsafeArchiveError           a tar we refuse to extract (databank/archive.py)
+    ├── CliError                     what the CLI tells a person, with its exit code
     └── DataBankError                Data Bank refused or failed (databank/errors.py):
                                      unavailable: transient; anything else: fatal
 

@@ -13,7 +13,7 @@ from rq import Queue, Worker
 
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.training.hardware import CpuInfo, cpu_info
-from tests.processes import WORKER_COMMAND, Proc, child_env, wait_until
+from tests.processes import Proc, child_env, start_worker_process
 from tests.redis_server import RedisServer
 
 # One Data Bank server process for the whole session (see tests/databank_fixtures.py).
@@ -136,23 +136,19 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
         root = root or tmp_path / f"worker{len(procs)}"
         root.mkdir(parents=True, exist_ok=True)
         env = worker_env(redis_url, queue, root, **extra)
-        proc = Proc(WORKER_COMMAND, env, root / "worker.log")
-        procs.append(proc)
         conn = Redis.from_url(redis_url)
         before = Worker.count(connection=conn, queue=Queue(queue, connection=conn))
         try:
-            wait_until(
-                lambda: Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before,
-                60,
-                "the worker to register",
-                proc,
-                progress=proc.cpu_ticks,
+            proc = start_worker_process(
+                env,
+                root / "worker.log",
+                lambda _: (
+                    Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before
+                ),
             )
-        except AssertionError:
-            proc.stop(timeout=10)  # a worker that never came up is not left behind
-            raise
         finally:
             conn.close()
+        procs.append(proc)
         return proc
 
     yield start

@@ -117,3 +117,19 @@ def wait_until(
     detail = f"\n{proc.output()[-4000:]}" if proc is not None else ""
     still = " with no progress" if progress is not None else ""
     raise AssertionError(f"waited {timeout:.0f}s{still} for {what}{detail}")
+
+
+def start_worker_process(
+    env: Mapping[str, str], log_path: Path, registered: Callable[[Proc], bool]
+) -> Proc:
+    """A worker process, once `registered(proc)` says it came up (waiting while its CPU time
+    moves: a busy machine imports torch slowly); one that never does is stopped, not left."""
+    proc = Proc(WORKER_COMMAND, env, log_path)
+    try:
+        wait_until(
+            lambda: registered(proc), 60, "the worker to register", proc, progress=proc.cpu_ticks
+        )
+    except AssertionError:
+        proc.stop(timeout=10)
+        raise
+    return proc

@@ -30,7 +30,7 @@ from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Se
 from model_trainer.store.keys import JobField, job_key, workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
-from tests.processes import WORKER_COMMAND, Proc, child_env, free_port, wait_until
+from tests.processes import Proc, child_env, free_port, start_worker_process, wait_until
 
 # Durable-run timings scaled down so that tests of dead workers and outages take seconds: a
 # lease lapses 3 s after its owner stops, reapers look every 0.5 s. With
@@ -133,19 +133,10 @@ class Stack:
         )
         (self.root / name).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{name}-{len(self.workers)}.log"
-        proc = Proc(WORKER_COMMAND, environment, log_path)
+        proc = start_worker_process(
+            environment, log_path, lambda p: self.worker_name(p) is not None
+        )
         self.workers.append(proc)
-        try:
-            wait_until(
-                lambda: self.worker_name(proc) is not None,
-                60,
-                "the worker to register",
-                proc,
-                progress=proc.cpu_ticks,
-            )
-        except AssertionError:
-            proc.stop(timeout=10)  # a worker that never came up is not left behind
-            raise
         return proc
 
     def worker_name(self, proc: Proc) -> str | None:

@@ -303,6 +303,29 @@ def test_user_and_fatal_failures_of_evaluations_are_not_retried(stack: Stack, ru
     _retire(stack, worker)
 
 
+def test_user_and_fatal_failures_of_tokenizers_are_not_retried(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A corpus that cannot be text is the user's to fix; a worker that cannot write the
+    tokenizer's files (its artifacts folder is a file: a bug or a broken disk) is fatal.
+    Neither is tried again."""
+    bad = stack.upload_text(b"good line\nbad byte: \xff\xfe\n", "bad.txt")
+    not_a_folder = tmp_path / "artifacts"
+    not_a_folder.write_text("a file where the worker's artifacts folder should be")
+    for corpus, worker_env, kind in (
+        (bad, {}, "user"),
+        (stack.upload_text(_text()[:20_000]), {"APP__ARTIFACTS_ROOT": str(not_a_folder)}, "fatal"),
+    ):
+        worker = stack.start_worker(_disk(), **worker_env)
+        with stack.client() as client:
+            tokenizer = _submit_tokenizer(client, corpus, seed=int(uuid.uuid4().int % 1_000_000))
+            done = _wait_done(lambda: _tokenizer(client, tokenizer))  # noqa: B023
+        assert done["status"] == "failed", done
+        assert json_dict(done["error"])["kind"] == kind, done
+        assert job_field(stack.redis, tokenizer, JobField.ATTEMPTS) is None
+        _retire(stack, worker)
+
+
 def _completed_run_without_a_manifest(stack: Stack) -> str:
     """A run whose artifact is a tar of our shape with no manifest in it (corrupt)."""
     runs = StatusStore(stack.redis, RUN_KEYS, RunProgress)

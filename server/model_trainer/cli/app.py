@@ -766,14 +766,7 @@ def run_generate(
         seed=seed,
     )
     path = f"/runs/{run_id}/generate"
-    try:
-        response = api.request(
-            "POST", path, body=request.model_dump(mode="json", exclude_none=True)
-        )
-    except CliError as exc:
-        if exc.exit_code is ExitCode.NOT_FOUND:
-            raise _generate_not_found(api, run_id, exc) from exc
-        raise
+    response = api.request("POST", path, body=request.model_dump(mode="json", exclude_none=True))
     result = parse(GenerateResponse, response)
     if o.output.as_json:
         o.output.model(result)
@@ -785,21 +778,6 @@ def run_generate(
     o.output.note(
         f"{result.new_tokens} new tokens after {result.prompt_tokens} prompt tokens "
         f"in {result.elapsed_ms} ms"
-    )
-
-
-def _generate_not_found(api: ApiClient, run_id: str, exc: CliError) -> CliError:
-    """A 404 is an unknown run, or a server older than `POST /runs/{id}/generate`."""
-    try:
-        api.get(RunInfo, f"/runs/{run_id}")
-    except CliError as lookup:
-        return lookup  # the run itself is unknown (or the API went away)
-    return CliError(
-        f"the API at {api.base_url} has no POST /runs/{{id}}/generate (it is older than "
-        f"this client; run {run_id} exists): upgrade the server to generate text",
-        ExitCode.NOT_FOUND,
-        status=exc.status,
-        code=exc.code,
     )
 
 

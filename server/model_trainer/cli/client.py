@@ -16,6 +16,7 @@ import httpx
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from model_trainer.databank.errors import DataBankError, NotFound, Unavailable
+from model_trainer.errors import TrainerError
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _JSON = TypeAdapter(JsonValue)
@@ -35,8 +36,9 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 5  # 503, or nothing answers at the URL
 
 
-class CliError(Exception):
-    """What went wrong, said for a person, and the exit code it ends the CLI with."""
+class CliError(TrainerError):
+    """What went wrong, said for a person, and the exit code it ends the CLI with;
+    `server_code`: the API's `ErrorCode` when the API refused."""
 
     def __init__(
         self,
@@ -44,13 +46,12 @@ class CliError(Exception):
         exit_code: ExitCode = ExitCode.FAILURE,
         *,
         status: int | None = None,
-        code: str | None = None,
+        server_code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.exit_code = exit_code
         self.status = status
-        self.code = code
+        self.server_code = server_code
 
     def as_json(self) -> dict[str, JsonValue]:
         return {
@@ -58,7 +59,7 @@ class CliError(Exception):
                 "message": self.message,
                 "exit_code": int(self.exit_code),
                 "status": self.status,
-                "code": self.code,
+                "code": self.server_code,
             }
         }
 
@@ -101,10 +102,10 @@ def error_from_response(response: httpx.Response, what: str) -> CliError:
             "give the right one with --api-key or MODEL_TRAINER_API_KEY",
             ExitCode.FAILURE,
             status=status,
-            code=code,
+            server_code=code,
         )
     return CliError(
-        f"{what}: {message} (HTTP {status})", exit_code_for(status), status=status, code=code
+        f"{what}: {message} (HTTP {status})", exit_code_for(status), status=status, server_code=code
     )
 
 

@@ -33,7 +33,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -176,10 +176,15 @@ class JobOwner:
             extra=log_fields("job_failed", error_code=error.code),
         )
         # The job folder's manifest says why, beside its logs (a failed job has no artifact).
-        write_manifest(
-            folder,
-            {f"{self.kind}_id": self.job_id, "status": "failed", "error": error.model_dump()},
-        )
+        # A courtesy to whoever reads the disk: the record is the truth, and a folder that
+        # cannot be written (maybe why the job failed) must not keep the job from ending.
+        try:
+            write_manifest(
+                folder,
+                {f"{self.kind}_id": self.job_id, "status": "failed", "error": error.model_dump()},
+            )
+        except OSError as exc:
+            log.warning("cannot write the failed job's manifest: %s", exc)
         self.end(
             Status.FAILED,
             error.message,
@@ -311,10 +316,7 @@ def owned_job(
     Its log lines go to `folder` and to the stream of `logs_to` (default: the job's own).
     """
     stream = logs_to or job_id
-    with (
-        _log_context(kind, job_id, stream),
-        capture_job_logs(ctx.redis, stream, folder, ctx.settings.app.log_stream_maxlen),
-    ):
+    with _log_context(kind, job_id, stream):
         lease = Lease(ctx.redis, job_id, ctx.settings.recovery.lease_ttl_sec)
         taken = lease.acquire(ctx.worker_name)
         if isinstance(taken, NotAcquired):
@@ -323,27 +325,35 @@ def owned_job(
             yield None
             return
         owner = JobOwner(ctx, kind, job_id, user_id, lease)
-        if owner.cancelled():
-            owner.cancel("cancelled before it started")
-            yield None
-            return
-        owner.store.set_status(job_id, Status.RUNNING, f"running on {ctx.worker_name}")
-        owner.store.heartbeat(job_id)
-        log.info(
-            "worker %s took the %s (lease epoch %d)",
-            ctx.worker_name,
-            kind,
-            lease.epoch,
-            extra=log_fields("job_owned", epoch=lease.epoch, worker=ctx.worker_name),
-        )
-        try:
-            with _Renewer(owner):
-                yield owner
-        except Exception as exc:  # noqa: BLE001 - every way an attempt ends is settled here
+        # From here on every exception is settled, the job folder's own failures included (a
+        # disk that cannot hold its logs): an attempt that raised unsettled would leave the
+        # job `queued` for the reaper to dispatch again, forever. The log capture stays on
+        # while settling, so that the job's logs say how it ended.
+        with ExitStack() as logs:
             try:
-                _settle(owner, exc, folder)
-            except LeaseLost:
-                log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
+                logs.enter_context(
+                    capture_job_logs(ctx.redis, stream, folder, ctx.settings.app.log_stream_maxlen)
+                )
+                if owner.cancelled():
+                    owner.cancel("cancelled before it started")
+                    yield None
+                    return
+                owner.store.set_status(job_id, Status.RUNNING, f"running on {ctx.worker_name}")
+                owner.store.heartbeat(job_id)
+                log.info(
+                    "worker %s took the %s (lease epoch %d)",
+                    ctx.worker_name,
+                    kind,
+                    lease.epoch,
+                    extra=log_fields("job_owned", epoch=lease.epoch, worker=ctx.worker_name),
+                )
+                with _Renewer(owner):
+                    yield owner
+            except Exception as exc:  # noqa: BLE001 - every way an attempt ends is settled here
+                try:
+                    _settle(owner, exc, folder)
+                except LeaseLost:
+                    log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
 
 
 def _settle(owner: JobOwner, exc: Exception, folder: Path) -> None:
