@@ -132,11 +132,16 @@ def module_worker(
 def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator[StartWorker]:
     procs: list[Proc] = []
 
-    def start(queue: str = queue_name, root: Path | None = None, **extra: str) -> Proc:
+    def start(
+        queue: str = queue_name,
+        root: Path | None = None,
+        command: list[str] = WORKER_COMMAND,
+        **extra: str,
+    ) -> Proc:
         root = root or tmp_path / f"worker{len(procs)}"
         root.mkdir(parents=True, exist_ok=True)
         env = worker_env(redis_url, queue, root, **extra)
-        proc = Proc(WORKER_COMMAND, env, root / "worker.log")
+        proc = Proc(command, env, root / "worker.log")
         procs.append(proc)
         conn = Redis.from_url(redis_url)
         before = Worker.count(connection=conn, queue=Queue(queue, connection=conn))

@@ -16,6 +16,8 @@ BIN_DIR = Path(sys.executable).parent
 # `modeltrainer-rq-worker`'s entry point (pyproject), run as a module so the tests use this
 # tree's code whatever the virtualenv's generated scripts point at.
 WORKER_COMMAND = [sys.executable, "-m", "model_trainer.jobs.worker"]
+# The same worker, allowed to run tests/jobs_for_tests.py's jobs too (tests/worker_for_tests.py).
+TEST_JOBS_WORKER_COMMAND = [sys.executable, "-m", "tests.worker_for_tests"]
 
 
 def free_port() -> int:
