@@ -52,7 +52,7 @@ def measure(state: dict[str, str], runs: int) -> int:
         files={"file": ("c.txt", data)},
     )
     corpus = bank.json()["file_id"]
-    redis = Redis.from_url(stack.dotenv().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis = Redis.from_url(state["redis"])
     pubsub = redis.pubsub()
     pubsub.subscribe("trainer:events")
     with httpx.Client(
