@@ -53,8 +53,7 @@ def measure(state: dict[str, str], runs: int) -> int:
         files={"file": ("c.txt", data)},
     )
     corpus = bank.json()["file_id"]
-    url = stack.dotenv().get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    redis = redis_client(url, RedisUse.JOBS)
+    redis = redis_client(state["redis"], RedisUse.JOBS)
     pubsub = redis.pubsub()
     pubsub.subscribe("trainer:events")
     with httpx.Client(

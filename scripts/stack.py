@@ -5,11 +5,18 @@ With a working Docker engine (and STACK unset or `compose`): `docker compose up 
 docker-compose.yml (Redis, Data Bank, API, worker, each with its own volume). `start` says
 first which mode it chose and why (its `mode` line).
 
-Otherwise (or STACK=processes) the same stack as local processes: the Redis at REDIS_URL if it
-answers (unless STACK_OWN_REDIS=1), else `redis-server` on a free port; then the local Data
+Otherwise (or STACK=processes) the same stack as local processes: Redis, then the local Data
 Bank, the API (Hypercorn) and one worker, each with its own data folder under `.stack/` (API
 and worker do not share a disk, as in production), pid files and per-process logs in
 `.stack/logs/`.
+
+Redis: the one REDIS_URL names when it is set (environment or `.env`; it must answer), else
+(and always with STACK_OWN_REDIS=1) a `redis-server` of the stack's own. Never a Redis that
+merely answers at some default address: that may be somebody else's, and the stack would
+read their records and run their queue's jobs. Its own keeps its data in `.stack/redis/`
+(append-only file), so runs and tokenizers outlive `make stop`/`make start` as their
+artifacts in Data Bank do; it listens on 127.0.0.1 and wants a password (generated, kept in
+`.stack/keys.json`; its config file, which holds it, is mode 600).
 
 `start` returns when the API's /readyz answers 200, or exits 1 with the reason. It prints
 where everything listens and the keys to use, and writes them to `.stack/client.env`, which
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +51,7 @@ STATE = Path(os.environ.get("STACK_DIR") or ROOT / ".stack")
 LOGS = STATE / "logs"
 STATE_FILE = STATE / "stack.json"
 KEYS_FILE = STATE / "keys.json"
+REDIS_DIR = STATE / "redis"
 CLIENT_ENV = STATE / "client.env"
 BIN = Path(sys.executable).parent
 
@@ -100,6 +109,13 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def _http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
@@ -142,19 +158,74 @@ def _tail(name: str, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _kept_keys() -> dict[str, str]:
+    return json.loads(KEYS_FILE.read_text()) if KEYS_FILE.exists() else {}
+
+
+def _keep_keys(keys: dict[str, str]) -> None:
+    kept = _kept_keys()
+    if kept | keys != kept:
+        _write_private(KEYS_FILE, json.dumps(kept | keys))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret: mode 600 from its creation, never readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # a file that existed keeps its old mode through os.open
+
+
 def stack_keys() -> tuple[str, str]:
     """(API key, Data Bank key): the environment's or `.env`'s, else the ones kept in
     `.stack/keys.json`, else new random ones (then kept)."""
-    kept: dict[str, str] = json.loads(KEYS_FILE.read_text()) if KEYS_FILE.exists() else {}
+    kept = _kept_keys()
     api_key = _setting("SECURITY__API_KEY", "") or kept.get("api_key") or secrets.token_hex(16)
     bank_key = (
         _setting("APP__DATA_BANK_API_KEY", "") or kept.get("databank_key") or secrets.token_hex(16)
     )
-    if kept != {"api_key": api_key, "databank_key": bank_key}:
-        STATE.mkdir(exist_ok=True)
-        KEYS_FILE.write_text(json.dumps({"api_key": api_key, "databank_key": bank_key}))
-        KEYS_FILE.chmod(0o600)
+    _keep_keys({"api_key": api_key, "databank_key": bank_key})
     return api_key, bank_key
+
+
+def redis_choice() -> str | None:
+    """The Redis to join: REDIS_URL when set explicitly (environment or `.env`) and
+    STACK_OWN_REDIS is not 1; None: start the stack's own. Nothing is probed: whatever
+    answers at a default address is never joined."""
+    if os.environ.get("STACK_OWN_REDIS") == "1":
+        return None
+    return _setting("REDIS_URL", "") or None
+
+
+def _start_own_redis(pids: dict[str, int]) -> str | None:
+    """The stack's own redis-server (the module's docstring): its URL, None if none is
+    installed."""
+    server = shutil.which("redis-server")
+    if server is None:
+        return None
+    password = _kept_keys().get("redis_password") or secrets.token_hex(16)
+    _keep_keys({"redis_password": password})
+    port = _free_port()
+    conf = REDIS_DIR / "redis.conf"
+    _write_private(
+        conf,
+        f"port {port}\n"
+        "bind 127.0.0.1\n"
+        f"requirepass {password}\n"
+        f"dir {REDIS_DIR}\n"
+        # Every write in the append-only file, flushed each second and at SIGTERM (`stop`);
+        # no snapshots besides.
+        "appendonly yes\n"
+        "appendfsync everysec\n"
+        'save ""\n'
+        # The queue must never lose a job to memory pressure (as docker-compose.yml says).
+        "maxmemory-policy noeviction\n",
+    )
+    pids["redis"] = _spawn("redis", [server, str(conf)], dict(os.environ))
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    _wait(lambda: _redis_answers(url), 20, "redis", pids)
+    return url
 
 
 def _announce(api: str, databank: str, api_key: str, bank_key: str) -> None:
@@ -180,7 +251,7 @@ def _announce(api: str, databank: str, api_key: str, bank_key: str) -> None:
 
 def read_state() -> dict[str, str]:
     """Where the running stack listens and its keys: {"api", "databank", "api_key",
-    "databank_key"}."""
+    "databank_key"}, and "redis" (its URL, password included) for a stack of processes."""
     raw = json.loads(STATE_FILE.read_text())
     return {k: v for k, v in raw.items() if isinstance(v, str)}
 
@@ -244,22 +315,20 @@ def _start_compose() -> int:
 
 def _start_processes() -> int:
     pids: dict[str, int] = {}
-    redis_url = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
-    # STACK_OWN_REDIS=1 (the fuzzer, the API benchmark): never write into the Redis at
-    # REDIS_URL, start a private one.
-    if os.environ.get("STACK_OWN_REDIS") != "1" and _redis_answers(redis_url):
-        _say(f"redis      {redis_url} (already running)")
-    else:
-        server = shutil.which("redis-server")
-        if server is None:
-            _say(f"no Redis answers at {redis_url} and redis-server is not installed")
+    joined = redis_choice()
+    if joined is not None:
+        if not _redis_answers(joined):
+            _say("REDIS_URL is set but no Redis answers there (unset it: the stack starts its own)")
             return 1
-        port = _free_port()
-        args = [server, "--port", str(port), "--save", "", "--appendonly", "no"]
-        pids["redis"] = _spawn("redis", args, dict(os.environ))
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        _wait(lambda: _redis_answers(redis_url), 20, "redis", pids)
-        _say(f"redis      {redis_url} (started)")
+        redis_url = joined
+        _say(f"redis      {_without_password(redis_url)} (REDIS_URL)")
+    else:
+        own = _start_own_redis(pids)
+        if own is None:
+            _say("redis-server is not installed (or set REDIS_URL to a Redis of yours)")
+            return 1
+        redis_url = own
+        _say(f"redis      {_without_password(redis_url)} (started; data in {REDIS_DIR})")
 
     api_port = int(_setting("PORT", "8000"))
     if not _port_free(api_port):
@@ -310,10 +379,11 @@ def _start_processes() -> int:
         "pids": pids,
         "api": api,
         "databank": bank_url,
+        "redis": redis_url,
         "api_key": api_key,
         "databank_key": bank_key,
     }
-    STATE_FILE.write_text(json.dumps(state))
+    _write_private(STATE_FILE, json.dumps(state))
     _wait(lambda: _http_status(f"{api}/readyz") == 200, 120, "api /readyz", pids)
     _say(f"worker     pid {pids['worker']}")
     _announce(api, bank_url, api_key, bank_key)

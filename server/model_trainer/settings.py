@@ -51,6 +51,11 @@ class AppSettings(_Section):
     # 100 bytes) and a JSONL document rarely passes 1 MiB; 4 MiB leaves room for long ones.
     # At most 64 MiB, the longest line the corpus readers hold in memory.
     corpus_max_line_bytes: int = Field(default=4 * 1024**2, ge=1024, le=64 * 1024**2)
+    # A structured corpus (JSONL, CSV, Parquet) is written out as text at most this long: a
+    # few KB of Parquet can decode to gigabytes. Checked from Parquet's metadata and
+    # dictionaries before any text is decoded, and while streaming; past it the job fails
+    # as a user error. 4 GiB of text is far more than CPU training gets through.
+    corpus_max_text_bytes: int = Field(default=4 * 1024**3, ge=1024)
     # Caps on extracting an artifact (a tokenizer's or a run's tar from Data Bank). Ours hold
     # under 20 files (weights, configs, tokenizer files, manifest, logs, eval): 1,000 members
     # leaves room for sharded weights. 8 GiB is about 2 billion float32 parameters, far past

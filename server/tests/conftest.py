@@ -13,7 +13,7 @@ from rq import Queue, Worker
 
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.training.hardware import CpuInfo, cpu_info
-from tests.processes import Proc, child_env, start_worker_process
+from tests.processes import WORKER_COMMAND, Proc, child_env, start_worker_process
 from tests.redis_server import RedisServer
 
 # One Data Bank server process for the whole session (see tests/databank_fixtures.py).
@@ -132,7 +132,12 @@ def module_worker(
 def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator[StartWorker]:
     procs: list[Proc] = []
 
-    def start(queue: str = queue_name, root: Path | None = None, **extra: str) -> Proc:
+    def start(
+        queue: str = queue_name,
+        root: Path | None = None,
+        command: list[str] = WORKER_COMMAND,
+        **extra: str,
+    ) -> Proc:
         root = root or tmp_path / f"worker{len(procs)}"
         root.mkdir(parents=True, exist_ok=True)
         env = worker_env(redis_url, queue, root, **extra)
@@ -145,6 +150,7 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
                 lambda _: (
                     Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before
                 ),
+                command,
             )
         finally:
             conn.close()

@@ -16,6 +16,8 @@ BIN_DIR = Path(sys.executable).parent
 # `modeltrainer-rq-worker`'s entry point (pyproject), run as a module so the tests use this
 # tree's code whatever the virtualenv's generated scripts point at.
 WORKER_COMMAND = [sys.executable, "-m", "model_trainer.jobs.worker"]
+# The same worker, allowed to run tests/jobs_for_tests.py's jobs too (tests/worker_for_tests.py).
+TEST_JOBS_WORKER_COMMAND = [sys.executable, "-m", "tests.worker_for_tests"]
 
 
 def free_port() -> int:
@@ -120,11 +122,14 @@ def wait_until(
 
 
 def start_worker_process(
-    env: Mapping[str, str], log_path: Path, registered: Callable[[Proc], bool]
+    env: Mapping[str, str],
+    log_path: Path,
+    registered: Callable[[Proc], bool],
+    command: list[str] = WORKER_COMMAND,
 ) -> Proc:
     """A worker process, once `registered(proc)` says it came up (waiting while its CPU time
     moves: a busy machine imports torch slowly); one that never does is stopped, not left."""
-    proc = Proc(WORKER_COMMAND, env, log_path)
+    proc = Proc(command, env, log_path)
     try:
         wait_until(
             lambda: registered(proc), 60, "the worker to register", proc, progress=proc.cpu_ticks

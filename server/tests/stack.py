@@ -26,6 +26,7 @@ from rq.job import Job
 
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
+from model_trainer.jobs.queue import fetch_rq_job
 from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Settings
 from model_trainer.store.keys import JobField, job_key, workers_key
 from model_trainer.store.records import as_str
@@ -255,4 +256,4 @@ def rq_job(redis: Redis, job_id: str) -> Job:
     """The RQ job that dispatched our job last (RQ only dispatches; the record names it)."""
     rq_id = job_field(redis, job_id, JobField.DISPATCH)
     assert rq_id is not None, f"{job_id} was never dispatched"
-    return Job.fetch(rq_id, connection=redis)
+    return fetch_rq_job(rq_id, redis)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from model_trainer.api.schemas import TrainRequest
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.jobs.payloads import EvaluateRequest
+from model_trainer.settings import AppSettings
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus_formats import (
     StructuredFormat,
@@ -29,6 +30,8 @@ from model_trainer.tokenization.corpus_formats import (
 )
 
 FILE_ID = "a" * 64
+NO_CAP = AppSettings().corpus_max_text_bytes
+MiB = 1024**2
 DOCS = ["first record", "a record\nof two lines", "third, with a comma", "42"]
 
 
@@ -86,13 +89,17 @@ def test_null_values_are_skipped_and_missing_json_keys_are_nulls(tmp_path: Path)
     )
     parquet = _parquet(tmp_path / "c.parquet", {"text": ["a", None, "b"]})
     assert _docs(jsonl, "jsonl") == ["a", "b"]
-    out = write_text_corpus(parquet, "parquet", "text", tmp_path / "out.txt", tmp_path / "ds")
+    out = write_text_corpus(
+        parquet, "parquet", "text", tmp_path / "out.txt", tmp_path / "ds", NO_CAP
+    )
     assert (out.documents, out.skipped_nulls) == (2, 1)
 
 
 def test_text_file_separates_records_by_newlines_and_keeps_their_own(tmp_path: Path) -> None:
     jsonl = _jsonl(tmp_path / "c.jsonl", [{"text": d} for d in [*DOCS, "ends with one\n"]])
-    out = write_text_corpus(jsonl, "jsonl", "text", tmp_path / "t" / "out.txt", tmp_path / "ds")
+    out = write_text_corpus(
+        jsonl, "jsonl", "text", tmp_path / "t" / "out.txt", tmp_path / "ds", NO_CAP
+    )
     assert out.path.read_text(encoding="utf-8") == "\n".join(DOCS) + "\nends with one\n"
     assert out.documents == 5 and out.size_bytes == out.path.stat().st_size
     assert [p.name for p in out.path.parent.iterdir()] == ["out.txt"]  # no temp file left
@@ -192,6 +199,92 @@ def test_reading_never_touches_the_network(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:3] == ["jsonl ['a']", "parquet ['b']", "csv ['first record']"]
+
+
+# Converts one corpus in a fresh process, as a job does, and reports the process's peak RSS
+# (what the job's process would hold): {"peak": bytes, "error": [code, message] or None}.
+# VmHWM, not getrusage: Linux carries ru_maxrss across exec, so that would include the peak
+# of the pytest process that forked it.
+_CONVERT = textwrap.dedent(
+    """
+    import json, re, sys
+    from pathlib import Path
+    from model_trainer.errors import UserError
+    from model_trainer.tokenization.corpus_formats import write_text_corpus
+
+    src, fmt, out, cache, cap = sys.argv[1:]
+    error = None
+    try:
+        write_text_corpus(Path(src), fmt, "text", Path(out), Path(cache), int(cap))
+    except UserError as exc:
+        error = [exc.code, exc.message]
+    status = Path("/proc/self/status").read_text()
+    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+    print(json.dumps({"peak": peak, "error": error}))
+    """
+)
+
+
+def _convert(src: Path, fmt: StructuredFormat, out: Path, cap: int) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT, str(src), fmt, str(out), str(src.parent / "ds"), str(cap)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("dictionary", [True, False], ids=["dictionary", "plain-zstd"])
+def test_a_parquet_bomb_is_refused_before_its_text_is_decoded(
+    tmp_path: Path, dictionary: bool
+) -> None:
+    """A few KB of Parquet that decode to 256 MiB of text (one 1 MiB value 256 times, as a
+    dictionary or as zstd-compressed plain pages), against a cap of 4 MiB (more than the
+    dictionary's own size: the rows are what is counted): refused as a user error naming the
+    cap, with no file left, in a process whose peak memory is that of converting a tiny
+    corpus (plus a margin far under the 256 MiB it would decode to)."""
+    bomb = tmp_path / "bomb.parquet"
+    value = "x" * MiB
+    pq.write_table(
+        pa.table({"text": [value] * 256}), bomb, compression="zstd", use_dictionary=dictionary
+    )
+    assert bomb.stat().st_size < 64 * 1024
+    small = _parquet(tmp_path / "small.parquet", {"text": DOCS})
+    out = tmp_path / "out" / "text.txt"
+
+    baseline = _convert(small, "parquet", tmp_path / "small" / "text.txt", 4 * MiB)
+    refused = _convert(bomb, "parquet", out, 4 * MiB)
+
+    assert baseline["error"] is None
+    assert refused["error"] == [
+        ErrorCode.CORPUS_TEXT_TOO_LARGE,
+        "the parquet corpus decodes to more than 4,194,304 bytes of text, the cap "
+        "(APP__CORPUS_MAX_TEXT_BYTES=4194304): upload a smaller corpus, or ask the operator "
+        "to raise the cap.",
+    ]
+    assert list(out.parent.iterdir()) == []
+    peak, base = refused["peak"], baseline["peak"]
+    assert isinstance(peak, int) and isinstance(base, int)
+    assert peak < base + 32 * MiB, (peak, base)
+
+
+def test_a_json_lines_corpus_stops_at_the_cap_while_streaming(tmp_path: Path) -> None:
+    """JSON lines have no metadata to read first: the text is counted as it is written, the
+    conversion stops at the cap and its partial file is removed."""
+    jsonl = _jsonl(tmp_path / "big.jsonl", [{"text": "y" * 1000}] * 4000)  # 4 MB of text
+    out = tmp_path / "out" / "text.txt"
+    with pytest.raises(UserError) as caught:
+        write_text_corpus(jsonl, "jsonl", "text", out, tmp_path / "ds", MiB)
+    assert caught.value.code == ErrorCode.CORPUS_TEXT_TOO_LARGE
+    assert caught.value.failure == "user"
+    assert "(APP__CORPUS_MAX_TEXT_BYTES=1048576)" in caught.value.message
+    assert list(out.parent.iterdir()) == []
+    # Under the cap, the same corpus converts whole.
+    whole = write_text_corpus(jsonl, "jsonl", "text", out, tmp_path / "ds", 8 * MiB)
+    assert whole.documents == 4000 and whole.size_bytes == 4000 * 1001
 
 
 def test_text_ids_differ_by_field_and_format() -> None:

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from redis import Redis
-from rq import Queue, Worker
-from rq.job import Job
+from rq import Callback, Queue, Worker
 
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import (
     JobState,
     RQJobQueue,
+    fetch_rq_job,
+    rq_queue,
     run_queue_name,
     worker_queue_names,
 )
@@ -27,8 +28,8 @@ from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.store.keys import JobKind, workers_key
 from model_trainer.training.config import Device, TrainingSpec
 from tests.conftest import StartWorker, worker_env
-from tests.jobs_for_tests import FUNCTIONS, Payload
-from tests.processes import WORKER_COMMAND, Proc, wait_until
+from tests.jobs_for_tests import FUNCTIONS, Payload, TouchOnLoad
+from tests.processes import TEST_JOBS_WORKER_COMMAND, WORKER_COMMAND, Proc, wait_until
 from tests.stack import rq_job
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
@@ -42,7 +43,7 @@ def queue_name() -> str:
 
 @pytest.fixture(scope="module")
 def worker(module_worker: StartWorker) -> Proc:
-    return module_worker()
+    return module_worker(command=TEST_JOBS_WORKER_COMMAND)
 
 
 def _queue(
@@ -65,7 +66,7 @@ def test_enqueue_uses_our_id_and_runs_to_finished(
     request.getfixturevalue("worker")  # started only now (the module's first use of it)
     wait_until(lambda: queue.state(our_id) is JobState.FINISHED, 60, "job to finish")
     assert redis_client.llen(key) == 1
-    job = Job.fetch(our_id, connection=redis_client)
+    job = fetch_rq_job(our_id, redis_client)
     assert job.timeout == RQSettings().job_timeout_sec  # explicit, not RQ's 180 s
     assert queue.state("no-such-job") is JobState.UNKNOWN
 
@@ -87,7 +88,7 @@ def test_job_timeout_is_honoured(redis_client: Redis, queue_name: str, worker: P
     queue.enqueue("sleep", Payload(key=key, seconds=30), job_id=job_id)
     wait_until(lambda: queue.state(job_id) is JobState.FAILED, 30, "job to time out")
     assert redis_client.lrange(key, 0, -1) == [b"started"]
-    result = Job.fetch(job_id, connection=redis_client).latest_result()
+    result = fetch_rq_job(job_id, redis_client).latest_result()
     assert result is not None
     assert "JobTimeoutException" in (result.exc_string or "")
 
@@ -106,6 +107,55 @@ def test_unknown_job_name_is_refused(redis_client: Redis, queue_name: str) -> No
     queue = _queue(redis_client, queue_name)
     with pytest.raises(KeyError, match="nope"):
         queue.enqueue("nope", Payload(key="x"), job_id="x")
+
+
+def test_the_worker_runs_only_our_jobs(
+    redis_client: Redis, queue_name: str, worker: Proc, tmp_path: Path
+) -> None:
+    """Redis is not a channel for code. Jobs pushed onto the queue by hand, as RQ writes
+    them, that would each create a file: a pickled one (its data creates the file as it is
+    loaded, whatever function it names), a JSON one naming a function that is not one of
+    ours, and one naming one of ours with a success callback that is not. Each is refused
+    and logged, nothing ran (no file), and the worker goes on to run a real job after them."""
+    touched = tmp_path / "touched"
+    payload = Payload(key=str(touched)).model_dump_json()
+    pickled, foreign, hooked = (f"refused-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    Queue(queue_name, connection=redis_client).enqueue_call(  # RQ's default: pickle
+        "tests.jobs_for_tests.touch", args=(TouchOnLoad(touched),), job_id=pickled
+    )
+    by_hand = rq_queue(queue_name, redis_client)
+    by_hand.enqueue_call("tests.jobs_for_tests.touch", args=(payload,), job_id=foreign)
+    by_hand.enqueue_call(
+        FUNCTIONS["record"],
+        args=(payload,),  # record would push to a key named `touched`, the callback touch it
+        job_id=hooked,
+        on_success=Callback("tests.jobs_for_tests.touch_callback"),
+    )
+    queue = _queue(redis_client, queue_name)
+    real = uuid.uuid4().hex
+    queue.enqueue("record", Payload(key=f"k:{real}"), job_id=real)
+
+    wait_until(
+        lambda: queue.state(real) is JobState.FINISHED,
+        60,
+        "the real job after the refused ones",
+        worker,
+        progress=worker.cpu_ticks,
+    )
+    assert not touched.exists(), "a refused job ran"
+    assert redis_client.llen(str(touched)) == 0
+    assert redis_client.llen(f"k:{real}") == 1
+    assert worker.alive()
+    reasons = {
+        pickled: "not JSON",
+        foreign: "'tests.jobs_for_tests.touch' is not one of this project's job functions",
+        hooked: "success_callback_name",
+    }
+    refusals = [line for line in worker.output().splitlines() if "worker_job_refused" in line]
+    for job_id, reason in reasons.items():
+        assert queue.state(job_id) is JobState.FAILED
+        assert any(job_id in line and reason in line for line in refusals), refusals
+        assert job_id in by_hand.failed_job_registry.get_job_ids()
 
 
 def test_the_worker_runs_at_a_lower_cpu_priority(worker: Proc) -> None:
@@ -157,13 +207,13 @@ def test_cuda_runs_wait_on_the_gpu_queue_and_go_back_to_it(
     assert queue.state(job_id) is JobState.QUEUED
     assert queue.job_pending(cuda.run_id)
 
-    Job.fetch(job_id, connection=redis_client).cancel()  # as if its attempt ended
+    fetch_rq_job(job_id, redis_client).cancel()  # as if its attempt ended
     assert not queue.job_pending(cuda.run_id)
     again = queue.requeue(JobKind.RUN, cuda.run_id)
     assert again is not None and again != job_id
     assert _job_ids(redis_client, gpu_queue) == [again]
     assert again not in _job_ids(redis_client, queue_name)
-    Job.fetch(again, connection=redis_client).cancel()
+    fetch_rq_job(again, redis_client).cancel()
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu"])
@@ -175,7 +225,7 @@ def test_other_runs_go_on_the_ordinary_queue(redis_client: Redis, device: str) -
     job_id = queue.submit(JobKind.RUN, job.run_id, job)
     assert _job_ids(redis_client, settings.queue_name) == [job_id]
     assert _job_ids(redis_client, settings.gpu_queue_name).count(job_id) == 0
-    Job.fetch(job_id, connection=redis_client).cancel()
+    fetch_rq_job(job_id, redis_client).cancel()
 
 
 @pytest.mark.parametrize(("device", "served"), [("cpu", ["q"]), ("cuda", ["q-gpu", "q"])])

@@ -18,6 +18,8 @@ from types import ModuleType
 
 import httpx
 import pytest
+import redis.exceptions
+from redis import Redis
 
 from tests.processes import child_env, free_port
 
@@ -153,3 +155,62 @@ def test_keys_are_kept_across_restarts_and_settings_win(
     assert (tmp_path / ".stack" / "keys.json").stat().st_mode & 0o077 == 0
     monkeypatch.setenv("SECURITY__API_KEY", "chosen-api-key")
     assert stack.stack_keys() == ("chosen-api-key", first[1])
+
+
+def test_the_stack_joins_only_the_redis_that_redis_url_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that merely answers at the default address may be somebody else's: the stack
+    joins a Redis only when REDIS_URL names it, and one named that does not answer is an
+    error, not a reason to start another."""
+    stack = _load_stack_module(tmp_path / ".stack", monkeypatch)
+    monkeypatch.setattr(stack, "dotenv", dict)  # the project's .env may name one
+    for name in ("REDIS_URL", "STACK_OWN_REDIS"):
+        monkeypatch.delenv(name, raising=False)
+    assert stack.redis_choice() is None  # its own, whatever answers on 6379
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@redis.example:6380/0")
+    assert stack.redis_choice() == "redis://:pw@redis.example:6380/0"
+    monkeypatch.setenv("STACK_OWN_REDIS", "1")
+    assert stack.redis_choice() is None
+
+    state = tmp_path / "named"
+    env = _stack_env(state) | {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    del env["STACK_OWN_REDIS"]
+    result = _stack("start", env)
+    assert result.returncode == 1
+    assert "REDIS_URL is set but no Redis answers there" in result.stdout
+    assert not (state / "redis").exists() and not (state / "stack.json").exists()
+
+
+def test_records_survive_a_restart_of_the_stacks_own_redis(tmp_path: Path) -> None:
+    """The stack's own Redis keeps its data in the stack's folder (append-only file) and wants
+    a password: a corpus recorded before `make stop` is listed after the next `make start`."""
+    state = tmp_path / ".stack"
+    env = _stack_env(state)
+    cli_names = {"MODEL_TRAINER_URL", "MODEL_TRAINER_API_KEY", "DATA_BANK_URL", "DATA_BANK_API_KEY"}
+    cli_env = {k: v for k, v in env.items() if k not in cli_names}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("kept across restarts\n" * 40)
+    listed: list[list[str]] = []
+    for round_ in range(2):
+        started = _stack("start", env)
+        try:
+            assert started.returncode == 0, started.stdout + started.stderr
+            printed = _printed(started.stdout, "redis")
+            url = json.loads((state / "stack.json").read_text())["redis"]
+            assert printed.startswith("redis://127.0.0.1:") and printed != url  # no password
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                Redis.from_url(printed).ping()
+            if round_ == 0:
+                upload = _cli(tmp_path, cli_env, "corpus", "upload", str(corpus))
+                assert upload.returncode == 0, upload.stdout + upload.stderr
+            found = _cli(tmp_path, cli_env, "corpus", "list")
+            assert found.returncode == 0, found.stdout + found.stderr
+            listed.append([c["file_id"] for c in json.loads(found.stdout)["items"]])
+        finally:
+            stopped = _stack("stop", env)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert len(listed[0]) == 1 and listed[1] == listed[0]
+    assert any((state / "redis" / "appendonlydir").iterdir())
+    for secret in ("redis/redis.conf", "keys.json"):
+        assert (state / secret).stat().st_mode & 0o077 == 0, secret

@@ -72,6 +72,7 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CORPUS_UNREADABLE: 422,
     ErrorCode.CORPUS_FIELD_NOT_FOUND: 422,
     ErrorCode.CORPUS_FIELD_NOT_TEXT: 422,
+    ErrorCode.CORPUS_TEXT_TOO_LARGE: 422,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.TOKENIZER_TRAIN_FAILED: 500,
     ErrorCode.MODEL_TRAIN_FAILED: 500,

@@ -77,7 +77,14 @@ def prepare_corpus(
     folder = ctx.settings.app.data_root / "corpus-text"
     text_path = folder / f"{text_id}.txt"
     if not text_path.exists():
-        write_text_corpus(fetched, resolved, text_field, text_path, folder / ".datasets")
+        write_text_corpus(
+            fetched,
+            resolved,
+            text_field,
+            text_path,
+            folder / ".datasets",
+            ctx.settings.app.corpus_max_text_bytes,
+        )
     check_fetched_corpus(ctx, text_path)
     return PreparedCorpus(text_path, text_id, resolved)
 

@@ -4,6 +4,12 @@ The API never imports job code (that would pull torch into the API process): a j
 named by a dotted path that only the worker imports. Payloads are Pydantic models sent as
 JSON, so a job sees exactly the validated shape the API accepted.
 
+Redis does not carry code. RQ's default serializer is pickle, and loading a pickle runs
+whatever it names: anyone who can write to Redis could run anything on a worker. Jobs are
+therefore written and read as JSON (`SERIALIZER`, in every queue, job and worker of ours),
+and a worker runs a job only if it is shaped as `enqueue` writes one, naming one of this
+project's job functions (`job_refusal`); anything else is refused unrun (jobs/worker.py).
+
 RQ only dispatches. It retries nothing: a job's owner and the reapers decide when a job goes
 back on the queue (jobs/ownership.py, jobs/reaper.py), with `requeue`, which reads the
 payload that `submit` kept beside the job's record. Each dispatch is a new RQ job with an id
@@ -18,16 +24,17 @@ lands on the queue it was first sent to.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Protocol
 
 from pydantic import BaseModel
 from redis import Redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
 
 from model_trainer.jobs.payloads import EvaluateJob, TokenizerJob, TrainJob
 from model_trainer.settings import RQSettings, Settings
@@ -42,6 +49,17 @@ JOB_FUNCTIONS: Mapping[str, str] = {
     JobKind.RUN: "model_trainer.jobs.model_training.run",
     JobKind.EVAL: "model_trainer.jobs.model_evaluation.run",
 }
+
+# How jobs are written to Redis and read back: JSON, never pickle (the module's docstring).
+SERIALIZER = JSONSerializer
+# RQ job fields that name code RQ would import and call, or URLs it would call; `enqueue`
+# sets none of them, so a job that has one was not written by us.
+_FOREIGN_HOOKS = (
+    "success_callback_name",
+    "failure_callback_name",
+    "stopped_callback_name",
+    "webhooks",
+)
 
 Payload = TokenizerJob | TrainJob | EvaluateJob
 PAYLOADS: Mapping[JobKind, type[Payload]] = {
@@ -64,6 +82,34 @@ def worker_queue_names(settings: Settings) -> list[str]:
     if settings.app.worker_device == "cuda":
         return [rq.gpu_queue_name, rq.queue_name]
     return [rq.queue_name]
+
+
+def rq_queue(name: str, redis: Redis) -> Queue:
+    return Queue(name, connection=redis, serializer=SERIALIZER)
+
+
+def fetch_rq_job(rq_id: str, redis: Redis) -> Job:
+    """The RQ job `rq_id`, read as JSON (raises NoSuchJobError once it expired)."""
+    return Job.fetch(rq_id, connection=redis, serializer=SERIALIZER)
+
+
+def job_refusal(job: Job, functions: Collection[str], redis: Redis) -> str | None:
+    """Why a worker must not run `job`, or None when it is one of ours: JSON data naming
+    one of `functions` with the one payload argument `enqueue` gives, and no callback or
+    webhook. Reading it runs nothing: JSON loads no code, and nothing named is imported."""
+    try:
+        func, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except DeserializationError:
+        return "its data is not JSON (a pickled job?)"
+    if not isinstance(func, str) or func not in functions:
+        return f"{func!r} is not one of this project's job functions"
+    if instance is not None or kwargs or len(args) != 1 or not isinstance(args[0], str):
+        return f"its arguments are not one payload as enqueued ({func})"
+    hooks = redis.hmget(job.key, list(_FOREIGN_HOOKS))
+    named = [name for name, value in zip(_FOREIGN_HOOKS, hooks, strict=True) if value]
+    if named:
+        return f"it names {', '.join(named)}, which our jobs never set"
+    return None
 
 
 class JobState(StrEnum):
@@ -114,8 +160,7 @@ class RQJobQueue:
         self._settings = settings
         self._functions = functions
         self._queues = {
-            name: Queue(name, connection=redis)
-            for name in (settings.queue_name, settings.gpu_queue_name)
+            name: rq_queue(name, redis) for name in (settings.queue_name, settings.gpu_queue_name)
         }
 
     @property
@@ -172,7 +217,7 @@ class RQJobQueue:
 
     def state(self, job_id: str) -> JobState:
         try:
-            job = Job.fetch(job_id, connection=self._redis)
+            job = fetch_rq_job(job_id, self._redis)
         except NoSuchJobError:
             return JobState.UNKNOWN
         return _STATE_FROM_RQ.get(job.get_status(refresh=True), JobState.UNKNOWN)

@@ -16,6 +16,11 @@ Besides RQ's loop, the parent runs the reaper (jobs/reaper.py) every `reaper_int
 idle or busy, and rides out Redis outages instead of exiting: RQ retries its own dequeue;
 our overrides below keep heartbeats and maintenance from ending the worker.
 
+Only our jobs run: a job found on a queue that is not one of this project's job functions,
+written as `jobs/queue.py` writes them (JSON, one payload, no callbacks), is refused in the
+parent before any fork: logged (`worker_job_refused`), marked failed in RQ, never run, and
+the worker takes the next job. Redis is storage, not a channel for code.
+
 A GPU worker (`APP__WORKER_DEVICE=cuda`) serves the GPU queue first, then the ordinary one
 (jobs/queue.py `worker_queue_names`). It checks for a CUDA device before it takes any job and
 refuses to start without one: a GPU worker that trained on its CPU would make `cuda` runs
@@ -32,17 +37,24 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Collection
 from types import FrameType
 
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from model_trainer.connections import RedisUse, redis_client
 from model_trainer.jobs.context import WorkerContext, set_worker_context, worker_context
-from model_trainer.jobs.queue import worker_queue_names
+from model_trainer.jobs.queue import (
+    JOB_FUNCTIONS,
+    SERIALIZER,
+    job_refusal,
+    rq_queue,
+    worker_queue_names,
+)
 from model_trainer.jobs.reaper import Reaper
 from model_trainer.settings import Settings, load_settings
 from service_common.jsonlog import log_fields, setup_logging
@@ -85,6 +97,8 @@ class GracefulWorker(Worker):
 
     abandoned_grace_sec = 20
     reaper: Reaper | None = None
+    # The dotted paths this worker runs; anything else found on its queues is refused.
+    job_functions: Collection[str] = frozenset(JOB_FUNCTIONS.values())
 
     @property
     def dequeue_timeout(self) -> int:
@@ -95,6 +109,28 @@ class GracefulWorker(Worker):
         if self.reaper is not None:
             wake = min(wake, self.reaper.interval)
         return max(1, min(super().dequeue_timeout, int(wake)))
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        reason = job_refusal(job, self.job_functions, self.connection)
+        if reason is None:
+            super().execute_job(job, queue)
+            return
+        log.error(
+            "refused job %s from queue %s, not run: %s",
+            job.id,
+            queue.name,
+            reason,
+            extra=log_fields("worker_job_refused", rq_job_id=job.id, queue=queue.name),
+        )
+        # Failed in RQ's eyes, so nothing waits on it; out of the queue's intermediate list
+        # (where RQ parks a dequeued job until it starts), so nothing dispatches it again.
+        with self.connection.pipeline() as pipeline:
+            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+            job.set_status(JobStatus.FAILED, pipeline=pipeline)
+            queue.failed_job_registry.add(
+                job, ttl=job.failure_ttl, exc_string=f"refused: {reason}", pipeline=pipeline
+            )
+            pipeline.execute()
 
     def _reap(self) -> None:
         if self.reaper is not None:
@@ -185,7 +221,8 @@ def cuda_missing_reason(settings: Settings) -> str | None:
     )
 
 
-def main() -> int:
+def main(job_functions: Collection[str] = frozenset(JOB_FUNCTIONS.values())) -> int:
+    """Run the worker; it runs the jobs `job_functions` name (this project's) and no other."""
     settings = load_settings()
     setup_logging(settings.logging.level, service="worker")
     redis = redis_client(settings.redis_url, RedisUse.WORKER)
@@ -213,15 +250,17 @@ def main() -> int:
     # Built once here; each forked job inherits it (redis-py reconnects after a fork).
     ctx = WorkerContext.from_settings(settings, worker_name=name)
     set_worker_context(ctx)
-    queues = [Queue(q, connection=redis) for q in worker_queue_names(settings)]
+    queues = [rq_queue(q, redis) for q in worker_queue_names(settings)]
     worker = GracefulWorker(
         queues,
         connection=redis,
+        serializer=SERIALIZER,
         name=name,
         job_monitoring_interval=settings.rq.job_monitoring_interval_sec,
         maintenance_interval=settings.rq.maintenance_interval_sec,
     )
     worker.abandoned_grace_sec = settings.rq.abandoned_grace_sec
+    worker.job_functions = frozenset(job_functions)
     # A worker configured with its memory reports that; otherwise what its machine has.
     worker.reaper = Reaper(ctx, memory_bytes=settings.admission.worker_memory_bytes)
     worker.reaper.tick(force=True)  # a worker that starts finds what died before it

@@ -18,6 +18,13 @@ the first bad JSON record, pandas' line for CSV, pyarrow's reason for Parquet), 
 is not a string (a number, a list...). Null values (a missing field in a JSON record, an empty
 Parquet cell) are skipped and counted: datasets fills a column a record lacks with null, so
 refusing nulls would refuse ragged JSON lines that are otherwise fine.
+
+Bombs: a few KB of Parquet can stand for gigabytes of text (one long value, dictionary-encoded
+and repeated; or compressed pages of repeated text). `write_text_corpus` writes at most
+`max_text_bytes` (setting `app.corpus_max_text_bytes`): a Parquet file is measured before any
+of its text is decoded (`parquet_text_bytes`), every format is counted while it streams, and
+past the cap the conversion stops, its partial file is removed and the job fails as a user
+error (`CORPUS_TEXT_TOO_LARGE`) naming the cap.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ PARQUET_MAGIC = b"PAR1"
 BATCH_RECORDS = 1024
 # How far `sniff_format` reads for the first non-blank line.
 SNIFF_BYTES = 1 << 20
+
+# Rows per batch when `parquet_text_bytes` measures a column: read in its dictionary form, a
+# batch holds indices and lengths (4 bytes each), not text.
+PARQUET_MEASURE_ROWS = 64 * 1024
+# The setting that caps a structured corpus's text, as an operator sets it.
+MAX_TEXT_SETTING = "APP__CORPUS_MAX_TEXT_BYTES"
 
 # Part of `text_corpus_id`: bump it when the text written for a record changes.
 TEXT_SCHEME = "model-trainer/corpus-text/v1"
@@ -149,14 +162,17 @@ def write_text_corpus(
     text_field: str,
     out_path: Path,
     cache_dir: Path,
+    max_text_bytes: int,
 ) -> TextCorpus:
     """Stream the records of `path` into the text file `out_path`, one record after another,
-    each ending with a newline (records may hold newlines of their own).
+    each ending with a newline (records may hold newlines of their own); at most
+    `max_text_bytes` of it (the module's docstring, "Bombs").
 
     Written to a temporary file and renamed: `out_path` exists only complete, so a job that
-    finds it can use it, and two jobs converting at once each rename a whole, equal file.
+    finds it can use it, and two jobs converting at once each rename a whole, equal file; a
+    conversion that fails leaves nothing behind.
     """
-    reader = _RecordReader(path, corpus_format, text_field, cache_dir)
+    reader = _RecordReader(path, corpus_format, text_field, cache_dir, max_text_bytes)
     documents = size = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
@@ -166,9 +182,11 @@ def write_text_corpus(
                 data = document.encode("utf-8")
                 if not data.endswith(b"\n"):
                     data += b"\n"
+                size += len(data)
+                if size > max_text_bytes:
+                    raise text_too_large(corpus_format, max_text_bytes)
                 out.write(data)
                 documents += 1
-                size += len(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, out_path)
@@ -187,16 +205,79 @@ def write_text_corpus(
     return TextCorpus(out_path, documents, reader.skipped_nulls, size)
 
 
+def text_too_large(corpus_format: StructuredFormat, max_text_bytes: int) -> UserError:
+    return UserError(
+        f"the {corpus_format} corpus decodes to more than {max_text_bytes:,} bytes of text, "
+        f"the cap ({MAX_TEXT_SETTING}={max_text_bytes}): upload a smaller corpus, or ask the "
+        "operator to raise the cap.",
+        ErrorCode.CORPUS_TEXT_TOO_LARGE,
+    )
+
+
+def parquet_text_bytes(path: Path, text_field: str, limit: int) -> int:
+    """The bytes of text the string column `text_field` of the Parquet file `path` decodes
+    to, measured without decoding it; counting stops once past `limit` (0 for a column that
+    is not text: the reader refuses it with its record).
+
+    First the metadata: a column chunk's uncompressed size is its text plus a few bytes a
+    value when plain-encoded, and never less than the text it holds plainly, so past `limit`
+    the file is refused before any page is read. A dictionary-encoded chunk says nothing
+    there (one long value repeated a million times is a few KB): it is read in dictionary
+    form, and each row's length looked up in its dictionary, so no row's text is built.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path, read_dictionary=[text_field])
+    meta = file.metadata
+    columns = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    index = columns.index(text_field)
+    stored = sum(
+        int(meta.row_group(g).column(index).total_uncompressed_size)
+        for g in range(meta.num_row_groups)
+    )
+    if stored > limit:
+        return stored
+    total = 0
+    for batch in file.iter_batches(batch_size=PARQUET_MEASURE_ROWS, columns=[text_field]):
+        values = batch.column(0)
+        if pa.types.is_dictionary(values.type):
+            if not _is_text(pa, values.type.value_type):
+                return 0
+            lengths = pc.binary_length(values.dictionary).take(values.indices)
+        elif _is_text(pa, values.type):
+            lengths = pc.binary_length(values)
+        else:
+            return 0
+        total += int(pc.sum(lengths).as_py() or 0)
+        if total > limit:
+            break
+    return total
+
+
+def _is_text(pa: ModuleType, value_type: object) -> bool:
+    types = pa.types
+    return bool(types.is_string(value_type) or types.is_large_string(value_type))
+
+
 class _RecordReader:
-    """One pass over a structured corpus with `datasets`, its errors turned into `UserError`s."""
+    """One pass over a structured corpus with `datasets`, its errors turned into `UserError`s.
+    Given `max_text_bytes`, a Parquet corpus past it is refused before its text is read."""
 
     def __init__(
-        self, path: Path, corpus_format: StructuredFormat, text_field: str, cache_dir: Path
+        self,
+        path: Path,
+        corpus_format: StructuredFormat,
+        text_field: str,
+        cache_dir: Path,
+        max_text_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.corpus_format: StructuredFormat = corpus_format
         self.text_field = text_field
         self.cache_dir = cache_dir
+        self.max_text_bytes = max_text_bytes
         self.skipped_nulls = 0
 
     def documents(self) -> Iterator[str]:
@@ -209,6 +290,8 @@ class _RecordReader:
                 "text.",
                 ErrorCode.CORPUS_FIELD_NOT_FOUND,
             )
+        if self.corpus_format == "parquet" and self.max_text_bytes is not None:
+            self._check_parquet_size(self.max_text_bytes)
         record = 0
         for batch in self._batches(columns):
             values = batch.get(self.text_field)
@@ -227,6 +310,14 @@ class _RecordReader:
                         "column must hold strings (null values are skipped).",
                         ErrorCode.CORPUS_FIELD_NOT_TEXT,
                     )
+
+    def _check_parquet_size(self, max_text_bytes: int) -> None:
+        try:
+            measured = parquet_text_bytes(self.path, self.text_field, max_text_bytes)
+        except (ValueError, OSError) as exc:
+            raise self._unreadable(exc) from None
+        if measured > max_text_bytes:
+            raise text_too_large(self.corpus_format, max_text_bytes)
 
     def _columns(self) -> list[str]:
         """The corpus's column names: from the schema where the format has one (Parquet),
@@ -271,6 +362,9 @@ class _RecordReader:
                 options["features"] = datasets.Features({name: string for name in columns})
         elif self.corpus_format == "parquet" and columns is not None:
             options["columns"] = [self.text_field]  # read only the text column's pages
+            # Batches of records, not of whole row groups (datasets' default): a row group
+            # may hold millions of them.
+            options["batch_size"] = BATCH_RECORDS
         try:
             dataset: _StreamedDataset = datasets.load_dataset(
                 _BUILDERS[self.corpus_format],
