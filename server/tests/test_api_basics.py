@@ -103,7 +103,10 @@ def test_every_route_but_health_requires_the_api_key(settings: Settings) -> None
             assert client.get(path).status_code in (200, 503)
 
 
-def test_no_key_configured_means_open(settings: Settings) -> None:
+def test_anonymous_when_asked_means_open(settings: Settings) -> None:
+    """`settings` allows anonymous use (tests/stack.py TEST_SECURITY): no key needed.
+    Without it the API does not start (test_api_keys.py)."""
+    assert settings.security.allow_anonymous
     with TestClient(_app(settings)) as client:
         response = client.get("/runs/unknown/artifact")
         assert response.status_code == 404
