@@ -47,6 +47,10 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    # Too many requests in a window (submissions, wrong keys): try again after Retry-After.
+    RATE_LIMITED = "RATE_LIMITED"
+    # A principal's quota (active runs, queued jobs, corpus bytes) is used up.
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # Job failures, stored with a failed status and published in events.
     DATA_INVALID = "DATA_INVALID"

@@ -67,8 +67,63 @@ class AppSettings(_Section):
     worker_nice: int = Field(default=10, ge=0, le=19)
 
 
+Role = Literal["admin", "user"]
+
+
+class ApiKey(_Section):
+    """One person's (or one program's) key: a `user` sees and acts on its own jobs and corpora
+    only, an `admin` on everyone's. Only the key's SHA-256 is configured (hex), so settings,
+    logs and Redis never hold the key itself: `printf %s "$KEY" | sha256sum`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    role: Role = "user"
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class SecuritySettings(_Section):
+    """Who may call the API (api/auth.py) and under which Host names (api/hosts.py)."""
+
+    # One admin key given in clear (what `make start` sets): the principal `admin`.
     api_key: SecretStr | None = None
+    # Keys per person, as JSON: [{"name": "ada", "role": "user", "key_sha256": "..."}].
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    # With no key configured the API refuses to start, unless this says anyone who reaches it
+    # may use it (then every request acts as the admin `anonymous`, and the API warns).
+    allow_anonymous: bool = False
+    # Host header values the API answers (400 otherwise): a page elsewhere cannot reach a local
+    # API through DNS rebinding. `*.example.com` matches subdomains, `*` anything. Railway's
+    # health checks and domains (DEPLOYING_RAILWAY.md) are its own names, safe to trust.
+    trusted_hosts: list[str] = Field(
+        default_factory=lambda: [
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "healthcheck.railway.app",
+            "*.up.railway.app",
+            "*.railway.internal",
+        ],
+        min_length=1,
+    )
+    # Wrong or missing keys one client address may send per minute; past it the address gets
+    # 429 until the minute has passed, even with a right key, so keys cannot be guessed fast.
+    auth_failures_per_minute: int = Field(default=30, ge=1, le=100_000)
+    # Behind a reverse proxy (Railway's edge) every client has the proxy's address: take the
+    # client's from X-Forwarded-For, this many proxies from the right. 0: no proxy.
+    proxy_hops: int = Field(default=0, ge=0, le=10)
+
+
+class QuotaSettings(_Section):
+    """What one principal (one key, api/quotas.py) may hold at once or submit per minute.
+    Past any of them: 429 with Retry-After and nothing written or queued."""
+
+    # Runs queued or running.
+    active_runs: int = Field(default=8, ge=1, le=100_000)
+    # Jobs of every kind (tokenizers, runs, evaluations) waiting in the queue.
+    queued_jobs: int = Field(default=32, ge=1, le=100_000)
+    # Submissions (tokenizers, runs, evaluations, corpus uploads) in any 60 seconds.
+    submissions_per_minute: int = Field(default=60, ge=1, le=100_000)
+    # Bytes of corpora uploaded through the API and not deleted (50 GiB).
+    corpus_bytes: int = Field(default=50 * 1024**3, ge=1024)
 
 
 class LoggingSettings(_Section):
@@ -194,6 +249,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -27,7 +27,13 @@ from rq.job import Job
 from model_trainer.api.main import build_context, create_app
 from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import fetch_rq_job
-from model_trainer.settings import AppSettings, RecoverySettings, RQSettings, Settings
+from model_trainer.settings import (
+    AppSettings,
+    RecoverySettings,
+    RQSettings,
+    SecuritySettings,
+    Settings,
+)
 from model_trainer.store.keys import JobField, job_key, workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
@@ -49,6 +55,13 @@ RECOVERY_ENV = {
     "RECOVERY__UPLOAD_RETRY_SEC": "2",
     "RECOVERY__REDIS_WAIT_SEC": "300",
 }
+
+
+# The security of apps under TestClient: anonymous (tests of keys set their own), and
+# TestClient's own Host (`testserver`) trusted besides the local names.
+TEST_SECURITY = SecuritySettings(
+    allow_anonymous=True, trusted_hosts=["testserver", "127.0.0.1", "localhost"]
+)
 
 
 class Stack:
@@ -93,6 +106,7 @@ class Stack:
             ),
             rq=self.rq,
             recovery=RecoverySettings(worker_presence_ttl_sec=3),
+            security=TEST_SECURITY,
         )
 
     def client(self) -> TestClient:

@@ -16,7 +16,7 @@ from redis import Redis
 from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
 from model_trainer.errors import ErrorCode
-from model_trainer.settings import SecuritySettings, Settings
+from model_trainer.settings import Settings
 from model_trainer.store.keys import RUN_KEYS, workers_key
 from model_trainer.store.records import RecordMeta, RunProgress, StatusStore
 from tests.databank_fixtures import DataBankServer
@@ -35,7 +35,16 @@ KEY = "s3cret-key"
 def _app(settings: Settings, api_key: str | None = None) -> FastAPI:
     if api_key is not None:
         settings = settings.model_copy(
-            update={"security": SecuritySettings(api_key=SecretStr(api_key))}
+            update={
+                "security": settings.security.model_copy(
+                    update={
+                        "api_key": SecretStr(api_key),
+                        "allow_anonymous": False,
+                        # These tests send many wrong keys on purpose: no throttle here.
+                        "auth_failures_per_minute": 100_000,
+                    }
+                )
+            }
         )
     return create_app(build_context(settings))
 
@@ -94,7 +103,10 @@ def test_every_route_but_health_requires_the_api_key(settings: Settings) -> None
             assert client.get(path).status_code in (200, 503)
 
 
-def test_no_key_configured_means_open(settings: Settings) -> None:
+def test_anonymous_when_asked_means_open(settings: Settings) -> None:
+    """`settings` allows anonymous use (tests/stack.py TEST_SECURITY): no key needed.
+    Without it the API does not start (test_api_keys.py)."""
+    assert settings.security.allow_anonymous
     with TestClient(_app(settings)) as client:
         response = client.get("/runs/unknown/artifact")
         assert response.status_code == 404

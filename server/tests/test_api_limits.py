@@ -27,7 +27,7 @@ from starlette.types import Message
 from model_trainer.api.ids import TOKENIZER_ID_PATTERN, is_stream_id
 from model_trainer.api.main import build_context, create_app
 from model_trainer.api.schemas import MAX_OFFSET
-from model_trainer.settings import LimitsSettings, SecuritySettings, Settings
+from model_trainer.settings import LimitsSettings, Settings
 from model_trainer.store.keys import RUN_KEYS
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore
 from model_trainer.store.runlog import RunLogReader, capture_job_logs
@@ -90,7 +90,14 @@ def _settings(
     if redis_url is not None:
         update["redis_url"] = redis_url
     if api_key is not None:
-        update["security"] = SecuritySettings(api_key=SecretStr(api_key))
+        update["security"] = settings.security.model_copy(
+            update={
+                "api_key": SecretStr(api_key),
+                "allow_anonymous": False,
+                # These tests send many wrong keys on purpose: no throttle here.
+                "auth_failures_per_minute": 100_000,
+            }
+        )
     return settings.model_copy(update=update)
 
 
@@ -101,6 +108,14 @@ def _app(settings: Settings) -> FastAPI:
 def _dict(value: object) -> dict[str, object]:
     assert isinstance(value, dict), value
     return {str(k): v for k, v in value.items()}
+
+
+def _concrete(template: str) -> str:
+    """A path template with well-formed ids in it."""
+    ids = {"{run_id}": RUN_ID, "{tokenizer_id}": TOKENIZER_ID, "{file_id}": FILE_ID}
+    for param, value in ids.items():
+        template = template.replace(param, value)
+    return template
 
 
 def _operations(app: FastAPI) -> dict[tuple[str, str], dict[str, object]]:
@@ -267,7 +282,11 @@ def test_a_chunked_body_is_read_no_further_than_the_cap(settings: Settings) -> N
         "raw_path": b"/runs/train",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
@@ -327,6 +346,8 @@ MALFORMED_RUN_IDS = [
     "x" * 2000,
 ]
 MALFORMED_TOKENIZER_IDS = ["x", "tok-unknown", "tok-0123456789ABCDEF", RUN_ID, "tok-" + "a" * 64]
+FILE_ID = "a" * 64
+MALFORMED_FILE_IDS = ["x", "A" * 64, "a" * 63, "a" * 65, RUN_ID, "a" * 64 + "%0A"]
 
 
 def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> None:
@@ -334,22 +355,27 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
     lookup it needs fails). So the shape is checked first, and alone."""
     app = _app(_settings(settings, redis_url=REDIS_DOWN))
     routes = [key for key in _operations(app) if "{" in key[1]]
-    assert len(routes) == 12, routes
+    assert len(routes) == 13, routes
+    kinds = {
+        "{run_id}": ("run", MALFORMED_RUN_IDS, "16 hex digits"),
+        "{tokenizer_id}": ("tokenizer", MALFORMED_TOKENIZER_IDS, "16 hex digits"),
+        "{file_id}": ("corpus", MALFORMED_FILE_IDS, "64 hex digits"),
+    }
     with _checked_client(app) as client:
         for method, template in routes:
-            kind = "run" if "{run_id}" in template else "tokenizer"
-            malformed = MALFORMED_RUN_IDS if kind == "run" else MALFORMED_TOKENIZER_IDS
+            param = next(p for p in kinds if p in template)
+            kind, malformed, shape = kinds[param]
             body = BODIES.get((method, template))
             for bad in malformed:
-                path = template.replace("{run_id}", bad).replace("{tokenizer_id}", bad)
+                path = template.replace(param, bad)
                 started = time.monotonic()
                 response = client.request(method, path, json=body)
                 assert time.monotonic() - started < 1.0
                 answer = _assert_error(response, 404, "NOT_FOUND")
                 message = str(answer["message"])
-                assert f"unknown {kind}" in message and "16 hex digits" in message
+                assert f"unknown {kind}" in message and shape in message
                 assert len(message) < 200  # a long id is cut short in the message
-            good = template.replace("{run_id}", RUN_ID).replace("{tokenizer_id}", TOKENIZER_ID)
+            good = _concrete(template)
             _assert_error(client.request(method, good, json=body), 503, "SERVICE_UNAVAILABLE")
 
 
@@ -427,12 +453,12 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     assert "HTTPValidationError" not in json.dumps(doc)
     operations = _operations(app)
     protected = {k: op for k, op in operations.items() if k[1] not in ("/healthz", "/readyz")}
-    assert len(protected) == 18
+    assert len(protected) == 20
     for (method, path), operation in protected.items():
         responses = _dict(operation["responses"])
         parameters = [_dict(p) for p in _as_list(operation.get("parameters", []))]
         validates = "requestBody" in operation or any(p["in"] == "query" for p in parameters)
-        expected = {"401", "413", "503"}
+        expected = {"400", "401", "413", "429", "503"}
         if validates:
             expected.add("422")
         if "{" in path:
@@ -454,7 +480,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     ]:
         assert "409" in _dict(operations[key]["responses"]), key
     for path in ("/healthz", "/readyz"):
-        assert "413" in _dict(operations[("GET", path)]["responses"])
+        assert {"400", "413"} <= set(_dict(operations[("GET", path)]["responses"]))
     # The id patterns are in the document.
     run_param = _dict(_as_list(operations[("GET", "/runs/{run_id}")]["parameters"])[0])
     assert _dict(run_param["schema"])["pattern"] == r"^run-[0-9a-f]{16}$"
@@ -471,7 +497,7 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
         for (method, template), operation in _operations(down).items():
             if template in ("/healthz", "/readyz"):
                 continue
-            path = template.replace("{run_id}", RUN_ID).replace("{tokenizer_id}", TOKENIZER_ID)
+            path = _concrete(template)
             if (method, template) == ("POST", "/corpora"):
                 answers = _corpus_upload_answers(locked_client, client)
                 for status, response in answers.items():
@@ -482,10 +508,14 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             answers = {
                 401: locked_client.request(method, path, json=body),
                 413: client.request(method, path, content=b"{" + b" " * CAP + b"}"),
-                503: client.request(method, path, json=body),
             }
+            # /whoami reads nothing from Redis: it has no 503 to give.
+            if template != "/whoami":
+                answers[503] = client.request(method, path, json=body)
             if "{" in template:
-                answers[404] = client.request(method, template.format(run_id="r", tokenizer_id="t"))
+                answers[404] = client.request(
+                    method, template.format(run_id="r", tokenizer_id="t", file_id="f")
+                )
             if body is not None:
                 answers[422] = client.request(method, path, json={"unexpected": 1})
                 answers[400] = client.request(
@@ -499,22 +529,24 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             for status, response in answers.items():
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
-    # 401, 413 and 503 from each of the 18; 404 from the 12 with an id; 422 from the 10 with
-    # a body or query parameters; 400 (not JSON) from the 4 with a JSON body.
+    # 401, 413 and 503 from each of the 20 (but /whoami's 503); 404 from the 13 with an id;
+    # 422 from the 10 with a body or query parameters; 400 (not JSON) from the 4 with a JSON
+    # body. 429s: tests/test_api_keys.py.
     bodies = sum(1 for (_, _, status) in seen if status == 400)
     assert bodies == 4
-    assert len(seen) == 18 * 3 + 12 + 10 + bodies
+    assert len(seen) == 20 * 3 - 1 + 13 + 10 + bodies
 
 
 def _corpus_upload_answers(locked: TestClient, down: TestClient) -> dict[int, _Answer]:
-    """`POST /corpora` takes a file, not JSON: an empty one is its 422; its 503 is Data Bank's
-    (none runs here) or Redis's, whichever it meets first."""
+    """`POST /corpora` takes a file, not JSON: an empty one is its 422 (given with the key,
+    Redis up: a submission is counted first); its 503 is Data Bank's (none runs here) or
+    Redis's, whichever it meets first."""
     text = {"content-type": "text/plain"}
     return {
         401: locked.post("/corpora", content=b"some text", headers=text),
         413: down.post("/corpora", content=b"x\n" * CAP, headers=text),
         503: down.post("/corpora", content=b"some text", headers=text),
-        422: down.post("/corpora", content=b"", headers=text),
+        422: locked.post("/corpora", content=b"", headers={**text, "X-API-Key": KEY}),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -99,6 +100,31 @@ def test_compose_environment_names_exist_in_the_settings() -> None:
         assert not unknown, (name, unknown)
     unknown_bank = set(_as_dict(services["databank"]["environment"])) - DATABANK_SETTINGS
     assert not unknown_bank
+
+
+def test_compose_publishes_on_localhost_only_and_holds_no_key() -> None:
+    """Ports are published on 127.0.0.1 only, and every key comes from the environment (or
+    the user's own .env): `${NAME:?...}` or empty by default, never a value of ours."""
+    services = _compose()
+    published = [
+        (name, str(port))
+        for name, service in services.items()
+        for port in _list(service.get("ports", []))
+    ]
+    assert published, "compose publishes the API and Data Bank"
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), (name, port)
+    from_environment = re.compile(r"^\$\{[A-Z_]+(:\?[^}]*|:-)?\}$")
+    for name, service in services.items():
+        for variable, value in _as_dict(service.get("environment", {})).items():
+            if "KEY" in variable:
+                assert from_environment.match(str(value)), (name, variable, value)
+    example = (ROOT / ".env.example").read_text().splitlines()
+    for line in example:
+        if "KEY" in line.split("=", 1)[0] and not line.startswith("#"):
+            assert line.endswith("="), line  # a name to fill in, no value
+    dockerfile = (ROOT / "server" / "Dockerfile").read_text()
+    assert "KEY" not in dockerfile
 
 
 def test_railway_files() -> None:

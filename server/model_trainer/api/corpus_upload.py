@@ -7,7 +7,11 @@ the API's data folder as it arrives, never held in memory, capped by
 limits.py). The file then gets the check every job makes of its corpus (`check_corpus`:
 not empty, not only whitespace, UTF-8, no endless line; 422 with the reason otherwise), is
 uploaded with the project's Data Bank client (streamed, verified by SHA-256) and recorded
-in `CorpusCatalog`. The temp file is removed whatever happens.
+in `CorpusCatalog` under the principal who sent it. The temp file is removed whatever
+happens. It counts as a submission (`quotas.submissions_per_minute`), and a file that would
+take its principal past `quotas.corpus_bytes` is refused (429) before it reaches Data Bank.
+
+`delete_corpus` removes a principal's entry, and Data Bank's copy with the last holder.
 """
 
 from __future__ import annotations
@@ -21,17 +25,23 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from model_trainer.api.auth import Principal
 from model_trainer.api.deps import ApiContext
 from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank import errors as bank_errors
-from model_trainer.errors import AppError, ErrorCode
+from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.store.corpora import CorpusCatalog, CorpusInfo
 from model_trainer.tokenization.corpus import check_corpus
 
 
 async def receive_corpus(
-    ctx: ApiContext, chunks: AsyncIterator[bytes], name: str, content_type: str | None
+    ctx: ApiContext,
+    chunks: AsyncIterator[bytes],
+    name: str,
+    content_type: str | None,
+    who: Principal,
 ) -> CorpusInfo:
+    await run_in_threadpool(ctx.quotas.submission, who)
     if content_type and content_type.lower().startswith("multipart/"):
         raise AppError(
             ErrorCode.VALIDATION_ERROR,
@@ -42,7 +52,7 @@ async def receive_corpus(
     with tempfile.TemporaryDirectory(dir=spool, prefix=".corpus-") as tmp:
         path = Path(tmp) / "corpus.txt"
         await _spool(chunks, path)
-        return await run_in_threadpool(_check_and_upload, ctx, path, name)
+        return await run_in_threadpool(_check_and_upload, ctx, path, name, who)
 
 
 async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
@@ -56,9 +66,10 @@ async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
         raise AppError(ErrorCode.BAD_REQUEST, "the upload ended before the whole body") from exc
 
 
-def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
+def _check_and_upload(ctx: ApiContext, path: Path, name: str, who: Principal) -> CorpusInfo:
     # A corpus a job would refuse (UserError) is refused now, with its code (422).
     checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
+    ctx.quotas.corpus_bytes(who, checked.size_bytes)
     app = ctx.settings.app
     # Not the API's request-path client (no retries, seconds of timeout): an upload of a
     # few hundred MiB takes longer. The guard still answers 503 fast while Data Bank is down.
@@ -80,6 +91,28 @@ def _check_and_upload(ctx: ApiContext, path: Path, name: str) -> CorpusInfo:
         size=checked.size_bytes,
         lines=checked.lines,
         created_at=time.time(),
+        owner=who.name,
     )
     CorpusCatalog(ctx.redis).add(info)
     return info
+
+
+def delete_corpus(ctx: ApiContext, file_id: str, who: Principal) -> None:
+    """Remove `who`'s entry for the corpus (an admin: every principal's), and the file from
+    Data Bank once nobody holds it. 404 when `who` holds none (an admin: nobody does). Data
+    Bank is asked first: while it is unavailable (503) the entries stay, to try again."""
+    catalog = CorpusCatalog(ctx.redis)
+    holders = catalog.holders(file_id)
+    mine = holders if who.admin else [h for h in holders if h == who.name]
+    if not mine:
+        raise NotFoundError(f"unknown corpus {file_id!r} (not uploaded through POST /corpora)")
+    if len(mine) == len(holders):
+        try:
+            with ctx.databank_guard.call("delete the corpus"):
+                ctx.databank.delete(file_id)
+        except bank_errors.DataBankError as exc:
+            raise AppError(
+                ErrorCode.UPSTREAM_ERROR, f"cannot delete the corpus in Data Bank: {exc.message}"
+            ) from exc
+    for holder in mine:
+        catalog.remove(holder, file_id)

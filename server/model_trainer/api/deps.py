@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader
 from redis import Redis
 
 from model_trainer.api.generation import GenerationService
+from model_trainer.api.quotas import Quotas
 from model_trainer.api.remote import RemoteGuard
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.client import DataBankClient
@@ -46,6 +45,7 @@ class ApiContext:
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
+        self.quotas = Quotas(settings, redis, self.runs, [self.runs, self.tokenizers, self.evals])
         limits = settings.limits
         self.databank_guard = RemoteGuard(
             "Data Bank", limits.remote_max_concurrent, limits.remote_cooldown_sec
@@ -62,21 +62,6 @@ async def get_context(request: Request) -> ApiContext:
 
 
 Ctx = Annotated[ApiContext, Depends(get_context)]
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-async def require_api_key(
-    ctx: Ctx, api_key: Annotated[str | None, Depends(_api_key_header)] = None
-) -> None:
-    expected = ctx.settings.security.api_key
-    if expected is None or not expected.get_secret_value():
-        return
-    if api_key is None:
-        raise AppError(ErrorCode.UNAUTHORIZED, "missing X-API-Key header")
-    # Constant-time comparison: response timing must not reveal how much of the key matched.
-    if not hmac.compare_digest(api_key.encode(), expected.get_secret_value().encode()):
-        raise AppError(ErrorCode.UNAUTHORIZED, "invalid API key")
 
 
 def require_corpus(ctx: ApiContext, file_id: str) -> None:

@@ -73,6 +73,8 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CORPUS_FIELD_NOT_FOUND: 422,
     ErrorCode.CORPUS_FIELD_NOT_TEXT: 422,
     ErrorCode.CORPUS_TEXT_TOO_LARGE: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.TOKENIZER_TRAIN_FAILED: 500,
     ErrorCode.MODEL_TRAIN_FAILED: 500,
@@ -176,12 +178,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
 
 
 _DESCRIPTIONS = {
-    400: "malformed request header (the message names it)",
+    400: "malformed request header, or a Host not in security.trusted_hosts (the message says)",
     401: "missing or invalid X-API-Key",
     404: "unknown id (one not shaped like an id included)",
     409: "conflicts with the current state",
     413: "request body over limits.max_body_bytes (refused before it is read)",
     422: "invalid request (details name the fields)",
+    429: "a rate limit or quota of this key, or wrong keys from this address; see Retry-After",
     503: "Redis or Data Bank is unavailable; try again shortly",
 }
 

@@ -17,8 +17,9 @@ A malformed path id answers **404 NOT_FOUND**, not 422, deliberately:
   pattern of each path parameter.
 
 Ids in request bodies (`corpus_file_id`, `from_run_id`) are fields of the request models,
-refused with 422 there like any other invalid field. No route takes an eval id or a file id
-in its path.
+refused with 422 there like any other invalid field. `FileId` is the `{file_id}` of a
+corpus (`DELETE /corpora/{file_id}`), a Data Bank id, 404 too when malformed. No route takes
+an eval id in its path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path
 
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
+from service_common.databank_contract import FILE_ID_PATTERN
 
 # `TokenizerTrainConfig.tokenizer_id()`: "tok-" and 16 hex digits of a SHA-256.
 TOKENIZER_ID_PATTERN = r"^tok-[0-9a-f]{16}$"
@@ -40,6 +42,7 @@ RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _TOKENIZER_ID = re.compile(TOKENIZER_ID_PATTERN)
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
+_FILE_ID = re.compile(FILE_ID_PATTERN)
 
 
 def _shown(value: str) -> str:
@@ -79,6 +82,21 @@ def _tokenizer_id(
     return tokenizer_id
 
 
+def _file_id(
+    file_id: Annotated[
+        str,
+        Path(
+            description="a corpus's Data Bank id (64 hex digits), as `POST /corpora` answered; "
+            "anything else is an unknown corpus (404)",
+            json_schema_extra={"pattern": FILE_ID_PATTERN},
+        ),
+    ],
+) -> str:
+    if _FILE_ID.fullmatch(file_id) is None:
+        raise NotFoundError(f"unknown corpus {_shown(file_id)}: file ids are 64 hex digits")
+    return file_id
+
+
 def is_stream_id(value: str) -> bool:
     """Whether Redis takes `value` as the exclusive start of a stream range."""
     if _STREAM_ID.fullmatch(value) is None:
@@ -113,5 +131,6 @@ def _last_event_id(
 
 RunId = Annotated[str, Depends(_run_id)]
 TokenizerId = Annotated[str, Depends(_tokenizer_id)]
+FileId = Annotated[str, Depends(_file_id)]
 # "0" when the header is absent.
 LastEventId = Annotated[str, Depends(_last_event_id)]

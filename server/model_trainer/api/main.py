@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from hypercorn.middleware import ProxyFixMiddleware
 
+from model_trainer.api.auth import check_can_start, current_principal
 from model_trainer.api.dashboard import dashboard_router
-from model_trainer.api.deps import ApiContext, require_api_key
+from model_trainer.api.deps import ApiContext
 from model_trainer.api.docs_page import docs_router
 from model_trainer.api.errors import (
     VOCABULARY,
@@ -16,8 +18,9 @@ from model_trainer.api.errors import (
     error_responses,
     install_api_error_handlers,
 )
+from model_trainer.api.hosts import TrustedHosts
 from model_trainer.api.limits import BodyCap, BodySizeLimit
-from model_trainer.api.routes import corpora, health, runs, tokenizers
+from model_trainer.api.routes import corpora, health, me, runs, tokenizers
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
@@ -55,6 +58,9 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
         setup_logging(settings.logging.level, service="api")
         ctx = build_context(settings)
     context = ctx
+    security = context.settings.security
+    # Refuses to build an app without a key, unless anonymous use was asked for.
+    auth = check_can_start(security)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +74,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
         title="Model Trainer", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.ctx = context
+    app.state.auth = auth
     # Inside the request-id middleware (added by install_error_bodies, outermost): a 413
     # carries the request id and is in the access log.
     limits = context.settings.limits
@@ -78,17 +85,27 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
         max_bytes=limits.max_body_bytes,
         per_path={corpora.UPLOAD_PATH: upload_cap},
     )
+    # Outside the body cap: a request for a Host we do not answer gets nothing else.
+    app.add_middleware(TrustedHosts, patterns=security.trusted_hosts)
     install_error_bodies(app, VOCABULARY)
     install_api_error_handlers(app)
-    # The body cap answers 413 on any route, before routing.
-    app.include_router(health.router, responses=error_responses(413))
+    if security.proxy_hops:
+        # Outermost: the request-id middleware's access log and the wrong-key throttle see
+        # the client's address, not the proxy's.
+        app.add_middleware(ProxyFixMiddleware, mode="legacy", trusted_hops=security.proxy_hops)
+    # The host check (400) and the body cap (413) answer on any route, before routing.
+    app.include_router(health.router, responses=error_responses(400, 413))
     app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))
     # Public, like /docs: the pages hold no data; their script sends the key with each call.
     app.include_router(dashboard_router())
-    protected = [Depends(require_api_key)]
-    for router in (corpora.router, tokenizers.router, runs.router):
-        # Every protected route may also answer 401 (a key is configured) and 503 (Redis is
-        # down). 401 comes before anything but the body cap; 422 is documented where a body
-        # or query parameter can be refused (`document_validation_errors`).
-        app.include_router(router, dependencies=protected, responses=error_responses(401, 413, 503))
+    protected = [Depends(current_principal)]
+    for router in (me.router, corpora.router, tokenizers.router, runs.router):
+        # Every protected route may also answer 401 (no key, or a wrong one), 429 (too many
+        # wrong keys from this address; submissions: the key's quotas) and 503 (Redis is
+        # down). 401 comes before anything but the host check and the body cap; 422 is
+        # documented where a body or query parameter can be refused
+        # (`document_validation_errors`).
+        app.include_router(
+            router, dependencies=protected, responses=error_responses(400, 401, 413, 429, 503)
+        )
     return app

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue, ValidationError
 
+from model_trainer.api.auth import Principal
 from model_trainer.api.deps import (
     ApiContext,
     artifact_available,
@@ -49,10 +50,13 @@ from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
-def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> TokenizerAccepted:
+def submit_tokenizer(
+    ctx: ApiContext, config: TokenizerTrainConfig, who: Principal
+) -> TokenizerAccepted:
     """The same request twice is the same tokenizer: answer its state instead of training it
-    again. A failed or cancelled one, or one whose artifact is gone from Data Bank, is
-    trained anew under the same id."""
+    again (asked by another principal, it is theirs to see too). A failed or cancelled one,
+    or one whose artifact is gone from Data Bank, is trained anew under the same id."""
+    ctx.quotas.submission(who)
     tokenizer_id = config.tokenizer_id()
     store = ctx.tokenizers
     current = store.record(tokenizer_id)
@@ -60,13 +64,18 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
     if state is Status.COMPLETED and current and not artifact_available(ctx, current.file_id):
         state = Status.FAILED
     if state is not None and state not in (Status.FAILED, Status.CANCELLED):
+        store.hold(tokenizer_id, who.name)
         return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=state)
     require_corpus(ctx, config.corpus_file_id)
-    meta = RecordMeta(created_at=time.time(), request=config.model_dump(mode="json"))
+    ctx.quotas.new_job(who)
+    meta = RecordMeta(
+        created_at=time.time(), request=config.model_dump(mode="json"), owner=who.name
+    )
     if state is not None:
         store.reset(tokenizer_id, meta)
     elif not store.create(tokenizer_id, meta):
         # Another request created it between our read and write.
+        store.hold(tokenizer_id, who.name)
         latest = store.status(tokenizer_id) or Status.QUEUED
         return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=latest)
     payload = TokenizerJob(tokenizer_id=tokenizer_id, config=config)
@@ -74,11 +83,13 @@ def submit_tokenizer(ctx: ApiContext, config: TokenizerTrainConfig) -> Tokenizer
     return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED)
 
 
-def submit_run(ctx: ApiContext, config: TrainRequest) -> RunAccepted:
+def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAccepted:
     """A new run (runs are never deduplicated) once its tokenizer and corpus are usable, it
-    fits in a worker's memory, and the checkpoint it starts from (`from_run_id`) exists and
-    holds the same model."""
-    tokenizer = ctx.tokenizers.record(config.tokenizer_id)
+    fits in a worker's memory, the checkpoint it starts from (`from_run_id`) exists and
+    holds the same model, and `who` has room for it. The tokenizer and the run to start
+    from must be ones `who` sees."""
+    ctx.quotas.submission(who)
+    tokenizer = ctx.tokenizers.record(config.tokenizer_id, who.scope)
     if tokenizer is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
     if tokenizer.status is not Status.COMPLETED:
@@ -93,7 +104,7 @@ def submit_run(ctx: ApiContext, config: TrainRequest) -> RunAccepted:
     if source_id is not None:
         # Stored and enqueued as resolved: a request that names no checkpoint says "last".
         config = config.model_copy(update={"from_checkpoint": config.from_checkpoint or "last"})
-        init_from = resolve_init_from(ctx, config, source_id)
+        init_from = resolve_init_from(ctx, config, source_id, who)
     if not artifact_available(ctx, tokenizer.file_id):
         raise ConflictError(
             f"the artifact of tokenizer {config.tokenizer_id!r} is not in Data Bank any more: "
@@ -106,10 +117,12 @@ def submit_run(ctx: ApiContext, config: TrainRequest) -> RunAccepted:
             f"(GET /runs/{init_from.run_id}/checkpoints)"
         )
     require_corpus(ctx, config.corpus_file_id)
+    ctx.quotas.new_job(who, run=True)
     run_id = f"run-{uuid.uuid4().hex[:16]}"
-    ctx.runs.create(
-        run_id, RecordMeta(created_at=time.time(), request=config.model_dump(mode="json"))
+    meta = RecordMeta(
+        created_at=time.time(), request=config.model_dump(mode="json"), owner=who.name
     )
+    ctx.runs.create(run_id, meta)
     job = TrainJob(
         run_id=run_id,
         spec=config.spec(),
@@ -244,7 +257,9 @@ def _vocab_size(tokenizer: Record[TokenizerSummary]) -> int:
     return asked if isinstance(asked, int) else 0
 
 
-def resolve_init_from(ctx: ApiContext, config: TrainRequest, source_id: str) -> InitFrom:
+def resolve_init_from(
+    ctx: ApiContext, config: TrainRequest, source_id: str, who: Principal
+) -> InitFrom:
     """The checkpoint of run `source_id` that `config` starts from, once it is known to exist
     and to hold the model `config` describes.
 
@@ -252,7 +267,7 @@ def resolve_init_from(ctx: ApiContext, config: TrainRequest, source_id: str) -> 
     length or tokenizer; `details` names each differing field); 409 when its request cannot
     be read or it has no such checkpoint (the message lists those it has).
     """
-    source = ctx.runs.record(source_id)
+    source = ctx.runs.record(source_id, who.scope)
     if source is None:
         raise NotFoundError(f"unknown from_run_id {source_id!r}")
     request = source.meta.request if source.meta else None
@@ -358,9 +373,10 @@ def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:
 
 
 def submit_evaluation(
-    ctx: ApiContext, run: Record[RunProgress], request: EvaluateRequest
+    ctx: ApiContext, run: Record[RunProgress], request: EvaluateRequest, who: Principal
 ) -> EvalAccepted:
-    """One evaluation at a time per run, of a completed run only."""
+    """One evaluation at a time per run, of a completed run only (one `who` sees)."""
+    ctx.quotas.submission(who)
     if run.status is not Status.COMPLETED or run.file_id is None:
         raise ConflictError(
             f"run {run.id!r} is {run.status.value}: only a completed run is evaluated"
@@ -372,24 +388,29 @@ def submit_evaluation(
         raise ConflictError(
             f"evaluation {current.eval_id} of run {run.id!r} is still {current.status}"
         )
+    ctx.quotas.new_job(who)
     eval_id = f"eval-{uuid.uuid4().hex[:12]}"
     job = EvaluateJob(run_id=run.id, eval_id=eval_id, request=request)
     described: dict[str, JsonValue] = {"run_id": run.id, **request.model_dump(mode="json")}
-    ctx.evals.create(eval_id, RecordMeta(created_at=time.time(), request=described))
+    meta = RecordMeta(created_at=time.time(), request=described, owner=who.name)
+    ctx.evals.create(eval_id, meta)
     DirectWriter(ctx.redis).write(hset(run.id, (JobField.EVAL, eval_id)))
     ctx.queue.submit(JobKind.EVAL, eval_id, job)
     return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=eval_id, status=Status.QUEUED)
 
 
-def resolve_generation_model(ctx: ApiContext, run_id: str, request: GenerateRequest) -> ModelRef:
+def resolve_generation_model(
+    ctx: ApiContext, run_id: str, request: GenerateRequest, who: Principal
+) -> ModelRef:
     """Where the model to generate from is in Data Bank: the completed run's artifact, or
     the asked checkpoint (`last`, `best`, a step) from the run's index, with what building
     its model needs (the run's request and its tokenizer's artifact).
 
-    404 when the run is unknown; 409 when it has no artifact and no checkpoint was asked,
-    when it has no such checkpoint, or when its model cannot be rebuilt.
+    404 when the run is unknown (or not `who`'s to see); 409 when it has no artifact and
+    no checkpoint was asked, when it has no such checkpoint, or when its model cannot be
+    rebuilt.
     """
-    run = ctx.runs.record(run_id)
+    run = ctx.runs.record(run_id, who.scope)
     if run is None:
         raise NotFoundError(f"unknown run {run_id!r}")
     index = read_checkpoints(ctx.redis, run_id)

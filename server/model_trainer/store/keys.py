@@ -15,16 +15,25 @@ script that touches them touches one slot. DESIGN.md links here.
 | `job:{<id>}:metrics`             | list (MetricPoint), runs          | 30 d  | owning worker  |
 | `{kinds}:index`                  | zset (score = created ts)         | none  | API            |
 | `{kinds}:by-status:{status}`     | zset (score = when set)           | none  | API, worker    |
+| `{kinds}:by-owner:{principal}`   | zset (score = created ts)         | none  | API            |
 | `trainer:{kinds}:delayed`        | zset (score = due ts)             | none  | worker, reaper |
 | `trainer:workers:{queue}`        | zset (score = seen ts)            | none  | worker         |
 | `trainer:workers:{queue}:memory` | hash (worker -> bytes)            | none  | worker         |
-| `corpora:index`                  | zset (score = ts)                 | none  | API            |
-| `corpora:info`                   | hash (id -> CorpusInfo)           | none  | API            |
+| `corpora:index`                  | zset (`<principal>/<id>`, ts)     | none  | API            |
+| `corpora:info`                   | hash (`<principal>/<id>` -> info) | none  | API            |
+| `corpora:by-owner:{principal}`   | zset (id, score = ts)             | none  | API            |
+| `corpora:holders:{id}`           | set (principals holding it)       | none  | API            |
+| `corpora:bytes`                  | hash (principal -> bytes held)    | none  | API            |
+| `trainer:limits:*`               | the `limits` library's windows    | 1 min | API            |
 | `trainer:events` (setting)       | pub/sub channel                   | -     | worker         |
 | `rq:*`                           | RQ's own (dispatch only)          | RQ's  | RQ             |
 
 `{kinds}` is `runs`, `tokenizers` or `evals`; ids never collide across kinds (`run-`, `tok-`,
 `eval-`). An evaluation logs to its run's stream; `delayed` holds the jobs in backoff.
+`by-owner` lists what a principal (an API key's name, api/auth.py) submitted: what a `user`
+key may see, and what its quotas count; a tokenizer asked for again by another principal is
+in both of their indexes (one request, one tokenizer). A run's final evaluation is reached
+through its run only.
 
 Every write the owner of a job makes (its record, metrics, events) is fenced: it happens
 only while the job's lease still holds the owner's token (store/fencing.py), so a worker
@@ -101,10 +110,14 @@ class KeySchema(BaseModel):
     kind: JobKind
     index: str
     by_status: str  # `{status}` is replaced by a status
+    by_owner: str  # `{owner}` is replaced by a principal's name
     delayed: str
 
     def status_index(self, status: str) -> str:
         return self.by_status.replace("{status}", status)
+
+    def owner_index(self, owner: str) -> str:
+        return self.by_owner.replace("{owner}", owner)
 
 
 def _schema(kind: JobKind, plural: str) -> KeySchema:
@@ -112,6 +125,7 @@ def _schema(kind: JobKind, plural: str) -> KeySchema:
         kind=kind,
         index=f"{plural}:index",
         by_status=f"{plural}:by-status:{{status}}",
+        by_owner=f"{plural}:by-owner:{{owner}}",
         delayed=f"trainer:{plural}:delayed",
     )
 
@@ -137,8 +151,23 @@ def worker_memory_key(queue: str) -> str:
     return f"trainer:workers:{queue}:memory"
 
 
-# Corpora uploaded through the API (`POST /corpora`, the dashboard's picker): member / field
-# = the Data Bank file_id, score = when it was last uploaded; the hash holds each one's JSON
-# `CorpusInfo` (store/corpora.py). Corpora uploaded to Data Bank directly are not listed.
+# Corpora uploaded through the API (`POST /corpora`, the dashboard's picker), per principal
+# (store/corpora.py): an entry `<principal>/<file_id>` with its JSON `CorpusInfo`, in the
+# index of all (score = when it was last uploaded) and the principal's own; who holds each
+# file (Data Bank's copy is deleted with its last holder); bytes held per principal (the
+# quota). Corpora uploaded to Data Bank directly are not listed.
 CORPORA_INDEX = "corpora:index"
 CORPORA_INFO = "corpora:info"
+CORPORA_BYTES = "corpora:bytes"
+
+
+def corpora_owner_key(owner: str) -> str:
+    return f"corpora:by-owner:{owner}"
+
+
+def corpus_holders_key(file_id: str) -> str:
+    return f"corpora:holders:{file_id}"
+
+
+# Prefix of the rate limiter's windows (the `limits` library names the rest, api/quotas.py).
+RATE_LIMIT_PREFIX = "trainer:limits"

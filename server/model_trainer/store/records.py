@@ -7,7 +7,9 @@ the API shows of a record with one HMGET of its hash, and hand back a typed `Rec
 
 Each status write also moves the job between its kind's status indexes
 (`by-status:{status}`), so finding the running or queued jobs costs what there is of them,
-not what history holds.
+not what history holds. A job created for a principal (an API key) is also in that
+principal's index (`by-owner:{name}`): a `user` key's list, and its quota counts, read
+that index (intersected with a status index, Redis walking the smaller), never everyone's.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ class _Stored(BaseModel):
 
 
 class RecordMeta(_Stored):
-    """Written once at submit: when, and the validated request."""
+    """Written once at submit: when, the validated request, and who asked (the principal;
+    None for what the worker creates itself, a run's final evaluation)."""
 
     created_at: float
     request: dict[str, JsonValue]
+    owner: str | None = None
 
 
 class RunProgress(_Stored):
@@ -205,9 +209,20 @@ class StatusStore(Generic[ProgressT]):
         return StatusStore(self._r, self.keys, self._progress_model, self._clock, writer)
 
     # --- typed reads: one round trip ------------------------------------------------
-    def record(self, record_id: str) -> Record[ProgressT] | None:
-        """The record, or None if there is no such id (one HMGET)."""
-        values = self._r.hmget(job_key(record_id), [f.value for f in _READ])
+    def record(self, record_id: str, held_by: str | None = None) -> Record[ProgressT] | None:
+        """The record, or None if there is no such id (one HMGET). With `held_by`, None also
+        when that principal does not hold it (it is not in its index): in one round trip,
+        and reading exactly like an unknown id."""
+        fields = [f.value for f in _READ]
+        if held_by is None:
+            values = self._r.hmget(job_key(record_id), fields)
+            return self._record(record_id, [as_str(v) for v in values])
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zscore(self.keys.owner_index(held_by), record_id)
+        pipe.hmget(job_key(record_id), fields)
+        held, values = pipe.execute()
+        if held is None:
+            return None
         return self._record(record_id, [as_str(v) for v in values])
 
     def records(self, ids: Sequence[str]) -> list[Record[ProgressT] | None]:
@@ -252,10 +267,27 @@ class StatusStore(Generic[ProgressT]):
         DirectWriter(self._r).write(
             [
                 *self.status_commands(record_id, Status.QUEUED),
-                ("ZADD", self.keys.index, repr(self._clock()), record_id),
+                *self._index_commands(record_id, meta.owner),
             ]
         )
         return True
+
+    def _index_commands(self, record_id: str, owner: str | None) -> tuple[Command, ...]:
+        now = repr(self._clock())
+        commands: list[Command] = [("ZADD", self.keys.index, now, record_id)]
+        if owner is not None:
+            commands.append(("ZADD", self.keys.owner_index(owner), now, record_id))
+        return tuple(commands)
+
+    def hold(self, record_id: str, owner: str) -> None:
+        """Let `owner` see an existing record too (a tokenizer another principal asked for
+        with the same request): it joins `owner`'s index, keeping its place if already there."""
+        self._r.zadd(self.keys.owner_index(owner), {record_id: self._clock()}, nx=True)
+
+    def count_held(self, owner: str, status: Status) -> int:
+        """How many of `owner`'s records are in `status` (Redis walks the smaller index)."""
+        keys = [self.keys.owner_index(owner), self.keys.status_index(status.value)]
+        return int(self._r.zintercard(2, keys))
 
     def reset(self, record_id: str, meta: RecordMeta) -> None:
         """Queue a failed or cancelled record again (a re-submitted request): a new job with
@@ -274,16 +306,32 @@ class StatusStore(Generic[ProgressT]):
                 ),
                 *hset(record_id, (JobField.META, meta.model_dump_json())),
                 *self.status_commands(record_id, Status.QUEUED),
-                ("ZADD", self.keys.index, repr(self._clock()), record_id),
+                *self._index_commands(record_id, meta.owner),
             ]
         )
 
     def list_ids(
-        self, offset: int, limit: int, status: Status | None = None
+        self, offset: int, limit: int, status: Status | None = None, owner: str | None = None
     ) -> tuple[list[str], int]:
-        """Ids newest first (of one status, when given), and their total count; two commands
-        in one round trip whatever the history holds."""
-        index = self.keys.index if status is None else self.keys.status_index(status.value)
+        """Ids newest first (of one status, of one owner, when given), and their total count;
+        two commands in one round trip whatever the history holds. Of one owner and one
+        status: the intersection of the two indexes, ordered as the status index (when the
+        status was set), which Redis computes walking the smaller one."""
+        if owner is not None and status is not None:
+            weights = {self.keys.status_index(status.value): 1, self.keys.owner_index(owner): 0}
+            scored = [
+                (float(pair[1]), as_str(pair[0]))
+                for pair in self._r.zinter(weights, withscores=True)
+                if isinstance(pair, tuple | list)
+            ]
+            found = [member for _, member in sorted(scored, reverse=True) if member is not None]
+            return found[offset : offset + limit], len(found)
+        if owner is not None:
+            index = self.keys.owner_index(owner)
+        elif status is not None:
+            index = self.keys.status_index(status.value)
+        else:
+            index = self.keys.index
         pipe = self._r.pipeline(transaction=False)
         pipe.zcard(index)
         pipe.zrevrange(index, offset, offset + limit - 1)

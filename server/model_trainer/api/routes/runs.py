@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from model_trainer.api import services
+from model_trainer.api.auth import Me, Principal
 from model_trainer.api.deps import Ctx, live_workers
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
 from model_trainer.api.generation import GenerateRequest, GenerateResponse
@@ -52,21 +53,22 @@ SSE_KEEPALIVE_SEC = 15.0
 @router.post(
     "/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409, 422)
 )
-def train_run(config: TrainRequest, ctx: Ctx) -> RunAccepted:
+def train_run(config: TrainRequest, ctx: Ctx, who: Me) -> RunAccepted:
     """A new run. With `from_run_id` it starts from that run's checkpoint `from_checkpoint`
     (`last` by default, `best`, or a step): 404 if the run is unknown, 409 if it has no such
     checkpoint, 422 if its model (family, architecture, max_seq_len, tokenizer) differs."""
-    return services.submit_run(ctx, config)
+    return services.submit_run(ctx, config, who)
 
 
 @router.get("", response_model=RunList)
 def list_runs(
     ctx: Ctx,
+    who: Me,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
 ) -> Response:
-    ids, total = ctx.runs.list_ids(offset, limit, status_filter)
+    ids, total = ctx.runs.list_ids(offset, limit, status_filter, who.scope)
     records = [r for r in ctx.runs.records(ids) if r is not None]
     seen = _LiveWorkers(ctx)
     return model_response(
@@ -78,30 +80,30 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunInfo, responses=error_responses(404))
-def get_run(run_id: RunId, ctx: Ctx) -> Response:
-    return model_response(_info(ctx, _require_run(ctx, run_id)))
+def get_run(run_id: RunId, ctx: Ctx, who: Me) -> Response:
+    return model_response(_info(ctx, _require_run(ctx, run_id, who)))
 
 
 @router.post(
     "/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409)
 )
-def cancel_run(run_id: RunId, ctx: Ctx) -> RunInfo:
-    services.cancel_run(ctx, _require_run(ctx, run_id))
-    return _info(ctx, _require_run(ctx, run_id))
+def cancel_run(run_id: RunId, ctx: Ctx, who: Me) -> RunInfo:
+    services.cancel_run(ctx, _require_run(ctx, run_id, who))
+    return _info(ctx, _require_run(ctx, run_id, who))
 
 
 @router.get("/{run_id}/checkpoints", responses=error_responses(404))
-def run_checkpoints(run_id: RunId, ctx: Ctx) -> CheckpointList:
+def run_checkpoints(run_id: RunId, ctx: Ctx, who: Me) -> CheckpointList:
     """The run's checkpoints in Data Bank, oldest first (empty until its first one)."""
-    _require_run(ctx, run_id)
+    _require_run(ctx, run_id, who)
     return CheckpointList.from_index(run_id, read_checkpoints(ctx.redis, run_id))
 
 
 @router.get("/{run_id}/logs", responses=error_responses(404))
 def run_logs(
-    run_id: RunId, ctx: Ctx, tail: Annotated[int, Query(ge=1, le=10_000)] = 100
+    run_id: RunId, ctx: Ctx, who: Me, tail: Annotated[int, Query(ge=1, le=10_000)] = 100
 ) -> LogLines:
-    _require_run(ctx, run_id)
+    _require_run(ctx, run_id, who)
     lines = RunLogReader(ctx.redis).tail(run_id, tail)
     return LogLines(run_id=run_id, lines=[json_object(line.line) for line in lines])
 
@@ -114,12 +116,13 @@ def run_logs(
 def stream_run_logs(
     run_id: RunId,
     ctx: Ctx,
+    who: Me,
     last_event_id: LastEventId,
 ) -> StreamingResponse:
     """Server-sent events: one `data:` per log line, `id:` = its stream id; ends with the run
     (`event: end`), or with `event: unavailable` when Redis goes away mid-stream. With
     `Last-Event-ID` it resumes after that event; one that is not a stream id is a 400."""
-    _require_run(ctx, run_id)
+    _require_run(ctx, run_id, who)
     reader = RunLogReader(ctx.redis)
 
     async def lines_then_end(last: str) -> AsyncIterator[str]:
@@ -170,11 +173,12 @@ def stream_run_logs(
 def run_metrics(
     run_id: RunId,
     ctx: Ctx,
+    who: Me,
     after_step: Annotated[
         int | None, Query(ge=0, description="only points past this step (live charts)")
     ] = None,
 ) -> MetricsBody:
-    _require_run(ctx, run_id)
+    _require_run(ctx, run_id, who)
     points = RunLogReader(ctx.redis).metrics(run_id)
     if after_step is not None:
         points = [p for p in points if p.step > after_step]
@@ -190,13 +194,13 @@ def run_metrics(
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(404, 409),
 )
-def evaluate_run(run_id: RunId, request: EvaluateRequest, ctx: Ctx) -> EvalAccepted:
-    return services.submit_evaluation(ctx, _require_run(ctx, run_id), request)
+def evaluate_run(run_id: RunId, request: EvaluateRequest, ctx: Ctx, who: Me) -> EvalAccepted:
+    return services.submit_evaluation(ctx, _require_run(ctx, run_id, who), request, who)
 
 
 @router.get("/{run_id}/eval", responses=error_responses(404))
-def get_run_eval(run_id: RunId, ctx: Ctx) -> EvalInfo:
-    _require_run(ctx, run_id)
+def get_run_eval(run_id: RunId, ctx: Ctx, who: Me) -> EvalInfo:
+    _require_run(ctx, run_id, who)
     info = services.latest_evaluation(ctx, run_id)
     if info is None:
         raise NotFoundError(f"run {run_id!r} has no evaluation yet")
@@ -204,27 +208,31 @@ def get_run_eval(run_id: RunId, ctx: Ctx) -> EvalInfo:
 
 
 @router.get("/{run_id}/artifact", responses=error_responses(404))
-def run_artifact(run_id: RunId, ctx: Ctx) -> ArtifactPointer:
-    file_id = ctx.runs.file_id(run_id)
+def run_artifact(run_id: RunId, ctx: Ctx, who: Me) -> ArtifactPointer:
+    run = ctx.runs.record(run_id, who.scope)
+    file_id = run.file_id if run else None
     if file_id is None:
         raise NotFoundError(f"no artifact for run {run_id!r} (unknown, or not finished)")
     return ArtifactPointer(file_id=file_id)
 
 
 @router.post("/{run_id}/generate", responses=error_responses(404, 409, 422))
-async def generate_text(run_id: RunId, request: GenerateRequest, ctx: Ctx) -> GenerateResponse:
+async def generate_text(
+    run_id: RunId, request: GenerateRequest, ctx: Ctx, who: Me
+) -> GenerateResponse:
     """Text from the run's model: its artifact once completed, or one of its checkpoints
     (`checkpoint`: `last`, `best` or a step), even while it runs. The model is fetched from
     Data Bank once and kept in memory (least recently used out). 404: unknown run; 409: no
     artifact (not completed) and no checkpoint asked, or no such checkpoint; 422: a bad
     body (`top_k` above the vocabulary included); 503: every generation thread busy and the
     queue full, or Data Bank unavailable."""
-    ref = await run_in_threadpool(services.resolve_generation_model, ctx, run_id, request)
+    ref = await run_in_threadpool(services.resolve_generation_model, ctx, run_id, request, who)
     return await ctx.generation.generate(ref, request)
 
 
-def _require_run(ctx: Ctx, run_id: str) -> Record[RunProgress]:
-    record = ctx.runs.record(run_id)
+def _require_run(ctx: Ctx, run_id: str, who: Principal) -> Record[RunProgress]:
+    """The run, if `who` may see it; else 404, as for an unknown id."""
+    record = ctx.runs.record(run_id, who.scope)
     if record is None:
         raise NotFoundError(f"unknown run {run_id!r}")
     return record

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from model_trainer.api import services
+from model_trainer.api.auth import Me, Principal
 from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import error_responses
 from model_trainer.api.ids import TokenizerId
@@ -26,19 +27,20 @@ router = APIRouter(prefix="/tokenizers", tags=["tokenizers"])
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 422))
-def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx) -> TokenizerAccepted:
-    """The same request twice is the same tokenizer (its id hashes the request). 404 if the
-    corpus is not in Data Bank."""
-    return services.submit_tokenizer(ctx, config)
+def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx, who: Me) -> TokenizerAccepted:
+    """The same request twice is the same tokenizer (its id hashes the request), whoever
+    asks it. 404 if the corpus is not in Data Bank."""
+    return services.submit_tokenizer(ctx, config, who)
 
 
 @router.get("")
 def list_tokenizers(
     ctx: Ctx,
+    who: Me,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> TokenizerList:
-    ids, total = ctx.tokenizers.list_ids(offset, limit)
+    ids, total = ctx.tokenizers.list_ids(offset, limit, owner=who.scope)
     records = [r for r in ctx.tokenizers.records(ids) if r is not None]
     return TokenizerList(
         items=[TokenizerInfo.from_record(r) for r in records],
@@ -47,20 +49,22 @@ def list_tokenizers(
 
 
 @router.get("/{tokenizer_id}", responses=error_responses(404))
-def get_tokenizer(tokenizer_id: TokenizerId, ctx: Ctx) -> TokenizerInfo:
-    return TokenizerInfo.from_record(_require(ctx, tokenizer_id))
+def get_tokenizer(tokenizer_id: TokenizerId, ctx: Ctx, who: Me) -> TokenizerInfo:
+    return TokenizerInfo.from_record(_require(ctx, tokenizer_id, who))
 
 
 @router.get("/{tokenizer_id}/artifact", responses=error_responses(404))
-def tokenizer_artifact(tokenizer_id: TokenizerId, ctx: Ctx) -> ArtifactPointer:
-    file_id = ctx.tokenizers.file_id(tokenizer_id)
+def tokenizer_artifact(tokenizer_id: TokenizerId, ctx: Ctx, who: Me) -> ArtifactPointer:
+    tokenizer = ctx.tokenizers.record(tokenizer_id, who.scope)
+    file_id = tokenizer.file_id if tokenizer else None
     if file_id is None:
         raise NotFoundError(f"no artifact for tokenizer {tokenizer_id!r} (unknown, or not done)")
     return ArtifactPointer(file_id=file_id)
 
 
-def _require(ctx: Ctx, tokenizer_id: str) -> Record[TokenizerSummary]:
-    record = ctx.tokenizers.record(tokenizer_id)
+def _require(ctx: Ctx, tokenizer_id: str, who: Principal) -> Record[TokenizerSummary]:
+    """The tokenizer, if `who` may see it; else 404, as for an unknown id."""
+    record = ctx.tokenizers.record(tokenizer_id, who.scope)
     if record is None:
         raise NotFoundError(f"unknown tokenizer {tokenizer_id!r}")
     return record

@@ -23,6 +23,24 @@ function showKeyState() {
   const has = Boolean(apiKey());
   document.getElementById("key-state").textContent = has ? "API key saved in this browser" : "";
   document.getElementById("forget-key").hidden = !has;
+  showPrincipal();
+}
+
+// Who the key acts as (GET /whoami), and a banner when the server runs without keys: then
+// anyone who reaches it can use it. A refused key is the key form's business, not this one's.
+async function showPrincipal() {
+  const banner = document.getElementById("anonymous-banner");
+  let me = null;
+  try {
+    me = await api.get("/whoami");
+  } catch (e) {
+    banner.hidden = true;
+    return;
+  }
+  banner.hidden = !me.anonymous;
+  if (!me.anonymous) {
+    document.getElementById("key-state").textContent = `Signed in as ${me.name} (${me.role})`;
+  }
 }
 
 onUnauthorized((error) => {
