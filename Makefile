@@ -61,7 +61,7 @@ TEST_PROCS ?= 2
 
 # The fast lane: every test that needs no worker process and no browser (marker e2e).
 test: setup
-	cd server && ../$(PY) -m pytest -m "not e2e" -n $(TEST_PROCS) --dist loadfile
+	cd server && ../$(PY) -m pytest -m "not e2e" -n $(TEST_PROCS) --dist load
 
 # Lint and the whole suite, end-to-end and browser tests included (what CI runs).
 check: lint system-deps

@@ -218,7 +218,7 @@ def test_killed_worker_resumes_on_a_fresh_disk_within_a_minute(
 
 
 def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> None:
-    """SIGTERM the worker five times in one run, a new worker each time: it completes and
+    """SIGTERM the worker three times in one run, a new worker each time: it completes and
     no attempt is used up."""
     events = EventCollector(stack.redis_url)
     disk = _disk()  # a redeploy may land on the same volume or a new one; same here
@@ -230,7 +230,7 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
             run_id = _submit(client, body)
             requeue_seconds: list[float] = []
             last_step = 0
-            for _ in range(5):
+            for _ in range(3):
                 current, since = worker, last_step
 
                 def training_here() -> bool:
