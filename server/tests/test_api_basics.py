@@ -270,3 +270,21 @@ def test_docs_work_offline(settings: Settings) -> None:
         assert "/openapi.json" in refs
         assert client.get("/openapi.json").json()["info"]["title"] == "Model Trainer"
         assert client.get("/redoc").status_code == 404  # FastAPI's CDN page is off
+
+
+def test_a_file_id_with_a_trailing_newline_is_a_422_not_a_data_bank_call(
+    settings: Settings,
+) -> None:
+    """Python's `$` matches before a final newline: such an id passed validation and reached
+    Data Bank (503). It is refused as the malformed field it is, before any remote call."""
+    file_id = "ab" * 32 + "\n"
+    bodies = {
+        "/tokenizers/train": {"method": "bpe", "vocab_size": 300, "corpus_file_id": file_id},
+        "/runs/train": {"corpus_file_id": file_id, "tokenizer_id": "tok-0123456789abcdef"},
+    }
+    with TestClient(_app(settings)) as client:
+        for path, body in bodies.items():
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, response.text)
+            _assert_error_shape(response.json(), "VALIDATION_ERROR")
+            assert "corpus_file_id" in [d["field"] for d in response.json()["details"]]
