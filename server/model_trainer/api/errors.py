@@ -67,6 +67,9 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
+    # Nobody reads it (the client left); the access log does.
+    ErrorCode.CLIENT_CLOSED_REQUEST: 499,
     ErrorCode.DATA_INVALID: 422,
     ErrorCode.CONFIG_INVALID: 422,
     ErrorCode.CORPUS_UNREADABLE: 422,
@@ -181,6 +184,7 @@ _DESCRIPTIONS = {
     409: "conflicts with the current state",
     413: "request body over limits.max_body_bytes (refused before it is read)",
     422: "invalid request (details name the fields)",
+    429: "over a per-caller limit; Retry-After says when to try again",
     503: "Redis or Data Bank is unavailable; try again shortly",
 }
 

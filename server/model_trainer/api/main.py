@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -58,7 +59,10 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # /readyz answers what this task last found (api/readiness.py).
+        probe = asyncio.create_task(context.readiness.run(lambda: health.not_ready_reason(context)))
         yield
+        probe.cancel()
         context.generation.close()
         context.redis.close()
         context.databank.close()
