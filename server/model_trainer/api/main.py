@@ -10,7 +10,6 @@ from fastapi import Depends, FastAPI
 
 from model_trainer.api.dashboard import dashboard_router
 from model_trainer.api.deps import ApiContext, require_api_key
-from model_trainer.api.docs_page import docs_router
 from model_trainer.api.errors import (
     VOCABULARY,
     document_validation_errors,
@@ -22,6 +21,7 @@ from model_trainer.api.routes import corpora, health, runs, tokenizers
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
+from service_common.docs_page import docs_router
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import setup_logging
 
