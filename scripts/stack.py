@@ -56,6 +56,18 @@ CLIENT_ENV = STATE / "client.env"
 BIN = Path(sys.executable).parent
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds keys (stack.json, keys.json, client.env): mode 600 from its
+    creation (write-then-chmod leaves a moment when others can read it), in a state folder
+    of mode 700."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file may have been created with other bits
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def _say(message: str) -> None:
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
@@ -165,16 +177,7 @@ def _kept_keys() -> dict[str, str]:
 def _keep_keys(keys: dict[str, str]) -> None:
     kept = _kept_keys()
     if kept | keys != kept:
-        _write_private(KEYS_FILE, json.dumps(kept | keys))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file that holds a secret: mode 600 from its creation, never readable by others."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)  # a file that existed keeps its old mode through os.open
+        write_private(KEYS_FILE, json.dumps(kept | keys))
 
 
 def stack_keys() -> tuple[str, str]:
@@ -208,7 +211,7 @@ def _start_own_redis(pids: dict[str, int]) -> str | None:
     _keep_keys({"redis_password": password})
     port = _free_port()
     conf = REDIS_DIR / "redis.conf"
-    _write_private(
+    write_private(
         conf,
         f"port {port}\n"
         "bind 127.0.0.1\n"
@@ -230,15 +233,15 @@ def _start_own_redis(pids: dict[str, int]) -> str | None:
 
 def _announce(api: str, databank: str, api_key: str, bank_key: str) -> None:
     """Where everything is and the keys to use; the same, for the CLI, in .stack/client.env."""
-    CLIENT_ENV.write_text(
-        "# Written by `make start`: the CLI reads this file (run it from the project folder);\n"
+    write_private(
+        CLIENT_ENV,
+        "# Written by `make start`: the project's CLI reads this file (from any folder);\n"
         "# a shell can `. .stack/client.env`.\n"
         f"export MODEL_TRAINER_URL={api}\n"
         f"export MODEL_TRAINER_API_KEY={api_key}\n"
         f"export DATA_BANK_URL={databank}\n"
-        f"export DATA_BANK_API_KEY={bank_key}\n"
+        f"export DATA_BANK_API_KEY={bank_key}\n",
     )
-    CLIENT_ENV.chmod(0o600)
     _say("")
     _say(f"dashboard  {api}/  (paste the API key once)")
     _say(f"api        {api}  (docs at {api}/docs)")
@@ -307,7 +310,7 @@ def _start_compose() -> int:
         "api_key": api_key,
         "databank_key": bank_key,
     }
-    STATE_FILE.write_text(json.dumps(state))
+    write_private(STATE_FILE, json.dumps(state))
     _announce(api, databank, api_key, bank_key)
     _say("logs       make logs; stop with make stop")
     return 0
@@ -383,7 +386,7 @@ def _start_processes() -> int:
         "api_key": api_key,
         "databank_key": bank_key,
     }
-    _write_private(STATE_FILE, json.dumps(state))
+    write_private(STATE_FILE, json.dumps(state))
     _wait(lambda: _http_status(f"{api}/readyz") == 200, 120, "api /readyz", pids)
     _say(f"worker     pid {pids['worker']}")
     _announce(api, bank_url, api_key, bank_key)
@@ -399,14 +402,14 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, pids: dict[s
         for name, pid in pids.items():
             if not _alive(pid):
                 _say(f"{name} exited while waiting for {what}; last log lines:\n{_tail(name)}")
-                STATE_FILE.write_text(json.dumps({"pids": pids}))
+                write_private(STATE_FILE, json.dumps({"pids": pids}))
                 stop()
                 sys.exit(1)
         time.sleep(0.2)
     _say(f"timed out after {timeout:.0f}s waiting for {what}")
     for name in pids:
         _say(f"--- {name} ---\n{_tail(name, 15)}")
-    STATE_FILE.write_text(json.dumps({"pids": pids}))
+    write_private(STATE_FILE, json.dumps({"pids": pids}))
     stop()
     sys.exit(1)
 

@@ -28,7 +28,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from databank_server.errors import VOCABULARY, ApiError
 from databank_server.ranges import MalformedRange, UnsatisfiableRange, parse_range
 from databank_server.storage import FileStore
-from databank_server.upload import UploadRejected, drain_body, receive_upload
+from databank_server.upload import (
+    UNAUTHENTICATED_BODY_BYTES,
+    UploadRejected,
+    drain_body,
+    receive_upload,
+)
 from service_common.databank_contract import (
     API_KEY_HEADER,
     ErrorCode,
@@ -37,6 +42,7 @@ from service_common.databank_contract import (
     ReadyBody,
     is_file_id,
 )
+from service_common.docs_page import docs_router
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import log_fields, setup_logging
 
@@ -60,12 +66,16 @@ class DataBankSettings(BaseSettings):
 
     data_root: Path = Path("/data/files")
     min_free_gb: float = Field(default=1.0, ge=0)
-    # None: no cap beyond the free-disk check.
-    max_file_bytes: int | None = Field(default=None, ge=1)
-    # Comma-separated. Read and delete fall back to the upload keys; no key at all = open.
+    # Larger uploads get 413. 10 GiB: the trainer's largest artifact (app.artifact_max_bytes,
+    # 8 GiB) with its tar's overhead.
+    max_file_bytes: int = Field(default=10 * 1024**3, ge=1)
+    # Comma-separated. Read and delete fall back to the upload keys. Without any key the
+    # server refuses to start, unless ALLOW_ANONYMOUS=true (open to anyone who can reach it:
+    # then it says so in a warning at every start).
     api_upload_keys: str = ""
     api_read_keys: str = ""
     api_delete_keys: str = ""
+    allow_anonymous: bool = False
     delete_strict_404: bool = False
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
@@ -81,10 +91,40 @@ def _split_keys(raw: str) -> frozenset[str]:
     return frozenset(k.strip() for k in raw.split(",") if k.strip())
 
 
+class KeylessRefused(Exception):
+    """No API key is configured and anonymous access was not asked for: not started."""
+
+
+def keyless_refusal(settings: DataBankSettings) -> str | None:
+    """Why this server must not start (closed by default: no key, and no ALLOW_ANONYMOUS),
+    or None."""
+    if settings.keys_for(Permission.UPLOAD) or settings.allow_anonymous:
+        return None
+    return (
+        "no API key configured (API_UPLOAD_KEYS): refusing to start an open Data Bank; "
+        "set a key, or ALLOW_ANONYMOUS=true to serve anyone who can reach it"
+    )
+
+
+def check_keys(settings: DataBankSettings) -> None:
+    """Refuse a keyless server (`KeylessRefused`); an anonymous one, opted into, is warned
+    about at every start (anyone on its network can upload, read and delete)."""
+    refusal = keyless_refusal(settings)
+    if refusal is not None:
+        raise KeylessRefused(refusal)
+    if not settings.keys_for(Permission.UPLOAD):
+        log.warning(
+            "ALLOW_ANONYMOUS=true and no API key: anyone who can reach this Data Bank can "
+            "upload, read and delete its files",
+            extra=log_fields("databank_anonymous"),
+        )
+
+
 # -- the app -------------------------------------------------------------------------------
 
 
 def create_databank_app(settings: DataBankSettings) -> FastAPI:
+    check_keys(settings)
     store = FileStore(settings.data_root, int(settings.min_free_gb * 1_000_000_000))
     try:
         store.prepare()
@@ -93,10 +133,13 @@ def create_databank_app(settings: DataBankSettings) -> FastAPI:
         log.error(
             "cannot prepare %s: %s", settings.data_root, exc, extra=log_fields("storage_error")
         )
-    app = FastAPI(title="Data Bank (local)", version="0.1.0")
+    # `/docs` is the page the API serves too (service_common/docs_page.py): FastAPI's own
+    # loads Swagger UI from a CDN.
+    app = FastAPI(title="Data Bank (local)", version="0.1.0", docs_url=None, redoc_url=None)
     install_error_bodies(app, VOCABULARY)
     app.include_router(_health_routes(store))
     app.include_router(_file_routes(store, settings))
+    app.include_router(docs_router(app.title, app.openapi_url or "/openapi.json"))
     return app
 
 
@@ -145,10 +188,14 @@ def _file_routes(store: FileStore, settings: DataBankSettings) -> APIRouter:
         try:
             try:
                 check_upload(request)
-            except ApiError:
-                # Not a dependency: a refusal must wait for the body (see upload.py).
-                await drain_body(request)
-                raise
+            except ApiError as exc:
+                # Before the body: of a caller without a valid key, at most a few KiB are read
+                # (a small upload still gets a clean answer; see upload.py), then the refusal
+                # goes out and the connection is closed.
+                if await drain_body(request, UNAUTHENTICATED_BODY_BYTES):
+                    raise
+                closing = {"Connection": "close"}
+                raise ApiError(exc.status, exc.code, exc.message, headers=closing) from exc
             info = await receive_upload(request, store, settings.max_file_bytes)
         except UploadRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from exc
@@ -201,11 +248,15 @@ def _existing(store: FileStore, file_id: str) -> FileInfo:
 
 
 def _file_headers(info: FileInfo, length: int) -> dict[str, str]:
+    # Bytes to save, never a page to render: not the uploader's content type (an HTML
+    # upload would run as this origin's page), no sniffing, and an attachment.
     return {
         "Accept-Ranges": "bytes",
         "Content-Length": str(length),
         "ETag": info.sha256,
-        "Content-Type": info.content_type,
+        "Content-Type": "application/octet-stream",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'attachment; filename="{info.file_id}"',
     }
 
 
@@ -270,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
     args = parser.parse_args(argv)
+    settings = DataBankSettings()
+    setup_logging(settings.log_level, service="databank")
+    refusal = keyless_refusal(settings)  # before Hypercorn: one log line, exit status 2
+    if refusal is not None:
+        log.error("%s", refusal, extra=log_fields("databank_refused"))
+        return 2
     config = Config()
     config.application_path = f"{__name__}:app_from_environment()"
     config.bind = [f"{args.host}:{args.port}"]

@@ -8,7 +8,10 @@ as bytes arrive, and the temp file is removed on every failure.
 Refusals (413, 507, 400) are answered only after the rest of the body has been read and
 thrown away: a server that answers and closes while the client is still sending makes the
 client's kernel see a reset, and the client then reports a broken connection instead of
-the 413 it should act on.
+the 413 it should act on. A caller without a valid key is not owed that: at most
+`UNAUTHENTICATED_BODY_BYTES` of its body are read (enough for a small upload to get its
+401/403 cleanly), then it is answered and the connection closed, so nobody can make the
+server read gigabytes without a key.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 WRITE_BATCH_BYTES = 1 << 20
+# The most of an unauthenticated upload read before its refusal (see the module docstring).
+UNAUTHENTICATED_BODY_BYTES = 64 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -91,7 +96,9 @@ class _FilePart:
         self.size += end - start
         if self.max_bytes is not None and self.size > self.max_bytes:
             self._refuse(
-                413, ErrorCode.PAYLOAD_TOO_LARGE, f"file is over the {self.max_bytes}-byte cap"
+                413,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"file is over the {self.max_bytes}-byte cap (MAX_FILE_BYTES)",
             )
             return
         self.pending.extend(data[start:end])
@@ -186,7 +193,9 @@ def _precheck(request: Request, store: FileStore, max_bytes: int | None) -> Uplo
     # The body carries some multipart framing around the file, hence the slack.
     if max_bytes is not None and declared > max_bytes + 64 * 1024:
         return UploadRejected(
-            413, ErrorCode.PAYLOAD_TOO_LARGE, f"file is over the {max_bytes}-byte cap"
+            413,
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"file is over the {max_bytes}-byte cap (MAX_FILE_BYTES)",
         )
     return None
 
@@ -201,9 +210,15 @@ def _boundary(request: Request) -> bytes:
     return boundary
 
 
-async def drain_body(request: Request) -> None:
-    async for _ in _body(request):
-        pass
+async def drain_body(request: Request, max_bytes: int | None = None) -> bool:
+    """Read and drop the rest of the body, or only up to `max_bytes` of it: whether all of
+    it was read (a refusal may then keep the connection)."""
+    read = 0
+    async for chunk in _body(request):
+        read += len(chunk)
+        if max_bytes is not None and read > max_bytes:
+            return False
+    return True
 
 
 async def _body(request: Request) -> AsyncIterator[bytes]:

@@ -5,12 +5,14 @@
     │   ├── NotFoundError            an unknown id
     │   ├── ConflictError            not possible in the current state
     │   ├── FieldsInvalid            refused field by field (api/errors.py)
+    │   ├── ClientGone               the client left before its answer was ready
     │   └── UserError                a job's input is wrong                    failure: user
     ├── JobStopped                   a job body stopped at a safe point; not a failure
     │   ├── JobCancelled             the user asked: the job ends `cancelled`
     │   ├── WorkerShutdown           the worker is stopping: the job is handed back
     │   └── LeaseLost                another worker owns the job now: write nothing
     ├── TrainingStopped              the tokenizer library was told to stop (tokenization/)
+    ├── GenerationStopped            a generation's client left (training/generate.py)
     ├── CheckpointInvalid            a checkpoint that cannot be read            failure: fatal
     ├── ArtifactUploadFailed         a finished artifact could not be uploaded   failure: transient
     ├── OutOfMemory                  torch could not allocate                    failure: fatal
@@ -52,6 +54,7 @@ class ErrorCode(StrEnum):
     # A principal's quota (active runs, queued jobs, corpus bytes) is used up.
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    CLIENT_CLOSED_REQUEST = "CLIENT_CLOSED_REQUEST"
     # Job failures, stored with a failed status and published in events.
     DATA_INVALID = "DATA_INVALID"
     CONFIG_INVALID = "CONFIG_INVALID"
@@ -117,6 +120,14 @@ class ConflictError(AppError):
         super().__init__(ErrorCode.CONFLICT, message)
 
 
+class ClientGone(AppError):
+    """The client disconnected before the answer was ready (api/generation.py): the work
+    stopped, and the answer (499, as nginx logs it) goes nowhere but the access log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.CLIENT_CLOSED_REQUEST, message)
+
+
 class UserError(AppError):
     """A job failed because of its input (bad corpus, diverging learning rate...): the job
     ends failed with this message and is not retried."""
@@ -149,6 +160,10 @@ class TrainingStopped(TrainerError):
     def __init__(self, phase: str) -> None:
         super().__init__(f"tokenizer training stopped during {phase}")
         self.phase = phase
+
+
+class GenerationStopped(TrainerError):
+    """A text generation was told to stop (its client left); nothing is answered."""
 
 
 class CheckpointInvalid(TrainerError):

@@ -195,6 +195,18 @@ class LimitsSettings(_Section):
     remote_timeout_sec: float = Field(default=3.0, gt=0, le=60)
     remote_max_concurrent: int = Field(default=8, ge=1, le=256)
     remote_cooldown_sec: float = Field(default=5.0, ge=0, le=300)
+    # Log streams (server-sent events): each ends after this long with `event: reconnect`
+    # (the client resumes with Last-Event-ID), so none holds a connection and a Redis poller
+    # forever; and one caller (api/callers.py) holds at most this many at once (429 past it).
+    sse_max_lifetime_sec: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
+    sse_max_per_caller: int = Field(default=8, ge=1, le=10_000)
+
+
+class HealthSettings(_Section):
+    """`/readyz` answers from a background probe's last result (api/readiness.py): a probe
+    every `probe_interval_sec`, never a call per request."""
+
+    probe_interval_sec: float = Field(default=5.0, gt=0, le=300)
 
 
 class AdmissionSettings(_Section):
@@ -250,6 +262,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,8 @@ error_bodies.py       the `{code, message, request_id}` error body, its FastAPI 
                       middleware and handlers installed
 service_error.py      ServiceError, the exception those handlers answer (no web imports)
 databank_contract.py  the Data Bank wire contract (data-bank-api.md) both sides speak
+docs_page.py          `/docs` without a CDN: a page of our own rendering the OpenAPI document
+static_assets.py      how those pages (and the API's dashboard) are served: ETag, CSP, nosniff
 
 Keep it this small: anything only one service uses belongs to that service.
 """

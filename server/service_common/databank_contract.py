@@ -19,13 +19,17 @@ from service_common.jsonlog import REQUEST_ID_HEADER as REQUEST_ID_HEADER
 
 # A file_id is the lowercase hex SHA-256 of the file's bytes; nothing else is an id. The one
 # spelling of that rule: the training and tokenization configs and the job payloads use it too.
-FILE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+# A string, not a compiled `re`: Pydantic then matches it with its Rust engine, where `$` is
+# the end of the text; Python's `$` also matches before a final newline, which let an id
+# with a trailing newline through validation (and on to a 503 from Data Bank).
+FILE_ID_PATTERN = r"^[0-9a-f]{64}$"
+_FILE_ID = re.compile(FILE_ID_PATTERN)
 
 API_KEY_HEADER = "X-API-Key"
 
 
 def is_file_id(value: str) -> bool:
-    return FILE_ID_PATTERN.fullmatch(value) is not None
+    return _FILE_ID.fullmatch(value) is not None
 
 
 class ErrorCode(StrEnum):

@@ -13,13 +13,15 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, SecretStr
 from redis import Redis
 
+from model_trainer.api.deps import ApiContext
 from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
 from model_trainer.errors import ErrorCode
-from model_trainer.settings import Settings
+from model_trainer.settings import HealthSettings, Settings
 from model_trainer.store.keys import RUN_KEYS, workers_key
 from model_trainer.store.records import RecordMeta, RunProgress, StatusStore
 from tests.databank_fixtures import DataBankServer
+from tests.processes import wait_until
 
 
 class Body(BaseModel):
@@ -159,17 +161,31 @@ def test_unknown_exception_is_a_sanitized_500_and_logged(
     )
 
 
+def _probing(settings: Settings) -> Settings:
+    """Readiness probed often: a test sees what it changed after a probe or two."""
+    return settings.model_copy(update={"health": HealthSettings(probe_interval_sec=0.1)})
+
+
+def _probed(ctx: ApiContext) -> None:
+    """Until a probe has run that started after this call: /readyz then reflects the state
+    the test set up."""
+    target = ctx.readiness.probes + 2  # the one under way may have read the state before
+    wait_until(lambda: ctx.readiness.probes >= target, 30, "two readiness probes")
+
+
 def test_readyz_counts_only_workers_seen_lately(
     settings: Settings, redis_client: Redis, databank_server: DataBankServer
 ) -> None:
     """Ready needs a member of trainer:workers:{queue} seen within worker_presence_ttl_sec:
     a worker that died without cleaning up (RQ's registry still lists it) does not count."""
     app_settings = settings.app.model_copy(update={"data_bank_api_url": databank_server.url})
-    settings = settings.model_copy(update={"app": app_settings})
+    settings = _probing(settings.model_copy(update={"app": app_settings}))
     queue = settings.rq.queue_name
     ttl = settings.recovery.worker_presence_ttl_sec
     key = workers_key(queue)
-    with TestClient(_app(settings)) as client:
+    ctx = build_context(settings)
+    with TestClient(create_app(ctx)) as client:
+        _probed(ctx)
         degraded = client.get("/readyz")
         assert degraded.status_code == 503
         assert degraded.json() == {
@@ -180,10 +196,12 @@ def test_readyz_counts_only_workers_seen_lately(
         # Seen, but longer ago than the TTL; and a live worker of another queue.
         redis_client.zadd(key, {"worker-gone": time.time() - ttl - 5})
         redis_client.zadd(workers_key(queue + "-other"), {"worker-elsewhere": time.time()})
+        _probed(ctx)
         stale = client.get("/readyz")
         assert stale.status_code == 503
         assert "no live worker" in stale.json()["reason"]
         redis_client.zadd(key, {"worker-a": time.time()})
+        _probed(ctx)
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"status": "ready", "gpu_workers": 0}
@@ -202,7 +220,8 @@ def test_a_queued_cuda_run_says_it_waits_for_a_gpu_worker(
     for run_id, device in ((cuda_run, "cuda"), (cpu_run, "auto")):
         runs.create(run_id, RecordMeta(created_at=time.time(), request={"device": device}))
     redis_client.zadd(workers_key(rq.queue_name), {"cpu-worker": time.time()})
-    with TestClient(_app(settings)) as client:
+    ctx = build_context(_probing(settings))
+    with TestClient(create_app(ctx)) as client:
         waiting = client.get(f"/runs/{cuda_run}").json()
         assert waiting["status"] == "queued"
         assert waiting["queue"] == rq.gpu_queue_name
@@ -213,11 +232,13 @@ def test_a_queued_cuda_run_says_it_waits_for_a_gpu_worker(
         assert (ordinary["queue"], ordinary["waiting_for"]) == (rq.queue_name, None)
         listed = {r["run_id"]: r for r in client.get("/runs").json()["items"]}
         assert listed[cuda_run]["waiting_for"] == waiting["waiting_for"]
+        _probed(ctx)
         assert client.get("/readyz").json()["gpu_workers"] == 0
 
         redis_client.zadd(workers_key(rq.gpu_queue_name), {"gpu-worker": time.time()})
         served = client.get(f"/runs/{cuda_run}").json()
         assert (served["queue"], served["waiting_for"]) == (rq.gpu_queue_name, None)
+        _probed(ctx)
         assert client.get("/readyz").json()["gpu_workers"] == 1
     redis_client.delete(workers_key(rq.queue_name), workers_key(rq.gpu_queue_name))
 
@@ -227,8 +248,9 @@ def test_readyz_degraded_when_data_bank_is_unreachable(
 ) -> None:
     redis_client.zadd(workers_key(settings.rq.queue_name), {"worker-a": time.time()})
     app_settings = settings.app.model_copy(update={"data_bank_api_url": "http://127.0.0.1:1"})
-    settings = settings.model_copy(update={"app": app_settings})
-    with TestClient(_app(settings)) as client:
+    ctx = build_context(_probing(settings.model_copy(update={"app": app_settings})))
+    with TestClient(create_app(ctx)) as client:
+        _probed(ctx)
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json() == {
@@ -240,8 +262,11 @@ def test_readyz_degraded_when_data_bank_is_unreachable(
 
 
 def test_readyz_degraded_when_redis_is_unreachable(settings: Settings) -> None:
-    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(_app(broken)) as client:
+    ctx = build_context(
+        _probing(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    )
+    with TestClient(create_app(ctx)) as client:
+        _probed(ctx)
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["status"] == "degraded"
@@ -282,3 +307,21 @@ def test_docs_work_offline(settings: Settings) -> None:
         assert "/openapi.json" in refs
         assert client.get("/openapi.json").json()["info"]["title"] == "Model Trainer"
         assert client.get("/redoc").status_code == 404  # FastAPI's CDN page is off
+
+
+def test_a_file_id_with_a_trailing_newline_is_a_422_not_a_data_bank_call(
+    settings: Settings,
+) -> None:
+    """Python's `$` matches before a final newline: such an id passed validation and reached
+    Data Bank (503). It is refused as the malformed field it is, before any remote call."""
+    file_id = "ab" * 32 + "\n"
+    bodies = {
+        "/tokenizers/train": {"method": "bpe", "vocab_size": 300, "corpus_file_id": file_id},
+        "/runs/train": {"corpus_file_id": file_id, "tokenizer_id": "tok-0123456789abcdef"},
+    }
+    with TestClient(_app(settings)) as client:
+        for path, body in bodies.items():
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, response.text)
+            _assert_error_shape(response.json(), "VALIDATION_ERROR")
+            assert "corpus_file_id" in [d["field"] for d in response.json()["details"]]

@@ -37,6 +37,7 @@ from model_trainer.store.records import (
     hset,
 )
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer
+from tests.processes import wait_until
 from tests.redis_server import RedisServer
 from tests.stack import Answer, rq_job
 
@@ -119,10 +120,15 @@ def test_redis_down_answers_503_fast_and_recovers(
             assert response.headers["retry-after"] == "5"
             assert elapsed < FAST_SEC, (method, path, elapsed)
         assert client.get("/healthz").status_code == 200
+        # /readyz says so from its next background probe (api/readiness.py).
+        wait_until(
+            lambda: "redis unreachable" in str(client.get("/readyz").json().get("reason")),
+            60,
+            "/readyz to report Redis unreachable",
+        )
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "degraded"
-        assert "redis unreachable" in ready.json()["reason"]
 
         # Same port and directory: the AOF brings the record back; the pool reconnects.
         again = RedisServer(private_redis.directory, appendonly=True, port=private_redis.port)

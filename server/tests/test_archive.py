@@ -100,6 +100,20 @@ HOSTILE: dict[str, tuple[Callable[[Path], list[Member]], str]] = {
     ),
     "char device": (lambda root: [_special("top/null", tarfile.CHRTYPE)], "device"),
     "fifo": (lambda root: [_special("top/pipe", tarfile.FIFOTYPE)], "device"),
+    "folder then file of one name": (
+        lambda root: [_special("top/x", tarfile.DIRTYPE), _file("top/x")],
+        "a folder and a file",
+    ),
+    "file then folder of one name": (
+        lambda root: [_file("top/x"), _special("top/x/", tarfile.DIRTYPE)],
+        "a folder and a file",
+    ),
+    "file under a file": (lambda root: [_file("top/x"), _file("top/x/y")], "which is a file"),
+    "file over an implied folder": (
+        lambda root: [_file("top/x/y"), _file("top/./x")],
+        "a folder and a file",
+    ),
+    "one file twice": (lambda root: [_file("top/x"), _file("top/x")], "twice"),
     "too many members": (lambda root: [_file(f"top/f{i}", b"") for i in range(11)], "members"),
     "too many bytes": (
         lambda root: [_file("top/a", b"x" * 600), _file("top/b", b"y" * 600)],

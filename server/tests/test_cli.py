@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner, Result
 
-from model_trainer.api.schemas import RunInfo
+from model_trainer.api.schemas import CorpusInfo, RunInfo
 from model_trainer.cli.app import app
 from model_trainer.cli.config import load_cli_settings
-from model_trainer.cli.render import run_table
+from model_trainer.cli.render import Output, corpus_table, printable, run_table
 from tests.databank_fixtures import UPLOAD_KEY
 from tests.processes import SERVER_DIR, child_env, free_port
 from tests.stack import Api, Stack, json_dict, num, poll
@@ -547,9 +548,11 @@ def test_usage_errors_exit_2(api: Api, stack: Stack) -> None:
     assert cli(api, stack, "run", "list", "--status", "sleeping").exit_code == 2
 
 
-def test_settings_flags_then_environment_then_dotenv(
+def test_settings_flags_then_environment_then_env_file_then_the_stack_never_dotenv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A `.env` in the folder the CLI runs in is never read: it could point the CLI (and
+    its key) anywhere. The project's stack folder and a file named by --env-file are."""
     monkeypatch.chdir(tmp_path)
     for name in (
         "MODEL_TRAINER_URL",
@@ -558,27 +561,77 @@ def test_settings_flags_then_environment_then_dotenv(
         "DATA_BANK_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
+    stack_dir = tmp_path / "project" / ".stack"
+    monkeypatch.setenv("STACK_DIR", str(stack_dir))
     assert load_cli_settings().api_url == "http://127.0.0.1:8000"
-    (tmp_path / ".env").write_text(
-        "MODEL_TRAINER_URL=http://dotenv:1\nDATA_BANK_API_KEY=from-dotenv\n"
-        "APP__DATA_ROOT=/server/setting/ignored\nREDIS_URL=redis://x\n"
-    )
-    from_dotenv = load_cli_settings()
-    assert from_dotenv.api_url == "http://dotenv:1"
-    # What `make start` wrote counts, below .env.
+    (tmp_path / ".env").write_text("MODEL_TRAINER_URL=http://listener:1\n")
     (tmp_path / ".stack").mkdir()
-    (tmp_path / ".stack" / "client.env").write_text(
+    (tmp_path / ".stack" / "client.env").write_text("MODEL_TRAINER_URL=http://listener:2\n")
+    assert load_cli_settings().api_url == "http://127.0.0.1:8000"  # neither is read
+    # What `make start` wrote, in the project's stack folder.
+    stack_dir.mkdir(parents=True)
+    (stack_dir / "client.env").write_text(
         "export MODEL_TRAINER_URL=http://stack:9\nexport MODEL_TRAINER_API_KEY=stack-key\n"
     )
-    layered = load_cli_settings()
-    assert layered.api_url == "http://dotenv:1"
-    assert layered.api_key is not None
-    assert layered.api_key.get_secret_value() == "stack-key"
-    assert from_dotenv.data_bank_api_key is not None
-    assert from_dotenv.data_bank_api_key.get_secret_value() == "from-dotenv"
+    from_stack = load_cli_settings()
+    assert from_stack.api_url == "http://stack:9"
+    assert from_stack.api_key is not None and from_stack.api_key.get_secret_value() == "stack-key"
+    # --env-file wins over the stack's file; server settings in it are ignored.
+    named = tmp_path / "mine.env"
+    named.write_text(
+        "MODEL_TRAINER_URL=http://named:1\nDATA_BANK_API_KEY=from-file\n"
+        "APP__DATA_ROOT=/server/setting/ignored\nREDIS_URL=redis://x\n"
+    )
+    layered = load_cli_settings(env_file=named)
+    assert layered.api_url == "http://named:1"
+    assert layered.api_key is not None and layered.api_key.get_secret_value() == "stack-key"
+    assert layered.data_bank_api_key is not None
+    assert layered.data_bank_api_key.get_secret_value() == "from-file"
+    with pytest.raises(FileNotFoundError):
+        load_cli_settings(env_file=tmp_path / "typo.env")
     monkeypatch.setenv("MODEL_TRAINER_URL", "http://env:2")
-    assert load_cli_settings().api_url == "http://env:2"
+    assert load_cli_settings(env_file=named).api_url == "http://env:2"
     assert load_cli_settings(api_url="http://flag:3").api_url == "http://flag:3"
+    # The CLI itself: a URL from the current folder's .env is never contacted.
+    monkeypatch.delenv("MODEL_TRAINER_URL")
+    (stack_dir / "client.env").unlink()
+    unreachable = CliRunner().invoke(app, ["--url", "http://127.0.0.1:1", "run", "list"])
+    assert unreachable.exit_code == 5 and "listener" not in unreachable.stderr
+
+
+# ESC sequences (clear the screen, set the title, a hyperlink), CR, BEL, a C1 CSI and a
+# right-to-left override: what a model, a corpus name or an error message may hold.
+HOSTILE = "a\x1b[2J\x1b]0;pwned\x07b\rc\x9b31md\u202ee"
+
+
+def _no_raw_controls(text: str) -> None:
+    assert not any(c in text for c in "\x1b\x07\r\x9b\u202e"), repr(text)
+
+
+def test_output_escapes_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    """Generated samples, notes, tables (corpus names, run messages) and JSON reach the
+    terminal with every control character escaped, so nothing printed can drive it."""
+    out = Output(as_json=False)
+    out.line(f"sample one\n{HOSTILE}\tend")  # `run generate` prints each sample so
+    out.note(f"note {HOSTILE}")
+    corpus = CorpusInfo(
+        file_id="ab" * 32, name=HOSTILE, size=1, lines=1, created_at=0, owner="alice"
+    )
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, force_terminal=True, color_system=None)
+    console.print(corpus_table([corpus]))
+    console.print(Text.from_markup("[red]x[/red]"))  # what markup would have done
+    table = buffer.getvalue()
+    Output(as_json=True).json({"samples": [HOSTILE]})
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err, table.split("x")[0]):
+        _no_raw_controls(text)
+    assert "sample one\n" in captured.out and "\tend" in captured.out  # layout kept
+    assert "a\\x1b[2J\\x1b]0;pwned\\x07b\\rc\\x9b31md\\u202ee" in captured.out
+    assert "a\\x1b[2J" in table
+    as_json = captured.out[captured.out.index("{") :]
+    assert json.loads(as_json) == {"samples": [HOSTILE]}  # the same value
+    assert printable("[bold]x[/bold]") == "[bold]x[/bold]"
 
 
 def test_tokenizer_and_run_train_read_a_jsonl_corpus_by_its_field(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
+import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from tests.databank_fixtures import (
     DataBankServer,
     start_databank,
 )
-from tests.processes import wait_until
+from tests.processes import Proc, child_env, wait_until
 
 ALL = {"X-API-Key": UPLOAD_KEY}
 SERVER_DIR = Path(__file__).resolve().parent.parent
@@ -91,8 +94,14 @@ def test_head_headers(http: httpx.Client) -> None:
     assert head.headers["accept-ranges"] == "bytes"
     assert head.headers["content-length"] == str(len(data))
     assert head.headers["etag"] == file_id  # unquoted sha256
-    assert head.headers["content-type"] == "application/x-test"
     assert head.content == b""
+    # Served as bytes to save, never as the uploader's type (uploaded as application/x-test):
+    # an uploaded HTML page must not render as this origin's page.
+    got = http.get(f"/files/{file_id}", headers=ALL)
+    for answer in (head, got):
+        assert answer.headers["content-type"] == "application/octet-stream"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-disposition"] == f'attachment; filename="{file_id}"'
 
 
 def test_single_ranges(http: httpx.Client) -> None:
@@ -158,7 +167,7 @@ def test_keys_per_permission(http: httpx.Client) -> None:
     assert http.get("/readyz").json() == {"status": "ready"}
 
 
-def test_keys_default_to_the_upload_keys_and_none_means_open() -> None:
+def test_keys_default_to_the_upload_keys() -> None:
     only_upload = DataBankSettings(api_upload_keys="a, b", api_read_keys=" ")
     assert only_upload.keys_for(Permission.READ) == {"a", "b"}
     assert only_upload.keys_for(Permission.DELETE) == {"a", "b"}
@@ -172,6 +181,7 @@ def test_size_cap(http: httpx.Client, databank_server: DataBankServer, size: int
     # Just over the cap is refused while streaming; far over it, from Content-Length alone.
     response = _upload(http, b"\0" * size)
     _assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert "MAX_FILE_BYTES" in response.json()["message"]
     assert list((databank_server.data_root / "tmp").iterdir()) == []
     # The answer came after the body was read: the connection is still usable.
     assert http.get("/healthz").status_code == 200
@@ -183,6 +193,87 @@ def test_exactly_the_cap_and_empty_files_are_accepted(http: httpx.Client) -> Non
         assert response.status_code == 201, response.text
         file_id = response.json()["file_id"]
         assert http.get(f"/files/{file_id}", headers=ALL).content == data
+
+
+def test_a_file_size_cap_by_default() -> None:
+    # An artifact of the trainer's (app.artifact_max_bytes, 8 GiB, and its tar) fits.
+    assert DataBankSettings().max_file_bytes == 10 * 1024**3
+
+
+def _refused_upload(databank_server: DataBankServer, key: str | None) -> tuple[bytes, int]:
+    """Declare a 1 GiB upload, send 4 MiB of it and stop: (the answer, bytes sent before it
+    came). A server that read the whole body before refusing would never answer."""
+    host, port = databank_server.url.removeprefix("http://").split(":")
+    boundary = "b0und4ry"
+    key_header = f"X-API-Key: {key}\r\n" if key else ""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            (
+                f"POST /files HTTP/1.1\r\nHost: {host}\r\n{key_header}"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {1024**3}\r\n\r\n"
+            ).encode()
+        )
+        sent = 0
+        sock.setblocking(False)
+        answer = b""
+        chunk = b"\0" * 65536
+        last_progress = time.monotonic()
+        while b"\r\n\r\n" not in answer:
+            # Fails only when nothing moves for 30 s: the server waits for the rest.
+            assert time.monotonic() - last_progress < 30, f"no answer after {sent} bytes"
+            try:
+                answer += sock.recv(65536)
+                last_progress = time.monotonic()
+            except BlockingIOError:
+                try:
+                    if sent < 4 * 1024**2:
+                        sent += sock.send(chunk)
+                        last_progress = time.monotonic()
+                        continue
+                except BlockingIOError:
+                    pass
+                time.sleep(0.01)
+            except ConnectionResetError:
+                break
+        sock.setblocking(True)
+        try:
+            while True:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                answer += more
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return answer, sent
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), (READ_KEY, 403)])
+def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(
+    databank_server: DataBankServer, key: str | None, status: int
+) -> None:
+    answer, sent = _refused_upload(databank_server, key)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+    assert b"connection: close" in head.lower()
+    code = "UNAUTHORIZED" if status == 401 else "FORBIDDEN"
+    assert json.loads(body)["code"] == code
+    assert sent < 4 * 1024**2 + 65536  # answered long before the 1 GiB declared
+
+
+def test_docs_are_served_without_external_urls(http: httpx.Client) -> None:
+    page = http.get("/docs")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        served = http.get(asset)
+        assert served.status_code == 200, asset
+        assert not re.search(r"https?://", served.text), asset
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert http.get("/openapi.json").json()["info"]["title"] == "Data Bank (local)"
+    assert http.get("/redoc").status_code == 404
 
 
 def test_delete_then_gone(http: httpx.Client) -> None:
@@ -229,9 +320,33 @@ def test_logs_are_json_and_never_show_keys(
         assert key not in "".join(lines)
 
 
+def test_without_a_key_it_refuses_to_start(tmp_path: Path) -> None:
+    proc = Proc(
+        [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", "0"],
+        child_env({"DATA_ROOT": str(tmp_path / "files")}),
+        tmp_path / "databank.log",
+    )
+    assert proc.popen.wait(60) == 2
+    assert "API_UPLOAD_KEYS" in proc.output() and "ALLOW_ANONYMOUS" in proc.output()
+    proc.stop()
+    assert not (tmp_path / "files").exists()  # nothing was prepared, nothing served
+
+
 def test_open_strict_low_disk_server(tmp_path: Path) -> None:
-    server = start_databank(tmp_path / "lowdisk", MIN_FREE_GB="1000000", DELETE_STRICT_404="true")
+    """Open only when asked (ALLOW_ANONYMOUS), and then it warns as it starts."""
+    server = start_databank(
+        tmp_path / "lowdisk",
+        MIN_FREE_GB="1000000",
+        DELETE_STRICT_404="true",
+        ALLOW_ANONYMOUS="true",
+    )
     try:
+        warnings = [
+            json.loads(line)
+            for line in server.proc.output().splitlines()
+            if '"databank_anonymous"' in line
+        ]
+        assert [w["level"] for w in warnings] == ["WARNING"]
         with httpx.Client(base_url=server.url, timeout=10) as http:
             ready = http.get("/readyz")
             assert ready.status_code == 503

@@ -214,3 +214,21 @@ def test_records_survive_a_restart_of_the_stacks_own_redis(tmp_path: Path) -> No
     assert any((state / "redis" / "appendonlydir").iterdir())
     for secret in ("redis/redis.conf", "keys.json"):
         assert (state / secret).stat().st_mode & 0o077 == 0, secret
+
+
+def test_files_holding_keys_are_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stack.json, keys.json and client.env hold both keys: mode 600 from their creation,
+    in a state folder of mode 700, even where an older file was readable by others."""
+    state = tmp_path / ".stack"
+    stack = _load_stack_module(state, monkeypatch)
+    monkeypatch.setattr(stack, "dotenv", dict)
+    state.mkdir(mode=0o755)
+    (state / "stack.json").write_text("{}")
+    (state / "stack.json").chmod(0o644)  # as an older `make start` left it
+    stack.write_private(stack.STATE_FILE, json.dumps({"api_key": "k", "databank_key": "b"}))
+    api_key, bank_key = stack.stack_keys()
+    stack._announce("http://127.0.0.1:1", "http://127.0.0.1:2", api_key, bank_key)
+    for name in ("stack.json", "keys.json", "client.env"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert json.loads((state / "stack.json").read_text())["api_key"] == "k"

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis import Redis
 
+from model_trainer.api.callers import StreamCap
 from model_trainer.api.generation import GenerationService
 from model_trainer.api.quotas import Quotas
+from model_trainer.api.readiness import ReadinessProbe
 from model_trainer.api.remote import RemoteGuard
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.client import DataBankClient
@@ -51,6 +53,8 @@ class ApiContext:
             "Data Bank", limits.remote_max_concurrent, limits.remote_cooldown_sec
         )
         self.generation = GenerationService(settings, databank, self.databank_guard)
+        self.streams = StreamCap(limits.sse_max_per_caller, "limits.sse_max_per_caller")
+        self.readiness = ReadinessProbe(settings.health.probe_interval_sec)
 
 
 async def get_context(request: Request) -> ApiContext:

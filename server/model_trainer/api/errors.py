@@ -67,6 +67,8 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.VALIDATION_ERROR: 422,
+    # Nobody reads it (the client left); the access log does.
+    ErrorCode.CLIENT_CLOSED_REQUEST: 499,
     ErrorCode.DATA_INVALID: 422,
     ErrorCode.CONFIG_INVALID: 422,
     ErrorCode.CORPUS_UNREADABLE: 422,

@@ -9,9 +9,11 @@ loaded model, in a bounded in-memory cache (least recently used out first, withi
 
 Generation never runs on the event loop: it runs in a pool of `generate.workers` threads,
 and at most `generate.max_waiting` more requests wait for one; beyond that the answer is 503
-at once. torch and transformers are imported in those threads on first use
-(training/generate.py), never when the API starts. Data Bank is called under the API's
-`RemoteGuard` (api/remote.py): no retries, a short timeout, 503 fast while it is down.
+at once. A request whose client disconnects is dropped from the queue or stopped at its next
+token, so abandoned requests never hold the pool. torch and transformers are imported in
+those threads on first use (training/generate.py), never when the API starts. Data Bank is
+called under the API's `RemoteGuard` (api/remote.py): no retries, a short timeout, 503 fast
+while it is down.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,14 @@ from model_trainer.api.remote import RemoteGuard
 from model_trainer.databank import errors as bank_errors
 from model_trainer.databank.artifacts import fetch_extracted, most_artifact_bytes
 from model_trainer.databank.client import DataBankClient
-from model_trainer.errors import AppError, CheckpointInvalid, ConflictError, ErrorCode, UserError
+from model_trainer.errors import (
+    AppError,
+    CheckpointInvalid,
+    ClientGone,
+    ConflictError,
+    ErrorCode,
+    UserError,
+)
 from model_trainer.settings import Settings
 from model_trainer.training.config import TrainingSpec
 from service_common.jsonlog import log_fields
@@ -174,9 +184,18 @@ class GenerationService:
         self.in_flight = 0  # admitted requests, running or waiting (tests and operators read it)
         self.cache: ModelCache[LoadedModel] = ModelCache(g.cache_models, g.cache_bytes)
         self.downloads = 0  # files fetched from Data Bank (tests and operators read it)
+        self.abandoned = 0  # generations dropped or stopped because their client left
 
-    async def generate(self, ref: ModelRef, request: GenerateRequest) -> GenerateResponse:
-        """Run one generation in the pool; 503 at once when the pool and its queue are full."""
+    async def generate(
+        self, ref: ModelRef, request: GenerateRequest, client_gone: Awaitable[None]
+    ) -> GenerateResponse:
+        """Run one generation in the pool; 503 at once when the pool and its queue are full.
+
+        `client_gone` completes when the client disconnects. If it does first, the work is
+        dropped from the queue, or told to stop before its next token (a model being loaded
+        is loaded, and cached, first): its thread serves the next request instead of text
+        nobody reads, and `ClientGone` is raised.
+        """
         if not self._admitted.acquire(blocking=False):
             raise AppError(
                 ErrorCode.SERVICE_UNAVAILABLE,
@@ -184,13 +203,31 @@ class GenerationService:
                 "try again shortly",
             )
         self._count(+1)
+        stop = threading.Event()
         try:
-            future = self._pool.submit(self._run, ref, request)
+            future = self._pool.submit(self._run, ref, request, stop.is_set)
         except RuntimeError:  # the pool is shut down (the app is stopping)
             self._leave()
             raise
         future.add_done_callback(lambda _: self._leave())
-        return await asyncio.wrap_future(future)
+        result = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(client_gone)
+        try:
+            await asyncio.wait((result, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not result.done():  # the client left, or this request task was cancelled
+                stop.set()
+                result.cancel()  # and the pool's future, if no thread has taken it yet
+        if result.cancelled():
+            self._count_abandoned()
+            log.info(
+                "generation from %s abandoned: the client left",
+                ref.file_id,
+                extra=log_fields("generation_abandoned", run_id=ref.run_id, file_id=ref.file_id),
+            )
+            raise ClientGone("the client closed the connection before the text was ready")
+        return result.result()
 
     def _count(self, change: int) -> None:
         with self._count_lock:
@@ -204,7 +241,9 @@ class GenerationService:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- in a generation thread ---------------------------------------------------------
-    def _run(self, ref: ModelRef, request: GenerateRequest) -> GenerateResponse:
+    def _run(
+        self, ref: ModelRef, request: GenerateRequest, should_stop: Callable[[], bool]
+    ) -> GenerateResponse:
         from model_trainer.training import generate as engine  # torch: here, not at startup
 
         started = time.perf_counter()
@@ -225,7 +264,7 @@ class GenerationService:
             num_samples=request.num_samples,
             seed=seed,
         )
-        out = engine.generate(loaded, request.prompt, sampling)
+        out = engine.generate(loaded, request.prompt, sampling, should_stop)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         log.info(
             "generated %d x %d tokens from %s %s in %.0f ms",
@@ -305,6 +344,10 @@ class GenerationService:
     def _count_download(self) -> None:
         with self._count_lock:
             self.downloads += 1
+
+    def _count_abandoned(self) -> None:
+        with self._count_lock:
+            self.abandoned += 1
 
     def _fetch_tar(self, work: Path, file_id: str, kind: str, record_id: str) -> Path:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,6 @@ from hypercorn.middleware import ProxyFixMiddleware
 from model_trainer.api.auth import check_can_start, current_principal
 from model_trainer.api.dashboard import dashboard_router
 from model_trainer.api.deps import ApiContext
-from model_trainer.api.docs_page import docs_router
 from model_trainer.api.errors import (
     VOCABULARY,
     document_validation_errors,
@@ -24,6 +24,7 @@ from model_trainer.api.routes import corpora, health, me, runs, tokenizers
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
+from service_common.docs_page import docs_router
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import setup_logging
 
@@ -64,7 +65,10 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # /readyz answers what this task last found (api/readiness.py).
+        probe = asyncio.create_task(context.readiness.run(lambda: health.not_ready_reason(context)))
         yield
+        probe.cancel()
         context.generation.close()
         context.redis.close()
         context.databank.close()

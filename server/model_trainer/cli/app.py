@@ -42,6 +42,7 @@ from model_trainer.cli.render import (
     RunProgressBar,
     corpus_table,
     eval_summary,
+    printable,
     run_details,
     run_table,
     steps,
@@ -62,8 +63,9 @@ HELP = (
     "Train tokenizers and small language models (GPT-2, LLaMA, Qwen3) through a Model "
     "Trainer API.\n\n"
     "Settings come from flags, then the environment (MODEL_TRAINER_URL, "
-    "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then .env, then "
-    ".stack/client.env (written by `make start`) in the current directory.\n\n"
+    "MODEL_TRAINER_API_KEY, DATA_BANK_URL, DATA_BANK_API_KEY), then the --env-file given, "
+    "then the project's .stack/client.env (written by `make start`); never a .env of the "
+    "current folder.\n\n"
     "[bold]Exit codes[/bold]: 0 success; 1 failure (a job failed or was cancelled, a server "
     "error, a refused API key); 2 usage error; 3 not found (404); 4 conflict or refused "
     "(409, 422); 5 unavailable (503, or nothing answers at the URL)."
@@ -141,7 +143,7 @@ def handled(command: Callable[_P, _R]) -> Callable[_P, _R]:
             if options is not None and options.output.as_json:
                 sys.stderr.write(json.dumps(exc.as_json()) + "\n")
             else:
-                typer.echo(f"Error: {exc.message}", err=True)
+                typer.echo(f"Error: {printable(exc.message)}", err=True)
             raise typer.Exit(int(exc.exit_code)) from exc
 
     return wrapper
@@ -172,9 +174,22 @@ def global_options(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", min=0.05, hidden=True)
     ] = POLL_INTERVAL_SEC,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            exists=True,
+            dir_okay=False,
+            help="read settings from this file (KEY=value lines) too",
+        ),
+    ] = None,
 ) -> None:
     settings = load_cli_settings(
-        api_url=url, api_key=api_key, data_bank_url=data_bank_url, data_bank_api_key=data_bank_key
+        api_url=url,
+        api_key=api_key,
+        data_bank_url=data_bank_url,
+        data_bank_api_key=data_bank_key,
+        env_file=env_file,
     )
     _current.set(Options(settings=settings, output=Output(as_json), poll_interval=poll_interval))
 
@@ -628,7 +643,10 @@ def run_logs(
         if event == "unavailable":
             raise CliError(f"the log stream ended: {data}", ExitCode.UNAVAILABLE)
         # --json: one log line (a JSON object) per output line.
-        o.output.line(data if o.output.as_json else _log_text(data))
+        if o.output.as_json:
+            o.output.json_text(data)
+        else:
+            o.output.line(_log_text(data))
 
 
 @run_app.command("cancel")

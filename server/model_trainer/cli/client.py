@@ -196,27 +196,48 @@ class ApiClient:
         return parse(model, self.request("POST", path, body=body))
 
     def sse(self, path: str) -> Iterator[tuple[str, str]]:
-        """Server-sent events of `path` as (event, data) pairs, until the server ends it."""
+        """Server-sent events of `path` as (event, data) pairs, until the server ends it. A
+        stream the server ends for its lifetime (`event: reconnect`) is resumed after the
+        last event id seen, as the server asks."""
+        last_id: str | None = None
+        while True:
+            resume = False
+            for event, data, event_id in self._sse_once(path, last_id):
+                if event_id is not None:
+                    last_id = event_id
+                if event == "reconnect":
+                    resume = True  # the server closes this stream next
+                else:
+                    yield event, data
+            if not resume:
+                return
+
+    def _sse_once(self, path: str, last_id: str | None) -> Iterator[tuple[str, str, str | None]]:
+        headers = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
         try:
             with self._http.stream(
                 "GET",
                 path,
-                headers={"Accept": "text/event-stream"},
+                headers=headers,
                 timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=10.0),
             ) as response:
                 if not response.is_success:
                     response.read()
                     raise error_from_response(response, f"GET {path}")
-                event, data = "message", list[str]()
+                event, data, event_id = "message", list[str](), None
                 for line in response.iter_lines():
                     if not line:
                         if data:
-                            yield event, "\n".join(data)
-                        event, data = "message", []
+                            yield event, "\n".join(data), event_id
+                        event, data, event_id = "message", [], None
                     elif line.startswith(":"):
                         continue  # keep-alive comment
                     elif line.startswith("event:"):
                         event = line[6:].strip()
+                    elif line.startswith("id:"):
+                        event_id = line[3:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].removeprefix(" "))
         except httpx.TransportError as exc:

@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 
 from pydantic import BaseModel, JsonValue
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunInfo, TokenizerInfo
 from model_trainer.cli.client import dumps
 
 PIPE_WIDTH = 4096
+
+# What must not reach a terminal as sent: C0 controls (ESC opens an escape sequence, CR
+# overwrites a line), DEL, C1 controls (U+009B is a CSI on its own) and the bidirectional
+# overrides that reorder what is shown. Model output, special tokens, corpus names and error
+# messages are anyone's text.
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_UNSAFE_IN_TEXT = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")  # keeps \t, \n
+_UNSAFE_IN_CELL = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """`text` with each control character shown as its escape (`\x1b`), never sent as is;
+    `one_line` escapes tabs and newlines too (a table cell)."""
+    pattern = _UNSAFE_IN_CELL if one_line else _UNSAFE_IN_TEXT
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def json_printable(text: str) -> str:
+    """JSON text with the characters `printable` escapes written as `\\uXXXX` (encoders
+    leave C1 controls and bidi overrides raw): the same JSON value, safe on a terminal. A
+    raw tab or newline can only be the layout's (encoders escape those within strings)."""
+    return _UNSAFE_IN_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _row(table: Table, *cells: str) -> None:
+    """A table row of plain text: escaped, and never read as rich markup (`[red]`)."""
+    table.add_row(*(Text(printable(cell, one_line=True)) for cell in cells))
 
 
 def id_column(table: Table, header: str, ids: list[str]) -> None:
@@ -33,22 +62,26 @@ class Output:
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def json(self, value: JsonValue) -> None:
-        sys.stdout.write(dumps(value) + "\n")
-        sys.stdout.flush()
+        self.json_text(dumps(value))
 
     def model(self, value: BaseModel) -> None:
-        sys.stdout.write(value.model_dump_json(indent=2) + "\n")
+        self.json_text(value.model_dump_json(indent=2))
+
+    def json_text(self, text: str) -> None:
+        """JSON text on stdout (one document or line), control characters escaped."""
+        sys.stdout.write(json_printable(text) + "\n")
         sys.stdout.flush()
 
     def line(self, text: str) -> None:
-        """Plain text on stdout, no markup or wrapping (ids that scripts cut out)."""
-        sys.stdout.write(text + "\n")
+        """Plain text on stdout, no markup or wrapping (ids that scripts cut out), control
+        characters escaped."""
+        sys.stdout.write(printable(text) + "\n")
         sys.stdout.flush()
 
     def note(self, text: str) -> None:
         """A progress note for people, on stderr; silent with --json."""
         if not self.as_json:
-            self.err.print(text, markup=False)
+            self.err.print(printable(text), markup=False)
 
 
 def when(ts: float | None) -> str:
@@ -80,7 +113,7 @@ def corpus_table(items: list[CorpusInfo]) -> Table:
     for header in ("name", "bytes", "lines", "uploaded"):
         table.add_column(header)
     for c in items:
-        table.add_row(c.file_id, c.name, f"{c.size:,}", f"{c.lines:,}", when(c.created_at))
+        _row(table, c.file_id, c.name, f"{c.size:,}", f"{c.lines:,}", when(c.created_at))
     return table
 
 
@@ -92,7 +125,8 @@ def tokenizer_table(items: list[TokenizerInfo]) -> Table:
     for t in items:
         method = _request_field(t.request, "method")
         kind = _request_field(t.request, "model_type")
-        table.add_row(
+        _row(
+            table,
             t.tokenizer_id,
             t.status.value,
             method if kind == "-" else f"{method}/{kind}",
@@ -105,20 +139,20 @@ def tokenizer_table(items: list[TokenizerInfo]) -> Table:
 
 def tokenizer_details(t: TokenizerInfo) -> Table:
     table = Table.grid(padding=(0, 2))
-    table.add_row("tokenizer_id", t.tokenizer_id)
-    table.add_row("status", t.status.value)
-    table.add_row("message", t.message or "-")
-    table.add_row("created", when(t.created_at))
+    _row(table, "tokenizer_id", t.tokenizer_id)
+    _row(table, "status", t.status.value)
+    _row(table, "message", t.message or "-")
+    _row(table, "created", when(t.created_at))
     for name in ("method", "model_type", "vocab_size", "corpus_file_id"):
-        table.add_row(name, _request_field(t.request, name))
+        _row(table, name, _request_field(t.request, name))
     for name, value in (t.stats or {}).items():
-        table.add_row(f"stats.{name}", str(value))
+        _row(table, f"stats.{name}", str(value))
     for name, seconds in (t.timings or {}).items():
-        table.add_row(f"timings.{name}", f"{seconds:.2f}s")
+        _row(table, f"timings.{name}", f"{seconds:.2f}s")
     if t.file_id:
-        table.add_row("file_id", t.file_id)
+        _row(table, "file_id", t.file_id)
     if t.error:
-        table.add_row("error", f"{t.error.kind}/{t.error.code}: {t.error.message}")
+        _row(table, "error", f"{t.error.kind}/{t.error.code}: {t.error.message}")
     return table
 
 
@@ -133,7 +167,8 @@ def run_table(items: list[RunInfo]) -> Table:
     for header in ("status", "size", "step", "train loss", "val loss", "created"):
         table.add_column(header)
     for r in items:
-        table.add_row(
+        _row(
+            table,
             r.run_id,
             r.status.value,
             _request_field(r.request, "model_size"),
@@ -148,10 +183,10 @@ def run_table(items: list[RunInfo]) -> Table:
 def run_details(run: RunInfo) -> Table:
     p = run.progress
     table = Table.grid(padding=(0, 2))
-    table.add_row("run_id", run.run_id)
-    table.add_row("status", run.status.value)
-    table.add_row("message", run.message or "-")
-    table.add_row("created", when(run.created_at))
+    _row(table, "run_id", run.run_id)
+    _row(table, "status", run.status.value)
+    _row(table, "message", run.message or "-")
+    _row(table, "created", when(run.created_at))
     for name in (
         "model_size",
         "max_seq_len",
@@ -160,22 +195,22 @@ def run_details(run: RunInfo) -> Table:
         "corpus_file_id",
         "tokenizer_id",
     ):
-        table.add_row(name, _request_field(run.request, name))
+        _row(table, name, _request_field(run.request, name))
     if run.waiting_for:
-        table.add_row("waiting for", run.waiting_for)
-    table.add_row("step", steps(run))
-    table.add_row("train loss", number(p.train_loss))
-    table.add_row("val loss", number(p.val_loss))
+        _row(table, "waiting for", run.waiting_for)
+    _row(table, "step", steps(run))
+    _row(table, "train loss", number(p.train_loss))
+    _row(table, "val loss", number(p.val_loss))
     if not run.status.terminal:  # live figures: an ended run has no speed and no ETA
-        table.add_row("tokens/s", number(p.tokens_per_sec, 0))
-        table.add_row("eta", duration(p.eta_seconds))
+        _row(table, "tokens/s", number(p.tokens_per_sec, 0))
+        _row(table, "eta", duration(p.eta_seconds))
     if p.resumed_from_step is not None:
-        table.add_row("resumed from step", str(p.resumed_from_step))
-    table.add_row("attempts", str(run.attempts))
+        _row(table, "resumed from step", str(p.resumed_from_step))
+    _row(table, "attempts", str(run.attempts))
     if run.file_id:
-        table.add_row("artifact file_id", run.file_id)
+        _row(table, "artifact file_id", run.file_id)
     if run.error:
-        table.add_row("error", f"{run.error.kind}/{run.error.code}: {run.error.message}")
+        _row(table, "error", f"{run.error.kind}/{run.error.code}: {run.error.message}")
     return table
 
 

@@ -128,10 +128,14 @@ def _checked_members(
 ) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
     total = 0
+    # Each path seen (member or implied parent) -> whether it is a folder: a folder and a
+    # file of one name cannot both be extracted (the OS refuses the second, mid-extraction).
+    kinds: dict[PurePosixPath, bool] = {}
     for member in tar:
         if len(members) >= max_members:
             raise UnsafeArchiveError(f"more than {max_members} members")
         _check_member(member)
+        _check_name_clash(member, kinds)
         total += member.size
         if total > max_total_bytes:
             raise UnsafeArchiveError(f"more than {max_total_bytes} bytes once extracted")
@@ -155,6 +159,17 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchiveError(f"sparse files are not allowed: {name!r}")
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"unsupported member type {member.type!r}: {name!r}")
+
+
+def _check_name_clash(member: tarfile.TarInfo, kinds: dict[PurePosixPath, bool]) -> None:
+    path = PurePosixPath(member.name)  # "a/./b/" and "a/b" are one path
+    for parent in reversed(path.parents[:-1]):  # outermost first, "." left out
+        if kinds.setdefault(parent, True) is False:
+            raise UnsafeArchiveError(f"{member.name!r} is inside {str(parent)!r}, which is a file")
+    if path in kinds:
+        what = "a folder and a file" if kinds[path] != member.isdir() else "twice"
+        raise UnsafeArchiveError(f"{str(path)!r} is in the archive {what}")
+    kinds[path] = member.isdir()
 
 
 def _walk_sorted(folder: Path) -> Iterator[Path]:

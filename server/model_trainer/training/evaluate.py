@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from model_trainer.errors import UserError
 from model_trainer.manifest import read_manifest
@@ -45,6 +45,7 @@ from model_trainer.training.data import (
     tokenize_corpus,
 )
 from model_trainer.training.loop import forward_logits
+from model_trainer.training.model import load_pretrained
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -236,9 +237,7 @@ def evaluate_folder(
     cut it (`data.Holdout`, with the run's `holdout_fraction` from the folder's manifest);
     `"all"` scores the whole text (another corpus, say).
     """
-    loaded = AutoModelForCausalLM.from_pretrained(model_dir)
-    if not isinstance(loaded, PreTrainedModel):
-        raise TypeError(f"{model_dir} does not hold a causal language model")
+    loaded = load_pretrained(model_dir)
     manifest = read_manifest(model_dir)
     spec = TrainingSpec.model_validate(manifest["config"])
     data = manifest.get("data")

@@ -15,17 +15,19 @@ of a context of text before it and the cost per token stays bounded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
+from model_trainer.errors import GenerationStopped
 from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
 from model_trainer.training.checkpoint import load_weights
 from model_trainer.training.config import TrainingSpec
-from model_trainer.training.model import MODEL_BUILDERS, model_spec
+from model_trainer.training.model import MODEL_BUILDERS, load_pretrained, model_spec
 
 log = logging.getLogger("model_trainer.generate")
 
@@ -72,11 +74,9 @@ def _loaded(model: PreTrainedModel, tokenizer: TokenizerHandle) -> LoadedModel:
 
 
 def load_artifact(folder: Path) -> LoadedModel:
-    """A completed run's artifact folder (a stock transformers checkpoint + tokenizer)."""
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"{folder} does not hold a causal language model")
-    return _loaded(model, load_tokenizer(folder))
+    """A completed run's artifact folder (a stock transformers checkpoint + tokenizer); one
+    with weights other than safetensors is a `UserError` (422), unopened."""
+    return _loaded(load_pretrained(folder), load_tokenizer(folder))
 
 
 def load_checkpoint(config: TrainingSpec, tokenizer_dir: Path, weights: Path) -> LoadedModel:
@@ -118,8 +118,17 @@ def _pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> torc
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def _never() -> bool:
+    return False
+
+
 @torch.inference_mode()
-def generate(loaded: LoadedModel, prompt: str, s: Sampling) -> Generated:
+def generate(
+    loaded: LoadedModel, prompt: str, s: Sampling, should_stop: Callable[[], bool] = _never
+) -> Generated:
+    """`s.max_new_tokens` tokens per sample; `should_stop` is asked before each token, and a
+    true answer ends the work with `GenerationStopped` (the client left: nobody would read
+    the text, and the thread is wanted by the next request)."""
     tokenizer, context = loaded.tokenizer, loaded.context
     prompt_ids = tokenizer.encode_batch([prompt])[0][-context:] or [tokenizer.eos_id]
     generator = torch.Generator().manual_seed(s.seed)
@@ -128,6 +137,8 @@ def generate(loaded: LoadedModel, prompt: str, s: Sampling) -> Generated:
     new = torch.empty((s.num_samples, 0), dtype=torch.long)
     logits, cache = _forward(loaded.model, window, None)
     for i in range(s.max_new_tokens):
+        if should_stop():
+            raise GenerationStopped(f"generation stopped after {i} of {s.max_new_tokens} tokens")
         token = _pick(logits, s, generator)
         new = torch.cat([new, token], dim=1)
         if i == s.max_new_tokens - 1:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict
 
 import torch
 from torch import nn
 from transformers import (
+    AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -28,6 +30,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from model_trainer.errors import UserError
 from model_trainer.training.config import ModelFamily, TrainingSpec
 
 # PyTorch's fused scaled-dot-product attention: on this 2-core CPU it was measurably faster
@@ -153,6 +156,38 @@ def build_model(spec: ModelSpec, family: ModelFamily, seed: int) -> PreTrainedMo
     """A new model with weights drawn from `seed` (the same seed gives the same weights)."""
     torch.manual_seed(seed)
     return MODEL_BUILDERS[family](spec)
+
+
+# Suffixes of pickle-based weight files (torch.save, pickle; what transformers and torch name
+# them). Unpickling runs whatever the file says; torch's `weights_only` narrows that, but an
+# artifact of ours holds safetensors only, so such a file is refused, never opened.
+PICKLE_WEIGHT_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+
+
+def load_pretrained(folder: Path) -> PreTrainedModel:
+    """The model of an artifact folder (ours: `save_pretrained`'s), from safetensors only.
+
+    A folder with pickle-based weights anywhere, or without safetensors, is refused with a
+    `UserError` naming the files, before transformers opens anything; `use_safetensors`
+    then keeps transformers from falling back to any other format.
+    """
+    pickled = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in PICKLE_WEIGHT_SUFFIXES
+    )
+    if pickled:
+        raise UserError(
+            f"the model artifact holds pickle-based weights ({', '.join(pickled[:5])}): "
+            "only safetensors weights are loaded, and this file is not opened; "
+            "use an artifact that holds model.safetensors only"
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise UserError("the model artifact has no safetensors weights (model.safetensors)")
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"{folder} does not hold a causal language model")
+    return model
 
 
 def count_params(model: torch.nn.Module) -> int:

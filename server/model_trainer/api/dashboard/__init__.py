@@ -14,8 +14,8 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from model_trainer.api.static_assets import MEDIA_TYPES, StaticAsset
 from model_trainer.errors import NotFoundError
+from service_common.static_assets import MEDIA_TYPES, StaticAsset
 
 DASHBOARD_PATH = "/dashboard/"
 

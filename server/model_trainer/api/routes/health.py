@@ -1,10 +1,12 @@
-"""Liveness and readiness. No API key: platforms probe these.
+"""Liveness and readiness. No API key: platforms probe these, and neither does any I/O.
 
-`/healthz` touches nothing (the process answers). `/readyz` is ready when Redis answers, at
-least one worker of our queue said it was alive within `recovery.worker_presence_ttl_sec`
-(workers keep `trainer:workers:{queue}` current; RQ's own registry still lists workers that
-died without cleaning up) and Data Bank is ready. GPU workers are optional: the answer counts
-those of the GPU queue (`gpu_workers`), and `cuda` runs wait while there are none.
+`/healthz` touches nothing (the process answers). `/readyz` answers the last result of the
+background probe (api/readiness.py, every `health.probe_interval_sec`): ready when Redis
+answered, at least one worker of our queue said it was alive within
+`recovery.worker_presence_ttl_sec` (workers keep `trainer:workers:{queue}` current; RQ's own
+registry still lists workers that died without cleaning up) and Data Bank was ready. GPU
+workers are optional: the answer counts those of the GPU queue (`gpu_workers`), and `cuda`
+runs wait while there are none.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
-from model_trainer.api.deps import Ctx, live_workers
+from model_trainer.api.deps import ApiContext, Ctx, live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -36,14 +38,15 @@ class ReadyBody(BaseModel):
     gpu_workers: int | None = None
 
 
+# `async`: no thread-pool hop, so anonymous probes never queue behind (or ahead of) routes.
 @router.get("/healthz", response_model=HealthBody)
-def healthz() -> HealthBody:
+async def healthz() -> HealthBody:
     return HealthBody()
 
 
 @router.get("/readyz", response_model=ReadyBody, responses={503: {"model": ReadyBody}})
-def readyz(ctx: Ctx) -> JSONResponse:
-    reason, gpu_workers = _not_ready_reason(ctx)
+async def readyz(ctx: Ctx) -> JSONResponse:
+    reason, gpu_workers = ctx.readiness.current()
     if reason is None:
         body = ReadyBody(status="ready", gpu_workers=gpu_workers)
         return JSONResponse(body.model_dump(exclude_none=True))
@@ -51,8 +54,9 @@ def readyz(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=503)
 
 
-def _not_ready_reason(ctx: Ctx) -> tuple[str | None, int | None]:
-    """Why the API is not ready (None when it is), and the live GPU workers."""
+def not_ready_reason(ctx: ApiContext) -> tuple[str | None, int | None]:
+    """Why the API is not ready (None when it is), and the live GPU workers: what the
+    background probe runs (blocking I/O, in its thread)."""
     queue = ctx.settings.rq.queue_name
     ttl = ctx.settings.recovery.worker_presence_ttl_sec
     try:

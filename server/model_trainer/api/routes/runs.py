@@ -9,13 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from model_trainer.api import services
 from model_trainer.api.auth import Me, Principal
+from model_trainer.api.callers import LeasedStream, disconnected
 from model_trainer.api.deps import Ctx, live_workers
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
 from model_trainer.api.generation import GenerateRequest, GenerateResponse
@@ -111,23 +112,35 @@ def run_logs(
 @router.get(
     "/{run_id}/logs/stream",
     response_class=StreamingResponse,
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, 429),
 )
 def stream_run_logs(
     run_id: RunId,
     ctx: Ctx,
     who: Me,
     last_event_id: LastEventId,
+    request: Request,
 ) -> StreamingResponse:
     """Server-sent events: one `data:` per log line, `id:` = its stream id; ends with the run
-    (`event: end`), or with `event: unavailable` when Redis goes away mid-stream. With
-    `Last-Event-ID` it resumes after that event; one that is not a stream id is a 400."""
+    (`event: end`), with `event: unavailable` when Redis goes away mid-stream, or with
+    `event: reconnect` after `limits.sse_max_lifetime_sec` (reconnect with Last-Event-ID).
+    With `Last-Event-ID` it resumes after that event; one that is not a stream id is a 400.
+    A key has at most `limits.sse_max_per_caller` streams open: 429 past that."""
     _require_run(ctx, run_id, who)
     reader = RunLogReader(ctx.redis)
+    lifetime = ctx.settings.limits.sse_max_lifetime_sec
 
     async def lines_then_end(last: str) -> AsyncIterator[str]:
-        quiet_since = time.monotonic()
+        quiet_since = started = time.monotonic()
         while True:
+            if time.monotonic() - started >= lifetime:
+                body = {
+                    "message": f"this stream reached its maximum lifetime ({lifetime:g} s, "
+                    "limits.sse_max_lifetime_sec): reconnect with Last-Event-ID",
+                    "last_event_id": last,
+                }
+                yield f"event: reconnect\ndata: {json.dumps(body)}\n\n"
+                return
             lines = await run_in_threadpool(reader.after, run_id, last)
             for line in lines:
                 last = line.id
@@ -162,8 +175,11 @@ def stream_run_logs(
             }
             yield f"event: unavailable\ndata: {json.dumps(body)}\n\n"
 
-    return StreamingResponse(
+    # Taken last: from here on only the response gives the slot back.
+    give_back = ctx.streams.take(who.name)
+    return LeasedStream(
         events(),
+        give_back,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -218,16 +234,16 @@ def run_artifact(run_id: RunId, ctx: Ctx, who: Me) -> ArtifactPointer:
 
 @router.post("/{run_id}/generate", responses=error_responses(404, 409, 422))
 async def generate_text(
-    run_id: RunId, request: GenerateRequest, ctx: Ctx, who: Me
+    run_id: RunId, request: GenerateRequest, ctx: Ctx, who: Me, http: Request
 ) -> GenerateResponse:
     """Text from the run's model: its artifact once completed, or one of its checkpoints
     (`checkpoint`: `last`, `best` or a step), even while it runs. The model is fetched from
     Data Bank once and kept in memory (least recently used out). 404: unknown run; 409: no
     artifact (not completed) and no checkpoint asked, or no such checkpoint; 422: a bad
     body (`top_k` above the vocabulary included); 503: every generation thread busy and the
-    queue full, or Data Bank unavailable."""
+    queue full, or Data Bank unavailable. A client that disconnects stops its generation."""
     ref = await run_in_threadpool(services.resolve_generation_model, ctx, run_id, request, who)
-    return await ctx.generation.generate(ref, request)
+    return await ctx.generation.generate(ref, request, disconnected(http))
 
 
 def _require_run(ctx: Ctx, run_id: str, who: Principal) -> Record[RunProgress]:

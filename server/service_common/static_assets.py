@@ -1,6 +1,7 @@
-"""The API's own web assets (the dashboard, the `/docs` page): how they are answered.
+"""A service's own web assets (the API's dashboard, each service's `/docs` page): how they
+are answered.
 
-Every asset is served by the API itself, never by a CDN, so the pages work offline and on a
+Every asset is served by the service itself, never by a CDN, so the pages work offline and on a
 private network. Each is kept in memory (they are a few tens of KiB), with a content type,
 a strong ETag (its SHA-256) and `Cache-Control: no-cache`: browsers keep a copy but ask
 again each time, and get a 304 while it is unchanged, so a new release is never hidden

@@ -1,11 +1,12 @@
 """`/docs` without a CDN: a small page of our own that renders the OpenAPI document.
 
 FastAPI's Swagger UI page loads its script and styles from a CDN, so it is blank where the
-API has no way out to the internet (and it makes browsers fetch third-party code). No
+service has no way out to the internet (and it makes browsers fetch third-party code). No
 package in our environment ships swagger-ui-dist's files, so rather than vendor them this
-page is self-contained: HTML, CSS and one script, all served by the API, that list every
-route with its parameters, request body, answers and schemas, and can send a request
-(with an `X-API-Key`) and show the answer. The full document stays at `/openapi.json`.
+page is self-contained: HTML, CSS and one script, all served by the service (the API and
+Data Bank alike), that list every route with its parameters, request body, answers and
+schemas, and can send a request (with an `X-API-Key`) and show the answer. The full
+document stays at `/openapi.json`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from model_trainer.api.static_assets import StaticAsset
+from service_common.static_assets import StaticAsset
 
 DOCS_PATH = "/docs"
 SCRIPT_PATH = "/docs/docs.js"
