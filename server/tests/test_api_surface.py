@@ -10,6 +10,7 @@ suite's Redis. The one model is tiny and built here, packed and uploaded as a wo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import socket
@@ -135,9 +136,9 @@ def _runs(redis: Redis) -> StatusStore[RunProgress]:
     return StatusStore(redis, RUN_KEYS, RunProgress)
 
 
-def _new_run(redis: Redis, status: Status) -> str:
+def _new_run(redis: Redis, status: Status, owner: str | None = None) -> str:
     run_id = f"run-{uuid.uuid4().hex[:16]}"
-    _runs(redis).create(run_id, RecordMeta(created_at=time.time(), request={}))
+    _runs(redis).create(run_id, RecordMeta(created_at=time.time(), request={}, owner=owner))
     _runs(redis).set_status(run_id, status)
     return run_id
 
@@ -272,15 +273,21 @@ def _status(sock: socket.socket) -> int:
 def test_log_streams_are_capped_per_caller_and_free_their_slot_on_disconnect(
     tmp_path: Path, redis_url: str, redis_client: Redis, databank_server: DataBankServer
 ) -> None:
-    # No key configured: any X-API-Key passes, and each value is its own caller.
+    # Two people, each with a key of their own: the cap counts each one's streams.
+    people = [
+        {"name": name, "role": "user", "key_sha256": hashlib.sha256(name.encode()).hexdigest()}
+        for name in ("alice", "bob")
+    ]
     api = Api(
         tmp_path / "api",
         redis_url,
         databank_server.url,
         SECURITY__API_KEY="",
+        SECURITY__API_KEYS=json.dumps(people),
         LIMITS__SSE_MAX_PER_CALLER="2",
     )
-    run_id = _new_run(redis_client, Status.RUNNING)
+    run_id = _new_run(redis_client, Status.RUNNING, owner="alice")
+    bobs = _new_run(redis_client, Status.RUNNING, owner="bob")
     opened: list[socket.socket] = []
     try:
         for _ in range(2):
@@ -294,7 +301,7 @@ def test_log_streams_are_capped_per_caller_and_free_their_slot_on_disconnect(
         assert "limits.sse_max_per_caller" in refused.json()["message"]
         assert int(refused.headers["retry-after"]) > 0
         # Another caller has slots of its own.
-        opened.append(_open_stream(api.url, run_id, "bob"))
+        opened.append(_open_stream(api.url, bobs, "bob"))
         assert _status(opened[-1]) == 200
         # Alice leaves one stream: its slot comes back.
         opened.pop(0).close()
