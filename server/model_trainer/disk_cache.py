@@ -143,8 +143,11 @@ class DiskCache:
             for path in section.iterdir():
                 if path.name.startswith("."):
                     continue
-                stat = path.lstat()
-                yield _Entry(section.name, path.name, path, _size(path), stat.st_mtime_ns)
+                try:
+                    used_ns, nbytes = path.lstat().st_mtime_ns, _size(path)
+                except FileNotFoundError:  # evicted meanwhile (`nbytes` takes no lock)
+                    continue
+                yield _Entry(section.name, path.name, path, nbytes, used_ns)
 
     def _remove_unused(self, section: str, name: str) -> bool:
         """Remove the entry and its lock files unless a process uses it; True if removed."""
