@@ -174,14 +174,15 @@ def throughput_grid(
         bench.log("bf16: this CPU has no native bf16 (emulated, see its peak): fp32 only")
     tok_dir = bench.prepare_tokenizer(work, vocab)
     tokenizer = load_tokenizer(tok_dir)
-    cache = tokenize_corpus(
+    # The bench's own cache: nothing evicts, so the token file outlives the block.
+    with tokenize_corpus(
         bench.CORPUS,
         tokenizer,
         f"bench-bpe{vocab}",
-        work / "cache",
+        bench.bench_cache(work),
         corpus_id=bench.corpus_id(bench.CORPUS),
-    )
-    splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
+    ) as cache:
+        splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
     cases = [(f, o, s) for f in families for o in optimizers for s in SIZES]
     for family, optimizer, (size, context, batch) in cases:
         config = TrainingSpec.model_validate(

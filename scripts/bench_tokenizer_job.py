@@ -28,6 +28,7 @@ def job_trial(corpus: Path, method: str, vocab: int, bank_url: str, threads: int
 
     from model_trainer.connections import DataBankUse, databank_client
     from model_trainer.databank.corpus import CorpusFetcher
+    from model_trainer.disk_cache import DiskCache
     from model_trainer.tokenization.config import TokenizerTrainConfig
     from model_trainer.tokenization.train import train_tokenizer
 
@@ -37,14 +38,15 @@ def job_trial(corpus: Path, method: str, vocab: int, bank_url: str, threads: int
     ):
         file_id = bank.upload_file(corpus).file_id  # not timed: the user's upload
         started = time.perf_counter()
-        local = CorpusFetcher(bank, Path(work) / "cache").fetch(file_id)
         spm = {"method": "sentencepiece", "model_type": "unigram"}
         fields = {"method": "bpe"} if method == "bpe" else spm
         config = TokenizerTrainConfig.model_validate(
             {**fields, "vocab_size": vocab, "corpus_file_id": file_id}
         )
         out = Path(work) / "tok"
-        train_tokenizer(config, local, out, threads=threads, sample_bytes=100_000_000)
+        cache = DiskCache(Path(work) / "cache", max_bytes=1024**4)
+        with CorpusFetcher(bank, cache).fetch(file_id) as local:
+            train_tokenizer(config, local, out, threads=threads, sample_bytes=100_000_000)
         bank.upload_directory(out, "tokenizer-bench")
         return time.perf_counter() - started
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model_trainer.disk_cache import DiskCache
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.tokenization.transformers_files import write_special_token_files
 from model_trainer.training.config import (
@@ -110,6 +111,11 @@ def train_bpe(text: str, vocab_size: int, folder: Path) -> Path:
     eos = "<|endoftext|>"
     write_special_token_files(folder, {"bos_token": eos, "eos_token": eos, "pad_token": "<|pad|>"})
     return folder
+
+
+def bench_cache(work: Path) -> DiskCache:
+    """The bench's token cache, with room for everything it tokenizes."""
+    return DiskCache(work / "cache", max_bytes=1024**4)
 
 
 def corpus_id(path: Path) -> str:
@@ -225,10 +231,11 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
     )
     tok_dir = prepare_tokenizer(work, vocab)
     tokenizer = load_tokenizer(tok_dir)
-    cache = tokenize_corpus(
-        CORPUS, tokenizer, f"bench-bpe{vocab}", work / "cache", corpus_id=corpus_id(CORPUS)
-    )
-    splits = split_tokens(cache, 1 - TRAIN_FRACTION, tokenizer)
+    # The bench's own cache: nothing evicts, so the token file outlives the block.
+    with tokenize_corpus(
+        CORPUS, tokenizer, f"bench-bpe{vocab}", bench_cache(work), corpus_id=corpus_id(CORPUS)
+    ) as cache:
+        splits = split_tokens(cache, 1 - TRAIN_FRACTION, tokenizer)
     log(
         "\n| model | context x batch | precision | params | reference tok/s | ours tok/s "
         "| ours / reference | MFU (ours) |\n|---|---|---|---|---|---|---|---|"
@@ -307,7 +314,7 @@ def quality(
         CORPUS,
         tok_dir,
         work / "run",
-        work / "cache",
+        bench_cache(work),
         cpu=cpu_info(),
         corpus_id=corpus_id(CORPUS),
         tokenizer_id=f"bench-bpe{vocab}",

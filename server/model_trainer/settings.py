@@ -62,6 +62,11 @@ class AppSettings(_Section):
     # what CPU training produces (GPT-2 small, 124M parameters, is 0.5 GB).
     artifact_max_members: int = Field(default=1_000, ge=1, le=1_000_000)
     artifact_max_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # The most bytes the worker's disk cache (`data_root/cache`: corpora from Data Bank, the
+    # text of structured ones, token files) holds; past it, adding an entry evicts the least
+    # recently used ones that no running job uses (model_trainer/disk_cache.py). 20 GiB holds
+    # a few of the largest corpora (APP__CORPUS_MAX_TEXT_BYTES) with their token files.
+    cache_bytes: int = Field(default=20 * 1024**3, ge=1024**2)
     # The worker lowers its CPU priority by this much (nice): training is batch work, and on a
     # machine it shares with the API or other services those should answer first. 0 keeps it.
     worker_nice: int = Field(default=10, ge=0, le=19)

@@ -31,6 +31,7 @@ import pytest
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.corpus import CorpusFetcher
+from model_trainer.disk_cache import DiskCache
 from tests.processes import Proc, child_env, free_port, wait_until
 
 UPLOAD_KEY = "upload-key-for-tests"
@@ -251,7 +252,9 @@ def fetch_corpus_in_process(
 ) -> None:
     """A `multiprocessing` target: fetch one corpus id once all peers are ready."""
     start_together.wait(timeout=60)
-    with make_client(base_url) as client:
-        path = CorpusFetcher(client, Path(cache_dir)).fetch(file_id)
-    if not path.is_file():
-        raise SystemExit(f"fetch returned {path}, which is not a file")
+    with (
+        make_client(base_url) as client,
+        CorpusFetcher(client, DiskCache(Path(cache_dir), 1024**3)).fetch(file_id) as path,
+    ):
+        if not path.is_file():
+            raise SystemExit(f"fetch returned {path}, which is not a file")

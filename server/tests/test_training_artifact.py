@@ -25,7 +25,7 @@ from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_f
 from model_trainer.training.hardware import NO_GPU, CpuInfo
 from model_trainer.training.precision import ProbeTimings, choose_precision
 from model_trainer.training.run import TrainingResult, run_training
-from tests.test_training_data import file_id, train_bpe, write_corpus
+from tests.test_training_data import file_id, token_cache, train_bpe, write_corpus
 
 CONFIG = {
     "model_family": "gpt2",
@@ -50,7 +50,7 @@ def train(root: Path, run_dir: Path, cpu: CpuInfo, **fields: object) -> Training
         root / "corpus.txt",
         root / "tok",
         run_dir,
-        root / "cache",
+        token_cache(root),
         cpu=cpu,
         threads=1,
         corpus_id=file_id(root / "corpus.txt"),
@@ -231,7 +231,12 @@ def _evaluate(
     assert result.artifact_dir is not None and result.eval is not None
     corpus = root / "corpus.txt"
     metrics = evaluate_folder(
-        result.artifact_dir, corpus, root / "cache", out_dir, corpus_id=file_id(corpus), split=split
+        result.artifact_dir,
+        corpus,
+        token_cache(root),
+        out_dir,
+        corpus_id=file_id(corpus),
+        split=split,
     )
     manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
     return metrics, result.eval, manifest["data"]

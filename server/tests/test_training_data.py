@@ -16,6 +16,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model_trainer.disk_cache import DiskCache
 from model_trainer.errors import UserError
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.tokenization.transformers_files import (
@@ -75,6 +76,11 @@ def train_bpe(folder: Path, text: str, vocab_size: int = 300) -> Path:
     return folder
 
 
+def token_cache(root: Path) -> DiskCache:
+    """A worker's disk cache under `root`, with room for everything a test tokenizes."""
+    return DiskCache(root / "cache", 1024**3)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
     root = tmp_path_factory.mktemp("data")
@@ -87,21 +93,44 @@ def test_second_call_reuses_the_token_file(
 ) -> None:
     path, text, tok_dir = corpus
     tokenizer = load_tokenizer(tok_dir)
-    first = tokenize_corpus(path, tokenizer, "tok-1", tmp_path, corpus_id=file_id(path))
-    assert not first.from_cache
-    assert first.meta.dtype == "uint16"
-    assert first.tokens().dtype == np.uint16
-    assert first.meta.n_chars == len(text)
+    cache = token_cache(tmp_path)
+    with tokenize_corpus(path, tokenizer, "tok-1", cache, corpus_id=file_id(path)) as first:
+        assert not first.from_cache
+        assert first.meta.dtype == "uint16"
+        assert first.tokens().dtype == np.uint16
+        assert first.meta.n_chars == len(text)
 
     def no_encoding(texts: list[str]) -> list[list[int]]:
         raise AssertionError("re-tokenized although the cache holds the file")
 
     monkeypatch.setattr(type(tokenizer), "encode_batch", lambda self, texts: no_encoding(texts))
-    second = tokenize_corpus(path, tokenizer, "tok-1", tmp_path, corpus_id=file_id(path))
-    assert second.from_cache
-    assert second.path == first.path
-    assert np.array_equal(second.tokens(), first.tokens())
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    with tokenize_corpus(path, tokenizer, "tok-1", cache, corpus_id=file_id(path)) as second:
+        assert second.from_cache
+        assert second.path == first.path
+        assert second.meta == first.meta
+        assert np.array_equal(second.tokens(), first.tokens())
+    # One entry, complete: the tokens and their meta in one folder, no temp files anywhere.
+    assert [p.name for p in (cache.root / data.TOKENS_SECTION).iterdir()] == [
+        first.path.parent.name
+    ]
+    assert sorted(p.name for p in first.path.parent.iterdir()) == ["meta.json", "tokens.bin"]
+    assert not any((cache.root / ".scratch").rglob("*.*"))
+
+
+def test_an_empty_corpus_leaves_no_token_file(
+    corpus: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    _, _, tok_dir = corpus
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cache = token_cache(tmp_path)
+    with (
+        pytest.raises(UserError, match="is empty"),
+        tokenize_corpus(empty, load_tokenizer(tok_dir), "tok-1", cache, corpus_id=file_id(empty)),
+    ):
+        pass
+    assert cache.nbytes() == 0
+    assert not any((cache.root / ".scratch").rglob("*.*"))
 
 
 def test_dtype_follows_the_vocabulary_size(corpus: tuple[Path, str, Path], tmp_path: Path) -> None:
@@ -109,13 +138,15 @@ def test_dtype_follows_the_vocabulary_size(corpus: tuple[Path, str, Path], tmp_p
     assert token_dtype(65_537) == "uint32"
     path, _, tok_dir = corpus
     big = replace(load_tokenizer(tok_dir), vocab_size=100_000)
-    cache = tokenize_corpus(path, big, "big-vocab", tmp_path, corpus_id=file_id(path))
-    assert cache.meta.dtype == "uint32"
-    assert cache.tokens().dtype == np.uint32
-    small = tokenize_corpus(
-        path, load_tokenizer(tok_dir), "small-vocab", tmp_path, corpus_id=file_id(path)
-    )
-    assert np.array_equal(cache.tokens(), small.tokens())
+    cache = token_cache(tmp_path)
+    small_tokenizer = load_tokenizer(tok_dir)
+    with (
+        tokenize_corpus(path, big, "big-vocab", cache, corpus_id=file_id(path)) as wide,
+        tokenize_corpus(path, small_tokenizer, "small", cache, corpus_id=file_id(path)) as small,
+    ):
+        assert wide.meta.dtype == "uint32"
+        assert wide.tokens().dtype == np.uint32
+        assert np.array_equal(wide.tokens(), small.tokens())
 
 
 def test_chunked_encoding_gives_the_tokens_of_the_whole_text(
@@ -125,9 +156,11 @@ def test_chunked_encoding_gives_the_tokens_of_the_whole_text(
     tokenizer = load_tokenizer(tok_dir)
     monkeypatch.setattr(data, "CHUNK_CHARS", 500)  # many chunk boundaries
     monkeypatch.setattr(data, "CHUNKS_PER_BATCH", 3)
-    cache = tokenize_corpus(path, tokenizer, "tok-1", tmp_path, corpus_id=file_id(path))
     whole = tokenizer.encode_batch([text])[0]
-    assert cache.tokens().tolist() == whole
+    with tokenize_corpus(
+        path, tokenizer, "tok-1", token_cache(tmp_path), corpus_id=file_id(path)
+    ) as cache:
+        assert cache.tokens().tolist() == whole
 
 
 def test_split_by_position_counts_characters(
@@ -135,9 +168,11 @@ def test_split_by_position_counts_characters(
 ) -> None:
     path, text, tok_dir = corpus
     tokenizer = load_tokenizer(tok_dir)
-    cache = tokenize_corpus(path, tokenizer, "tok-1", tmp_path, corpus_id=file_id(path))
-    splits = split_tokens(cache, 0.1, tokenizer)
-    tokens = cache.tokens()
+    with tokenize_corpus(
+        path, tokenizer, "tok-1", token_cache(tmp_path), corpus_id=file_id(path)
+    ) as cache:
+        splits = split_tokens(cache, 0.1, tokenizer)
+        tokens = cache.tokens()
     assert len(splits.train) == int(len(tokens) * 0.9)
     # Validation is the first half of the held-out tail, test the rest.
     assert len(splits.validation) == (len(tokens) - len(splits.train)) // 2
@@ -211,7 +246,10 @@ def test_the_loader_refuses_a_folder_without_special_token_roles(tmp_path: Path)
 def test_windows_are_seeded_and_resumable(corpus: tuple[Path, str, Path], tmp_path: Path) -> None:
     path, _, tok_dir = corpus
     tokenizer = load_tokenizer(tok_dir)
-    tokens = tokenize_corpus(path, tokenizer, "tok-1", tmp_path, corpus_id=file_id(path)).tokens()
+    with tokenize_corpus(
+        path, tokenizer, "tok-1", token_cache(tmp_path), corpus_id=file_id(path)
+    ) as cache:
+        tokens = cache.tokens()
     a = WindowSampler(tokens, seq_len=16, batch_size=4, seed=7)
     b = WindowSampler(tokens, seq_len=16, batch_size=4, seed=7)
     x, y = a.next_batch()

@@ -25,7 +25,7 @@ from model_trainer.training.loop import (
     TrainingCallbacks,
 )
 from model_trainer.training.run import TrainingResult, run_training
-from tests.test_training_data import file_id, train_bpe, write_corpus
+from tests.test_training_data import file_id, token_cache, train_bpe, write_corpus
 
 LEARNING_RATE = 3e-3
 # The loop's mechanics, measured on GPT-2 with AdamW (the defaults before the grid; the
@@ -60,7 +60,7 @@ class Inputs:
         self.corpus = root / "corpus.txt"
         self.tokenizer = train_bpe(root / "tok", write_corpus(self.corpus))
         self.corpus_id = file_id(self.corpus)
-        self.cache = root / "cache"
+        self.cache = token_cache(root)
         self.cpu = cpu
 
     def run(

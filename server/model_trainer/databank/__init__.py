@@ -3,7 +3,7 @@
 client.py    DataBankClient: streamed, verified, retried uploads and downloads
 errors.py    DataBankError and one subclass per documented failure
 archive.py   pack_directory / safe_extract (plain tar, hostile members refused)
-corpus.py    CorpusFetcher: one verified local copy per corpus id, across processes
+corpus.py    CorpusFetcher: one verified local copy per corpus id, in the disk cache
 
 What client and server both say (FileInfo, error body, codes, the file_id format) is in
 `service_common.databank_contract`; the compatible local server is its own service,

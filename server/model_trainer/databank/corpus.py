@@ -1,70 +1,43 @@
-"""A local cache of corpus files, each fetched from Data Bank once per machine.
+"""Corpus files from Data Bank, each fetched once per machine into the worker's disk cache.
 
-`cache_dir/<file_id>` is trusted by its name alone because the only way a file gets that
-name is `DataBankClient.download`'s rename after its size and SHA-256 were verified.
-Processes (RQ forks a child per job) coordinate with an exclusive `flock` on a lock file
-per id: the first one downloads, the others wait, re-check, and find the file in place.
+`<cache>/corpora/<file_id>` is trusted by its name alone because the only way a file gets
+that name is `DataBankClient.download`, which verifies its size and SHA-256, followed by
+the cache's rename. The cache (`disk_cache.DiskCache`) makes one process download while
+the others wait and find the file in place, and never evicts a corpus a job is reading.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import InvalidFileId
+from model_trainer.disk_cache import DiskCache
 from service_common.databank_contract import is_file_id
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.databank")
 
+SECTION = "corpora"
+
 
 class CorpusFetcher:
-    def __init__(self, client: DataBankClient, cache_dir: Path) -> None:
+    def __init__(self, client: DataBankClient, cache: DiskCache) -> None:
         self._client = client
-        self._cache_dir = cache_dir
+        self._cache = cache
 
-    def path_for(self, file_id: str) -> Path:
+    @contextmanager
+    def fetch(self, file_id: str) -> Iterator[Path]:
+        """The verified local copy of `file_id`, downloaded if no process has yet; kept from
+        eviction until the block ends."""
         if not is_file_id(file_id):
             raise InvalidFileId(f"not a file_id (64 lowercase hex characters): {file_id[:80]!r}")
-        return self._cache_dir / file_id
+        with self._cache.use(SECTION, file_id, lambda dest: self._download(file_id, dest)) as path:
+            yield path
 
-    def fetch(self, file_id: str) -> Path:
-        """The verified local copy of `file_id`, downloading it if no process has yet."""
-        final = self.path_for(file_id)
-        if final.exists():
-            return final
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        # Lock files stay behind on purpose: removing one while another process waits on
-        # it would let a third process lock a fresh file and download in parallel.
-        lock_path = self._cache_dir / f".{file_id}.lock"
-        with lock_path.open("a") as lock:
-            waited = time.monotonic()
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                if final.exists():  # another process finished while we waited
-                    log.info(
-                        "corpus %s fetched by another process (waited %.1fs)",
-                        file_id,
-                        time.monotonic() - waited,
-                        extra=log_fields("corpus_cache_hit", file_id=file_id),
-                    )
-                    return final
-                self._drop_partials(file_id)
-                self._client.download(file_id, final)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _download(self, file_id: str, dest: Path) -> None:
+        self._client.download(file_id, dest)
         log.info("corpus %s cached", file_id, extra=log_fields("corpus_cached", file_id=file_id))
-        return final
-
-    def _drop_partials(self, file_id: str) -> None:
-        # Under the lock nobody else is writing this id: any temp file is from a crash.
-        for stale in self._cache_dir.glob(f".{file_id}.*.part"):
-            stale.unlink(missing_ok=True)
-            log.warning(
-                "removed stale partial download %s",
-                stale.name,
-                extra=log_fields("corpus_partial_removed", file_id=file_id),
-            )

@@ -7,6 +7,8 @@ and everything it produces goes back there; Redis keeps the pointers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +30,20 @@ from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
 
+TEXT_SECTION = "corpus-text"  # of the worker's disk cache: structured corpora as text
 
-def fetch_corpus(ctx: WorkerContext, file_id: str) -> Path:
-    try:
-        return CorpusFetcher(ctx.databank, ctx.settings.app.data_root / "corpora").fetch(file_id)
-    except NotFound as exc:
-        raise UserError(
-            f"corpus {file_id} is not in Data Bank (deleted?): upload it again"
-        ) from exc
+
+@contextmanager
+def fetch_corpus(ctx: WorkerContext, file_id: str) -> Iterator[Path]:
+    """The corpus in the worker's cache, kept there (never evicted) until the block ends."""
+    with ExitStack() as held:
+        try:
+            path = held.enter_context(CorpusFetcher(ctx.databank, ctx.cache).fetch(file_id))
+        except NotFound as exc:  # the fetch's own, not one the job raises while using it
+            raise UserError(
+                f"corpus {file_id} is not in Data Bank (deleted?): upload it again"
+            ) from exc
+        yield path
 
 
 def check_fetched_corpus(ctx: WorkerContext, corpus: Path) -> CorpusCheck:
@@ -61,32 +69,33 @@ class PreparedCorpus:
     corpus_format: ResolvedFormat
 
 
+@contextmanager
 def prepare_corpus(
     ctx: WorkerContext, file_id: str, corpus_format: CorpusFormat, text_field: str
-) -> PreparedCorpus:
+) -> Iterator[PreparedCorpus]:
     """Fetch the corpus; a structured one is written out as text once per worker
     (`corpus_formats.write_text_corpus`); then `check_fetched_corpus`. Every `UserError`
-    (unreadable file, unknown field, bad text) comes here, before anything is trained."""
-    fetched = fetch_corpus(ctx, file_id)
-    resolved = resolve_format(fetched, corpus_format)
-    if resolved == "text":  # the fast path: the file as it is
-        check_fetched_corpus(ctx, fetched)
-        return PreparedCorpus(fetched, file_id, resolved)
-    text_id = text_corpus_id(file_id, resolved, text_field)
-    # Not beside the fetched corpora: that cache trusts any 64-hex name as a verified file id.
-    folder = ctx.settings.app.data_root / "corpus-text"
-    text_path = folder / f"{text_id}.txt"
-    if not text_path.exists():
-        write_text_corpus(
-            fetched,
-            resolved,
-            text_field,
-            text_path,
-            folder / ".datasets",
-            ctx.settings.app.corpus_max_text_bytes,
-        )
-    check_fetched_corpus(ctx, text_path)
-    return PreparedCorpus(text_path, text_id, resolved)
+    (unreadable file, unknown field, bad text) comes here, before anything is trained.
+    The text stays in the worker's cache, never evicted, until the block ends."""
+    with fetch_corpus(ctx, file_id) as fetched:
+        resolved = resolve_format(fetched, corpus_format)
+        if resolved == "text":  # the fast path: the file as it is
+            check_fetched_corpus(ctx, fetched)
+            yield PreparedCorpus(fetched, file_id, resolved)
+            return
+
+        def write_text(dest: Path) -> None:
+            # `datasets`' lock files go to the scratch folder, removed with it.
+            max_bytes = ctx.settings.app.corpus_max_text_bytes
+            write_text_corpus(
+                fetched, resolved, text_field, dest, dest.parent / ".datasets", max_bytes
+            )
+
+        text_id = text_corpus_id(file_id, resolved, text_field)
+        # Not beside the fetched corpora: those names are trusted as verified file ids.
+        with ctx.cache.use(TEXT_SECTION, f"{text_id}.txt", write_text) as text_path:
+            check_fetched_corpus(ctx, text_path)
+            yield PreparedCorpus(text_path, text_id, resolved)
 
 
 def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) -> Path:

@@ -10,6 +10,7 @@ from redis import Redis
 
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.databank.client import DataBankClient
+from model_trainer.disk_cache import DiskCache
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from model_trainer.store.events import EventPublisher
@@ -42,6 +43,8 @@ class WorkerContext:
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
         self.events = EventPublisher(redis, settings.app.events_channel)
+        # Corpora, their text and token files, shared by this worker's jobs (disk_cache.py).
+        self.cache = DiskCache(settings.app.data_root / "cache", settings.app.cache_bytes)
         # Set by the job process's signal handler (worker.py): jobs hand back at a safe point.
         self.stop_requested = threading.Event()
 

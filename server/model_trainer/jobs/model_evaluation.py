@@ -61,28 +61,27 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     run = TrainJob.model_validate_json(raw)
     model_dir = fetch_artifact(ctx, file_id, "run", run_id)
     owner.stop_if_asked()
-    cache = ctx.settings.app.data_root / "tokens"
     if request.corpus_file_id is not None:
-        other = prepare_corpus(
+        with prepare_corpus(
             ctx, request.corpus_file_id, request.corpus_format, request.text_field
-        )
-        owner.stop_if_asked()
-        metrics = evaluate_folder(
-            model_dir, other.path, cache, out_dir, corpus_id=other.corpus_id, split="all"
-        )
+        ) as other:
+            owner.stop_if_asked()
+            metrics = evaluate_folder(
+                model_dir, other.path, ctx.cache, out_dir, corpus_id=other.corpus_id, split="all"
+            )
     else:
         # The run's own corpus: validation or test as `data.Holdout` defines them.
-        own = prepare_corpus(ctx, run.corpus_file_id, run.corpus_format, run.text_field)
-        owner.stop_if_asked()
-        metrics = evaluate_folder(
-            model_dir,
-            own.path,
-            cache,
-            out_dir,
-            corpus_id=own.corpus_id,
-            split="test" if request.split == "test" else "validation",
-            seed=run.spec.seed,
-        )
+        with prepare_corpus(ctx, run.corpus_file_id, run.corpus_format, run.text_field) as own:
+            owner.stop_if_asked()
+            metrics = evaluate_folder(
+                model_dir,
+                own.path,
+                ctx.cache,
+                out_dir,
+                corpus_id=own.corpus_id,
+                split="test" if request.split == "test" else "validation",
+                seed=run.spec.seed,
+            )
     owner.stop_if_asked()
     result = eval_result(metrics, out_dir).model_copy(update={"split": request.split or "corpus"})
     evals = owner.fenced(ctx.evals)

@@ -251,50 +251,53 @@ def run(payload_json: str) -> None:
 def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path) -> None:
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, spec = payload.run_id, payload.spec
-    corpus = prepare_corpus(ctx, payload.corpus_file_id, payload.corpus_format, payload.text_field)
-    tokenizer_file_id = ctx.tokenizers.file_id(payload.tokenizer_id)
-    if tokenizer_file_id is None:
-        raise UserError(f"tokenizer {payload.tokenizer_id} has no artifact (was it deleted?)")
-    tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", payload.tokenizer_id)
-    _check_memory(ctx, spec, tokenizer_dir)
-    sync = CheckpointSync(owner, run_dir)
-    try:
-        resumed_from = sync.restore()
-        init_weights = _initial_weights(ctx, payload, run_dir) if resumed_from is None else None
-        if resumed_from is not None:
-            log.info(
-                "resuming from the checkpoint at step %d",
-                resumed_from,
-                extra=log_fields("run_resumed", step=resumed_from),
+    # The corpus stays in the worker's cache, never evicted, while the run reads it.
+    with prepare_corpus(
+        ctx, payload.corpus_file_id, payload.corpus_format, payload.text_field
+    ) as corpus:
+        tokenizer_file_id = ctx.tokenizers.file_id(payload.tokenizer_id)
+        if tokenizer_file_id is None:
+            raise UserError(f"tokenizer {payload.tokenizer_id} has no artifact (was it deleted?)")
+        tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", payload.tokenizer_id)
+        _check_memory(ctx, spec, tokenizer_dir)
+        sync = CheckpointSync(owner, run_dir)
+        try:
+            resumed_from = sync.restore()
+            init_weights = _initial_weights(ctx, payload, run_dir) if resumed_from is None else None
+            if resumed_from is not None:
+                log.info(
+                    "resuming from the checkpoint at step %d",
+                    resumed_from,
+                    extra=log_fields("run_resumed", step=resumed_from),
+                )
+            reporter = RunReporter(owner, payload, sync, resumed_from)
+            # The request's own thread count wins over the worker's setting.
+            threads = resolve_threads(payload.threads, ctx.settings.app.threads)
+            _announce_start(ctx, owner, payload, threads)
+            result = run_training(
+                spec,
+                corpus.path,
+                tokenizer_dir,
+                run_dir,
+                ctx.cache,
+                corpus_id=corpus.corpus_id,
+                tokenizer_id=payload.tokenizer_id,
+                device_requested=payload.device,
+                cpu=cpu_info(ctx.settings.app.native_bf16),
+                # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
+                gpu=gpu_info() if ctx.settings.app.worker_device == "cuda" else NO_GPU,
+                threads=threads,
+                callbacks=reporter,
+                checkpoint_every_seconds=ctx.settings.recovery.checkpoint_every_seconds,
+                init_weights=init_weights,
+                init_label=(
+                    f"{payload.init_from.run_id}@{payload.init_from.kind}:{payload.init_from.step}"
+                    if payload.init_from and init_weights
+                    else None
+                ),
             )
-        reporter = RunReporter(owner, payload, sync, resumed_from)
-        # The request's own thread count wins over the worker's setting.
-        threads = resolve_threads(payload.threads, ctx.settings.app.threads)
-        _announce_start(ctx, owner, payload, threads)
-        result = run_training(
-            spec,
-            corpus.path,
-            tokenizer_dir,
-            run_dir,
-            ctx.settings.app.data_root / "tokens",
-            corpus_id=corpus.corpus_id,
-            tokenizer_id=payload.tokenizer_id,
-            device_requested=payload.device,
-            cpu=cpu_info(ctx.settings.app.native_bf16),
-            # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
-            gpu=gpu_info() if ctx.settings.app.worker_device == "cuda" else NO_GPU,
-            threads=threads,
-            callbacks=reporter,
-            checkpoint_every_seconds=ctx.settings.recovery.checkpoint_every_seconds,
-            init_weights=init_weights,
-            init_label=(
-                f"{payload.init_from.run_id}@{payload.init_from.kind}:{payload.init_from.step}"
-                if payload.init_from and init_weights
-                else None
-            ),
-        )
-    finally:
-        sync.close()
+        finally:
+            sync.close()
     if result.outcome is Outcome.INTERRUPTED:
         raise WorkerShutdown(f"run {run_id}: checkpointed for the worker's shutdown")
     if result.outcome is Outcome.CANCELLED or result.artifact_dir is None:

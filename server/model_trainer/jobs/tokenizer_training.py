@@ -30,21 +30,23 @@ def run(payload_json: str) -> None:
 def _train(owner: JobOwner, payload: TokenizerJob) -> None:
     ctx, config, tokenizer_id = owner.ctx, payload.config, payload.tokenizer_id
     folder = ctx.settings.app.artifacts_root / "tokenizers" / tokenizer_id
-    corpus = prepare_corpus(ctx, config.corpus_file_id, config.corpus_format, config.text_field)
-    owner.stop_if_asked()
-    try:
-        result = train_tokenizer(
-            config,
-            corpus.path,
-            folder,
-            threads=resolve_threads(ctx.settings.app.threads),
-            sample_bytes=ctx.settings.app.spm_sample_bytes,
-            should_stop=owner.should_stop,
-        )
-    except TrainingStopped as exc:
-        if owner.hand_back_requested():
-            raise WorkerShutdown(str(exc)) from exc
-        raise JobCancelled(str(exc)) from exc
+    with prepare_corpus(
+        ctx, config.corpus_file_id, config.corpus_format, config.text_field
+    ) as corpus:
+        owner.stop_if_asked()
+        try:
+            result = train_tokenizer(
+                config,
+                corpus.path,
+                folder,
+                threads=resolve_threads(ctx.settings.app.threads),
+                sample_bytes=ctx.settings.app.spm_sample_bytes,
+                should_stop=owner.should_stop,
+            )
+        except TrainingStopped as exc:
+            if owner.hand_back_requested():
+                raise WorkerShutdown(str(exc)) from exc
+            raise JobCancelled(str(exc)) from exc
     owner.stop_if_asked()
     file_id = publish_artifact(ctx, folder, f"tokenizer-{tokenizer_id}")
     summary = TokenizerSummary(

@@ -2,8 +2,10 @@
 
 1. `tokenize_corpus` streams the corpus in chunks of whole lines through the tokenizer's
    batch encoder (Rust, parallel) into a flat token file: uint16 when the vocabulary fits,
-   uint32 otherwise. The file is cached under a key of corpus SHA-256 + tokenizer id and
-   written atomically (temp file + rename), so a retried or repeated run skips this step.
+   uint32 otherwise. The file and its `meta.json` are an entry of the worker's disk cache
+   (`disk_cache.DiskCache`, made once and renamed into place, evicted least recently used
+   first, never while a job uses it) under a key of corpus SHA-256 + tokenizer id, so a
+   retried or repeated run skips this step.
 2. `split_tokens` cuts the token stream by position: the first (1 - holdout) is training
    data, the rest validation, and counts the characters each part spells (for bits/char).
 3. `WindowSampler` draws random training windows, as nanoGPT's `get_batch` does, from a
@@ -17,9 +19,9 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO, get_args
@@ -29,8 +31,8 @@ import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from model_trainer.disk_cache import DiskCache
 from model_trainer.errors import ErrorCode, UserError
-from model_trainer.manifest import write_text_atomic
 from model_trainer.tokenization.handle import TokenizerHandle
 from service_common.jsonlog import log_fields
 
@@ -43,6 +45,9 @@ CHUNKS_PER_BATCH = 8
 # Decoding a split to count its characters, in pieces of this many tokens.
 DECODE_PIECE = 1 << 20
 
+TOKENS_SECTION = "tokens"  # of the worker's disk cache: an entry is a folder of these two
+TOKENS_BIN, TOKENS_META = "tokens.bin", "meta.json"
+
 TokenArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 # What an evaluation can be asked to score (see `Holdout`).
 EvalSplit = Literal["validation", "test", "all"]
@@ -50,7 +55,7 @@ EVAL_SPLITS: tuple[EvalSplit, ...] = get_args(EvalSplit)
 
 
 class TokenFileMeta(BaseModel):
-    """The sidecar `<key>.json` of a token file; its presence means the file is complete."""
+    """The `meta.json` beside a token file in its cache entry."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,50 +92,57 @@ def cache_key(corpus_sha256: str, tokenizer_id: str) -> str:
     return f"{corpus_sha256}-{readable}-{tok_hash}"
 
 
+@contextmanager
 def tokenize_corpus(
     corpus_path: Path,
     tokenizer: TokenizerHandle,
     tokenizer_id: str,
-    cache_dir: Path,
+    cache: DiskCache,
     *,
     corpus_id: str,
-) -> TokenCache:
-    """Tokenize the corpus once into `cache_dir`; later calls reuse the file.
+) -> Iterator[TokenCache]:
+    """The corpus's tokens, from `cache` (tokenized first if no process has yet); the token
+    file is kept from eviction until the block ends.
 
     `corpus_id` is the corpus's Data Bank file id, the SHA-256 of `corpus_path`'s bytes:
     the cache key, trusted as given (the Data Bank fetch verified it).
     """
-    key = cache_key(corpus_id, tokenizer_id)
-    bin_path, meta_path = cache_dir / f"{key}.bin", cache_dir / f"{key}.json"
-    if bin_path.is_file() and meta_path.is_file():
-        meta = TokenFileMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+    made: list[TokenFileMeta] = []
+
+    def make(dest: Path) -> None:
+        made.append(_write_tokens(corpus_path, tokenizer, tokenizer_id, corpus_id, dest))
+
+    with cache.use(TOKENS_SECTION, cache_key(corpus_id, tokenizer_id), make) as entry:
+        if made:
+            yield TokenCache(path=entry / TOKENS_BIN, meta=made[0], from_cache=False)
+            return
+        meta = TokenFileMeta.model_validate_json((entry / TOKENS_META).read_text("utf-8"))
         log.info(
             "token cache hit: %d tokens",
             meta.n_tokens,
             extra=log_fields("tokens_cached", corpus_sha256=corpus_id, tokenizer_id=tokenizer_id),
         )
-        return TokenCache(path=bin_path, meta=meta, from_cache=True)
+        yield TokenCache(path=entry / TOKENS_BIN, meta=meta, from_cache=True)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+
+def _write_tokens(
+    corpus_path: Path, tokenizer: TokenizerHandle, tokenizer_id: str, corpus_id: str, dest: Path
+) -> TokenFileMeta:
+    """Tokenize into the folder `dest` (the cache renames it into place once complete)."""
+    dest.mkdir()
     dtype = token_dtype(tokenizer.vocab_size)
     started = time.perf_counter()
     n_tokens = n_chars = 0
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, _open_text(corpus_path) as text:
-            for batch in _batches(_line_chunks(text, CHUNK_CHARS), CHUNKS_PER_BATCH):
-                for ids in tokenizer.encode_batch(batch):
-                    np.asarray(ids, dtype=dtype).tofile(out)
-                    n_tokens += len(ids)
-                n_chars += sum(len(chunk) for chunk in batch)
-            out.flush()
-            os.fsync(out.fileno())
-        if n_tokens == 0:
-            raise UserError(f"corpus {corpus_path.name} is empty: nothing to train on")
-        os.replace(tmp_name, bin_path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with (dest / TOKENS_BIN).open("wb") as out, _open_text(corpus_path) as text:
+        for batch in _batches(_line_chunks(text, CHUNK_CHARS), CHUNKS_PER_BATCH):
+            for ids in tokenizer.encode_batch(batch):
+                np.asarray(ids, dtype=dtype).tofile(out)
+                n_tokens += len(ids)
+            n_chars += sum(len(chunk) for chunk in batch)
+        out.flush()
+        os.fsync(out.fileno())
+    if n_tokens == 0:
+        raise UserError(f"corpus {corpus_path.name} is empty: nothing to train on")
     meta = TokenFileMeta(
         corpus_sha256=corpus_id,
         tokenizer_id=tokenizer_id,
@@ -140,7 +152,7 @@ def tokenize_corpus(
         n_chars=n_chars,
         tokenize_seconds=round(time.perf_counter() - started, 3),
     )
-    write_text_atomic(meta_path, meta.model_dump_json(indent=2))
+    (dest / TOKENS_META).write_text(meta.model_dump_json(indent=2), encoding="utf-8")
     log.info(
         "tokenized %d characters into %d tokens in %.2f s",
         n_chars,
@@ -148,7 +160,7 @@ def tokenize_corpus(
         meta.tokenize_seconds,
         extra=log_fields("tokens_written", corpus_sha256=corpus_id, tokenizer_id=tokenizer_id),
     )
-    return TokenCache(path=bin_path, meta=meta, from_cache=False)
+    return meta
 
 
 def _open_text(path: Path) -> TextIO:

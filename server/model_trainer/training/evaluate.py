@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel
 
+from model_trainer.disk_cache import DiskCache
 from model_trainer.errors import UserError
 from model_trainer.manifest import read_manifest
 from model_trainer.tokenization.handle import TokenizerHandle, load_tokenizer
@@ -223,7 +224,7 @@ def evaluate_model(
 def evaluate_folder(
     model_dir: Path,
     corpus_path: Path,
-    cache_dir: Path,
+    token_cache: DiskCache,
     out_dir: Path,
     *,
     corpus_id: str,
@@ -232,7 +233,8 @@ def evaluate_folder(
 ) -> EvalMetrics:
     """Evaluate a saved model folder (weights, tokenizer files, manifest) on a corpus.
 
-    `corpus_id` is the corpus's Data Bank file id (its SHA-256), the token cache's key.
+    `corpus_id` is the corpus's Data Bank file id (its SHA-256), a key of its token file in
+    `token_cache`.
     `"validation"` and `"test"` score those parts of the run's own corpus, cut as training
     cut it (`data.Holdout`, with the run's `holdout_fraction` from the folder's manifest);
     `"all"` scores the whole text (another corpus, say).
@@ -245,8 +247,10 @@ def evaluate_folder(
     if not isinstance(tokenizer_id, str):
         raise ValueError(f"the manifest in {model_dir} names no tokenizer_id")
     tokenizer = load_tokenizer(model_dir)
-    cache = tokenize_corpus(corpus_path, tokenizer, tokenizer_id, cache_dir, corpus_id=corpus_id)
-    tokens = cache.tokens()
-    holdout = Holdout.of(len(tokens), spec.holdout_fraction)
-    scored = eval_tokens(tokens, holdout, split)
-    return evaluate_model(loaded, tokenizer, scored, out_dir, split=split, seed=seed)
+    with tokenize_corpus(
+        corpus_path, tokenizer, tokenizer_id, token_cache, corpus_id=corpus_id
+    ) as cache:
+        tokens = cache.tokens()
+        holdout = Holdout.of(len(tokens), spec.holdout_fraction)
+        scored = eval_tokens(tokens, holdout, split)
+        return evaluate_model(loaded, tokenizer, scored, out_dir, split=split, seed=seed)

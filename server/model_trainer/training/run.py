@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from transformers import PreTrainedModel
 
+from model_trainer.disk_cache import DiskCache
 from model_trainer.errors import OutOfMemory
 from model_trainer.manifest import library_versions, write_manifest
 from model_trainer.tokenization.handle import load_tokenizer
@@ -84,7 +85,7 @@ def run_training(
     corpus_path: Path,
     tokenizer_dir: Path,
     run_dir: Path,
-    cache_dir: Path,
+    token_cache: DiskCache,
     *,
     cpu: CpuInfo,
     corpus_id: str,
@@ -106,8 +107,8 @@ def run_training(
     `callbacks.should_hand_back()` says so (no artifact: resume later).
 
     `corpus_id` (the Data Bank id of the corpus, the SHA-256 of `corpus_path`'s bytes; for a
-    structured corpus, the id of the text it gave) and `tokenizer_id` key the token cache:
-    the corpus is not hashed again.
+    structured corpus, the id of the text it gave) and `tokenizer_id` key the token file in
+    `token_cache`: the corpus is not hashed again.
 
     `checkpoint_every_seconds`: checkpoint on time as well as every
     `config.checkpoint_interval` steps. `init_weights`: a `last.pt` or `best.pt` (of another
@@ -122,154 +123,155 @@ def run_training(
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
-    cache = tokenize_corpus(
-        corpus_path,
-        tokenizer,
-        tokenizer_id,
-        cache_dir,
-        corpus_id=corpus_id,
-    )
-    splits = split_tokens(cache, config.holdout_fraction, tokenizer)
-    tokenize_seconds = time.perf_counter() - t0
+    # The token file is mapped for the whole run: held until it ends, never evicted.
+    with tokenize_corpus(
+        corpus_path, tokenizer, tokenizer_id, token_cache, corpus_id=corpus_id
+    ) as cache:
+        splits = split_tokens(cache, config.holdout_fraction, tokenizer)
+        tokenize_seconds = time.perf_counter() - t0
 
-    spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
-    model = build_model(spec, config.model_family, config.seed)
-    nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
-    # After the model is built and the probe has run: loading restores the random states.
-    resume = load_last(run_dir)
-    if resume is None:
-        choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
-    else:
-        choice = _kept_precision(resume)
-    precision = choice.precision
-    log.info(
-        "model %s: %d parameters, %d threads, %s on %s (%s)",
-        config.model_family.value,
-        count_params(model),
-        n_threads,
-        precision.value,
-        device.type,
-        choice.reason,
-        extra=log_fields(
-            "model_built",
-            threads=n_threads,
-            precision=precision.value,
-            precision_reason=choice.reason,
-            device=device.type,
-        ),
-    )
-    with _allocation_failures_as_out_of_memory():
-        result = train(
+        spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+        model = build_model(spec, config.model_family, config.seed)
+        nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
+        # After the model is built and the probe has run: loading restores the random states.
+        resume = load_last(run_dir)
+        if resume is None:
+            choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
+        else:
+            choice = _kept_precision(resume)
+        precision = choice.precision
+        log.info(
+            "model %s: %d parameters, %d threads, %s on %s (%s)",
+            config.model_family.value,
+            count_params(model),
+            n_threads,
+            precision.value,
+            device.type,
+            choice.reason,
+            extra=log_fields(
+                "model_built",
+                threads=n_threads,
+                precision=precision.value,
+                precision_reason=choice.reason,
+                device=device.type,
+            ),
+        )
+        with _allocation_failures_as_out_of_memory():
+            result = train(
+                model,
+                config,
+                splits,
+                run_dir,
+                precision=precision,
+                precision_reason=choice.reason,
+                resume=resume,
+                device=device,
+                callbacks=callbacks or TrainingCallbacks(),
+                checkpoint_every_seconds=checkpoint_every_seconds,
+                init_weights=init_weights,
+                init_label=init_label,
+            )
+        state = result.state
+        if result.outcome in (Outcome.CANCELLED, Outcome.INTERRUPTED):
+            return TrainingResult(
+                outcome=result.outcome,
+                steps=state.step,
+                artifact_dir=None,
+                manifest=None,
+                eval=None,
+            )
+
+        weights = ship_weights(model, config, run_dir, state)
+        artifact_dir = run_dir / ARTIFACT_DIR
+        staging = staging_dir(artifact_dir)
+        save_model(model, tokenizer, staging)
+        t0 = time.perf_counter()
+        tokens = cache.tokens()
+        holdout = Holdout.of(len(tokens), config.holdout_fraction)
+        metrics = evaluate_model(
             model,
-            config,
-            splits,
-            run_dir,
+            tokenizer,
+            eval_tokens(tokens, holdout, "validation"),
+            staging / EVAL_DIR,
+            split="validation",
+            seed=config.seed,
+        )
+        eval_seconds = time.perf_counter() - t0
+        shutil.copyfile(run_dir / METRICS_FILE, staging / METRICS_FILE)
+
+        rates = [r.tokens_per_sec for r in state.metrics if r.tokens_per_sec is not None]
+        train_losses = [r.train_loss for r in state.metrics if r.train_loss is not None]
+        manifest = Manifest(
+            config=config,
+            architecture=config.resolved(),
+            n_params=count_params(model),
+            flops_per_token=flops_per_token(model, spec),
+            seed=config.seed,
+            precision_requested=config.precision,
             precision=precision,
             precision_reason=choice.reason,
-            resume=resume,
-            device=device,
-            callbacks=callbacks or TrainingCallbacks(),
-            checkpoint_every_seconds=checkpoint_every_seconds,
-            init_weights=init_weights,
-            init_label=init_label,
+            precision_probe=choice.probe,
+            device_requested=device_requested,
+            device="cuda" if device.type == "cuda" else "cpu",
+            threads=n_threads,
+            cpu=cpu,
+            gpu=gpu if device.type == "cuda" else None,
+            versions=library_versions(),
+            data=DataSummary(
+                corpus_sha256=corpus_id,
+                tokenizer_id=tokenizer_id,
+                vocab_size=tokenizer.vocab_size,
+                token_dtype=cache.meta.dtype,
+                tokens_from_cache=cache.from_cache,
+                train_tokens=len(splits.train),
+                validation_tokens=len(splits.validation),
+                train_chars=splits.train_chars,
+                validation_chars=splits.validation_chars,
+                test_tokens=len(splits.test),
+                test_chars=splits.test_chars,
+            ),
+            timings=Timings(
+                tokenize_seconds=round(tokenize_seconds, 3),
+                train_seconds=round(state.elapsed, 3),
+                session_seconds=round(result.session_seconds, 3),
+                eval_seconds=round(eval_seconds, 3),
+                precision_probe_seconds=choice.probe.seconds if choice.probe else 0.0,
+                total_seconds=round(time.perf_counter() - started, 3),
+            ),
+            training=TrainingSummary(
+                steps=state.step,
+                tokens_seen=state.tokens_seen,
+                epochs=state.tokens_seen / len(splits.train),
+                resumed_at_steps=state.resumed_at,
+                stopped_early=state.stopped_early,
+                stopped_early_at_step=state.step if state.stopped_early else None,
+                final_train_loss=train_losses[-1] if train_losses else None,
+                final_val_loss=state.last_val_loss,
+                best_val_loss=state.best_val_loss,
+                best_step=state.best_step,
+                tokens_per_sec=sum(rates) / len(rates) if rates else None,
+            ),
+            weights=weights,
+            initialised_from=state.initialised_from,
+            eval=metrics,
         )
-    state = result.state
-    if result.outcome in (Outcome.CANCELLED, Outcome.INTERRUPTED):
+        write_manifest(staging, manifest.model_dump(mode="json"))
+        publish(staging, artifact_dir)
+        log.info(
+            "artifact written: %d steps, %s weights of step %d, %.4f bits/char on validation",
+            state.step,
+            weights.kind,
+            weights.step,
+            metrics.bits_per_char,
+            extra=log_fields("artifact_written", step=state.step, weights=weights.kind),
+        )
         return TrainingResult(
-            outcome=result.outcome, steps=state.step, artifact_dir=None, manifest=None, eval=None
-        )
-
-    weights = ship_weights(model, config, run_dir, state)
-    artifact_dir = run_dir / ARTIFACT_DIR
-    staging = staging_dir(artifact_dir)
-    save_model(model, tokenizer, staging)
-    t0 = time.perf_counter()
-    tokens = cache.tokens()
-    holdout = Holdout.of(len(tokens), config.holdout_fraction)
-    metrics = evaluate_model(
-        model,
-        tokenizer,
-        eval_tokens(tokens, holdout, "validation"),
-        staging / EVAL_DIR,
-        split="validation",
-        seed=config.seed,
-    )
-    eval_seconds = time.perf_counter() - t0
-    shutil.copyfile(run_dir / METRICS_FILE, staging / METRICS_FILE)
-
-    rates = [r.tokens_per_sec for r in state.metrics if r.tokens_per_sec is not None]
-    train_losses = [r.train_loss for r in state.metrics if r.train_loss is not None]
-    manifest = Manifest(
-        config=config,
-        architecture=config.resolved(),
-        n_params=count_params(model),
-        flops_per_token=flops_per_token(model, spec),
-        seed=config.seed,
-        precision_requested=config.precision,
-        precision=precision,
-        precision_reason=choice.reason,
-        precision_probe=choice.probe,
-        device_requested=device_requested,
-        device="cuda" if device.type == "cuda" else "cpu",
-        threads=n_threads,
-        cpu=cpu,
-        gpu=gpu if device.type == "cuda" else None,
-        versions=library_versions(),
-        data=DataSummary(
-            corpus_sha256=corpus_id,
-            tokenizer_id=tokenizer_id,
-            vocab_size=tokenizer.vocab_size,
-            token_dtype=cache.meta.dtype,
-            tokens_from_cache=cache.from_cache,
-            train_tokens=len(splits.train),
-            validation_tokens=len(splits.validation),
-            train_chars=splits.train_chars,
-            validation_chars=splits.validation_chars,
-            test_tokens=len(splits.test),
-            test_chars=splits.test_chars,
-        ),
-        timings=Timings(
-            tokenize_seconds=round(tokenize_seconds, 3),
-            train_seconds=round(state.elapsed, 3),
-            session_seconds=round(result.session_seconds, 3),
-            eval_seconds=round(eval_seconds, 3),
-            precision_probe_seconds=choice.probe.seconds if choice.probe else 0.0,
-            total_seconds=round(time.perf_counter() - started, 3),
-        ),
-        training=TrainingSummary(
+            outcome=result.outcome,
             steps=state.step,
-            tokens_seen=state.tokens_seen,
-            epochs=state.tokens_seen / len(splits.train),
-            resumed_at_steps=state.resumed_at,
-            stopped_early=state.stopped_early,
-            stopped_early_at_step=state.step if state.stopped_early else None,
-            final_train_loss=train_losses[-1] if train_losses else None,
-            final_val_loss=state.last_val_loss,
-            best_val_loss=state.best_val_loss,
-            best_step=state.best_step,
-            tokens_per_sec=sum(rates) / len(rates) if rates else None,
-        ),
-        weights=weights,
-        initialised_from=state.initialised_from,
-        eval=metrics,
-    )
-    write_manifest(staging, manifest.model_dump(mode="json"))
-    publish(staging, artifact_dir)
-    log.info(
-        "artifact written: %d steps, %s weights of step %d, %.4f bits/char on validation",
-        state.step,
-        weights.kind,
-        weights.step,
-        metrics.bits_per_char,
-        extra=log_fields("artifact_written", step=state.step, weights=weights.kind),
-    )
-    return TrainingResult(
-        outcome=result.outcome,
-        steps=state.step,
-        artifact_dir=artifact_dir,
-        manifest=manifest,
-        eval=metrics,
-    )
+            artifact_dir=artifact_dir,
+            manifest=manifest,
+            eval=metrics,
+        )
 
 
 def _kept_precision(resume: TrainingCheckpoint) -> PrecisionChoice:
