@@ -15,7 +15,7 @@ from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.training.hardware import CpuInfo, cpu_info
 from tests.processes import WORKER_COMMAND, Proc, child_env, start_worker_process
 from tests.redis_server import RedisServer
-from tests.stack import TEST_SECURITY
+from tests.stack import TEST_QUOTAS, TEST_SECURITY
 
 # One Data Bank server process for the whole session (see tests/databank_fixtures.py).
 pytest_plugins = ("tests.databank_fixtures",)
@@ -95,6 +95,7 @@ def make_settings(
         ),
         rq=rq or RQSettings(queue_name=queue_name, gpu_queue_name=f"{queue_name}-gpu"),
         security=TEST_SECURITY,
+        quotas=TEST_QUOTAS,
     )
 
 

@@ -27,6 +27,13 @@ def free_port() -> int:
         return port
 
 
+# Quotas are a person's; the suite submits as one principal from many modules at once.
+TEST_QUOTA_LIMITS = {
+    "active_runs": 100_000,
+    "queued_jobs": 100_000,
+    "submissions_per_minute": 100_000,
+}
+
 # Hardware facts the whole run states (see conftest's `cpu`): children get them too.
 HARDWARE_ENV = ("APP__NATIVE_BF16",)
 
@@ -36,9 +43,11 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("APP__", "RQ__", "SECURITY__")) or k in HARDWARE_ENV
+        if not k.startswith(("APP__", "RQ__", "SECURITY__", "QUOTAS__")) or k in HARDWARE_ENV
     }
     env["PYTHONPATH"] = str(SERVER_DIR)
+    # As tests/stack.py TEST_QUOTAS, for APIs run as processes.
+    env.update({f"QUOTAS__{k.upper()}": str(v) for k, v in TEST_QUOTA_LIMITS.items()})
     env.update(extra)
     return env
 

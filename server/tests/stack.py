@@ -29,6 +29,7 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.jobs.queue import fetch_rq_job
 from model_trainer.settings import (
     AppSettings,
+    QuotaSettings,
     RecoverySettings,
     RQSettings,
     SecuritySettings,
@@ -37,7 +38,14 @@ from model_trainer.settings import (
 from model_trainer.store.keys import JobField, job_key, workers_key
 from model_trainer.store.records import as_str
 from tests.databank_fixtures import UPLOAD_KEY, DataBankServer, start_databank
-from tests.processes import Proc, child_env, free_port, start_worker_process, wait_until
+from tests.processes import (
+    TEST_QUOTA_LIMITS,
+    Proc,
+    child_env,
+    free_port,
+    start_worker_process,
+    wait_until,
+)
 
 # Durable-run timings scaled down so that tests of dead workers and outages take seconds: a
 # lease lapses 3 s after its owner stops, reapers look every 0.5 s. With
@@ -62,6 +70,9 @@ RECOVERY_ENV = {
 TEST_SECURITY = SecuritySettings(
     allow_anonymous=True, trusted_hosts=["testserver", "127.0.0.1", "localhost"]
 )
+# The suite shares one Redis and submits as one principal from many modules at once: the
+# quotas meant for a person would refuse the suite's own jobs. test_api_keys tests them.
+TEST_QUOTAS = QuotaSettings.model_validate(TEST_QUOTA_LIMITS)
 
 
 class Stack:
@@ -107,6 +118,7 @@ class Stack:
             rq=self.rq,
             recovery=RecoverySettings(worker_presence_ttl_sec=3),
             security=TEST_SECURITY,
+            quotas=TEST_QUOTAS,
         )
 
     def client(self) -> TestClient:
@@ -153,6 +165,17 @@ class Stack:
         )
         self.workers.append(proc)
         return proc
+
+    def retire(self, worker: Proc) -> None:
+        """Stop a worker as a deploy does (SIGTERM, its job handed back) and forget it."""
+        worker.stop(timeout=30)
+        self.workers.remove(worker)
+
+    def retire_all(self) -> None:
+        """For an autouse fixture of a module whose tests start their own workers: a test
+        that fails midway leaves no worker behind to take the next test's job."""
+        for worker in list(self.workers):
+            self.retire(worker)
 
     def worker_name(self, proc: Proc) -> str | None:
         """The name a live worker process announces (its reaper's presence), if it has yet."""

@@ -22,7 +22,6 @@ from tests.test_durable_runs import (
     _moving,
     _no_worker_outlives_its_test,
     _owner,
-    _retire,
     _run,
     _signal_all,
     _step,
@@ -91,7 +90,7 @@ def test_paused_owner_loses_the_run_and_writes_nothing(
         if paused is not None:
             _signal_all(paused, signal.SIGCONT)
         for worker in workers:
-            _retire(stack, worker)
+            stack.retire(worker)
 
 
 def test_data_bank_outage_mid_run(stack: Stack, corpus_id: str, tokenizer_id: str) -> None:
@@ -130,7 +129,7 @@ def test_data_bank_outage_mid_run(stack: Stack, corpus_id: str, tokenizer_id: st
             assert done["status"] == "completed", done
             assert _attempts(stack, run_id) == 0
     finally:
-        _retire(stack, worker)
+        stack.retire(worker)
 
 
 def test_redis_restart_mid_run(tmp_path: Path) -> None:

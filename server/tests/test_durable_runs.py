@@ -61,10 +61,8 @@ def tokenizer_id(stack: Stack, corpus_id: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_worker_outlives_its_test(stack: Stack) -> Iterator[None]:
-    """A test that fails midway leaves no worker behind to take the next test's run."""
     yield
-    for worker in list(stack.workers):
-        _retire(stack, worker)
+    stack.retire_all()
 
 
 def _train_tokenizer(stack: Stack, corpus_id: str) -> str:
@@ -78,13 +76,8 @@ def _train_tokenizer(stack: Stack, corpus_id: str) -> str:
             120,
         )
     assert done["status"] == "completed", done
-    _retire(stack, worker)
+    stack.retire(worker)
     return str(accepted["tokenizer_id"])
-
-
-def _retire(stack: Stack, worker: Proc) -> None:
-    worker.stop(timeout=30)
-    stack.workers.remove(worker)
 
 
 def _disk() -> str:
@@ -212,7 +205,7 @@ def test_killed_worker_resumes_on_a_fresh_disk_within_a_minute(
             assert _attempts(stack, run_id) == 1
             listed = client.get(f"/runs/{run_id}/checkpoints").json()["checkpoints"]
             assert listed and {c["kind"] for c in listed} <= {"last", "best"}
-            _retire(stack, worker_b)
+            stack.retire(worker_b)
     finally:
         events.close()
 
@@ -259,7 +252,7 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
             assert _attempts(stack, run_id) == 0
             assert done.get("error") is None
             _assert_continuous(client, events, run_id)
-            _retire(stack, worker)
+            stack.retire(worker)
     finally:
         events.close()
 
@@ -285,7 +278,7 @@ def test_last_attempt_killed_fails_with_a_reason_and_an_event(
             failed = events.wait_for(run_id, "trainer.train.failed.v1")
             assert failed["error_kind"] == "system" and failed["status"] == "failed"
             assert "stopped answering" in str(failed["message"])
-            _retire(stack, worker_b)
+            stack.retire(worker_b)
     finally:
         events.close()
 
@@ -351,7 +344,7 @@ def test_failure_classes(stack: Stack, corpus_id: str, tokenizer_id: str) -> Non
             assert failed["error_kind"] == "system"
     finally:
         events.close()
-        _retire(stack, worker)
+        stack.retire(worker)
 
 
 def _fake_source_run(stack: Stack, request: dict[str, object]) -> str:

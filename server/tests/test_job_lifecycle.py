@@ -58,6 +58,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     s.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test(stack: Stack) -> Iterator[None]:
+    yield
+    stack.retire_all()
+
+
 @pytest.fixture(scope="module")
 def corpus_id(stack: Stack) -> str:
     return stack.upload_text(_text()[:60_000])
@@ -73,17 +79,12 @@ def run_id(stack: Stack, corpus_id: str) -> str:
         run = _submit(client, _run_body(corpus_id, tokenizer, max_steps=20))
         done = _wait_done(lambda: get_json(client, f"/runs/{run}"))
     assert done["status"] == "completed", done
-    _retire(stack, worker)
+    stack.retire(worker)
     return run
 
 
 def _disk() -> str:
     return f"disk-{uuid.uuid4().hex[:8]}"
-
-
-def _retire(stack: Stack, worker: Proc) -> None:
-    worker.stop(timeout=30)
-    stack.workers.remove(worker)
 
 
 def _children(pid: int) -> list[int]:
@@ -209,7 +210,7 @@ def test_killed_on_an_earlier_attempt_runs_again_on_a_fresh_worker(
         assert done["error"] is None
         assert job.attempts() == 1, "the lost worker cost one attempt"
         assert job.epoch() == 3, "taken by A, fenced off by the reaper, taken by B"
-        _retire(stack, worker_b)
+        stack.retire(worker_b)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -233,7 +234,7 @@ def test_killed_on_the_last_attempt_fails_as_worker_lost(
         # is accepted (no 409 behind a stuck one). Both complete.
         job.id = job.submit()
         assert _wait_done(job.answer)["status"] == "completed"
-        _retire(stack, worker_b)
+        stack.retire(worker_b)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -256,7 +257,7 @@ def test_sigterm_hands_the_job_back_without_an_attempt(
         assert done["status"] == "completed", done
         assert job.attempts() == 0, "a redeploy costs no attempt"
         assert job.epoch() == 2
-        _retire(stack, worker_b)
+        stack.retire(worker_b)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -279,7 +280,7 @@ def test_data_bank_down_is_transient_and_retried(
         done = _wait_done(job.answer)
         assert done["status"] == "completed", done
         assert job.attempts() >= 1
-        _retire(stack, worker)
+        stack.retire(worker)
 
 
 def test_user_and_fatal_failures_of_evaluations_are_not_retried(stack: Stack, run_id: str) -> None:
@@ -300,7 +301,7 @@ def test_user_and_fatal_failures_of_evaluations_are_not_retried(stack: Stack, ru
         assert done["eval_id"] == fatal and done["status"] == "failed", done
         assert json_dict(done["error"])["kind"] == "fatal", done
         assert job_field(stack.redis, fatal, JobField.ATTEMPTS) is None
-    _retire(stack, worker)
+    stack.retire(worker)
 
 
 def test_user_and_fatal_failures_of_tokenizers_are_not_retried(
@@ -323,17 +324,18 @@ def test_user_and_fatal_failures_of_tokenizers_are_not_retried(
         assert done["status"] == "failed", done
         assert json_dict(done["error"])["kind"] == kind, done
         assert job_field(stack.redis, tokenizer, JobField.ATTEMPTS) is None
-        _retire(stack, worker)
+        stack.retire(worker)
 
 
 def _completed_run_without_a_manifest(stack: Stack) -> str:
-    """A run whose artifact is a tar of our shape with no manifest in it (corrupt)."""
+    """A run whose artifact is a tar of our shape with weights but no manifest (corrupt: our
+    worker always writes one; weights that are not safetensors would be a user error)."""
     runs = StatusStore(stack.redis, RUN_KEYS, RunProgress)
     run = f"run-{uuid.uuid4().hex[:16]}"
     runs.create(run, RecordMeta(created_at=time.time(), request={}))
     folder = stack.root / "uploads" / run
     folder.mkdir(parents=True)
-    (folder / "weights.txt").write_text("not a model")
+    (folder / "model.safetensors").write_bytes(b"not read: the manifest is missing first")
     with stack.bank() as bank:
         artifact = bank.upload_directory(folder, f"model-{run}").file_id
     job = TrainJob(
