@@ -218,7 +218,9 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
     worker = stack.start_worker(disk)
     try:
         with stack.client() as client:
-            body = _run_body(corpus_id, tokenizer_id, max_train_seconds=20)
+            # Seconds of training, not of the test: enough for three hand-backs to happen
+            # mid-run even when a loaded machine lets the test look only now and then.
+            body = _run_body(corpus_id, tokenizer_id, max_train_seconds=30)
             body.pop("max_steps")
             run_id = _submit(client, body)
             requeue_seconds: list[float] = []
