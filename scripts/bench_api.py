@@ -9,14 +9,22 @@ It measures twice: with the worker idle, and while a run trains (the worker pinn
 `--train-threads` threads, since here API, worker and this client share one machine; in
 production they are separate services). Prints p50/p90/p99/max and the load average.
 Target: p99 under 20 ms at 200 requests/s.
+
+Then the anonymous surface (issue 20): Data Bank stopped (SIGSTOP: connections accepted,
+never answered) while another process keeps 100 `/readyz` requests in flight, waves of 100
+at once, and `GET /runs` is offered at 20 requests/s. Target: p99 under 50 ms (`/readyz`
+answers a background probe's cached result and does no I/O).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,7 +80,38 @@ def measure(state: dict[str, str], rate: float, seconds: float) -> int:
         _wait(api, f"/runs/{training['run_id']}", {"running"})
         _report("a run training", state, paths, rate, seconds)
         api.post(f"/runs/{training['run_id']}/cancel")
+        _wait(api, f"/runs/{training['run_id']}", {"cancelled"})
+    _report_under_readyz_flood(state, seconds)
     return 0
+
+
+# Waves of 100 concurrent /readyz for as long as it runs, in a process of its own: a flood
+# sharing this process's event loop would delay the measured requests' own responses.
+_FLOOD = """
+import asyncio, sys, httpx
+async def main(url):
+    async with httpx.AsyncClient(base_url=url, timeout=60,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)) as c:
+        while True:
+            await asyncio.gather(*(c.get("/readyz") for _ in range(100)))
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def _report_under_readyz_flood(state: dict[str, str], seconds: float) -> None:
+    pids = json.loads(stack.STATE_FILE.read_text())["pids"]
+    databank = int(pids["databank"])
+    os.kill(databank, signal.SIGSTOP)
+    flood = subprocess.Popen([sys.executable, "-c", _FLOOD, state["api"]])
+    try:
+        time.sleep(2)  # the flood's connections opened and in flight
+        _report(
+            "Data Bank stopped, 100 /readyz in flight", state, {"GET /runs": "/runs"}, 20, seconds
+        )
+    finally:
+        flood.kill()
+        flood.wait()
+        os.kill(databank, signal.SIGCONT)
 
 
 def _wait(api: httpx.Client, path: str, statuses: set[str]) -> None:
