@@ -98,6 +98,11 @@ def test_same_seed_same_text_other_seed_other_text(
     assert greedy == _samples(_generate(client, run_id, top_k=1, seed=3, max_new_tokens=20))
     nucleus = _generate(client, run_id, top_p=0.5, top_k=50, num_samples=3, max_new_tokens=10)
     assert len(_samples(nucleus)) == 3
+    # Extremes are greedy, never a 500: a temperature so small that logits / temperature
+    # overflows, a top_p that float32 rounds to 0 (both found by `make fuzz`).
+    for extreme in ({"temperature": 1e-300}, {"top_p": 2.2250738585e-313}):
+        sampled = _generate(client, run_id, seed=4, max_new_tokens=20, **extreme)
+        assert _samples(sampled) == greedy, extreme
 
 
 def test_more_new_tokens_than_the_context_slide_the_window(

@@ -103,7 +103,11 @@ def _pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> torc
     """One token id per row of `logits` (rows x vocab), shape (rows, 1)."""
     if s.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / s.temperature
+    # In float64, as the request's numbers are (a temperature of 1e-300 is 0 in float32), and
+    # shifted so that the largest is 0 before dividing: a tiny temperature then sends the
+    # others to -inf, never the largest to inf (inf - inf in the softmax is nan).
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / s.temperature
     if 0 < s.top_k < logits.shape[-1]:
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -112,6 +116,7 @@ def _pick(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> torc
         cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
         # Drop a token when the ones before it already reach top_p (the first always stays).
         drop = (cumulative - torch.softmax(ordered, dim=-1)) >= s.top_p
+        drop[:, 0] = False
         ordered = ordered.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
     probs = torch.softmax(logits, dim=-1)
