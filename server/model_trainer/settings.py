@@ -70,8 +70,10 @@ class AppSettings(_Section):
     # data_root / "compile-cache".
     compile_cache_dir: Path | None = None
     # Presets whose steps a worker compiles at start, in a background process (it takes jobs
-    # meanwhile), at the default family, batch and vocabulary: e.g. ["tiny", "mini"].
+    # meanwhile), at the default family, batch and context and this vocabulary size (a
+    # byte-level BPE tokenizer's): e.g. ["tiny", "mini"].
     compile_warm_presets: list[Literal["tiny", "mini", "small"]] = Field(default_factory=list)
+    compile_warm_vocab_size: int = Field(default=32_000, ge=128)
 
     def compile_cache(self) -> Path:
         return self.compile_cache_dir or self.data_root / "compile-cache"

@@ -304,6 +304,7 @@ class _Trainer:
         self.window_t0, self.window_tokens = time.perf_counter(), 0
         self.window_eval_seconds = 0.0
         self.last_eval_seconds = 0.0
+        self.last_checkpoint_seconds = 0.0
 
     def run(self) -> LoopResult:
         state, config = self.state, self.config
@@ -435,7 +436,8 @@ class _Trainer:
             # just past) the plan's estimate: the last row says where it really ended.
             state.total_steps = state.step
         elif self.budget.kind == "seconds" and per_step is not None:
-            seconds_left = self.budget.value - spent - self.last_eval_seconds
+            closing = self.last_eval_seconds + self.last_checkpoint_seconds
+            seconds_left = self.budget.value - spent - closing
             self.plan.replan(state.step, seconds_left, per_step)
             state.total_steps = self.plan.total_steps
         row = MetricRow(
@@ -474,7 +476,7 @@ class _Trainer:
         return every is not None and self._elapsed() - self.checkpointed_at >= every
 
     def _checkpoint(self) -> None:
-        state = self.state
+        started, state = time.perf_counter(), self.state
         state.elapsed = self.checkpointed_at = self._elapsed()
         file = save_last(
             self.run_dir,
@@ -488,6 +490,7 @@ class _Trainer:
         )
         log.info("checkpoint saved", extra=log_fields("checkpoint_saved", step=state.step))
         self._checkpoint_saved(file, state.elapsed)
+        self.last_checkpoint_seconds = time.perf_counter() - started
 
     def _checkpoint_saved(self, file: CheckpointFile, elapsed: float) -> None:
         path = checkpoint_path(self.run_dir, file.kind)
@@ -536,11 +539,12 @@ class _Trainer:
 
     def _budget_spent(self) -> bool:
         if self.budget.kind == "seconds":
-            # Stop when one more step and the final validation would overrun the budget, so
-            # that the run ends on it rather than a step or an evaluation past it.
+            # Stop when one more step, the final validation and the final checkpoint would
+            # overrun the budget, so that the run ends on it rather than past it.
             spent = self._elapsed()
             per_step = self.pace.seconds_per_step(self.state.step, spent) or 0.0
-            return spent + per_step + self.last_eval_seconds >= self.budget.value
+            end = self.last_eval_seconds + self.last_checkpoint_seconds
+            return spent + per_step + end >= self.budget.value
         return self.state.step >= self.state.total_steps
 
     def _patience_spent(self) -> bool:
