@@ -59,7 +59,7 @@ from model_trainer.training.step import LossFn, cache_hits, loss_function, time_
 # The rule for a shape this worker has not compiled before. Inductor traces every layer, so
 # the cost grows with depth; the figures are a cold cache on 2 cores (docs/benchmarks.md).
 COLD_COMPILE_BASE_SECONDS = 10.0
-COLD_COMPILE_SECONDS_PER_LAYER = 5.0
+COLD_COMPILE_SECONDS_PER_LAYER = 6.0
 # A compile that finds its graphs in inductor's cache still traces the model (dynamo): this
 # fraction of a cold compile, as measured.
 WARM_COMPILE_FRACTION = 0.15
@@ -259,20 +259,19 @@ def choose_execution(
         decision = choose_compile(config.compile, estimate, run_seconds)
         step, reason = eager, decision.reason
         timings = CompileTimings(estimate=estimate, eager_ms=eager_ms)
-        if decision.compiled:
+        if decision.compiled and config.compile is CompileMode.ON:
             step, timings = _compile(model, precision.precision, device, x, y, timings)
             memo.put(key, _memo_entry(timings))
-            if (
-                config.compile is CompileMode.AUTO
-                and timings.eager_ms is not None
-                and timings.compiled_ms is not None
-                and timings.compiled_ms >= timings.eager_ms
-            ):
+        elif decision.compiled:
+            if eager_ms is None:  # the yardstick of the compiled step, here and in the memo
+                eager_ms = _median_ms(eager, model, x, y)
+            timings = timings.model_copy(update={"eager_ms": eager_ms})
+            step, timings = _compile(model, precision.precision, device, x, y, timings)
+            memo.put(key, _memo_entry(timings))
+            compiled_ms = timings.compiled_ms or 0.0
+            if compiled_ms >= eager_ms:
                 step = eager
-                reason += (
-                    f"; compiled {timings.compiled_ms:.1f} ms/step not faster than eager "
-                    f"{timings.eager_ms:.1f}: eager"
-                )
+                reason += f"; compiled {compiled_ms:.1f} ms/step, eager {eager_ms:.1f}: eager"
     compiled = step is not eager
     execution = Execution(
         precision=precision.precision,
@@ -325,7 +324,9 @@ def _compile(
     step = loss_function(model, precision, device, compiled=True)
     hits = cache_hits()
     first = time_step(step, model, x, y)
-    compiled_ms = _median_ms(step, model, x, y, warmup=False)
+    # With a warmup step as for eager: the step after a compile is slow (measured: 10x for
+    # graphs loaded from the cache), and would make the compiled step look slower than it is.
+    compiled_ms = _median_ms(step, model, x, y)
     return step, timings.model_copy(
         update={
             "compile_seconds": round(max(0.0, first - compiled_ms / 1000), 3),
@@ -335,12 +336,10 @@ def _compile(
     )
 
 
-def _median_ms(
-    step: LossFn, model: PreTrainedModel, x: torch.Tensor, y: torch.Tensor, *, warmup: bool = True
-) -> float:
-    """Median milliseconds of a few forward + backward steps (TIMED_STEPS or TIMED_SECONDS)."""
-    if warmup:  # allocation and kernel selection, not timed
-        time_step(step, model, x, y)
+def _median_ms(step: LossFn, model: PreTrainedModel, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Median milliseconds of a few forward + backward steps (TIMED_STEPS or TIMED_SECONDS),
+    after one untimed (allocation and kernel selection)."""
+    time_step(step, model, x, y)
     started, times = time.perf_counter(), list[float]()
     while len(times) < TIMED_STEPS and (not times or time.perf_counter() - started < TIMED_SECONDS):
         times.append(time_step(step, model, x, y))

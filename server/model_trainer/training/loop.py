@@ -212,7 +212,6 @@ def train(
     *,
     execution: Execution,
     loss_fn: LossFn,
-    setup_seconds: float = 0.0,
     resume: TrainingCheckpoint | None,
     callbacks: TrainingCallbacks,
     device: torch.device = CPU,
@@ -225,8 +224,8 @@ def train(
 
     `execution` is how the steps run (execution.choose_execution; a resumed run passes its
     checkpoint's, kept), and `loss_fn` the step's forward and loss that runs them, eager or
-    compiled. `setup_seconds`: what choosing (and compiling) took in this session, counted
-    in the budget. `resume`: run_dir's last checkpoint (`load_last`), to continue from.
+    compiled; its `setup_seconds` (this session's probe and compile) count in the budget.
+    `resume`: run_dir's last checkpoint (`load_last`), to continue from.
     `device` is where `model` already is (hardware.resolve_device): batches go there too.
     `checkpoint_every_seconds`: also checkpoint when this much training time has passed
     since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
@@ -235,7 +234,7 @@ def train(
     """
     if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
         raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
-    options = _Options(device, log_interval, checkpoint_every_seconds, setup_seconds)
+    options = _Options(device, log_interval, checkpoint_every_seconds, execution.setup_seconds)
     state = LoopState(execution=execution)
     trainer = _Trainer(model, config, splits, run_dir, state, loss_fn, callbacks, options)
     if resume is not None:

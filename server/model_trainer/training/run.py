@@ -3,10 +3,9 @@
     threads and device -> tokens (cached under the corpus id) -> train/validation/test
     split (data.Holdout) -> a fresh model, on the device -> its execution: fp32 or bf16,
     eager or compiled (measured for `auto`, or kept on resuming: execution.py) -> the loop
-    (resuming from run_dir's
-    checkpoint if any, else starting from `init_weights` if given; it may stop early) ->
-    the weights to ship (best.pt's by default, or the last) -> artifact folder ->
-    evaluation of those weights on the whole validation split -> manifest
+    (resuming from run_dir's checkpoint if any, else starting from `init_weights` if given;
+    it may stop early) -> the weights to ship (best.pt's by default, or the last) ->
+    artifact folder -> evaluation of those weights on the whole validation split -> manifest
 
 Run folder:
     run_dir/metrics.jsonl                     the loss curve, one row per logged step
@@ -197,7 +196,6 @@ def run_training(
             run_dir,
             execution=execution,
             loss_fn=loss_fn,
-            setup_seconds=execution.setup_seconds,
             resume=resume,
             device=device,
             callbacks=callbacks or TrainingCallbacks(),
