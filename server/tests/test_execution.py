@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from model_trainer.errors import ErrorCode, UserError
 from model_trainer.training.checkpoint import checkpoint_path, load_last
 from model_trainer.training.config import CompileMode, Precision, TrainingSpec
 from model_trainer.training.evaluate import CanGenerate
@@ -63,33 +64,49 @@ def facts(cpu: CpuInfo, native_bf16: bool) -> CpuInfo:
     return cpu.model_copy(update={"native_bf16": native_bf16, "native_bf16_source": "setting"})
 
 
+def needs_a_compiler(cpu: CpuInfo) -> None:
+    """Compiling for real needs the C++ compiler inductor calls (the Makefile's system-deps)."""
+    if cpu.cpp_compiler is None:
+        pytest.skip("no C++ compiler here: inductor cannot build the compiled step")
+
+
 # --- the pure choice ---------------------------------------------------------------------
 
 
 def test_a_short_run_does_not_compile_when_compiling_costs_more_than_it_saves() -> None:
     estimate = CompileEstimate(seconds=25, speedup=1.3, source="rule, cold cache")
     # 30 s at 1.3x saves ~7 s: not the 25 s compiling costs.
-    short = choose_compile(CompileMode.AUTO, estimate, run_seconds=30)
+    short = choose_compile(CompileMode.AUTO, estimate, run_seconds=30, can_compile=True)
     assert not short.compiled
     assert short.reason.startswith("auto: not worth it, saving ~7 s of a 30 s run at 1.30x")
     # 10 minutes at 1.3x saves ~138 s: compile.
-    long = choose_compile(CompileMode.AUTO, estimate, run_seconds=600)
+    long = choose_compile(CompileMode.AUTO, estimate, run_seconds=600, can_compile=True)
     assert long.compiled
     assert long.reason.startswith("auto: saving ~138 s of a 600 s run")
     # Even an unbounded speedup cannot save more than the run lasts.
-    assert not choose_compile(
-        CompileMode.AUTO, estimate.model_copy(update={"speedup": 1e9}), run_seconds=24
-    ).compiled
+    fast = estimate.model_copy(update={"speedup": 1e9})
+    assert not choose_compile(CompileMode.AUTO, fast, run_seconds=24, can_compile=True).compiled
 
 
 def test_an_explicit_request_is_kept_whatever_the_figures() -> None:
     estimate = CompileEstimate(seconds=1000, speedup=1.01, source="rule, cold cache")
-    on = choose_compile(CompileMode.ON, estimate, run_seconds=1)
-    off = choose_compile(CompileMode.OFF, None, None)
+    on = choose_compile(CompileMode.ON, estimate, run_seconds=1, can_compile=True)
+    off = choose_compile(CompileMode.OFF, None, None, can_compile=True)
     assert (on.compiled, on.reason) == (True, "requested on")
     assert (off.compiled, off.reason) == (False, "requested off")
     with pytest.raises(ValueError, match="needs the compile estimate"):
-        choose_compile(CompileMode.AUTO, None, 30)
+        choose_compile(CompileMode.AUTO, None, 30, can_compile=True)
+
+
+def test_without_a_cpp_compiler_auto_stays_eager_and_on_is_refused() -> None:
+    """Inductor builds CPU kernels with a C++ compiler: a worker without one (a slim image)
+    runs `auto` eager, and refuses `on` as a configuration error that says what to do."""
+    estimate = CompileEstimate(seconds=1, speedup=5, source="rule, cold cache")
+    auto = choose_compile(CompileMode.AUTO, estimate, run_seconds=3600, can_compile=False)
+    assert (auto.compiled, auto.reason) == (False, "auto: no C++ compiler on this worker")
+    with pytest.raises(UserError, match="no C\\+\\+ compiler") as refused:
+        choose_compile(CompileMode.ON, estimate, run_seconds=3600, can_compile=False)
+    assert refused.value.code is ErrorCode.CONFIG_INVALID
 
 
 def test_the_estimate_comes_from_the_rule_then_from_this_workers_memo() -> None:
@@ -210,6 +227,7 @@ def train(
 def test_a_compiled_run_trains_checkpoints_resumes_evaluates_and_ships_plain_weights(
     root: Path, cpu: CpuInfo, compile_cache: Path, tmp_path: Path
 ) -> None:
+    needs_a_compiler(cpu)
     run_dir = tmp_path / "run"
     fields = {"compile": "on", "max_steps": 20}
     first = train(root, run_dir, cpu, Recorder(hand_back_at=10), compile_cache, **fields)
@@ -322,6 +340,7 @@ print(json.dumps({
 def test_a_second_process_finds_the_compiled_step_in_the_cache(
     cpu: CpuInfo, tmp_path: Path
 ) -> None:
+    needs_a_compiler(cpu)
     config = TrainingSpec.model_validate({**TINY, "compile": "on", "n_embd": 48, "max_steps": 5})
     cache = tmp_path / "compile-cache"
 

@@ -46,6 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers import PreTrainedModel
 
+from model_trainer.errors import ErrorCode, UserError
 from model_trainer.training.config import CompileMode, Precision, TrainingSpec
 from model_trainer.training.hardware import CpuInfo, GpuInfo
 from model_trainer.training.precision import (
@@ -115,10 +116,21 @@ class CompileDecision(BaseModel):
 
 
 def choose_compile(
-    requested: CompileMode, estimate: CompileEstimate | None, run_seconds: float | None
+    requested: CompileMode,
+    estimate: CompileEstimate | None,
+    run_seconds: float | None,
+    *,
+    can_compile: bool,
 ) -> CompileDecision:
     """Compile or not, and why (see the module doc). `estimate` and `run_seconds` are needed
-    for `auto` only: the expected cost, and how long the run would train eager."""
+    for `auto` only: the expected cost, and how long the run would train eager.
+    `can_compile`: the machine has what compiling needs (a C++ compiler, on a CPU)."""
+    if not can_compile:
+        if requested is CompileMode.ON:
+            raise _cannot_compile()
+        return CompileDecision(
+            compiled=False, reason=f"{requested.value}: no C++ compiler on this worker"
+        )
     if requested is not CompileMode.AUTO:
         return CompileDecision(
             compiled=requested is CompileMode.ON, reason=f"requested {requested.value}"
@@ -247,7 +259,7 @@ def choose_execution(
         if probe is not None:
             eager_ms = probe.bf16_ms if precision.precision is Precision.BF16 else probe.fp32_ms
         estimate, run_seconds = None, None
-        if config.compile is CompileMode.AUTO:
+        if config.compile is CompileMode.AUTO and can_compile(device, cpu):
             estimate = estimate_compile(config.resolved().n_layer, memo.get(key))
             budget = config.budget()
             if planned_steps is None:
@@ -256,7 +268,9 @@ def choose_execution(
                 if eager_ms is None:
                     eager_ms = _median_ms(eager, model, x, y)
                 run_seconds = planned_steps * eager_ms / 1000
-        decision = choose_compile(config.compile, estimate, run_seconds)
+        decision = choose_compile(
+            config.compile, estimate, run_seconds, can_compile=can_compile(device, cpu)
+        )
         step, reason = eager, decision.reason
         timings = CompileTimings(estimate=estimate, eager_ms=eager_ms)
         if decision.compiled and config.compile is CompileMode.ON:
@@ -291,10 +305,13 @@ def kept_execution(
     config: TrainingSpec,
     vocab_size: int,
     device: torch.device,
+    cpu: CpuInfo,
     step: int,
 ) -> tuple[Execution, LossFn]:
     """A resumed run's execution: the one its first session chose, compiled again if it was
     (from the cache, usually), with this session's setup seconds; and its step."""
+    if chosen.compiled and not can_compile(device, cpu):
+        raise _cannot_compile()
     started = time.perf_counter()
     loss = loss_function(model, chosen.precision, device, compiled=False)
     timings = chosen.compile_timings
@@ -310,6 +327,20 @@ def kept_execution(
         }
     )
     return kept, loss
+
+
+def can_compile(device: torch.device, cpu: CpuInfo) -> bool:
+    """Inductor builds CPU kernels with a C++ compiler (GPU ones with Triton, in torch)."""
+    return device.type != "cpu" or cpu.cpp_compiler is not None
+
+
+def _cannot_compile() -> UserError:
+    return UserError(
+        "the run asks for compile on, but this worker has no C++ compiler to build the "
+        "compiled step with (g++, or $CXX); use compile auto or off, or install g++ in the "
+        "worker's image",
+        ErrorCode.CONFIG_INVALID,
+    )
 
 
 def _compile(

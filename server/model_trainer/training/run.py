@@ -164,7 +164,13 @@ def run_training(
     else:
         # A resumed run keeps its first session's choice, whatever this worker would choose.
         execution, loss_fn = kept_execution(
-            resume.loop.execution, model, config, tokenizer.vocab_size, device, resume.loop.step
+            resume.loop.execution,
+            model,
+            config,
+            tokenizer.vocab_size,
+            device,
+            cpu,
+            resume.loop.step,
         )
     precision = execution.precision
     log.info(
