@@ -6,7 +6,8 @@
     until the budget (steps, epochs or seconds) is spent:
         stop if cancelled; checkpoint and stop if the worker is shutting down
         set the learning rate from the plan (warmup, then cosine to a floor)
-        draw a random batch of windows, forward, cross-entropy, backward
+        draw a random batch of windows, forward, cross-entropy (eager or compiled, as
+            the run's execution says: execution.py, step.py), backward
         clip the gradient norm, optimizer step (AdamW, or Muon + AdamW: optimizer.py)
         every eval_interval steps: loss on the fixed validation windows (keep the best);
             after early_stopping_patience validations in a row without a new best, stop
