@@ -69,11 +69,13 @@ check: lint system-deps
 
 # What the suite needs from Debian, installed when missing (as root, else with sudo):
 # redis-server (each test run starts its own on a free port; the package's own service is
-# stopped again) and chromium (the dashboard's browser tests drive it; never a download).
+# stopped again), chromium (the dashboard's browser tests drive it; never a download) and g++
+# (inductor builds the compiled training step with it).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
 	  else echo "system-deps: install$$missing (Debian packages) first" >&2; exit 1; fi; \

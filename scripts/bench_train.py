@@ -56,14 +56,9 @@ from model_trainer.training.data import (
     split_tokens,
     tokenize_corpus,
 )
+from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import NO_GPU, cpu_info
-from model_trainer.training.loop import (
-    METRICS_FILE,
-    TrainingCallbacks,
-    autocast,
-    forward_logits,
-    train,
-)
+from model_trainer.training.loop import METRICS_FILE, TrainingCallbacks, train
 from model_trainer.training.model import (
     build_model,
     flops_per_token,
@@ -71,6 +66,7 @@ from model_trainer.training.model import (
 )
 from model_trainer.training.precision import choose_precision, needs_probe
 from model_trainer.training.run import run_training
+from model_trainer.training.step import autocast, forward_logits, loss_function
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -196,8 +192,13 @@ def our_tokens_per_sec(
             config.model_copy(update={"max_steps": steps + log_every}),
             splits,
             run_dir,
-            precision=precision,
-            precision_reason="the benchmark's",
+            execution=Execution(
+                precision=precision,
+                precision_reason="the benchmark's",
+                compiled=False,
+                compile_reason="the benchmark's",
+            ),
+            loss_fn=loss_function(model, precision, torch.device("cpu"), compiled=False),
             resume=None,
             callbacks=TrainingCallbacks(),
             log_interval=log_every,

@@ -70,6 +70,18 @@ class AppSettings(_Section):
     # The worker lowers its CPU priority by this much (nice): training is batch work, and on a
     # machine it shares with the API or other services those should answer first. 0 keeps it.
     worker_nice: int = Field(default=10, ge=0, le=19)
+    # Where inductor keeps the training steps it compiles (and the memo of compile times the
+    # `compile: auto` choice reads), so a shape compiles once per worker disk. Unset:
+    # data_root / "compile-cache".
+    compile_cache_dir: Path | None = None
+    # Presets whose steps a worker compiles at start, in a background process (it takes jobs
+    # meanwhile), at the default family, batch and context and this vocabulary size (a
+    # byte-level BPE tokenizer's): e.g. ["tiny", "mini"].
+    compile_warm_presets: list[Literal["tiny", "mini", "small"]] = Field(default_factory=list)
+    compile_warm_vocab_size: int = Field(default=32_000, ge=128)
+
+    def compile_cache(self) -> Path:
+        return self.compile_cache_dir or self.data_root / "compile-cache"
 
 
 Role = Literal["admin", "user"]

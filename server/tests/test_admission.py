@@ -122,7 +122,7 @@ import torch
 import torch.nn.functional as F
 from model_trainer.training.config import Precision, TrainingSpec
 from model_trainer.training.data import WindowSampler, validation_batches
-from model_trainer.training.loop import autocast, forward_logits
+from model_trainer.training.step import autocast, forward_logits
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.model import build_model, model_spec
 

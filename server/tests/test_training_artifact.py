@@ -22,8 +22,9 @@ from model_trainer.training.checkpoint import (
 from model_trainer.training.config import Precision, TrainingSpec
 from model_trainer.training.data import EvalSplit
 from model_trainer.training.evaluate import CanGenerate, EvalMetrics, evaluate_folder
+from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import NO_GPU, CpuInfo
-from model_trainer.training.precision import ProbeTimings, choose_precision
+from model_trainer.training.precision import choose_precision
 from model_trainer.training.run import TrainingResult, run_training
 from tests.test_training_data import file_id, token_cache, train_bpe, write_corpus
 
@@ -111,12 +112,17 @@ def test_artifact_folder_has_model_tokenizer_manifest_and_eval(
     # probe's timings (both ways in test_hardware.py); the manifest records facts, timings,
     # choice and reason.
     assert manifest["precision_requested"] == "auto"
-    probe = manifest["precision_probe"]
-    timings = None if probe is None else ProbeTimings.model_validate(probe)
-    expected = choose_precision(Precision.AUTO, torch.device("cpu"), cpu, NO_GPU, timings)
-    assert manifest["precision"] == expected.precision.value
-    assert manifest["precision_reason"] == expected.reason
+    execution = Execution.model_validate(manifest["execution"])
+    probe = execution.precision_probe
+    expected = choose_precision(Precision.AUTO, torch.device("cpu"), cpu, NO_GPU, probe)
+    assert manifest["precision"] == execution.precision.value == expected.precision.value
+    assert execution.precision_reason == expected.reason
     assert (probe is not None) is cpu.native_bf16
+    # 40 steps of a tiny model: compiling would cost far more than it could save.
+    assert manifest["compile_requested"] == "auto"
+    assert manifest["compiled"] is False
+    assert execution.compile_reason.startswith("auto: not worth it, saving ")
+    assert manifest["timings"]["setup_seconds"] == execution.setup_seconds > 0
     assert manifest["device_requested"] == "auto"
     assert manifest["device"] == "cpu"
     assert manifest["gpu"] is None
@@ -284,17 +290,19 @@ def test_auto_precision_on_native_bf16_is_measured_and_leaves_the_run_as_it_was(
     with_bf16 = cpu.model_copy(update={"native_bf16": True, "native_bf16_source": "setting"})
     probed = train(root, tmp_path / "auto", with_bf16, max_steps=10)
     assert probed.manifest is not None
-    probe = probed.manifest.precision_probe
+    execution = probed.manifest.execution
+    probe = execution.precision_probe
     assert probe is not None and probe.pairs >= 1
     assert probe.fp32_ms > 0 and probe.bf16_ms > 0
-    assert probed.manifest.precision_reason.startswith("probe: bf16 ")
-    assert probed.manifest.timings.precision_probe_seconds == probe.seconds > 0
+    assert execution.precision_reason.startswith("probe: bf16 ")
+    # The probe is part of the setup, which is part of the budget spent.
+    assert probed.manifest.timings.setup_seconds >= probe.seconds > 0
     chosen = probed.manifest.precision
     assert chosen in (Precision.FP32, Precision.BF16)
 
     asked = train(root, tmp_path / "asked", with_bf16, max_steps=10, precision=chosen.value)
     assert asked.manifest is not None
-    assert asked.manifest.precision_probe is None
-    assert asked.manifest.precision_reason == f"requested {chosen.value}"
+    assert asked.manifest.execution.precision_probe is None
+    assert asked.manifest.execution.precision_reason == f"requested {chosen.value}"
     assert asked.manifest.training.final_val_loss == probed.manifest.training.final_val_loss
     assert same_weights(artifact_weights(asked), artifact_weights(probed))

@@ -340,10 +340,10 @@ def test_a_resumed_run_keeps_the_precision_its_start_chose(inputs: Inputs, tmp_p
     result = inputs.train(run_dir, budget, cpu=with_bf16)
     assert result.manifest is not None
     assert result.manifest.precision.value == "fp32"
-    assert result.manifest.precision_reason == (
+    assert result.manifest.execution.precision_reason == (
         "no native bf16 (setting); kept on resuming at step 10"
     )
-    assert result.manifest.precision_probe is None
+    assert result.manifest.execution.precision_probe is None
 
 
 def test_a_time_budget_ends_on_time_with_the_schedule_decayed(

@@ -46,11 +46,12 @@ from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
 from model_trainer.store.keys import JobField, JobKind, job_key
-from model_trainer.store.records import RunProgress
+from model_trainer.store.records import RunExecution, RunProgress
 from model_trainer.store.runlog import MetricPoint
 from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.config import TrainingSpec
 from model_trainer.training.evaluate import EVAL_DIR
+from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
@@ -100,7 +101,22 @@ class RunReporter(TrainingCallbacks):
         self._last_write = 0.0
         self._last_log = 0.0
         self._last_val: float | None = previous.val_loss if previous else None
+        self._execution: RunExecution | None = previous.execution if previous else None
         self._redis_down = False
+
+    def on_execution(self, execution: Execution) -> None:
+        timings = execution.compile_timings
+        self._execution = RunExecution(
+            precision=execution.precision.value,
+            precision_reason=execution.precision_reason,
+            compiled=execution.compiled,
+            compile_reason=execution.compile_reason,
+            setup_seconds=execution.setup_seconds,
+            eager_ms=timings.eager_ms if timings else None,
+            compiled_ms=timings.compiled_ms if timings else None,
+            compile_seconds=timings.compile_seconds if timings else None,
+            compile_cache_hits=timings.cache_hits if timings else None,
+        )
 
     def on_progress(self, info: ProgressInfo) -> None:
         if info.step <= self._report_after:
@@ -137,6 +153,7 @@ class RunReporter(TrainingCallbacks):
                 started_at=self._started,
                 updated_at=now,
                 resumed_from_step=self._resumed_from,
+                execution=self._execution,
             )
             self._quietly("progress", lambda: self._runs.set_progress(self._run_id, progress))
         if final or now - self._last_log >= PROGRESS_LOG_INTERVAL_SEC:
@@ -295,6 +312,7 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
                     if payload.init_from and init_weights
                     else None
                 ),
+                compile_cache_dir=ctx.settings.app.compile_cache(),
             )
         finally:
             sync.close()

@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Collection
@@ -221,6 +222,25 @@ def cuda_missing_reason(settings: Settings) -> str | None:
     )
 
 
+def start_warm_up(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Start the warm-up in its own process when presets are configured; None otherwise.
+
+    Its own process (jobs/compile_warm.py), not a thread of the worker: RQ forks each job
+    from the worker, and a fork taken while another thread runs torch could inherit its
+    locks held.
+    """
+    if not settings.app.compile_warm_presets:
+        return None
+    process = subprocess.Popen([sys.executable, "-m", "model_trainer.jobs.compile_warm"])
+    log.info(
+        "warming the compile cache for %s in process %d",
+        ", ".join(settings.app.compile_warm_presets),
+        process.pid,
+        extra=log_fields("compile_warm_started", pid=process.pid),
+    )
+    return process
+
+
 def main(job_functions: Collection[str] = frozenset(JOB_FUNCTIONS.values())) -> int:
     """Run the worker; it runs the jobs `job_functions` name (this project's) and no other."""
     settings = load_settings()
@@ -264,6 +284,7 @@ def main(job_functions: Collection[str] = frozenset(JOB_FUNCTIONS.values())) -> 
     # A worker configured with its memory reports that; otherwise what its machine has.
     worker.reaper = Reaper(ctx, memory_bytes=settings.admission.worker_memory_bytes)
     worker.reaper.tick(force=True)  # a worker that starts finds what died before it
+    start_warm_up(settings)  # in the background: the worker is ready without waiting for it
     log.info(
         "worker %s (%s) listening on %s (libraries preloaded in %.1f s)",
         name,

@@ -53,6 +53,21 @@ class RecordMeta(_Stored):
     owner: str | None = None
 
 
+class RunExecution(_Stored):
+    """How a run executes its steps (training/execution.py), as its worker chose at start."""
+
+    precision: str  # fp32 or bf16
+    precision_reason: str
+    compiled: bool
+    compile_reason: str
+    # Seconds of the budget this session spent choosing and compiling, before training.
+    setup_seconds: float
+    eager_ms: float | None = None  # a forward + backward step, when measured
+    compiled_ms: float | None = None
+    compile_seconds: float | None = None
+    compile_cache_hits: int | None = None
+
+
 class RunProgress(_Stored):
     """A run's progress as the worker last reported it."""
 
@@ -68,6 +83,7 @@ class RunProgress(_Stored):
     started_at: float | None = None
     updated_at: float | None = None
     resumed_from_step: int | None = None
+    execution: RunExecution | None = None
 
 
 class TokenizerSummary(_Stored):

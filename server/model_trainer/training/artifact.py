@@ -30,10 +30,16 @@ from model_trainer.tokenization.transformers_files import (
     read_special_tokens,
     write_special_token_files,
 )
-from model_trainer.training.config import Architecture, Device, Precision, TrainingSpec
+from model_trainer.training.config import (
+    Architecture,
+    CompileMode,
+    Device,
+    Precision,
+    TrainingSpec,
+)
 from model_trainer.training.evaluate import EvalMetrics
+from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import CpuInfo, GpuInfo
-from model_trainer.training.precision import ProbeTimings
 
 # Copied from the tokenizer folder when present (`load_tokenizer` insists on tokenizer.json
 # and on the special tokens' roles, from one of the other two).
@@ -60,10 +66,11 @@ class Timings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokenize_seconds: float
-    train_seconds: float  # training time summed over sessions (a resumed run has several)
+    # The budget spent, summed over sessions (a resumed run has several): training and setup.
+    train_seconds: float
+    setup_seconds: float  # of train_seconds: precision probes and compilation
     session_seconds: float  # this session's training loop
     eval_seconds: float
-    precision_probe_seconds: float = 0.0  # setup, not part of the training budget
     total_seconds: float  # this session, tokenization to artifact
 
 
@@ -105,9 +112,11 @@ class Manifest(BaseModel):
     seed: int
     precision_requested: Precision
     precision: Precision
-    # Why: "requested bf16", "no native bf16 (cpuinfo)", "probe: bf16 41.2 ms/step vs ...".
-    precision_reason: str
-    precision_probe: ProbeTimings | None  # the timings, when this session measured them
+    compile_requested: CompileMode
+    compiled: bool
+    # Why each was chosen ("probe: bf16 41.2 ms/step vs ...", "auto: not worth it, saving
+    # ~4 s of a 30 s run ..."), with the timings behind it.
+    execution: Execution
     device_requested: Device
     device: Literal["cpu", "cuda"]  # where this session trained
     threads: int

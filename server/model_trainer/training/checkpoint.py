@@ -36,12 +36,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_trainer.errors import CheckpointInvalid
-from model_trainer.training.config import Precision
+from model_trainer.training.execution import Execution
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: LoopState records the whole execution (compiled or not)
 HASH_CHUNK = 1 << 20
 
 CheckpointKind = Literal["last", "best"]
@@ -65,13 +65,15 @@ class LoopState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Chosen once, at the run's start (precision.choose_precision): a resumed run keeps it,
+    # Chosen once, at the run's start (execution.choose_execution): a resumed run keeps it,
     # whatever a probe on the resuming machine would say, so its numerics never change midway.
-    precision: Precision
-    precision_reason: str
+    execution: Execution
     step: int = 0
     tokens_seen: int = 0
-    elapsed: float = 0.0  # seconds of training, summed over every session of this run
+    # Seconds of the budget spent, summed over every session of this run: training, and each
+    # session's setup (probe, compile), which `setup_seconds` also counts on its own.
+    elapsed: float = 0.0
+    setup_seconds: float = 0.0
     total_steps: int = 0  # the plan's current estimate of where training ends
     best_val_loss: float | None = None
     best_step: int | None = None  # the step of best.pt's weights

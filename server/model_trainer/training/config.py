@@ -62,6 +62,14 @@ class Precision(StrEnum):
     BF16 = "bf16"
 
 
+class CompileMode(StrEnum):
+    """Whether the training step runs through `torch.compile` (see training/execution.py)."""
+
+    AUTO = "auto"  # when the expected saving over the run's budget exceeds the compile time
+    ON = "on"
+    OFF = "off"
+
+
 class Device(StrEnum):
     """Where a run trains (see DESIGN.md, "Devices and precision")."""
 
@@ -249,6 +257,11 @@ class TrainingSpec(BaseModel):
         description="weights the artifact ships: the best by validation loss, or the last",
     )
     precision: Precision = Precision.AUTO
+    compile: CompileMode = Field(
+        default=CompileMode.AUTO,
+        description="compile the training step (torch.compile, inductor): auto when the "
+        "expected saving over the run's budget exceeds the compile time",
+    )
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
     holdout_fraction: float = Field(
         default=0.1,

@@ -45,8 +45,8 @@ from model_trainer.training.data import (
     eval_tokens,
     tokenize_corpus,
 )
-from model_trainer.training.loop import forward_logits
 from model_trainer.training.model import load_pretrained
+from model_trainer.training.step import forward_logits
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -40,6 +42,9 @@ class CpuInfo(BaseModel):
     bf16_flags: list[str]
     # Where `native_bf16` came from: the CPU's flags, or the APP__NATIVE_BF16 setting.
     native_bf16_source: Literal["cpuinfo", "setting"] = "cpuinfo"
+    # The C++ compiler inductor builds CPU kernels with (`compile`, execution.py); None: none
+    # found, and the training step cannot be compiled on this machine.
+    cpp_compiler: str | None = None
 
 
 def cpu_info(native_bf16: bool | None = None) -> CpuInfo:
@@ -62,7 +67,15 @@ def _detect() -> CpuInfo:
         torch_capability=torch.backends.cpu.get_cpu_capability(),
         native_bf16=bool(bf16),
         bf16_flags=bf16,
+        cpp_compiler=find_cpp_compiler(),
     )
+
+
+def find_cpp_compiler() -> str | None:
+    """The compiler inductor would call (its `cpp.cxx` default: $CXX, else g++ or, on macOS,
+    clang++), as a path; None when it is not installed."""
+    default = "clang++" if sys.platform == "darwin" else "g++"
+    return shutil.which(os.environ.get("CXX", default))
 
 
 def _read_cpuinfo() -> tuple[str, set[str]]:

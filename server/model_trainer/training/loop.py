@@ -6,7 +6,8 @@
     until the budget (steps, epochs or seconds) is spent:
         stop if cancelled; checkpoint and stop if the worker is shutting down
         set the learning rate from the plan (warmup, then cosine to a floor)
-        draw a random batch of windows, forward, cross-entropy, backward
+        draw a random batch of windows, forward, cross-entropy (eager or compiled, as
+            the run's execution says: execution.py, step.py), backward
         clip the gradient norm, optimizer step (AdamW, or Muon + AdamW: optimizer.py)
         every eval_interval steps: loss on the fixed validation windows (keep the best);
             after early_stopping_patience validations in a row without a new best, stop
@@ -21,7 +22,6 @@ Data Bank), the loop resumes from it. The job talks to the loop only through
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -50,8 +50,10 @@ from model_trainer.training.checkpoint import (
 )
 from model_trainer.training.config import Budget, Precision, TrainingSpec
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
+from model_trainer.training.execution import Execution
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.schedule import LrPlan
+from model_trainer.training.step import CPU, LossFn, autocast, forward_logits
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -116,6 +118,10 @@ class TrainingCallbacks:
         shutting down); checked before every step."""
         return False
 
+    def on_execution(self, execution: Execution) -> None:
+        """How this session runs its steps (chosen, or kept on resuming), before the first."""
+        return None
+
 
 class Outcome(StrEnum):
     COMPLETED = "completed"
@@ -129,25 +135,6 @@ class LoopResult:
     outcome: Outcome
     state: LoopState
     session_seconds: float  # wall time of this session only (a resumed run has several)
-
-
-CPU = torch.device("cpu")
-
-
-def autocast(
-    precision: Precision, device: torch.device = CPU
-) -> contextlib.AbstractContextManager[None]:
-    if precision is Precision.BF16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    output = model(input_ids=input_ids, use_cache=False)
-    logits = output.logits
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{type(model).__name__} returned no logits")
-    return logits
 
 
 def planned_steps(budget: Budget, train_tokens: int, tokens_per_step: int) -> int:
@@ -224,8 +211,8 @@ def train(
     splits: TokenSplits,
     run_dir: Path,
     *,
-    precision: Precision,
-    precision_reason: str,
+    execution: Execution,
+    loss_fn: LossFn,
     resume: TrainingCheckpoint | None,
     callbacks: TrainingCallbacks,
     device: torch.device = CPU,
@@ -236,9 +223,10 @@ def train(
 ) -> LoopResult:
     """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
 
-    `precision` is the resolved one (fp32 or bf16, see precision.choose_precision), and
-    `precision_reason` why; a resumed run passes its checkpoint's. `resume`: run_dir's last
-    checkpoint (`load_last`), to continue from.
+    `execution` is how the steps run (execution.choose_execution; a resumed run passes its
+    checkpoint's, kept), and `loss_fn` the step's forward and loss that runs them, eager or
+    compiled; its `setup_seconds` (this session's probe and compile) count in the budget.
+    `resume`: run_dir's last checkpoint (`load_last`), to continue from.
     `device` is where `model` already is (hardware.resolve_device): batches go there too.
     `checkpoint_every_seconds`: also checkpoint when this much training time has passed
     since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
@@ -247,13 +235,14 @@ def train(
     """
     if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
         raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
-    options = _Options(device, log_interval, checkpoint_every_seconds)
-    state = LoopState(precision=precision, precision_reason=precision_reason)
-    trainer = _Trainer(model, config, splits, run_dir, state, callbacks, options)
+    options = _Options(device, log_interval, checkpoint_every_seconds, execution.setup_seconds)
+    state = LoopState(execution=execution)
+    trainer = _Trainer(model, config, splits, run_dir, state, loss_fn, callbacks, options)
     if resume is not None:
         trainer.resume(resume)
     elif init_weights is not None:
         trainer.initialise(init_weights, init_label or init_weights.name)
+    callbacks.on_execution(execution)
     return trainer.run()
 
 
@@ -262,6 +251,7 @@ class _Options:
     device: torch.device
     log_interval: int
     checkpoint_every_seconds: float | None
+    setup_seconds: float
 
 
 class _Trainer:
@@ -274,13 +264,16 @@ class _Trainer:
         splits: TokenSplits,
         run_dir: Path,
         state: LoopState,
+        loss_fn: LossFn,
         callbacks: TrainingCallbacks,
         options: _Options,
     ) -> None:
         self.session_start = time.perf_counter()
         self.model, self.config, self.run_dir = model, config, run_dir
-        self.precision, self.callbacks = state.precision, callbacks
+        self.precision, self.callbacks = state.execution.precision, callbacks
+        self.loss_fn = loss_fn
         self.device = options.device
+        self.setup_seconds = options.setup_seconds
         self.log_interval = options.log_interval
         self.checkpoint_every_seconds = options.checkpoint_every_seconds
         self.train_tokens = len(splits.train)
@@ -311,17 +304,22 @@ class _Trainer:
         self.window_t0, self.window_tokens = time.perf_counter(), 0
         self.window_eval_seconds = 0.0
         self.last_eval_seconds = 0.0
+        self.last_checkpoint_seconds = 0.0
 
     def run(self) -> LoopResult:
         state, config = self.state, self.config
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE, state.metrics)
+        # This session's setup (precision probe, compilation) is spent from the budget too.
+        state.elapsed += self.setup_seconds
+        state.setup_seconds += self.setup_seconds
         self.elapsed_before = state.elapsed
         # Seconds of training at the previous checkpoint (the resumed one, to begin with).
         self.checkpointed_at = state.elapsed
         log.info(
-            "training from step %d (%s on %s, %d tokens per step)",
+            "training from step %d (%s%s on %s, %d tokens per step)",
             state.step,
             self.precision.value,
+            ", compiled" if state.execution.compiled else "",
             self.device.type,
             self.tokens_per_step,
             extra=log_fields("training_started", step=state.step),
@@ -378,9 +376,7 @@ class _Trainer:
         # Every group follows the plan from its own peak (Muon's and AdamW's differ).
         self.optimizer.set_lr_factor(lr / self.plan.peak)
         x, y = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
-        with autocast(self.precision, self.device):
-            logits = forward_logits(self.model, x)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss = self.loss_fn(x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise _diverged("training loss", loss_value, self.state.step, self.config)
@@ -440,7 +436,8 @@ class _Trainer:
             # just past) the plan's estimate: the last row says where it really ended.
             state.total_steps = state.step
         elif self.budget.kind == "seconds" and per_step is not None:
-            seconds_left = self.budget.value - spent - self.last_eval_seconds
+            closing = self.last_eval_seconds + self.last_checkpoint_seconds
+            seconds_left = self.budget.value - spent - closing
             self.plan.replan(state.step, seconds_left, per_step)
             state.total_steps = self.plan.total_steps
         row = MetricRow(
@@ -479,7 +476,7 @@ class _Trainer:
         return every is not None and self._elapsed() - self.checkpointed_at >= every
 
     def _checkpoint(self) -> None:
-        state = self.state
+        started, state = time.perf_counter(), self.state
         state.elapsed = self.checkpointed_at = self._elapsed()
         file = save_last(
             self.run_dir,
@@ -493,6 +490,7 @@ class _Trainer:
         )
         log.info("checkpoint saved", extra=log_fields("checkpoint_saved", step=state.step))
         self._checkpoint_saved(file, state.elapsed)
+        self.last_checkpoint_seconds = time.perf_counter() - started
 
     def _checkpoint_saved(self, file: CheckpointFile, elapsed: float) -> None:
         path = checkpoint_path(self.run_dir, file.kind)
@@ -509,7 +507,6 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.sampler.load_state_dict(ckpt.sampler)
         self.state = ckpt.loop
-        self.precision = self.state.precision
         self.state.resumed_at.append(self.state.step)
         self.plan.total_steps = self.state.total_steps
         log.info(
@@ -542,11 +539,12 @@ class _Trainer:
 
     def _budget_spent(self) -> bool:
         if self.budget.kind == "seconds":
-            # Stop when one more step and the final validation would overrun the budget, so
-            # that the run ends on it rather than a step or an evaluation past it.
+            # Stop when one more step, the final validation and the final checkpoint would
+            # overrun the budget, so that the run ends on it rather than past it.
             spent = self._elapsed()
             per_step = self.pace.seconds_per_step(self.state.step, spent) or 0.0
-            return spent + per_step + self.last_eval_seconds >= self.budget.value
+            end = self.last_eval_seconds + self.last_checkpoint_seconds
+            return spent + per_step + end >= self.budget.value
         return self.state.step >= self.state.total_steps
 
     def _patience_spent(self) -> bool:

@@ -12,8 +12,8 @@ avx512_bf16 (docs/benchmarks.md). So on a CPU with native bf16 the run measures 
 
 bf16 is chosen only when it is at least BF16_MIN_GAIN faster: under that the gain is within
 what a probe of a few steps on a shared machine can tell apart, and fp32 is exact (bf16 keeps
-8 bits of mantissa in the matrix products). The probe is setup, like tokenization: its time
-is not taken from the run's training budget; the manifest records it.
+8 bits of mantissa in the matrix products). The probe's seconds are part of the run's
+training budget (execution.py); the manifest records them.
 
 Elsewhere there is nothing to measure: without native bf16 fp32 (the reason says so); on a
 GPU bf16 where `torch.cuda.is_bf16_supported()` (Ampere and later: bf16 tensor cores run
@@ -29,13 +29,12 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel
 
 from model_trainer.training.config import Precision
 from model_trainer.training.hardware import CpuInfo, GpuInfo
-from model_trainer.training.loop import autocast, forward_logits
+from model_trainer.training.step import loss_function, time_step
 
 # The probe's bounds: whichever comes first, after at least one measured pair.
 PROBE_SECONDS = 1.5
@@ -123,12 +122,13 @@ def probe_precision(
     was_training = model.training
     model.train()
     times: dict[Precision, list[float]] = {Precision.FP32: [], Precision.BF16: []}
+    steps = {p: loss_function(model, p, device, compiled=False) for p in times}
     try:
         for precision in times:  # warmup, not timed
-            _step(model, x, y, precision, device)
+            time_step(steps[precision], model, x, y)
         while True:
             for precision, measured in times.items():
-                measured.append(_step(model, x, y, precision, device))
+                measured.append(time_step(steps[precision], model, x, y))
             pairs = len(times[Precision.FP32])
             if pairs >= max_pairs or time.perf_counter() - started >= max_seconds:
                 break
@@ -142,20 +142,3 @@ def probe_precision(
         pairs=pairs,
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _step(
-    model: PreTrainedModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    precision: Precision,
-    device: torch.device,
-) -> float:
-    """Seconds of one forward and backward, as the training loop does them."""
-    t0 = time.perf_counter()
-    with autocast(precision, device):
-        logits = forward_logits(model, x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    torch.autograd.backward(loss)
-    model.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0

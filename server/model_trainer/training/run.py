@@ -1,11 +1,11 @@
 """`run_training`: the whole job, from a corpus file and a tokenizer folder to an artifact.
 
     threads and device -> tokens (cached under the corpus id) -> train/validation/test
-    split (data.Holdout) -> a fresh model, on the device -> its precision (measured for
-    `auto` on a CPU with native bf16: precision.py) -> the loop (resuming from run_dir's
-    checkpoint if any, else starting from `init_weights` if given; it may stop early) ->
-    the weights to ship (best.pt's by default, or the last) -> artifact folder ->
-    evaluation of those weights on the whole validation split -> manifest
+    split (data.Holdout) -> a fresh model, on the device -> its execution: fp32 or bf16,
+    eager or compiled (measured for `auto`, or kept on resuming: execution.py) -> the loop
+    (resuming from run_dir's checkpoint if any, else starting from `init_weights` if given;
+    it may stop early) -> the weights to ship (best.pt's by default, or the last) ->
+    artifact folder -> evaluation of those weights on the whole validation split -> manifest
 
 Run folder:
     run_dir/metrics.jsonl                     the loss curve, one row per logged step
@@ -44,10 +44,11 @@ from model_trainer.training.artifact import (
     save_model,
     staging_dir,
 )
-from model_trainer.training.checkpoint import LoopState, TrainingCheckpoint, load_best, load_last
+from model_trainer.training.checkpoint import LoopState, load_best, load_last
 from model_trainer.training.config import Device, TrainingSpec
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
 from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
+from model_trainer.training.execution import CompileMemo, choose_execution, kept_execution
 from model_trainer.training.hardware import (
     NO_GPU,
     CpuInfo,
@@ -55,14 +56,15 @@ from model_trainer.training.hardware import (
     resolve_device,
     resolve_threads,
 )
-from model_trainer.training.loop import METRICS_FILE, Outcome, TrainingCallbacks, train
-from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
-from model_trainer.training.precision import (
-    PrecisionChoice,
-    choose_precision,
-    needs_probe,
-    probe_precision,
+from model_trainer.training.loop import (
+    METRICS_FILE,
+    Outcome,
+    TrainingCallbacks,
+    planned_steps,
+    train,
 )
+from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
+from model_trainer.training.step import use_compile_cache
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -97,6 +99,7 @@ def run_training(
     checkpoint_every_seconds: float | None = None,
     init_weights: Path | None = None,
     init_label: str | None = None,
+    compile_cache_dir: Path | None = None,
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
@@ -115,11 +118,16 @@ def run_training(
     run) whose weights a run without a checkpoint of its own starts from; the manifest
     names it `init_label` (default: the file name). An early stop ends the run like its
     budget would: artifact, evaluation and manifest.
+
+    `compile_cache_dir`: where inductor keeps compiled graphs, with the worker's memo of
+    compile times (execution.py); None: inductor's default folder, and no memo.
     """
     started = time.perf_counter()
     n_threads = resolve_threads(threads)
     torch.set_num_threads(n_threads)
     device = resolve_device(device_requested, gpu)
+    if compile_cache_dir is not None:
+        use_compile_cache(compile_cache_dir)
 
     tokenizer = load_tokenizer(tokenizer_dir)
     t0 = time.perf_counter()
@@ -133,26 +141,56 @@ def run_training(
         spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
         model = build_model(spec, config.model_family, config.seed)
         nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
-        # After the model is built and the probe has run: loading restores the random states.
+        # Loading restores the random states; choosing puts back whatever it draws.
         resume = load_last(run_dir)
         if resume is None:
-            choice = _choose_precision(model, config, tokenizer.vocab_size, device, cpu, gpu)
+            budget = config.budget()
+            steps = None
+            if budget.kind != "seconds":
+                steps = planned_steps(
+                    budget, len(splits.train), config.batch_size * config.max_seq_len
+                )
+            execution, loss_fn = choose_execution(
+                model,
+                config,
+                tokenizer.vocab_size,
+                device,
+                cpu,
+                gpu,
+                threads=n_threads,
+                planned_steps=steps,
+                memo=CompileMemo(compile_cache_dir),
+            )
         else:
-            choice = _kept_precision(resume)
-        precision = choice.precision
+            # A resumed run keeps its first session's choice, whatever this worker would choose.
+            execution, loss_fn = kept_execution(
+                resume.loop.execution,
+                model,
+                config,
+                tokenizer.vocab_size,
+                device,
+                cpu,
+                resume.loop.step,
+            )
+        precision = execution.precision
         log.info(
-            "model %s: %d parameters, %d threads, %s on %s (%s)",
+            "model %s: %d parameters, %d threads, %s%s on %s (%s; %s)",
             config.model_family.value,
             count_params(model),
             n_threads,
             precision.value,
+            ", compiled" if execution.compiled else "",
             device.type,
-            choice.reason,
+            execution.precision_reason,
+            execution.compile_reason,
             extra=log_fields(
                 "model_built",
                 threads=n_threads,
                 precision=precision.value,
-                precision_reason=choice.reason,
+                precision_reason=execution.precision_reason,
+                compiled=execution.compiled,
+                compile_reason=execution.compile_reason,
+                setup_seconds=execution.setup_seconds,
                 device=device.type,
             ),
         )
@@ -162,8 +200,8 @@ def run_training(
                 config,
                 splits,
                 run_dir,
-                precision=precision,
-                precision_reason=choice.reason,
+                execution=execution,
+                loss_fn=loss_fn,
                 resume=resume,
                 device=device,
                 callbacks=callbacks or TrainingCallbacks(),
@@ -209,8 +247,9 @@ def run_training(
             seed=config.seed,
             precision_requested=config.precision,
             precision=precision,
-            precision_reason=choice.reason,
-            precision_probe=choice.probe,
+            compile_requested=config.compile,
+            compiled=execution.compiled,
+            execution=execution,
             device_requested=device_requested,
             device="cuda" if device.type == "cuda" else "cpu",
             threads=n_threads,
@@ -233,9 +272,9 @@ def run_training(
             timings=Timings(
                 tokenize_seconds=round(tokenize_seconds, 3),
                 train_seconds=round(state.elapsed, 3),
+                setup_seconds=round(state.setup_seconds, 3),
                 session_seconds=round(result.session_seconds, 3),
                 eval_seconds=round(eval_seconds, 3),
-                precision_probe_seconds=choice.probe.seconds if choice.probe else 0.0,
                 total_seconds=round(time.perf_counter() - started, 3),
             ),
             training=TrainingSummary(
@@ -272,34 +311,6 @@ def run_training(
             manifest=manifest,
             eval=metrics,
         )
-
-
-def _kept_precision(resume: TrainingCheckpoint) -> PrecisionChoice:
-    """A resumed run's precision: the one its first session chose (see LoopState)."""
-    state = resume.loop
-    return PrecisionChoice(
-        precision=state.precision,
-        reason=f"{state.precision_reason}; kept on resuming at step {state.step}",
-    )
-
-
-def _choose_precision(
-    model: PreTrainedModel,
-    config: TrainingSpec,
-    vocab_size: int,
-    device: torch.device,
-    cpu: CpuInfo,
-    gpu: GpuInfo,
-) -> PrecisionChoice:
-    """The run's precision; for `auto` on a CPU with native bf16, measured first.
-
-    Each attempt decides on its own worker's hardware (a resumed run may land on another
-    machine); the probe runs before the loop, so its seconds are not the budget's.
-    """
-    probe = None
-    if needs_probe(config.precision, device, cpu):
-        probe = probe_precision(model, config.batch_size, config.max_seq_len, vocab_size, device)
-    return choose_precision(config.precision, device, cpu, gpu, probe)
 
 
 def ship_weights(
