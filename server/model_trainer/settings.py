@@ -36,6 +36,10 @@ class AppSettings(_Section):
     # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
     # where a VM hides or misreports them; `precision: auto` probes bf16 only when true.
     native_bf16: bool | None = None
+    # May this worker compile training steps (torch.compile)? Unset: when a C++ compiler is
+    # installed. `false`: never (`compile: auto` stays eager, `on` is refused), e.g. where
+    # compiling misbehaves, or for test workers whose runs are about something else.
+    compile_steps: bool | None = None
     # What this worker trains on. `cuda`: it serves the GPU queue (rq.gpu_queue_name) before
     # the ordinary one, and refuses to start where torch sees no CUDA device (DESIGN.md,
     # "Devices and precision"). `cpu`: the ordinary queue only, even on a machine with a GPU.

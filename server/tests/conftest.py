@@ -109,6 +109,9 @@ def worker_env(redis_url: str, queue_name: str, root: Path, **extra: str) -> dic
             "APP__ARTIFACTS_ROOT": str(root / "artifacts"),
             "APP__RUNS_ROOT": str(root / "runs"),
             "APP__THREADS": "1",
+            # Runs here are about jobs, not speed: a long budget would make `auto` compile
+            # (tens of seconds). test_execution.py tests compiling.
+            "APP__COMPILE_STEPS": "false",
             "LOGGING__LEVEL": "INFO",
             **extra,
         }

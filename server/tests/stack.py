@@ -152,6 +152,8 @@ class Stack:
                 # One thread: tiny models gain nothing from two, and a loaded machine (CI, the
                 # crash tests under stress) slows oversubscribed torch threads tenfold.
                 "APP__THREADS": "1",
+                # As conftest's workers: runs here are about jobs, not speed.
+                "APP__COMPILE_STEPS": "false",
                 "APP__DATA_BANK_API_URL": self.databank.url,
                 "APP__DATA_BANK_API_KEY": UPLOAD_KEY,
                 **RECOVERY_ENV,

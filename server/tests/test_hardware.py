@@ -161,6 +161,13 @@ def test_the_setting_overrides_what_the_flags_say(forced: bool) -> None:
     assert cpu_info().native_bf16_source == "cpuinfo"
 
 
+def test_compile_steps_false_states_there_is_no_compiler() -> None:
+    """APP__COMPILE_STEPS=false: the worker's facts say no compiler, so `auto` stays eager
+    and `on` is refused (test_execution.py), whatever is installed."""
+    assert cpu_info(compile_steps=False).cpp_compiler is None
+    assert cpu_info(compile_steps=True).cpp_compiler == cpu_info().cpp_compiler
+
+
 def test_threads_take_the_first_positive_preference() -> None:
     assert resolve_threads(3, 5) == 3
     assert resolve_threads(None, 0, 4) == 4

@@ -21,7 +21,7 @@ def main() -> int:
     warm_compile_cache(
         [ModelSize(size) for size in app.compile_warm_presets],
         app.compile_cache(),
-        cpu_info(app.native_bf16),
+        cpu_info(app.native_bf16, app.compile_steps),
         # The threads a run gets when its request does not say (jobs/model_training.py):
         # inductor's kernels are specific to the thread count.
         resolve_threads(app.threads),

@@ -300,7 +300,7 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
                 corpus_id=corpus.corpus_id,
                 tokenizer_id=payload.tokenizer_id,
                 device_requested=payload.device,
-                cpu=cpu_info(ctx.settings.app.native_bf16),
+                cpu=cpu_info(ctx.settings.app.native_bf16, ctx.settings.app.compile_steps),
                 # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
                 gpu=gpu_info() if ctx.settings.app.worker_device == "cuda" else NO_GPU,
                 threads=threads,

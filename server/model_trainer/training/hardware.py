@@ -47,12 +47,15 @@ class CpuInfo(BaseModel):
     cpp_compiler: str | None = None
 
 
-def cpu_info(native_bf16: bool | None = None) -> CpuInfo:
-    """This machine's CPU; `native_bf16` (when not None) overrides what its flags say."""
-    detected = _detect()
-    if native_bf16 is None:
-        return detected
-    return detected.model_copy(update={"native_bf16": native_bf16, "native_bf16_source": "setting"})
+def cpu_info(native_bf16: bool | None = None, compile_steps: bool | None = None) -> CpuInfo:
+    """This machine's CPU. `native_bf16` (when not None) overrides what its flags say;
+    `compile_steps=False` states that there is no compiler to build compiled steps with."""
+    info = _detect()
+    if native_bf16 is not None:
+        info = info.model_copy(update={"native_bf16": native_bf16, "native_bf16_source": "setting"})
+    if compile_steps is False:
+        info = info.model_copy(update={"cpp_compiler": None})
+    return info
 
 
 @lru_cache(maxsize=1)
