@@ -191,12 +191,12 @@ def test_full_run_trains_evaluates_and_loads(
             assert isinstance(progress, dict)
             assert progress["step"] == 60 and progress["total_steps"] == 60
             assert progress["percent"] == 100.0
-            # How the steps ran, and why: 60 tiny steps never pay for compiling.
+            # How the steps ran, and why (the suite's workers never compile: conftest).
             execution = progress["execution"]
             assert isinstance(execution, dict)
             assert execution["precision"] in ("fp32", "bf16") and execution["compiled"] is False
-            assert str(execution["compile_reason"]).startswith("auto: not worth it, saving ~")
-            assert num(execution["setup_seconds"]) > 0 and num(execution["eager_ms"]) > 0
+            assert execution["compile_reason"] == "auto: no C++ compiler on this worker"
+            assert num(execution["setup_seconds"]) >= 0
 
             metrics = client.get(f"/runs/{run_id}/metrics").json()["points"]
             losses = [p["train_loss"] for p in metrics if "train_loss" in p]
