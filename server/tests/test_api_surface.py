@@ -48,6 +48,9 @@ from tests.databank_fixtures import (
 from tests.processes import Proc, child_env, free_port, wait_until
 from tests.test_training_data import train_bpe, write_corpus
 
+# Runs the API as its own Hypercorn process: `make check` runs it, `make test` does not.
+pytestmark = pytest.mark.e2e
+
 KEY = "surface-test-key"
 # Long enough that an abandoned request is still computing when its client leaves.
 LONG_GENERATION = {"prompt": "a", "max_new_tokens": 2048, "num_samples": 8, "seed": 1}

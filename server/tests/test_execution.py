@@ -224,6 +224,7 @@ def train(
     )
 
 
+@pytest.mark.e2e  # compiles: tens of seconds
 def test_a_compiled_run_trains_checkpoints_resumes_evaluates_and_ships_plain_weights(
     root: Path, cpu: CpuInfo, compile_cache: Path, tmp_path: Path
 ) -> None:
