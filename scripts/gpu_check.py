@@ -14,7 +14,6 @@ tokens/s, over the GPU's dense bf16 peak (`--peak-tflops`, H200: 989).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -24,39 +23,13 @@ from typing import Protocol, runtime_checkable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from bench_train import bench_cache, corpus_id, train_bpe  # the sibling script's helpers
 from torch import nn
 
-from model_trainer.disk_cache import DiskCache
 from model_trainer.training.config import Device, TrainingSpec
 from model_trainer.training.hardware import cpu_info, gpu_info
 from model_trainer.training.loop import ProgressInfo, TrainingCallbacks
 from model_trainer.training.run import TrainingResult, run_training
-
-EOS, PAD = "<|endoftext|>", "<|pad|>"
-
-
-def tokenizer_folder(folder: Path, text: str, vocab_size: int) -> Path:
-    """A byte-level BPE tokenizer as the tokenizer job writes one."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[EOS, PAD],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([text], trainer=trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({"eos_token": EOS, "pad_token": PAD, "bos_token": EOS})
-    )
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": EOS, "pad_token": PAD, "bos_token": EOS, "model_max_length": 4096})
-    )
-    return folder
 
 
 @runtime_checkable
@@ -90,9 +63,9 @@ def main() -> int:
     gpu = gpu_info()
     cpu = cpu_info()
     text = args.corpus.read_text(encoding="utf-8")
-    tok = tokenizer_folder(args.work / "tok", text, 1024)
-    corpus_id = hashlib.sha256(args.corpus.read_bytes()).hexdigest()
-    cache = DiskCache(args.work / "cache", 8 * 1024**3)
+    tok = train_bpe(text, 1024, args.work / "tok")
+    corpus = corpus_id(args.corpus)
+    cache = bench_cache(args.work)
     device = Device.CUDA if gpu.available else Device.CPU
     steps = 30 if args.quick else 300
     shapes = [
@@ -118,7 +91,7 @@ def main() -> int:
             gpu=gpu,
             device_requested=device,
             threads=4,
-            corpus_id=corpus_id,
+            corpus_id=corpus,
             tokenizer_id="tok-gpu-check",
             callbacks=callbacks if isinstance(callbacks, TrainingCallbacks) else None,
             compile_cache_dir=args.work / "compile-cache",
