@@ -53,6 +53,8 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --d
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 QUEUE="smoke-$(date +%s)"
 BANK_KEY="smoke-$(date +%s)-key"
+# The API refuses to start without a key (closed by default): it gets one of its own.
+API_KEY="smoke-$(date +%s)-api-key"
 containers=""
 cleanup() {
   for c in $containers; do $CLI rm -f "$c" >/dev/null 2>&1 || true; done
@@ -66,15 +68,16 @@ bank=$($RUN -e DATA_ROOT=/data/files -e MIN_FREE_GB=0 -e API_UPLOAD_KEYS="$BANK_
   "$IMAGE" modeltrainer-databank --host 127.0.0.1 --port "$BANK_PORT")
 containers="$containers $bank"
 # shellcheck disable=SC2086
-api=$($RUN $common -e PORT="$API_PORT" "$IMAGE")
+api=$($RUN $common -e PORT="$API_PORT" -e SECURITY__API_KEY="$API_KEY" "$IMAGE")
 containers="$containers $api"
 # shellcheck disable=SC2086
 worker=$($RUN $common -e APP__THREADS=2 "$IMAGE" modeltrainer-rq-worker)
 containers="$containers $worker"
 
-"$PY" - "$API_PORT" "$BANK_PORT" "$BANK_KEY" <<'PY'
+"$PY" - "$API_PORT" "$BANK_PORT" "$BANK_KEY" "$API_KEY" <<'PY'
 import sys, time, httpx
 api, bank, key = (f"http://127.0.0.1:{sys.argv[1]}", f"http://127.0.0.1:{sys.argv[2]}", sys.argv[3])
+client = httpx.Client(headers={"X-API-Key": sys.argv[4]}, timeout=30)  # the API key on each call
 
 def wait(what, check, timeout):
     deadline = time.monotonic() + timeout
@@ -87,26 +90,29 @@ def wait(what, check, timeout):
         time.sleep(1)
     sys.exit(f"smoke: timed out waiting for {what}")
 
-wait("api /readyz 200", lambda: httpx.get(f"{api}/readyz").status_code == 200, 180)
-print("smoke: /readyz", httpx.get(f"{api}/readyz").json())
+wait("api /readyz 200", lambda: client.get(f"{api}/readyz").status_code == 200, 180)
+print("smoke: /readyz", client.get(f"{api}/readyz").json())
+keyless = client.get(f"{api}/runs", headers={"X-API-Key": ""}).status_code
+print("smoke: GET /runs without a key:", keyless)
+assert keyless == 401, keyless
 text = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 17}" for i in range(3000))
-up = httpx.post(f"{bank}/files", headers={"X-API-Key": key}, files={"file": ("c.txt", text.encode())})
+up = client.post(f"{bank}/files", headers={"X-API-Key": key}, files={"file": ("c.txt", text.encode())})
 up.raise_for_status()
 corpus = up.json()["file_id"]
-tok = httpx.post(f"{api}/tokenizers/train", json={"method": "bpe", "vocab_size": 300, "corpus_file_id": corpus}).json()
+tok = client.post(f"{api}/tokenizers/train", json={"method": "bpe", "vocab_size": 300, "corpus_file_id": corpus}).json()
 tid = tok["tokenizer_id"]
-wait("tokenizer", lambda: httpx.get(f"{api}/tokenizers/{tid}").json()["status"] in ("completed", "failed"), 300)
-print("smoke: tokenizer", httpx.get(f"{api}/tokenizers/{tid}").json()["status"])
+wait("tokenizer", lambda: client.get(f"{api}/tokenizers/{tid}").json()["status"] in ("completed", "failed"), 300)
+print("smoke: tokenizer", client.get(f"{api}/tokenizers/{tid}").json()["status"])
 body = {"corpus_file_id": corpus, "tokenizer_id": tid, "model_size": "tiny", "max_steps": 30,
         "max_seq_len": 32, "batch_size": 8, "eval_interval": 10, "checkpoint_interval": 10}
-run = httpx.post(f"{api}/runs/train", json=body).json()
+run = client.post(f"{api}/runs/train", json=body).json()
 rid = run["run_id"]
-wait("run", lambda: httpx.get(f"{api}/runs/{rid}").json()["status"] in ("completed", "failed"), 600)
-final = httpx.get(f"{api}/runs/{rid}").json()
+wait("run", lambda: client.get(f"{api}/runs/{rid}").json()["status"] in ("completed", "failed"), 600)
+final = client.get(f"{api}/runs/{rid}").json()
 print("smoke: run", final["status"], final.get("message"))
-pointer = httpx.get(f"{api}/runs/{rid}/artifact")
+pointer = client.get(f"{api}/runs/{rid}/artifact")
 print("smoke: artifact pointer", pointer.status_code, pointer.json())
-head = httpx.head(f"{bank}/files/{pointer.json()['file_id']}", headers={"X-API-Key": key})
+head = client.head(f"{bank}/files/{pointer.json()['file_id']}", headers={"X-API-Key": key})
 print("smoke: artifact in data bank:", head.status_code, head.headers.get("content-length"), "bytes")
 ok = final["status"] == "completed" and pointer.status_code == 200 and head.status_code == 200
 sys.exit(0 if ok else 1)
