@@ -55,9 +55,12 @@ format: setup
 	$(RUFF) check --fix $(RUFF_CFG) server scripts
 	$(RUFF) format $(RUFF_CFG) server scripts
 
-# Tests run in TEST_PROCS processes (pytest-xdist), a test module to a process: modules
-# share their stack (Data Bank, workers), and each process has its own Redis.
+# Tests run in pytest-xdist processes, each with its own Redis. The fast lane is CPU work:
+# one process a core (TEST_PROCS). The whole suite hands a module to a process (modules
+# share their stack: Data Bank, workers) and is mostly waiting on workers, leases and
+# servers: CHECK_PROCS, twice that, keep the cores busy.
 TEST_PROCS ?= 2
+CHECK_PROCS ?= $(shell expr 2 \* $(TEST_PROCS))
 
 # The fast lane: every test that needs no worker process and no browser (marker e2e).
 test: setup
@@ -65,7 +68,7 @@ test: setup
 
 # Lint and the whole suite, end-to-end and browser tests included (what CI runs).
 check: lint system-deps
-	cd server && ../$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile
+	cd server && ../$(PY) -m pytest -n $(CHECK_PROCS) --dist loadfile --no-loadscope-reorder
 
 # What the suite needs from Debian, installed when missing (as root, else with sudo):
 # redis-server (each test run starts its own on a free port; the package's own service is

@@ -13,7 +13,7 @@ from rq import Queue, Worker
 
 from model_trainer.settings import AppSettings, RQSettings, Settings
 from model_trainer.training.hardware import CpuInfo, cpu_info
-from tests.processes import WORKER_COMMAND, Proc, child_env, start_worker_process
+from tests.processes import WORKER_MODULE, Proc, child_env, start_worker_process
 from tests.redis_server import RedisServer
 from tests.stack import TEST_QUOTAS, TEST_SECURITY
 
@@ -33,6 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     server = RedisServer(directory).start()
     config.stash[_REDIS] = server
     os.environ["REDIS_URL"] = server.url
+    # Where xdist runs the tests in other processes, this one (the controller) sees them all.
+    if config.cache is not None and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(ModuleSeconds(config.cache))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -41,6 +44,43 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if server is not None:
         server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
+
+
+# Each test module's seconds in its last run (setup, calls and teardown), in pytest's cache
+# folder: the order below reads them.
+_MODULE_SECONDS = "model_trainer/module_seconds"
+
+
+def _module(item_or_report: pytest.Item | pytest.TestReport) -> str:
+    return item_or_report.nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest modules first: `make check` hands whole modules to its processes in this
+    order (xdist's --dist loadfile with --no-loadscope-reorder), so the modules that run for
+    a minute start at once and the quick ones fill the gaps at the end, instead of a long
+    one starting last and running alone. "Longest" is the last run's seconds where this
+    checkout has run the suite before, else modules with end-to-end tests first (a stable
+    sort: the order within a module is kept)."""
+    last: dict[str, float] = config.cache.get(_MODULE_SECONDS, {}) if config.cache else {}
+    slow = {_module(item) for item in items if item.get_closest_marker("e2e") is not None}
+    items.sort(key=lambda item: (-last.get(_module(item), 0.0), _module(item) not in slow))
+
+
+class ModuleSeconds:
+    """Adds up each module's seconds in this run and keeps them for the next one's order."""
+
+    def __init__(self, cache: pytest.Cache) -> None:
+        self.cache = cache
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        module = _module(report)
+        self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        kept: dict[str, float] = self.cache.get(_MODULE_SECONDS, {})
+        self.cache.set(_MODULE_SECONDS, {**kept, **self.seconds})
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +181,7 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
     def start(
         queue: str = queue_name,
         root: Path | None = None,
-        command: list[str] = WORKER_COMMAND,
+        module: str = WORKER_MODULE,
         **extra: str,
     ) -> Proc:
         root = root or tmp_path / f"worker{len(procs)}"
@@ -156,7 +196,7 @@ def _worker_starter(tmp_path: Path, redis_url: str, queue_name: str) -> Iterator
                 lambda _: (
                     Worker.count(connection=conn, queue=Queue(queue, connection=conn)) > before
                 ),
-                command,
+                module,
             )
         finally:
             conn.close()

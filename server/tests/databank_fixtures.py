@@ -57,7 +57,7 @@ def start_databank(root: Path, port: int | None = None, **env: str) -> DataBankS
     root.mkdir(parents=True, exist_ok=True)
     data_root = root / "files"
     port = port or free_port()
-    proc = Proc(
+    proc = Proc.command(
         [sys.executable, "-m", "databank_server", "--host", "127.0.0.1", "--port", str(port)],
         child_env({"DATA_ROOT": str(data_root), **env}),
         root / "databank.log",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -10,14 +11,17 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
+
+from tests.forkserver import ForkServer
 
 SERVER_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
 # `modeltrainer-rq-worker`'s entry point (pyproject), run as a module so the tests use this
 # tree's code whatever the virtualenv's generated scripts point at.
-WORKER_COMMAND = [sys.executable, "-m", "model_trainer.jobs.worker"]
+WORKER_MODULE = "model_trainer.jobs.worker"
 # The same worker, allowed to run tests/jobs_for_tests.py's jobs too (tests/worker_for_tests.py).
-TEST_JOBS_WORKER_COMMAND = [sys.executable, "-m", "tests.worker_for_tests"]
+TEST_JOBS_WORKER_MODULE = "tests.worker_for_tests"
 
 
 def free_port() -> int:
@@ -52,26 +56,63 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+class Process(Protocol):
+    """What tests use of a process: `subprocess.Popen`, or a child of the fork server."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+_fork_server: ForkServer | None = None
+
+
+def _forked(module: str, env: Mapping[str, str], log_path: Path) -> Process:
+    """`python -m module`, forked from this test process's fork server (tests/forkserver.py)."""
+    global _fork_server
+    if _fork_server is None:
+        _fork_server = ForkServer(child_env({}), SERVER_DIR)
+        atexit.register(_fork_server.close)
+    return _fork_server.spawn(module, env, log_path, SERVER_DIR)
+
+
 class Proc:
     """A child process with its output in a log file (read it when a test fails)."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, process: Process, log_path: Path) -> None:
+        self.process = process
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.popen = subprocess.Popen(
-            args, env=dict(env), cwd=SERVER_DIR, stdout=self._log, stderr=subprocess.STDOUT
-        )
+
+    @classmethod
+    def command(cls, args: list[str], env: Mapping[str, str], log_path: Path) -> Proc:
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                args, env=dict(env), cwd=SERVER_DIR, stdout=log, stderr=subprocess.STDOUT
+            )
+        return cls(popen, log_path)
+
+    @classmethod
+    def module(cls, module: str, env: Mapping[str, str], log_path: Path) -> Proc:
+        """`python -m module` forked from the fork server (tests/forkserver.py): a worker
+        whose torch is already imported."""
+        return cls(_forked(module, env, log_path), log_path)
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.process.poll() is None
 
     def cpu_ticks(self) -> int:
         """CPU time the process (and its finished children) has used, in clock ticks: a
@@ -86,20 +127,19 @@ class Proc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.alive():
-            self.popen.send_signal(sig)
+            self.process.send_signal(sig)
             try:
-                self.popen.wait(timeout)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        self._log.close()
-        code = self.popen.returncode
-        return int(code) if code is not None else -1
+                self.process.kill()
+                self.process.wait(10)
+        code = self.process.poll()
+        return code if code is not None else -1
 
     def kill(self) -> None:
         if self.alive():
-            self.popen.kill()
-            self.popen.wait(10)
+            self.process.kill()
+            self.process.wait(10)
 
 
 def wait_until(
@@ -112,9 +152,14 @@ def wait_until(
     """Until `predicate()`. Without `progress`, at most `timeout` seconds (for what has no
     sign of life: a process starting). With it, no deadline while `progress()` keeps
     changing: fail only when it stood still for `timeout` seconds (a stuck job, not a slow
-    machine). A `proc` that dies fails the wait at once, with its output."""
+    machine). A `proc` that dies fails the wait at once, with its output.
+
+    It looks every 20 ms at first, then less often up to every 0.25 s: what is quick is
+    seen at once, and a wait of minutes does not spend a core asking (each look at a run is
+    an HTTP request through the whole API)."""
     last_change = time.monotonic()
     seen = progress() if progress is not None else None
+    delay = 0.02
     while time.monotonic() - last_change < timeout:
         if predicate():
             return
@@ -124,7 +169,8 @@ def wait_until(
             now = progress()
             if now != seen:
                 seen, last_change = now, time.monotonic()
-        time.sleep(0.05)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
     detail = f"\n{proc.output()[-4000:]}" if proc is not None else ""
     still = " with no progress" if progress is not None else ""
     raise AssertionError(f"waited {timeout:.0f}s{still} for {what}{detail}")
@@ -134,11 +180,11 @@ def start_worker_process(
     env: Mapping[str, str],
     log_path: Path,
     registered: Callable[[Proc], bool],
-    command: list[str] = WORKER_COMMAND,
+    module: str = WORKER_MODULE,
 ) -> Proc:
     """A worker process, once `registered(proc)` says it came up (waiting while its CPU time
     moves: a busy machine imports torch slowly); one that never does is stopped, not left."""
-    proc = Proc(command, env, log_path)
+    proc = Proc.module(module, env, log_path)
     try:
         wait_until(
             lambda: registered(proc), 60, "the worker to register", proc, progress=proc.cpu_ticks

@@ -220,7 +220,7 @@ class Api:
             "--bind",
             f"127.0.0.1:{port}",
         ]
-        self.proc = Proc(command, environment, root / "api.log")
+        self.proc = Proc.command(command, environment, root / "api.log")
         wait_until(self._ready, 60, "the API to be ready", self.proc, progress=self.proc.cpu_ticks)
 
     def _ready(self) -> bool:

@@ -113,10 +113,13 @@ def test_parameter_count_and_optimizer_state_of_every_family(fields: dict[str, o
     assert estimate_run_memory(config, 777).state_bytes == expected_bytes
 
 
-# Runs in a fresh process: its peak RSS (VmHWM) is then this step's alone. Mirrors
-# `TrainingLoop._train_step` with the project's own builders and fp32 (the estimate's bound).
-_MEASURE_STEP = """
-import json, sys
+# Measures each configuration's training step in a process of its own, its peak RSS (VmHWM)
+# then that step's alone. One fresh process imports torch and transformers once and forks a
+# child per configuration; the child resets its peak to what it inherited (clear_refs 5) and
+# reports the growth. Mirrors `TrainingLoop._train_step` with the project's own builders and
+# fp32 (the estimate's bound).
+_MEASURE_STEPS = """
+import json, os, sys
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -133,76 +136,102 @@ def status(field):
                 return int(line.split()[1]) * 1024
     raise KeyError(field)
 
-config = TrainingSpec.model_validate_json(sys.argv[1])
-vocab = int(sys.argv[2])
-tokens = np.random.default_rng(0).integers(0, vocab, size=200_000, dtype=np.uint16)
-base = status("VmRSS")
-model = build_model(model_spec(config, vocab, 0, None), config.model_family, config.seed)
-model.train()
-optimizer = make_optimizer(model, config)
-val = validation_batches(tokens, config.max_seq_len, config.batch_size, config.eval_batches)
-sampler = WindowSampler(tokens, config.max_seq_len, config.batch_size, config.seed)
-for _ in range(2):  # the second step has gradients and both AdamW moments at once
-    x, y = sampler.next_batch()
-    with autocast(Precision.FP32):
-        logits = forward_logits(model, x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    torch.autograd.backward(loss)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-print(json.dumps({"base": base, "growth": status("VmHWM") - base}))
+def measure(config, vocab):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS: the peak from here on is this step's
+    tokens = np.random.default_rng(0).integers(0, vocab, size=200_000, dtype=np.uint16)
+    base = status("VmRSS")
+    model = build_model(model_spec(config, vocab, 0, None), config.model_family, config.seed)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    val = validation_batches(tokens, config.max_seq_len, config.batch_size, config.eval_batches)
+    sampler = WindowSampler(tokens, config.max_seq_len, config.batch_size, config.seed)
+    for _ in range(2):  # the second step has gradients and both AdamW moments at once
+        x, y = sampler.next_batch()
+        with autocast(Precision.FP32):
+            logits = forward_logits(model, x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"base": base, "growth": status("VmHWM") - base}
+
+vocab = int(sys.argv[1])
+for config_json in sys.argv[2:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        config = TrainingSpec.model_validate_json(config_json)
+        os.write(write, json.dumps(measure(config, vocab)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        print(answer.read(), flush=True)
+    assert os.waitpid(pid, 0)[1] == 0
 """
 
+STEP_SHAPES: dict[str, dict[str, object]] = {
+    # dropout 0: attention's flash kernel stores no T x T scores
+    "gpt2": {"n_layer": 2, "n_head": 4, "n_embd": 256, "max_seq_len": 256, "batch_size": 16},
+    # dropout > 0: the math path keeps the scores (the estimate's `a = 4 T` term)
+    "gpt2-dropout": {
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 128,
+        "max_seq_len": 512,
+        "batch_size": 8,
+        "dropout": 0.1,
+    },
+    # the rotary families: SwiGLU, RMSNorm (and QK-norm), Muon's single buffer
+    "llama-muon": {
+        "model_family": "llama",
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 256,
+        "max_seq_len": 256,
+        "batch_size": 16,
+        "optimizer": "muon",
+    },
+    "qwen3": {
+        "model_family": "qwen3",
+        "n_layer": 2,
+        "n_head": 4,
+        "n_embd": 256,
+        "max_seq_len": 256,
+        "batch_size": 16,
+    },
+}
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        # dropout 0: attention's flash kernel stores no T x T scores
-        {"n_layer": 2, "n_head": 4, "n_embd": 256, "max_seq_len": 256, "batch_size": 16},
-        # dropout > 0: the math path keeps the scores (the estimate's `a = 4 T` term)
-        {
-            "n_layer": 2,
-            "n_head": 4,
-            "n_embd": 128,
-            "max_seq_len": 512,
-            "batch_size": 8,
-            "dropout": 0.1,
-        },
-        # the rotary families: SwiGLU, RMSNorm (and QK-norm), Muon's single buffer
-        {
-            "model_family": "llama",
-            "n_layer": 2,
-            "n_head": 4,
-            "n_embd": 256,
-            "max_seq_len": 256,
-            "batch_size": 16,
-            "optimizer": "muon",
-        },
-        {
-            "model_family": "qwen3",
-            "n_layer": 2,
-            "n_head": 4,
-            "n_embd": 256,
-            "max_seq_len": 256,
-            "batch_size": 16,
-        },
-    ],
-)
-def test_estimate_is_near_the_measured_peak_of_a_training_step(
-    fields: dict[str, object], tmp_path: Path
-) -> None:
-    config = _config(eval_batches=4, **fields)
+
+def _step_config(name: str) -> TrainingSpec:
+    return _config(eval_batches=4, **STEP_SHAPES[name])
+
+
+@pytest.fixture(scope="module")
+def measured_steps() -> dict[str, dict[str, int]]:
+    """Each of STEP_SHAPES's measured base and peak growth, from one fresh process."""
+    configs = [_step_config(name).model_dump_json() for name in STEP_SHAPES]
     answer = subprocess.run(
-        [sys.executable, "-c", _MEASURE_STEP, config.model_dump_json(), str(VOCAB)],
+        [sys.executable, "-c", _MEASURE_STEPS, str(VOCAB), *configs],
         env=child_env({"OMP_NUM_THREADS": "2"}),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert answer.returncode == 0, answer.stderr
-    measured = json.loads(answer.stdout.strip().splitlines()[-1])
+    lines = answer.stdout.strip().splitlines()[-len(STEP_SHAPES) :]
+    return {name: json.loads(line) for name, line in zip(STEP_SHAPES, lines, strict=True)}
+
+
+@pytest.mark.parametrize("name", list(STEP_SHAPES))
+def test_estimate_is_near_the_measured_peak_of_a_training_step(
+    name: str, measured_steps: dict[str, dict[str, int]]
+) -> None:
+    config = _step_config(name)
+    measured = measured_steps[name]
     estimate = estimate_run_memory(config, VOCAB)
     if config.dropout > 0:
         assert estimate.attention_score_bytes > estimate.activation_bytes / 2

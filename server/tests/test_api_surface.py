@@ -84,7 +84,7 @@ class Api:
         )
         command = [sys.executable, "-m", "hypercorn", "model_trainer.api.main:create_app()"]
         command += ["--bind", f"127.0.0.1:{port}"]
-        self.proc = Proc(command, environment, root / "api.log")
+        self.proc = Proc.command(command, environment, root / "api.log")
         wait_until(self._up, 60, "the API's /healthz", self.proc, progress=self.proc.cpu_ticks)
 
     def _up(self) -> bool:
@@ -131,7 +131,7 @@ def own_databank(tmp_path: Path) -> Iterator[DataBankServer]:
     """A Data Bank of this test's own: it may be stopped (SIGSTOP)."""
     server = start_databank(tmp_path / "databank", API_UPLOAD_KEYS=UPLOAD_KEY, MIN_FREE_GB="0")
     yield server
-    server.proc.popen.send_signal(signal.SIGCONT)
+    server.proc.process.send_signal(signal.SIGCONT)
     server.proc.stop(timeout=10)
 
 
@@ -205,7 +205,7 @@ def test_readyz_answers_from_its_probe_while_data_bank_is_stopped(
         first = httpx.get(f"{api.url}/readyz", timeout=5).json()
         assert first == {"status": "ready", "gpu_workers": 0}
         reached = proxy.count("GET", "/readyz")
-        own_databank.proc.popen.send_signal(signal.SIGSTOP)
+        own_databank.proc.process.send_signal(signal.SIGSTOP)
 
         readyz, timings, served = asyncio.run(_load(api.url, readyz_waves=5, wave=100))
 
@@ -234,7 +234,7 @@ def test_readyz_reports_a_stopped_data_bank_from_its_next_probe(
         wait_until(
             lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 200, 30, "ready"
         )
-        own_databank.proc.popen.send_signal(signal.SIGSTOP)
+        own_databank.proc.process.send_signal(signal.SIGSTOP)
         wait_until(
             lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 503,
             60,

@@ -201,40 +201,59 @@ def test_reading_never_touches_the_network(tmp_path: Path) -> None:
     assert done.stdout.split("\n")[:3] == ["jsonl ['a']", "parquet ['b']", "csv ['first record']"]
 
 
-# Converts one corpus in a fresh process, as a job does, and reports the process's peak RSS
-# (what the job's process would hold): {"peak": bytes, "error": [code, message] or None}.
-# VmHWM, not getrusage: Linux carries ru_maxrss across exec, so that would include the peak
-# of the pytest process that forked it.
+# Converts corpora in a fresh process, as a job does, each in a child forked from it once
+# the libraries are imported, and reports each child's peak RSS (what the job's process would
+# hold): {"peak": bytes, "error": [code, message] or None} a line. VmHWM, reset in the child
+# to what it inherited (clear_refs 5), not getrusage: Linux carries ru_maxrss across fork and
+# exec, so that would include the peak of the process that forked it.
 _CONVERT = textwrap.dedent(
     """
-    import json, re, sys
+    import json, os, re, sys
     from pathlib import Path
     from model_trainer.errors import UserError
     from model_trainer.tokenization.corpus_formats import write_text_corpus
 
-    src, fmt, out, cache, cap = sys.argv[1:]
-    error = None
-    try:
-        write_text_corpus(Path(src), fmt, "text", Path(out), Path(cache), int(cap))
-    except UserError as exc:
-        error = [exc.code, exc.message]
-    status = Path("/proc/self/status").read_text()
-    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
-    print(json.dumps({"peak": peak, "error": error}))
+    def convert(src, fmt, out, cache, cap):
+        Path("/proc/self/clear_refs").write_text("5")
+        error = None
+        try:
+            write_text_corpus(Path(src), fmt, "text", Path(out), Path(cache), int(cap))
+        except UserError as exc:
+            error = [exc.code, exc.message]
+        status = Path("/proc/self/status").read_text()
+        peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+        return {"peak": peak, "error": error}
+
+    for job in json.loads(sys.argv[1]):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.write(write, json.dumps(convert(*job)).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as answer:
+            print(answer.read(), flush=True)
+        assert os.waitpid(pid, 0)[1] == 0
     """
 )
 
 
-def _convert(src: Path, fmt: StructuredFormat, out: Path, cap: int) -> dict[str, object]:
+def _convert_each(
+    jobs: list[tuple[Path, StructuredFormat, Path, int]],
+) -> list[dict[str, object]]:
+    """`write_text_corpus(src, fmt, "text", out, cache, cap)` for each (src, fmt, out, cap)."""
+    arguments = [
+        (str(src), fmt, str(out), str(src.parent / "ds"), cap) for src, fmt, out, cap in jobs
+    ]
     done = subprocess.run(
-        [sys.executable, "-c", _CONVERT, str(src), fmt, str(out), str(src.parent / "ds"), str(cap)],
+        [sys.executable, "-c", _CONVERT, json.dumps(arguments)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
-    return result
+    return [json.loads(line) for line in done.stdout.splitlines()[-len(jobs) :]]
 
 
 @pytest.mark.parametrize("dictionary", [True, False], ids=["dictionary", "plain-zstd"])
@@ -255,8 +274,12 @@ def test_a_parquet_bomb_is_refused_before_its_text_is_decoded(
     small = _parquet(tmp_path / "small.parquet", {"text": DOCS})
     out = tmp_path / "out" / "text.txt"
 
-    baseline = _convert(small, "parquet", tmp_path / "small" / "text.txt", 4 * MiB)
-    refused = _convert(bomb, "parquet", out, 4 * MiB)
+    baseline, refused = _convert_each(
+        [
+            (small, "parquet", tmp_path / "small" / "text.txt", 4 * MiB),
+            (bomb, "parquet", out, 4 * MiB),
+        ]
+    )
 
     assert baseline["error"] is None
     assert refused["error"] == [

@@ -239,13 +239,13 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
                     worker,
                     progress=lambda: _moving(client, run_id),
                 )
-                worker.popen.send_signal(signal.SIGTERM)
+                worker.process.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
                 answer = poll(lambda: _run(client, run_id), lambda a: a["status"] == "queued", 60)
                 requeue_seconds.append(time.monotonic() - sent)
                 assert "shutdown" in str(answer["message"])
                 last_step = _step(answer)
-                worker.popen.wait(60)
+                worker.process.wait(60)
                 stack.workers.remove(worker)
                 worker = stack.start_worker(disk)
             print(f"\nSIGTERM -> queued again: {[round(s, 2) for s in requeue_seconds]} s")

@@ -224,14 +224,26 @@ def train(
     )
 
 
+COMPILED = {"compile": "on", "max_steps": 20}
+
+
+@pytest.fixture(scope="module")
+def compiled_session(
+    root: Path, cpu: CpuInfo, compile_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, TrainingResult]:
+    """The first session of a compiled run, handed back at step 10: the one cold compile of
+    this module (tens of seconds), which fills `compile_cache`."""
+    needs_a_compiler(cpu)
+    run_dir = tmp_path_factory.mktemp("compiled") / "run"
+    first = train(root, run_dir, cpu, Recorder(hand_back_at=10), compile_cache, **COMPILED)
+    return run_dir, first
+
+
 @pytest.mark.e2e  # compiles: tens of seconds
 def test_a_compiled_run_trains_checkpoints_resumes_evaluates_and_ships_plain_weights(
-    root: Path, cpu: CpuInfo, compile_cache: Path, tmp_path: Path
+    root: Path, cpu: CpuInfo, compile_cache: Path, compiled_session: tuple[Path, TrainingResult]
 ) -> None:
-    needs_a_compiler(cpu)
-    run_dir = tmp_path / "run"
-    fields = {"compile": "on", "max_steps": 20}
-    first = train(root, run_dir, cpu, Recorder(hand_back_at=10), compile_cache, **fields)
+    run_dir, first = compiled_session
     assert (first.outcome, first.steps) == (Outcome.INTERRUPTED, 10)
     checkpoint = load_last(run_dir)
     assert checkpoint is not None
@@ -239,6 +251,7 @@ def test_a_compiled_run_trains_checkpoints_resumes_evaluates_and_ships_plain_wei
     assert (chosen.compiled, chosen.compile_reason) == (True, "requested on")
     timings = chosen.compile_timings
     assert timings is not None and timings.compile_seconds is not None
+    assert timings.cache_hits == 0  # a cold cache: compiled from scratch
     assert timings.compiled_ms is not None and timings.compiled_ms > 0
     # The module was never wrapped: its checkpoint has the model's own keys.
     assert checkpoint.model and not any("_orig_mod" in k for k in checkpoint.model)
@@ -246,7 +259,7 @@ def test_a_compiled_run_trains_checkpoints_resumes_evaluates_and_ships_plain_wei
 
     # The second session compiles again (the same execution), and continues from step 10.
     recorder = Recorder()
-    result = train(root, run_dir, cpu, recorder, compile_cache, **fields)
+    result = train(root, run_dir, cpu, recorder, compile_cache, **COMPILED)
     assert (result.outcome, result.steps) == (Outcome.COMPLETED, 20)
     assert recorder.progress[0].step > 10
     manifest = result.manifest
@@ -307,64 +320,50 @@ def test_a_time_budget_covers_the_probe_and_the_setup(
 
 # --- the compile cache, across processes -------------------------------------------------
 
-COMPILE_ONE_STEP = """
+# A new session of the compiled shape in a process of its own, on the same compile cache.
+COMPILE_AGAIN = """
 import json, sys, time
 from pathlib import Path
-started = time.perf_counter()
-import torch
-from model_trainer.training.config import TrainingSpec
-from model_trainer.training.execution import CompileMemo, choose_execution
-from model_trainer.training.hardware import NO_GPU, CpuInfo
-from model_trainer.training.model import build_model, model_spec
-from model_trainer.training.step import use_compile_cache
+from model_trainer.training.hardware import CpuInfo
+from tests.test_execution import COMPILED, train
 
-cache, config_json, cpu_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-use_compile_cache(cache)
-torch.set_num_threads(1)
-config = TrainingSpec.model_validate_json(config_json)
-model = build_model(model_spec(config, 300, None, None), config.model_family, config.seed)
-ready = time.perf_counter()
-execution, _ = choose_execution(
-    model, config, 300, torch.device("cpu"), CpuInfo.model_validate_json(cpu_json), NO_GPU,
-    threads=1, planned_steps=None, memo=CompileMemo(cache),
+root, run_dir, cache, cpu_json = sys.argv[1:]
+result = train(
+    Path(root), Path(run_dir), CpuInfo.model_validate_json(cpu_json), None, Path(cache),
+    **{**COMPILED, "max_steps": 2},
 )
-timings = execution.compile_timings
-print(json.dumps({
-    "cache_hits": timings.cache_hits,
-    "compile_seconds": timings.compile_seconds,
-    "to_first_step_seconds": round(time.perf_counter() - ready, 3),
-}))
+timings = result.manifest.execution.compile_timings
+print(json.dumps({"cache_hits": timings.cache_hits, "compile_seconds": timings.compile_seconds}))
 """
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("compiled_session")
 def test_a_second_process_finds_the_compiled_step_in_the_cache(
-    cpu: CpuInfo, tmp_path: Path
+    root: Path, cpu: CpuInfo, compile_cache: Path, tmp_path: Path
 ) -> None:
-    needs_a_compiler(cpu)
-    config = TrainingSpec.model_validate({**TINY, "compile": "on", "n_embd": 48, "max_steps": 5})
-    cache = tmp_path / "compile-cache"
-
-    arguments = [config.model_dump_json(), cpu.model_dump_json()]
-
-    def compile_in_a_new_process() -> dict[str, float]:
-        done = subprocess.run(
-            [sys.executable, "-c", COMPILE_ONE_STEP, str(cache), *arguments],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        )
-        figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-        return figures
-
-    cold = compile_in_a_new_process()
-    warm = compile_in_a_new_process()
-    print(f"\ncompile cache: cold {cold}, warm {warm}")
-    assert cold["cache_hits"] == 0
+    """The module's cold compile (`compiled_session`) filled the cache; a new process
+    compiling the same shape loads its graphs from there instead of compiling them again."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            COMPILE_AGAIN,
+            str(root),
+            str(tmp_path / "run"),
+            str(compile_cache),
+            cpu.model_dump_json(),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    warm = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\ncompile cache, a second process: {warm}")
     assert warm["cache_hits"] > 0  # forward and backward graphs, from the first's disk
-    # The memo beside the cache now knows this shape's compile time.
-    memo = json.loads((cache / "compile-memo.json").read_text())
+    # The memo beside the cache now knows this shape's compile time, from a warm cache.
+    memo = json.loads((compile_cache / "compile-memo.json").read_text())
     assert len(memo) == 1 and next(iter(memo.values()))["warm"] is True

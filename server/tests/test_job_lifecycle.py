@@ -97,7 +97,7 @@ def _kill(stack: Stack, worker: Proc) -> None:
     for pid in [*_children(worker.pid), worker.pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    worker.popen.wait(30)
+    worker.process.wait(30)
     stack.workers.remove(worker)
 
 
@@ -246,11 +246,11 @@ def test_sigterm_hands_the_job_back_without_an_attempt(
         with _databank_paused(stack):
             worker_a = stack.start_worker(_disk())
             _held_by(stack, job, worker_a)
-            worker_a.popen.send_signal(signal.SIGTERM)  # a redeploy
+            worker_a.process.send_signal(signal.SIGTERM)  # a redeploy
         # The download finishes; at its next safe point the job is handed back.
         answer = poll(job.answer, lambda a: a["status"] == "queued", 60)
         assert "shutdown" in str(answer["message"]), answer
-        assert worker_a.popen.wait(60) == 0
+        assert worker_a.process.wait(60) == 0
         stack.workers.remove(worker_a)
         worker_b = stack.start_worker(_disk())
         done = _wait_done(job.answer)

@@ -29,7 +29,7 @@ from model_trainer.store.keys import JobKind, workers_key
 from model_trainer.training.config import Device, TrainingSpec
 from tests.conftest import StartWorker, worker_env
 from tests.jobs_for_tests import FUNCTIONS, Payload, TouchOnLoad
-from tests.processes import TEST_JOBS_WORKER_COMMAND, WORKER_COMMAND, Proc, wait_until
+from tests.processes import TEST_JOBS_WORKER_MODULE, WORKER_MODULE, Proc, wait_until
 from tests.stack import rq_job
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
@@ -43,7 +43,7 @@ def queue_name() -> str:
 
 @pytest.fixture(scope="module")
 def worker(module_worker: StartWorker) -> Proc:
-    return module_worker(command=TEST_JOBS_WORKER_COMMAND)
+    return module_worker(module=TEST_JOBS_WORKER_MODULE)
 
 
 def _queue(
@@ -247,8 +247,8 @@ def test_a_gpu_worker_without_cuda_refuses_to_start(
     env = worker_env(
         redis_url, queue_name, tmp_path, APP__WORKER_DEVICE="cuda", RQ__GPU_QUEUE_NAME=gpu_queue
     )
-    proc = Proc(WORKER_COMMAND, env, tmp_path / "worker.log")
-    assert proc.popen.wait(60) == 1
+    proc = Proc.module(WORKER_MODULE, env, tmp_path / "worker.log")
+    assert proc.process.wait(60) == 1
     output = proc.output()
     assert "worker_no_cuda" in output
     assert "APP__WORKER_DEVICE=cuda" in output and "sees no CUDA device" in output
