@@ -7,12 +7,17 @@ throughput  tokens/s and MFU of our loop (`training.loop.train`) next to a bare 
             FLOPs per token times tokens/s over the matmul peak measured here and now.
             Cases: tiny (context 64, batch 12) and mini (context 256, batch 16), fp32 and
             bf16, plus what `precision: auto` does on this CPU.
+profile     where a step's time goes, for the default family and optimizer (Qwen3 + Muon) at
+            the throughput cases' shapes, fp32 and bf16: milliseconds of the forward and
+            loss, the backward, Muon's update (its Newton-Schulz iteration) and AdamW's, and
+            the forward and backward's share in matmuls and in the head's cross-entropy
+            (torch.profiler's self time by operator).
 quality     validation bits per character on tinyshakespeare (first 90% train, the next
             5% validation, the last 5% test: `training.data.Holdout`) after a
             `max_train_seconds` budget (95 s) with the config defaults, using a byte-level
             BPE tokenizer trained on the training 90% only.
 
-Usage: .venv/bin/python scripts/bench_train.py [throughput|quality|all] [--seconds 95]
+Usage: .venv/bin/python scripts/bench_train.py [throughput|profile|quality|all] [--seconds 95]
        [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
        [--set field=value ...] [--json results.jsonl]
 (--family and --optimizer are quality's; they are shorthands for --set model_family=...,
@@ -64,6 +69,7 @@ from model_trainer.training.model import (
     flops_per_token,
     model_spec,
 )
+from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.precision import choose_precision, needs_probe
 from model_trainer.training.run import run_training
 from model_trainer.training.step import autocast, forward_logits, loss_function
@@ -292,6 +298,78 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
     log(f"(after: {load_line()})")
 
 
+# torch.profiler's operator names, by what they do (self time: no double counting).
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+CROSS_ENTROPY_OPS = {
+    "aten::_log_softmax",
+    "aten::_log_softmax_backward_data",
+    "aten::nll_loss_forward",
+    "aten::nll_loss_backward",
+}
+
+
+def profile(vocab: int, steps: int, results: list[dict[str, object]]) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    log(f"\n## Where a step's time goes ({load_line()})")
+    log(
+        "\n| model | context x batch | precision | step ms | forward + loss | backward "
+        "| Muon | AdamW | matmuls (fwd+bwd) | cross-entropy (fwd+bwd) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    cpu = torch.device("cpu")
+    for size, context, batch in THROUGHPUT_CASES:
+        config = TrainingSpec(model_size=size, max_seq_len=context, batch_size=batch)
+        for precision in (Precision.FP32, Precision.BF16):
+            spec = model_spec(config, vocab, None, None)
+            model = build_model(spec, config.model_family, config.seed)
+            model.train()
+            optimizer = make_optimizer(model, config, precision)
+            loss_fn = loss_function(model, precision, cpu, compiled=False)
+            tokens = torch.randint(vocab, (batch, context + 1))
+            x, y = tokens[:, :-1], tokens[:, 1:]
+            seconds: dict[str, list[float]] = {"forward": [], "backward": []}
+            seconds.update({name: [] for name in optimizer.parts})
+            for i in range(2 + steps):  # two to warm up, not counted
+                t0 = time.perf_counter()
+                loss = loss_fn(x, y)
+                t1 = time.perf_counter()
+                torch.autograd.backward(loss)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                t2 = time.perf_counter()
+                spent = {"forward": t1 - t0, "backward": t2 - t1}
+                for name, part in optimizer.parts.items():
+                    t3 = time.perf_counter()
+                    part.step()
+                    spent[name] = time.perf_counter() - t3
+                optimizer.zero_grad(set_to_none=True)
+                if i >= 2:
+                    for name, value in spent.items():
+                        seconds[name].append(value)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                loss = loss_fn(x, y)
+                torch.autograd.backward(loss)
+            self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+            total = sum(self_us.values())
+            matmul = sum(v for k, v in self_us.items() if k in MATMUL_OPS) / total
+            cross_entropy = sum(v for k, v in self_us.items() if k in CROSS_ENTROPY_OPS) / total
+            ms = {k: 1000 * statistics.median(v) for k, v in seconds.items()}
+            arch: Architecture = config.resolved()
+            log(
+                f"| {size.value} ({arch.n_layer}x{arch.n_embd}, {config.model_family.value}) | "
+                f"{context} x {batch} | {precision.value} | {sum(ms.values()):.1f} | "
+                f"{ms['forward']:.1f} | {ms['backward']:.1f} | {ms.get('muon', 0):.1f} | "
+                f"{ms['adamw']:.1f} | {matmul:.0%} | {cross_entropy:.0%} |"
+            )
+            results.append(
+                {"part": "profile", "model": size.value, "precision": precision.value}
+                | {f"{k}_ms": v for k, v in ms.items()}
+                | {"matmul_share": matmul, "cross_entropy_share": cross_entropy}
+            )
+    log(f"(after: {load_line()})")
+
+
 def quality(
     work: Path,
     vocab: int,
@@ -374,7 +452,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("part", nargs="?", default="all", choices=["throughput", "quality", "all"])
+    parser.add_argument(
+        "part", nargs="?", default="all", choices=["throughput", "profile", "quality", "all"]
+    )
     parser.add_argument("--seconds", type=float, default=95.0, help="quality: time budget")
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="BPE vocabulary size")
     parser.add_argument("--rounds", type=int, default=3, help="throughput: alternations")
@@ -398,6 +478,7 @@ def main(argv: list[str]) -> int:
         overrides["optimizer"] = args.optimizer
     runs: dict[str, Callable[[Path], None]] = {
         "throughput": lambda w: throughput(w, args.vocab, args.rounds, results),
+        "profile": lambda w: profile(args.vocab, 10, results),
         "quality": lambda w: quality(w, args.vocab, args.seconds, overrides, results),
     }
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

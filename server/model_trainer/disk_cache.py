@@ -13,11 +13,13 @@ run at once) share the folder and coordinate with `flock` on files under `root/.
 - **evict**, exclusive: one eviction pass at a time.
 
 An entry is made in a scratch folder and renamed into place, so its name means it is
-complete. Using one sets its mtime at the start and the end (atime is often not kept);
-adding one evicts the least recently used entries not in use until the total is within the
-bound. An entry bigger than the bound on its own is kept while in use and goes at the next
-addition. The evictor also removes the lock files of entries it removed and the scratch of
-makers that died, so nothing in the folder grows without bound.
+complete. Using one sets its mtime at the start and the end (atime is often not kept), to
+the nanosecond clock's time: the kernel's own "now" for a file advances a tick (1-4 ms) at a
+time, and uses within one tick would tie. Adding one evicts the least recently used entries
+not in use until the total is within the bound. An entry bigger than the bound on its own
+is kept while in use and goes at the next addition. The evictor also removes the lock files
+of entries it removed and the scratch of makers that died, so nothing in the folder grows
+without bound.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,11 +81,11 @@ class DiskCache:
                     if not entry.exists():  # else another process made it while we waited
                         self._make(section, name, entry, make)
                         self.evict()
-            os.utime(entry)
+            _touch(entry)
             try:
                 yield entry
             finally:
-                os.utime(entry)
+                _touch(entry)
 
     def nbytes(self) -> int:
         """What the entries hold, in bytes."""
@@ -241,3 +244,8 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _touch(path: Path) -> None:
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))

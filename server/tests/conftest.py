@@ -34,8 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_REDIS] = server
     os.environ["REDIS_URL"] = server.url
     # Where xdist runs the tests in other processes, this one (the controller) sees them all.
-    if config.cache is not None and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(ModuleSeconds(config.cache))
+    cache = _cache(config)
+    if cache is not None and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(ModuleSeconds(cache))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -51,6 +52,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 _MODULE_SECONDS = "model_trainer/module_seconds"
 
 
+def _cache(config: pytest.Config) -> pytest.Cache | None:
+    """pytest's cache, unless its plugin is off (`-p no:cacheprovider`)."""
+    return config.cache if config.pluginmanager.has_plugin("cacheprovider") else None
+
+
 def _module(item_or_report: pytest.Item | pytest.TestReport) -> str:
     return item_or_report.nodeid.split("::", 1)[0]
 
@@ -62,7 +68,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     one starting last and running alone. "Longest" is the last run's seconds where this
     checkout has run the suite before, else modules with end-to-end tests first (a stable
     sort: the order within a module is kept)."""
-    last: dict[str, float] = config.cache.get(_MODULE_SECONDS, {}) if config.cache else {}
+    cache = _cache(config)
+    last: dict[str, float] = cache.get(_MODULE_SECONDS, {}) if cache is not None else {}
     slow = {_module(item) for item in items if item.get_closest_marker("e2e") is not None}
     items.sort(key=lambda item: (-last.get(_module(item), 0.0), _module(item) not in slow))
 

@@ -106,8 +106,11 @@ def test_an_entry_another_process_holds_is_not_evicted(tmp_path: Path) -> None:
         _add(cache, "d")
         _add(cache, "e")  # only held and the newest fit
         assert _names(cache) == {"held", "e"}
-    _add(cache, "f")  # released: now it goes first
-    assert _names(cache) == {"e", "f"}
+    # Released: its use ended after "e" was added, so "e" goes first, then "held".
+    _add(cache, "f")
+    assert _names(cache) == {"held", "f"}
+    _add(cache, "g")
+    assert _names(cache) == {"f", "g"}
 
 
 def test_entries_in_use_may_pass_the_bound_until_released(tmp_path: Path) -> None:

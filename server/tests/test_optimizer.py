@@ -46,23 +46,35 @@ def test_gpt2s_transposed_conv1d_gets_the_scale_of_its_true_shape() -> None:
     assert sorted(split.muon) == pytest.approx([0.5, 1.0, math.sqrt(3), 2.0])
 
 
-def test_cpu_muon_updates_as_torchs_muon_does() -> None:
+@pytest.mark.parametrize("ns_dtype", [torch.float32, torch.bfloat16])
+def test_cpu_muon_updates_as_torchs_muon_does(ns_dtype: torch.dtype) -> None:
+    """One group of matrices of three shapes, two of them twice (batched together): each
+    updated as torch's Muon updates it alone, in fp32 or in bf16 (torch's own precision)."""
     torch.manual_seed(0)
-    for shape in [(64, 32), (32, 96)]:
-        a = nn.Parameter(torch.randn(*shape))
-        b = nn.Parameter(a.detach().clone())
-        theirs: torch.optim.Optimizer = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
-        ours = CpuMuon([b], lr=0.02, weight_decay=0.1)
-        for _ in range(3):
-            grad = torch.randn(*shape)
+    shapes = [(64, 32), (32, 96), (64, 32), (48, 48), (32, 96)]
+    ours_params = [nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    theirs_params = [nn.Parameter(p.detach().clone()) for p in ours_params]
+    ours = CpuMuon(ours_params, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype)
+    theirs: list[torch.optim.Optimizer] = [
+        torch.optim.Muon([p], lr=0.02, weight_decay=0.1) for p in theirs_params
+    ]
+    for _ in range(3):
+        for a, b in zip(ours_params, theirs_params, strict=True):
+            grad = torch.randn(*a.shape)
             a.grad, b.grad = grad.clone(), grad.clone()
-            theirs.step()
-            ours.step()
-        # torch iterates in bf16, ours in fp32: the same update to bf16's precision.
+        ours.step()
+        for optimizer in theirs:
+            optimizer.step()
+    for a, b, optimizer in zip(ours_params, theirs_params, theirs, strict=True):
+        # torch iterates in bf16: in bf16 ours is its update exactly, batching included; in
+        # fp32 the same update to bf16's precision.
         assert torch.allclose(a, b, atol=1e-3)
-        assert not torch.equal(a, b)
-        assert ours.state_dict()["param_groups"] == theirs.state_dict()["param_groups"]
-        assert set(ours.state[b]) == set(theirs.state[a]) == {"momentum_buffer"}
+        assert torch.equal(a, b) is (ns_dtype == torch.bfloat16)
+        assert set(ours.state[a]) == set(optimizer.state[b]) == {"momentum_buffer"}
+    theirs_groups = theirs[0].state_dict()["param_groups"]
+    assert {k: v for k, v in ours.state_dict()["param_groups"][0].items() if k != "params"} == {
+        k: v for k, v in theirs_groups[0].items() if k != "params"
+    }
 
 
 def test_every_group_follows_the_plan_from_its_own_peak() -> None:

@@ -288,7 +288,7 @@ class _Trainer:
                 splits.validation, config.max_seq_len, config.batch_size, config.eval_batches
             )
         ]
-        self.optimizer = make_optimizer(model, config)
+        self.optimizer = make_optimizer(model, config, state.execution.precision)
         self.plan = LrPlan(
             peak=config.learning_rate,
             warmup_steps=config.warmup_steps,

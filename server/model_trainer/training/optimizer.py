@@ -24,10 +24,13 @@ Muon details that matter:
   would (`learning_rate x weight_decay` at the same point of the plan): `weight_decay`
   means the same pull towards zero whichever optimizer runs.
 
-Muon runs its Newton-Schulz iteration in fp32 (`CpuMuon`): torch's casts to bf16, which
-on a CPU without native bf16 is emulated, and measured here 750 ms per step for a tiny
-llama (the forward and backward take 90 ms); in fp32 the step costs a few ms. The rest of
-the update is torch's, and so is the state (one `momentum_buffer` per matrix).
+Muon's Newton-Schulz iteration (`CpuMuon`) runs in the run's precision: bf16 as torch's
+does where the run chose bf16 (native on its CPU: the iteration is pure matmuls, 2-5x
+faster there), fp32 otherwise (emulated bf16 measured 750 ms a step for a tiny llama whose
+forward and backward take 90 ms; fp32 costs a few ms). The matrices of one shape go through
+it as one batch. At `mini` the iteration is a third of a step's arithmetic, at `tiny` two
+fifths (docs/benchmarks.md). The rest of the update is torch's, and so is the state (one
+`momentum_buffer` per matrix).
 
 Checkpoints: with adamw, `state_dict()` is AdamW's own, exactly what checkpoints held before
 Muon existed (so they still load); with muon it is `{"muon": ..., "adamw": ...}`.
@@ -45,7 +48,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from model_trainer.errors import CheckpointInvalid
-from model_trainer.training.config import Optimizer, TrainingSpec
+from model_trainer.training.config import Optimizer, Precision, TrainingSpec
 from model_trainer.training.model import output_head
 
 # AdamW betas as nanoGPT uses for small batches (beta2 0.99 rather than 0.999).
@@ -95,22 +98,25 @@ def _muon_scale(shape: torch.Size, transposed: bool) -> float:
     return math.sqrt(max(1.0, columns / rows)) / math.sqrt(max(1.0, rows / columns))
 
 
-def orthogonalise(update: torch.Tensor, group: dict[str, object]) -> torch.Tensor:
+def orthogonalise(
+    updates: torch.Tensor, group: dict[str, object], dtype: torch.dtype
+) -> torch.Tensor:
     """torch's Newton-Schulz iteration (its quintic coefficients, steps and epsilon from the
-    group), in fp32 rather than bf16: the nearest semi-orthogonal matrix, roughly."""
+    group), in `dtype`: the nearest semi-orthogonal matrix, roughly, of each matrix of a
+    batch (n x rows x columns) at once."""
     a, b, c = _coefficients(group["ns_coefficients"])
     steps, eps = group["ns_steps"], group["eps"]
     if not isinstance(steps, int) or not isinstance(eps, float):
         raise TypeError("Muon's ns_steps and eps must be an int and a float")
-    x = update.float()
-    wide = x.size(0) > x.size(1)
+    x = updates.to(dtype)
+    wide = x.size(1) > x.size(2)
     if wide:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+        x = x.mT
+    x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # spectral norms at most 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if wide else x
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if wide else x
 
 
 def _coefficients(value: object) -> tuple[float, float, float]:
@@ -121,8 +127,20 @@ def _coefficients(value: object) -> tuple[float, float, float]:
 
 
 class CpuMuon(torch.optim.Muon):
-    """torch's Muon (its arguments, checks, groups and state), stepping with an fp32
-    Newton-Schulz iteration (see the module docstring)."""
+    """torch's Muon (its arguments, checks, groups and state), stepping with a batched
+    Newton-Schulz iteration in `ns_dtype` (see the module docstring)."""
+
+    def __init__(
+        self,
+        params: list[dict[str, object]] | list[nn.Parameter],
+        *,
+        lr: float,
+        ns_dtype: torch.dtype = torch.float32,
+        weight_decay: float = 0.1,
+        momentum: float = MUON_MOMENTUM,
+    ) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.ns_dtype = ns_dtype
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -138,6 +156,10 @@ class CpuMuon(torch.optim.Muon):
                 loss = closure()
         for group in self.param_groups:
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            # The matrices of one shape are orthogonalised together, as one batch: a model's
+            # blocks repeat a handful of shapes, and at `tiny` sizes one batched matmul costs
+            # little more than one of its matrices' (the per-matrix loop was most of a step).
+            by_shape: dict[torch.Size, list[tuple[nn.Parameter, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -148,11 +170,14 @@ class CpuMuon(torch.optim.Muon):
                 # torch's update, in its order: momentum, Nesterov, orthogonalise, decay.
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalise(update, group)
-                rows, columns = p.shape
-                p.mul_(1 - lr * decay)
+                by_shape.setdefault(p.shape, []).append((p, update))
+            for (rows, columns), pairs in by_shape.items():
+                updates = orthogonalise(torch.stack([u for _, u in pairs]), group, self.ns_dtype)
                 # adjust_lr_fn "original": lr x sqrt(max(1, rows / columns)).
-                p.add_(update, alpha=-lr * math.sqrt(max(1.0, rows / columns)))
+                alpha = -lr * math.sqrt(max(1.0, rows / columns))
+                for (p, _), update in zip(pairs, updates, strict=True):
+                    p.mul_(1 - lr * decay)
+                    p.add_(update, alpha=alpha)
         return loss
 
 
@@ -190,7 +215,10 @@ class RunOptimizer:
             optimizer.load_state_dict({str(k): v for k, v in part.items()})
 
 
-def make_optimizer(model: nn.Module, config: TrainingSpec) -> RunOptimizer:
+def make_optimizer(
+    model: nn.Module, config: TrainingSpec, precision: Precision = Precision.FP32
+) -> RunOptimizer:
+    """`precision`: the run's chosen precision (not `auto`), which Muon's iteration follows."""
     use_muon = config.optimizer is Optimizer.MUON
     split = split_parameters(model, use_muon)
     groups: list[dict[str, object]] = [
@@ -209,5 +237,6 @@ def make_optimizer(model: nn.Module, config: TrainingSpec) -> RunOptimizer:
         # The same shrink per step as AdamW's decay (see the module docstring).
         decay = config.weight_decay * config.learning_rate / lr
         muon_groups.append({"params": params, "lr": lr, "weight_decay": decay})
-    muon = CpuMuon(muon_groups, lr=config.muon_lr(), momentum=MUON_MOMENTUM)
+    ns_dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float32
+    muon = CpuMuon(muon_groups, lr=config.muon_lr(), ns_dtype=ns_dtype)
     return RunOptimizer(Optimizer.MUON, {"muon": muon, "adamw": adamw})
