@@ -11,10 +11,13 @@ reference   nanoGPT's CPU recipe (char level, 4 layers x 128, context 64, batch 
 quality     validation bits per character after a --seconds training budget (76 s) for
             each family x optimizer, through `training.run.run_training` (the worker's code
             path), on tinyshakespeare: first 90% train (the BPE tokenizer too), the next 5%
-            validation (`training.data.Holdout`).
+            validation (`training.data.Holdout`), and each model also scored on nanoGPT's
+            validation text (the last 10%), the text nanoGPT's figure is measured on.
 throughput  tokens/s of our loop and MFU against the fp32 and bf16 matmul peaks measured
             here and now, for `tiny` (context 64, batch 12: nanoGPT's shape) and `mini`
-            (context 256, batch 16), per family, fp32 and bf16.
+            (context 256, batch 16), per family, fp32 and bf16, eager; and compiled
+            (`torch.compile`, tens of seconds each) for the default family and optimizer,
+            or for every row with --compile-all.
 
 Usage: .venv/bin/python scripts/bench_models.py --nanogpt ~/src/nanoGPT [--seconds 76]
        [--family gpt2 --family llama ...] [--optimizer adamw ...] [--set field=value ...]
@@ -86,8 +89,7 @@ def prepare_nanogpt(checkout: Path, work: Path) -> Path:
     text = bench.CORPUS.read_text(encoding="utf-8")
     chars = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(chars)}
-    n = len(text)
-    for name, part in (("train", text[: int(n * 0.9)]), ("val", text[int(n * 0.9) :])):
+    for name, part in zip(("train", "val"), bench.nanogpt_parts(text), strict=True):
         np.array([stoi[c] for c in part], dtype=np.uint16).tofile(data / f"{name}.bin")
     itos = dict(enumerate(chars))
     with (data / "meta.pkl").open("wb") as f:
@@ -157,6 +159,7 @@ def throughput_grid(
     vocab: int,
     families: list[str],
     optimizers: list[str],
+    compile_all: bool,
     results: list[dict[str, object]],
 ) -> None:
     bench.log(f"\n## Throughput per family ({bench.load_line()})")
@@ -203,8 +206,17 @@ def throughput_grid(
         fpt = flops_per_token(model, spec)
         params = sum(p.numel() for p in model.parameters())
         steps = 100 if size is ModelSize.TINY else 12
+        default = TrainingSpec()
+        compile_too = compile_all or (
+            config.model_family is default.model_family and config.optimizer is default.optimizer
+        )
         for precision in precisions:
             rate = bench.our_tokens_per_sec(config, splits, tokenizer.vocab_size, precision, steps)
+            compiled_rate = None
+            if compile_too:
+                compiled_rate = bench.our_tokens_per_sec(
+                    config, splits, tokenizer.vocab_size, precision, steps, compiled=True
+                )
             results.append(
                 {
                     "part": "throughput",
@@ -217,6 +229,7 @@ def throughput_grid(
                     "params": params,
                     "tokens_per_sec": rate,
                     "mfu": fpt * rate / peaks[precision],
+                    "compiled_tokens_per_sec": compiled_rate,
                     "load_after": os.getloadavg()[0],
                 }
             )
@@ -231,36 +244,46 @@ def tables(results: list[dict[str, object]]) -> None:
     ref = next((r for r in results if r["part"] == "reference"), None)
     bench.log("\n## Tables")
     bench.log(
-        "\n| model | optimizer | validation bits/char | steps | training s | load after |\n"
-        "|---|---|---|---|---|---|"
+        "\n| model | optimizer | bits/char, nanoGPT's validation text (last 10%) "
+        "| bits/char, our validation split | steps | training s | load after |\n"
+        "|---|---|---|---|---|---|---|"
     )
     if ref is not None:
         bench.log(
-            f"| nanoGPT CPU recipe (char, 4x128) | adamw | {ref['bits_per_char']:.3f} | 2000 "
+            f"| nanoGPT CPU recipe (char, 4x128) | adamw | {ref['bits_per_char']:.3f} | | 2000 "
             f"| {ref['wall_seconds']:.0f} (wall) | {ref['load_after']:.2f} |"
         )
     for r in results:
         if r["part"] == "quality":
             bench.log(
-                f"| {r['family']} | {r['optimizer']} | {r['bits_per_char']:.3f} | {r['steps']} "
+                f"| {r['family']} | {r['optimizer']} | {num(r, 'nanogpt_val_bits_per_char'):.3f} "
+                f"| {r['bits_per_char']:.3f} | {r['steps']} "
                 f"| {r['train_seconds']:.0f} | {r['load_after']:.2f} |"
             )
     bench.log(
-        "\n| family | optimizer | model | context x batch | precision | params | tokens/s | MFU "
-        "| vs nanoGPT tokens/s | load after |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n| family | optimizer | model | context x batch | precision | params | eager tokens/s "
+        "| MFU (eager) | compiled tokens/s | compiled / eager | best vs nanoGPT tokens/s "
+        "| load after |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         if r["part"] == "throughput":
+            eager = num(r, "tokens_per_sec")
+            compiled = r["compiled_tokens_per_sec"]
+            best = max(eager, num(r, "compiled_tokens_per_sec") if compiled else 0.0)
             versus = ""
             if ref is not None and r["model"] == "tiny":
-                versus = (
-                    f"{float(str(r['tokens_per_sec'])) / float(str(ref['tokens_per_sec'])):.2f}x"
-                )
+                versus = f"{best / num(ref, 'tokens_per_sec'):.2f}x"
+            compiled_cells = (
+                f"{num(r, 'compiled_tokens_per_sec'):,.0f} | "
+                f"{num(r, 'compiled_tokens_per_sec') / eager:.2f}x"
+                if compiled
+                else "| "
+            )
             bench.log(
                 f"| {r['family']} | {r['optimizer']} | {r['model']} | "
                 f"{r['context']} x {r['batch']} | "
                 f"{r['precision']} | {num(r, 'params') / 1e6:.2f}M | "
-                f"{num(r, 'tokens_per_sec'):,.0f} | {num(r, 'mfu'):.1%} | {versus} "
+                f"{eager:,.0f} | {num(r, 'mfu'):.1%} | {compiled_cells} | {versus} "
                 f"| {r['load_after']:.2f} |"
             )
 
@@ -275,6 +298,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--part", action="append", choices=PARTS, help="default: all")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
     parser.add_argument("--json", type=Path, help="append results as JSON lines here")
+    parser.add_argument(
+        "--compile-all", action="store_true", help="throughput: compiled rows for every family"
+    )
     args = parser.parse_args(argv)
     if not bench.CORPUS.is_file():
         bench.log(f"missing {bench.CORPUS}: the benchmarks need ../shared/corpora")
@@ -295,7 +321,9 @@ def main(argv: list[str]) -> int:
             overrides = bench.parse_overrides(args.set)
             quality_grid(work, args.vocab, args.seconds, families, optimizers, overrides, results)
         if "throughput" in parts:
-            throughput_grid(work / "throughput", args.vocab, families, optimizers, results)
+            throughput_grid(
+                work / "throughput", args.vocab, families, optimizers, args.compile_all, results
+            )
     tables(results)
     if args.json:
         with args.json.open("a", encoding="utf-8") as f:

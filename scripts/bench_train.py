@@ -15,7 +15,10 @@ profile     where a step's time goes, for the default family and optimizer (Qwen
 quality     validation bits per character on tinyshakespeare (first 90% train, the next
             5% validation, the last 5% test: `training.data.Holdout`) after a
             `max_train_seconds` budget (95 s) with the config defaults, using a byte-level
-            BPE tokenizer trained on the training 90% only.
+            BPE tokenizer trained on the training 90% only; and the same model scored on
+            nanoGPT's validation text (the last 10% of the characters, as its prepare.py
+            cuts them: harder text than the 5% after the training part), the figure to set
+            beside nanoGPT's.
 
 Usage: .venv/bin/python scripts/bench_train.py [throughput|profile|quality|all] [--seconds 95]
        [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
@@ -61,6 +64,7 @@ from model_trainer.training.data import (
     split_tokens,
     tokenize_corpus,
 )
+from model_trainer.training.evaluate import evaluate_folder
 from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import NO_GPU, cpu_info
 from model_trainer.training.loop import METRICS_FILE, TrainingCallbacks, train
@@ -129,10 +133,17 @@ def corpus_id(path: Path) -> str:
     return digest.hexdigest()
 
 
+def nanogpt_parts(text: str) -> tuple[str, str]:
+    """nanoGPT's cut of tinyshakespeare (its prepare.py): the first 90% of the characters
+    to train on, the last 10% to validate on."""
+    cut = int(len(text) * TRAIN_FRACTION)
+    return text[:cut], text[cut:]
+
+
 def prepare_tokenizer(work: Path, vocab: int) -> Path:
-    text = CORPUS.read_text(encoding="utf-8")
     # Train the tokenizer on the training part only: the validation text stays unseen.
-    return train_bpe(text[: int(len(text) * TRAIN_FRACTION)], vocab, work / f"bpe{vocab}")
+    train_text, _ = nanogpt_parts(CORPUS.read_text(encoding="utf-8"))
+    return train_bpe(train_text, vocab, work / f"bpe{vocab}")
 
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 1024) -> float:
@@ -185,9 +196,15 @@ def reference_tokens_per_sec(
 
 
 def our_tokens_per_sec(
-    config: TrainingSpec, splits: TokenSplits, vocab: int, precision: Precision, steps: int
+    config: TrainingSpec,
+    splits: TokenSplits,
+    vocab: int,
+    precision: Precision,
+    steps: int,
+    compiled: bool = False,
 ) -> float:
-    """`training.loop.train` itself; tokens/s from its metrics rows (evaluation excluded)."""
+    """`training.loop.train` itself; tokens/s from its metrics rows (evaluation excluded;
+    compiling, in the first step, too)."""
     spec = model_spec(config, vocab, None, None)
     model = build_model(spec, config.model_family, config.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,10 +218,10 @@ def our_tokens_per_sec(
             execution=Execution(
                 precision=precision,
                 precision_reason="the benchmark's",
-                compiled=False,
+                compiled=compiled,
                 compile_reason="the benchmark's",
             ),
-            loss_fn=loss_function(model, precision, torch.device("cpu"), compiled=False),
+            loss_fn=loss_function(model, precision, torch.device("cpu"), compiled=compiled),
             resume=None,
             callbacks=TrainingCallbacks(),
             log_interval=log_every,
@@ -401,7 +418,19 @@ def quality(
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     assert result.manifest is not None and result.eval is not None
+    assert result.artifact_dir is not None
     m, e = result.manifest, result.eval
+    _, val_text = nanogpt_parts(CORPUS.read_text(encoding="utf-8"))
+    val_path = work / "nanogpt-val.txt"
+    val_path.write_text(val_text, encoding="utf-8")
+    nano = evaluate_folder(
+        result.artifact_dir,
+        val_path,
+        bench_cache(work),
+        work / "nanogpt-val-eval",
+        corpus_id=corpus_id(val_path),
+        split="all",
+    )
     arch = config.resolved()
     muon = f", muon lr {config.muon_lr():g}" if config.optimizer is Optimizer.MUON else ""
     log(
@@ -418,6 +447,10 @@ def quality(
         f"{e.tokens_per_char:.4f} tokens/char over {e.n_chars:,} characters)"
     )
     log(
+        f"nanoGPT's validation text (last 10%): {nano.bits_per_char:.4f} bits/char "
+        f"({nano.n_chars:,} characters)"
+    )
+    log(
         f"{m.training.steps} steps, {m.training.tokens_seen:,} tokens ({m.training.epochs:.2f} "
         f"epochs), training {m.timings.train_seconds:.1f} s, whole run {wall:.1f} s wall "
         f"(tokenize {m.timings.tokenize_seconds:.1f} s, "
@@ -431,6 +464,7 @@ def quality(
             "vocab": vocab,
             "config": config.model_dump(mode="json", exclude_none=True),
             "bits_per_char": e.bits_per_char,
+            "nanogpt_val_bits_per_char": nano.bits_per_char,
             "loss": e.loss,
             "tokens_per_char": e.tokens_per_char,
             "steps": m.training.steps,
