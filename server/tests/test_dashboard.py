@@ -129,10 +129,20 @@ def test_train_a_tokenizer_and_a_run_and_generate(
     )
     while_training = _chart_points(page, "train")
     expect(page.locator("#run-status")).to_have_text("completed", timeout=JOB_TIMEOUT_MS)
+    # Once it ended, the chart holds the run's whole curve: every point the API has.
+    run_id = page.url.rsplit("/", 1)[1]
+    answer = httpx.get(
+        f"{api.url}/runs/{run_id}/metrics", headers={"X-API-Key": API_KEY}, timeout=30
+    )
+    points = [json_dict(p) for p in answer.json()["points"]]
+    train = sum(p.get("train_loss") is not None for p in points)
+    val = sum(p.get("val_loss") is not None for p in points)
+    assert val > 0 and train >= while_training, (train, val, while_training)
     page.wait_for_function(
-        """(before) => document.querySelector('#loss-chart').dataset.trainPoints > before
-            && document.querySelector('#loss-chart').dataset.valPoints > 0""",
-        arg=while_training,
+        """([train, val]) => document.querySelector('#loss-chart').dataset.trainPoints == train
+            && document.querySelector('#loss-chart').dataset.valPoints == val""",
+        arg=[train, val],
+        timeout=JOB_TIMEOUT_MS,
     )
     expect(page.locator("#run-progress")).to_contain_text("100%")
     expect(page.locator("#run-logs")).to_contain_text("training finished at step")
