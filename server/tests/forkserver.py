@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
@@ -118,17 +118,20 @@ def serve(exits: Path) -> None:
 class ForkedProcess:
     """A child of the fork server, with the part of `subprocess.Popen`'s interface tests use."""
 
-    def __init__(self, pid: int, exits: Path) -> None:
+    def __init__(self, pid: int, exits: Path, server_alive: Callable[[], bool]) -> None:
         self.pid = pid
         self._exit_file = exits / str(pid)
+        self._server_alive = server_alive
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
             if self._exit_file.exists():
                 self.returncode = int(self._exit_file.read_text())
-            elif not Path(f"/proc/{self.pid}").exists():
-                self.returncode = -1  # the server is gone and init reaped it: code unknown
+            elif not Path(f"/proc/{self.pid}").exists() and not self._server_alive():
+                # Gone, and no server to write its code (init reaped it): unknown. While the
+                # server lives, a pid gone from /proc is one it reaped and is writing down.
+                self.returncode = -1
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -173,7 +176,7 @@ class ForkServer:
             answer = stdout.readline()
         if not answer:
             raise RuntimeError(f"the fork server exited with {self._proc.wait(10)}")
-        return ForkedProcess(int(answer), self._exits)
+        return ForkedProcess(int(answer), self._exits, lambda: self._proc.poll() is None)
 
     def close(self) -> None:
         if self._proc.stdin is not None:
