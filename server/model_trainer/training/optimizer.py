@@ -25,7 +25,7 @@ Muon details that matter:
   means the same pull towards zero whichever optimizer runs.
 
 Muon's Newton-Schulz iteration (`CpuMuon`) runs in the run's precision: bf16 as torch's
-does where the run chose bf16 (native on its CPU: the iteration is pure matmuls, 2-5x
+does where the run chose bf16 (native on its CPU: the iteration is pure matmuls, 1.7-4x
 faster there), fp32 otherwise (emulated bf16 measured 750 ms a step for a tiny llama whose
 forward and backward take 90 ms; fp32 costs a few ms). The matrices of one shape go through
 it as one batch. At `mini` the iteration is a third of a step's arithmetic, at `tiny` two
