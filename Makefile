@@ -17,7 +17,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' server/constraints.txt)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-grid bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -119,6 +119,11 @@ bench-train: setup
 NANOGPT ?=
 bench-models: setup
 	$(PY) scripts/bench_models.py $(if $(NANOGPT),--nanogpt $(NANOGPT),)
+
+# The defaults' grid: execution, family x optimizer and shape at a 76 s budget, 3 repeats,
+# scored on nanoGPT's validation text (about 70 minutes on 2 cores).
+bench-grid: setup
+	$(PY) scripts/bench_grid.py
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py

@@ -22,7 +22,7 @@ quality     validation bits per character on tinyshakespeare (first 90% train, t
 
 Usage: .venv/bin/python scripts/bench_train.py [throughput|profile|quality|all] [--seconds 95]
        [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
-       [--set field=value ...] [--json results.jsonl]
+       [--set field=value ...] [--json results.jsonl] [--compile-cache DIR]
 (--family and --optimizer are quality's; they are shorthands for --set model_family=...,
 --set optimizer=...)
 The machine is shared: the script prints the load average before and after each part.
@@ -393,6 +393,7 @@ def quality(
     seconds: float,
     overrides: dict[str, object],
     results: list[dict[str, object]],
+    compile_cache: Path | None = None,
 ) -> None:
     log(f"\n## Quality per CPU minute ({load_line()})")
     tok_dir = prepare_tokenizer(work, vocab)
@@ -414,6 +415,7 @@ def quality(
         cpu=cpu_info(),
         corpus_id=corpus_id(CORPUS),
         tokenizer_id=f"bench-bpe{vocab}",
+        compile_cache_dir=compile_cache,
     )
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu0
@@ -468,6 +470,8 @@ def quality(
             "loss": e.loss,
             "tokens_per_char": e.tokens_per_char,
             "steps": m.training.steps,
+            "tokens_seen": m.training.tokens_seen,
+            "execution": m.execution.model_dump(mode="json"),
             "train_seconds": m.timings.train_seconds,
             "wall_seconds": wall,
             "cpu_cores_used": cpu / wall,
@@ -500,6 +504,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
     parser.add_argument("--json", type=Path, help="append results as JSON lines here")
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="quality: inductor's cache and the compile memo, kept between runs as a "
+        "worker keeps them (default: inductor's own folder, no memo)",
+    )
     args = parser.parse_args(argv)
     if not CORPUS.is_file():
         log(f"missing {CORPUS}: the benchmarks need ../shared/corpora beside the checkout")
@@ -513,7 +523,9 @@ def main(argv: list[str]) -> int:
     runs: dict[str, Callable[[Path], None]] = {
         "throughput": lambda w: throughput(w, args.vocab, args.rounds, results),
         "profile": lambda w: profile(args.vocab, 10, results),
-        "quality": lambda w: quality(w, args.vocab, args.seconds, overrides, results),
+        "quality": lambda w: quality(
+            w, args.vocab, args.seconds, overrides, results, args.compile_cache
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name, run in runs.items():
