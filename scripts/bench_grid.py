@@ -17,7 +17,9 @@ gives each configuration's mean and spread; a configuration beats the defaults w
 is lower by more than both spreads (max - min) together.
 
 Usage: .venv/bin/python scripts/bench_grid.py [--repeats 3] [--seconds 76]
-       [--json .stack/bench/grid.jsonl] [--only NAME ...]
+       [--json .stack/bench/grid.jsonl] [--only NAME ...] [--pause-file PATH]
+(--pause-file: while that file exists, no new run starts: a quiet machine for something
+else, between two runs, without measuring a run beside it.)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCH_TRAIN = Path(__file__).with_name("bench_train.py")
@@ -127,6 +130,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=76.0)
     parser.add_argument("--json", type=Path, default=Path(".stack/bench/grid.jsonl"))
     parser.add_argument("--only", action="append", choices=list(GRID), help="configurations")
+    parser.add_argument("--pause-file", type=Path, help="no run starts while it exists")
     args = parser.parse_args(argv)
     names = args.only or list(GRID)
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +140,8 @@ def main(argv: list[str]) -> int:
     results: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in names:
+            while args.pause_file is not None and args.pause_file.exists():
+                time.sleep(5)
             result = run(GRID[name], args.seconds, cache, args.json)
             if result is not None:
                 result["grid"], result["repeat"] = name, repeat

@@ -26,6 +26,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+EventsDialect = Literal["v1", "platform"]
+
+
+def _every_dialect() -> list[EventsDialect]:
+    return ["v1", "platform"]
+
+
 class AppSettings(_Section):
     # Each service keeps its own disk; everything shared travels through Data Bank.
     data_root: Path = Path("/data")
@@ -49,6 +56,9 @@ class AppSettings(_Section):
     # Corpora larger than this are sampled for SentencePiece (input_sentence_size).
     spm_sample_bytes: int = Field(default=100_000_000, ge=1_000_000)
     events_channel: str = "trainer:events"
+    # The protocols published on it (store/events.py): "v1" (trainer-events-v1.md) and
+    # "platform" (trainer-events-platform.md, today's public Discord bot). [] publishes none.
+    events_dialects: list[EventsDialect] = Field(default_factory=_every_dialect)
     log_stream_maxlen: int = Field(default=10_000, ge=100)
     # Corpus check at a job's start: a line ("\n"-separated, in bytes) longer than this fails
     # the job (a file without line breaks). Real text has short lines (tinyshakespeare: under

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model_trainer.store.runlog import RunLogReader
+from tests.event_contracts import EventCollector
 from tests.stack import Stack, get_json, json_dict, poll
-from tests.test_training_runs import EventCollector
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
 pytestmark = pytest.mark.e2e

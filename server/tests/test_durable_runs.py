@@ -31,9 +31,10 @@ from model_trainer.store.fencing import DirectWriter
 from model_trainer.store.keys import RUN_KEYS, JobField, lease_key
 from model_trainer.store.records import RecordMeta, RunProgress, Status, StatusStore, as_str
 from model_trainer.training.config import MAX_LEARNING_RATE
+from tests.event_contracts import EventCollector
 from tests.processes import Proc, wait_until
 from tests.stack import Stack, get_json, job_field, json_dict, poll
-from tests.test_training_runs import EventCollector, _run_body, _submit, _text
+from tests.test_training_runs import _run_body, _submit, _text
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
 pytestmark = pytest.mark.e2e

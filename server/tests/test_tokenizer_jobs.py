@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from model_trainer.databank.archive import safe_extract
+from tests.event_contracts import EventCollector
 from tests.processes import wait_until
 from tests.stack import Stack, poll, rq_job
 
@@ -106,8 +107,10 @@ def _holdout_sample() -> list[str]:
 
 
 def test_bpe_end_to_end_loads_in_transformers(stack: Stack, corpus_id: str, tmp_path: Path) -> None:
+    events = EventCollector(stack.redis_url)
     with stack.client() as client:
-        accepted = _train(client, {"method": "bpe", "vocab_size": 600, "corpus_file_id": corpus_id})
+        body = {"method": "bpe", "vocab_size": 600, "corpus_file_id": corpus_id, "user_id": 77}
+        accepted = _train(client, body)
         assert accepted["status"] == "queued"
         assert accepted["job_id"] == accepted["tokenizer_id"]
         tokenizer_id = str(accepted["tokenizer_id"])
@@ -120,6 +123,18 @@ def test_bpe_end_to_end_loads_in_transformers(stack: Stack, corpus_id: str, tmp_
         folder = _download(stack, client, tokenizer_id, tmp_path)
         listed = client.get("/tokenizers").json()
         assert tokenizer_id in [item["tokenizer_id"] for item in listed["items"]]
+        pointer = client.get(f"/tokenizers/{tokenizer_id}/artifact").json()
+    # The platform dialect's job events (the v1 dialect speaks of training runs only).
+    try:
+        events.wait_platform(tokenizer_id, "trainer.job.completed.v1")
+    finally:
+        events.close()
+    platform = events.platform(tokenizer_id)
+    assert [e["type"] for e in platform] == ["trainer.job.started.v1", "trainer.job.completed.v1"]
+    assert platform[0]["queue"] == stack.queue_name and platform[0]["user_id"] == 77
+    assert platform[1]["result_id"] == pointer["file_id"]
+    assert platform[1]["result_bytes"] == (tmp_path / "artifact.tar").stat().st_size
+    assert not [r for r in events.raw if tokenizer_id in r and "trainer.train." in r]
 
     auto = AutoTokenizer.from_pretrained(folder)
     fast_class: type[PreTrainedTokenizerFast] = PreTrainedTokenizerFast
@@ -208,13 +223,22 @@ def test_bad_corpus_fails_with_a_clear_message_and_no_retry(
     stack: Stack, content: bytes, expected: str
 ) -> None:
     corpus = stack.upload_text(content, "bad.txt")
+    events = EventCollector(stack.redis_url)
     with stack.client() as client:
-        accepted = _train(client, {"method": "bpe", "vocab_size": 300, "corpus_file_id": corpus})
+        body = {"method": "bpe", "vocab_size": 300, "corpus_file_id": corpus, "user_id": 78}
+        accepted = _train(client, body)
         tokenizer_id = str(accepted["tokenizer_id"])
         done = _wait_done(client, tokenizer_id)
         assert done["status"] == "failed"
         assert expected in str(done["message"]), done["message"]
         assert client.get(f"/tokenizers/{tokenizer_id}/artifact").status_code == 404
+    try:
+        events.wait_platform(tokenizer_id, "trainer.job.failed.v1")
+    finally:
+        events.close()
+    failed = events.platform(tokenizer_id)[-1]
+    assert failed["error_kind"] == "user" and failed["message"] == done["message"]
+    assert failed["kept"] is True  # the bot DMs a failure
     assert done["attempts"] == 0, "a user error is not retried"
     # RQ marks its job finished once the job process has returned, a moment after our record
     # says failed (longer on a loaded machine): the job body returned, RQ saw no exception.

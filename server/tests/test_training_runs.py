@@ -3,42 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from redis import Redis
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
 from model_trainer.databank.archive import safe_extract
-from model_trainer.store.events import (
-    TrainCompleted,
-    TrainerEvent,
-    TrainFailed,
-    TrainProgress,
-    TrainStarted,
-)
 from model_trainer.store.keys import TOKENIZER_KEYS
 from model_trainer.store.records import RecordMeta, StatusStore, TokenizerSummary
 from model_trainer.training.config import MAX_LEARNING_RATE
 from model_trainer.training.evaluate import CanGenerate
-from tests.processes import wait_until
+from tests.event_contracts import EventCollector
 from tests.stack import Stack, get_json, json_dict, num, poll
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
 pytestmark = pytest.mark.e2e
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "tinyshakespeare.txt"
-EVENT_TYPES: dict[str, type[TrainerEvent]] = {
-    "trainer.train.started.v1": TrainStarted,
-    "trainer.train.progress.v1": TrainProgress,
-    "trainer.train.completed.v1": TrainCompleted,
-    "trainer.train.failed.v1": TrainFailed,
-}
 
 
 def _text() -> str:
@@ -120,45 +106,6 @@ def _submit(client: TestClient, body: dict[str, object]) -> str:
     assert accepted["status"] == "queued"
     assert accepted["job_id"] == accepted["run_id"]
     return str(accepted["run_id"])
-
-
-class EventCollector:
-    """Subscribes to trainer:events in a thread; keeps this run's events, validated."""
-
-    def __init__(self, redis_url: str) -> None:
-        self._redis = Redis.from_url(redis_url)
-        self._pubsub = self._redis.pubsub()
-        self._pubsub.subscribe("trainer:events")
-        self.raw: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(timeout=0.2)
-            if message and message["type"] == "message":
-                data = message["data"]
-                self.raw.append(data.decode() if isinstance(data, bytes) else str(data))
-
-    def for_run(self, run_id: str) -> list[dict[str, object]]:
-        events = [json.loads(r) for r in list(self.raw)]
-        return [e for e in events if isinstance(e, dict) and e.get("run_id") == run_id]
-
-    def wait_for(self, run_id: str, event_type: str, timeout: float = 30) -> dict[str, object]:
-        """The run's last event of `event_type`, once it has arrived."""
-        wait_until(
-            lambda: any(e["type"] == event_type for e in self.for_run(run_id)),
-            timeout,
-            f"a {event_type} event for {run_id}",
-        )
-        return [e for e in self.for_run(run_id) if e["type"] == event_type][-1]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._pubsub.close()
-        self._redis.close()
 
 
 def _wait_status(
@@ -253,17 +200,45 @@ def test_full_run_trains_evaluates_and_loads(
     out = _generate(model, prompt, int(tokenizer.pad_token_id))
     assert out.shape[1] == prompt.shape[1] + 8
 
+    # v1: every message of the run decodes by its contract; started, progress, completed.
     run_events = events.for_run(run_id)
+    mine = [json.loads(r) for r in events.raw if f'"run_id":"{run_id}"' in r]
+    assert len(run_events) == len(mine) > 2, "a v1 message of the run failed its contract"
     types = [e["type"] for e in run_events]
     assert types[0] == "trainer.train.started.v1"
     assert types[-1] == "trainer.train.completed.v1"
     assert "trainer.train.progress.v1" in types
-    for event in run_events:
-        model_class = EVENT_TYPES[str(event["type"])]
-        parsed = model_class.model_validate(event)  # extra="forbid": no unknown fields
-        assert parsed.request_id == run_id and parsed.user_id == 4242
+    assert all(e["request_id"] == run_id and e["user_id"] == 4242 for e in run_events)
+    # One total_epochs from start to end (a 60-step run is under one epoch of this text).
+    assert {e["total_epochs"] for e in run_events if "total_epochs" in e} == {1}
     raw = [r for r in events.raw if run_id in r]
     assert all(", " not in r and ": " not in r for r in raw), "compact JSON"
+
+    # The platform dialect, as the bot decodes it: the job's events in its producer's order.
+    platform = events.platform(run_id)
+    assert len(platform) == len([r for r in raw if f'"job_id":"{run_id}"' in r])
+    kinds = [str(e["type"]) for e in platform]
+    assert kinds[:2] == ["trainer.job.started.v1", "trainer.metrics.config.v1"], kinds
+    assert kinds[-2:] == ["trainer.job.completed.v1", "trainer.metrics.completed.v1"], kinds
+    middle = kinds[2:-2]
+    assert middle and middle == ["trainer.job.progress.v1", "trainer.metrics.progress.v1"] * (
+        len(middle) // 2
+    )
+    assert all(e["user_id"] == 4242 for e in platform)
+    config = platform[1]
+    assert config["model_family"] == "qwen3" and config["queue"] == stack.queue_name
+    assert config["batch_size"] == 8 and config["learning_rate"] == 3e-3
+    progress_events = [e for e in platform if e["type"] == "trainer.metrics.progress.v1"]
+    assert {e["total_epochs"] for e in progress_events} == {config["total_epochs"]} == {1}
+    last = progress_events[-1]
+    assert last["step"] == 60 and num(last["grad_norm"]) > 0 and num(last["samples_per_sec"]) > 0
+    assert num(last["train_ppl"]) == pytest.approx(math.exp(num(last["train_loss"])))
+    with_val = [e for e in progress_events if "val_loss" in e]
+    assert with_val and all("val_ppl" in e for e in with_val)
+    completed = platform[-1]
+    assert num(completed["test_loss"]) == pytest.approx(num(run_events[-1]["loss"]))
+    assert platform[-2]["result_id"] == pointer["file_id"]
+    assert num(platform[-2]["result_bytes"]) == tar.stat().st_size
 
 
 def _generate(model: object, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -406,9 +381,16 @@ def test_cancel_mid_run(stack: Stack, corpus_id: str, tokenizer_id: str) -> None
             again = client.post(f"/runs/{run_id}/cancel")
             assert again.status_code == 409
         failed = events.wait_for(run_id, "trainer.train.failed.v1")
+        events.wait_platform(run_id, "trainer.job.failed.v1")
     finally:
         events.close()
     assert failed["status"] == "canceled"
+    # The platform bot is told as their producer tells it: "system", "Training cancelled".
+    platform = events.platform(run_id)
+    assert [e["type"] for e in platform][-1] == "trainer.job.failed.v1"
+    assert platform[-1]["error_kind"] == "system" and platform[-1]["kept"] is True
+    assert platform[-1]["message"] == "Training cancelled"
+    assert "trainer.metrics.completed.v1" not in [e["type"] for e in platform]
 
 
 def test_diverging_learning_rate_fails_as_a_user_error(
@@ -430,9 +412,13 @@ def test_diverging_learning_rate_fails_as_a_user_error(
             assert "learning rate" in str(done["message"]).lower()
             assert client.get(f"/runs/{run_id}/artifact").status_code == 404
         failed = events.wait_for(run_id, "trainer.train.failed.v1")
+        events.wait_platform(run_id, "trainer.job.failed.v1")
     finally:
         events.close()
     assert failed["error_kind"] == "user"
+    platform_failed = events.platform(run_id)[-1]
+    assert platform_failed["error_kind"] == "user" and platform_failed["domain"] == "trainer"
+    assert platform_failed["message"] == failed["message"]
 
 
 def test_bad_submissions_are_refused_at_submit_time(

@@ -4,7 +4,7 @@ store's typed records)."""
 from __future__ import annotations
 
 import json
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -20,6 +20,7 @@ from model_trainer.store.records import (
     Status,
     TokenizerSummary,
 )
+from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus_formats import (
     DEFAULT_TEXT_FIELD,
     CorpusFormatField,
@@ -32,6 +33,23 @@ from service_common.databank_contract import FILE_ID_PATTERN
 __all__ = ["CorpusInfo", "ErrorInfo", "EvalInfo", "RunProgress"]
 
 
+# A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
+UserId = Annotated[
+    int, Field(ge=0, le=2**63 - 1, description="Discord user whose DMs follow the job (0: none)")
+]
+
+
+class TokenizerRequest(TokenizerTrainConfig):
+    """`POST /tokenizers/train`: the tokenizer's config (its id hashes only that) and who is
+    told. A request equal to one already queued or trained joins it: its events stay those
+    of the first requester's."""
+
+    user_id: UserId = 0
+
+    def config(self) -> TokenizerTrainConfig:
+        return TokenizerTrainConfig.model_validate(self.model_dump(exclude={"user_id"}))
+
+
 class TrainRequest(TrainingSpec):
     """`POST /runs/train`: the run's spec, where its data comes from, who is told, and how it
     is run (the job envelope's fields, jobs/payloads.py `TrainJob`)."""
@@ -42,8 +60,7 @@ class TrainRequest(TrainingSpec):
     corpus_format: CorpusFormatField = "auto"
     text_field: TextFieldName = DEFAULT_TEXT_FIELD
     tokenizer_id: str = Field(min_length=1, max_length=128)
-    # A signed 64-bit integer (Discord snowflakes are): stored, published and compared as one.
-    user_id: int = Field(default=0, ge=0, le=2**63 - 1, description="Discord user to notify")
+    user_id: UserId = 0
     from_run_id: str | None = Field(
         default=None,
         pattern=RUN_ID_PATTERN,

@@ -23,7 +23,13 @@ from model_trainer.api.deps import (
 )
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.generation import GenerateRequest, ModelRef
-from model_trainer.api.schemas import EvalAccepted, RunAccepted, TokenizerAccepted, TrainRequest
+from model_trainer.api.schemas import (
+    EvalAccepted,
+    RunAccepted,
+    TokenizerAccepted,
+    TokenizerRequest,
+    TrainRequest,
+)
 from model_trainer.errors import ConflictError, NotFoundError
 from model_trainer.jobs.payloads import (
     EvaluateJob,
@@ -46,17 +52,17 @@ from model_trainer.store.records import (
     TokenizerSummary,
     hset,
 )
-from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 
 
 def submit_tokenizer(
-    ctx: ApiContext, config: TokenizerTrainConfig, who: Principal
+    ctx: ApiContext, request: TokenizerRequest, who: Principal
 ) -> TokenizerAccepted:
     """The same request twice is the same tokenizer: answer its state instead of training it
     again (asked by another principal, it is theirs to see too). A failed or cancelled one,
     or one whose artifact is gone from Data Bank, is trained anew under the same id."""
     ctx.quotas.submission(who)
+    config = request.config()
     tokenizer_id = config.tokenizer_id()
     store = ctx.tokenizers
     current = store.record(tokenizer_id)
@@ -69,7 +75,7 @@ def submit_tokenizer(
     require_corpus(ctx, config.corpus_file_id)
     ctx.quotas.new_job(who)
     meta = RecordMeta(
-        created_at=time.time(), request=config.model_dump(mode="json"), owner=who.name
+        created_at=time.time(), request=request.model_dump(mode="json"), owner=who.name
     )
     if state is not None:
         store.reset(tokenizer_id, meta)
@@ -78,7 +84,7 @@ def submit_tokenizer(
         store.hold(tokenizer_id, who.name)
         latest = store.status(tokenizer_id) or Status.QUEUED
         return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=latest)
-    payload = TokenizerJob(tokenizer_id=tokenizer_id, config=config)
+    payload = TokenizerJob(tokenizer_id=tokenizer_id, config=config, user_id=request.user_id)
     ctx.queue.submit(JobKind.TOKENIZER, tokenizer_id, payload)
     return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED)
 
@@ -390,8 +396,19 @@ def submit_evaluation(
         )
     ctx.quotas.new_job(who)
     eval_id = f"eval-{uuid.uuid4().hex[:12]}"
-    job = EvaluateJob(run_id=run.id, eval_id=eval_id, request=request)
-    described: dict[str, JsonValue] = {"run_id": run.id, **request.model_dump(mode="json")}
+    asked = run.meta.request if run.meta else {}
+    user_id = asked.get("user_id", 0)
+    job = EvaluateJob(
+        run_id=run.id,
+        eval_id=eval_id,
+        request=request,
+        user_id=user_id if isinstance(user_id, int) else 0,
+    )
+    described: dict[str, JsonValue] = {
+        "run_id": run.id,
+        **request.model_dump(mode="json"),
+        "user_id": job.user_id,
+    }
     meta = RecordMeta(created_at=time.time(), request=described, owner=who.name)
     ctx.evals.create(eval_id, meta)
     DirectWriter(ctx.redis).write(hset(run.id, (JobField.EVAL, eval_id)))

@@ -26,6 +26,7 @@ from model_trainer.tokenization.corpus_formats import (
     text_corpus_id,
     write_text_corpus,
 )
+from service_common.databank_contract import FileInfo
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
@@ -106,8 +107,9 @@ def fetch_artifact(ctx: WorkerContext, file_id: str, kind: str, record_id: str) 
     return fetch_extracted(ctx.databank, app, root, file_id, kind, record_id)
 
 
-def publish_artifact(ctx: WorkerContext, folder: Path, top_name: str) -> str:
-    """Tar and upload `folder`; write the pointer into its manifest; return the file_id.
+def publish_artifact(ctx: WorkerContext, folder: Path, top_name: str) -> FileInfo:
+    """Tar and upload `folder`; write the pointer into its manifest; return what Data Bank
+    says of the file (its id and size).
 
     The uploaded manifest cannot contain its own file_id (that is the hash of the tar that
     holds it), so the pointer is written into the worker's copy after the upload. The caller
@@ -123,4 +125,4 @@ def publish_artifact(ctx: WorkerContext, folder: Path, top_name: str) -> str:
         info.size,
         extra=log_fields("artifact_uploaded", file_id=info.file_id),
     )
-    return info.file_id
+    return info

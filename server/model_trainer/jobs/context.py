@@ -13,7 +13,7 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.disk_cache import DiskCache
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
-from model_trainer.store.events import EventPublisher
+from model_trainer.store.events import Dialect, EventPublisher
 from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, TOKENIZER_KEYS, JobKind
 from model_trainer.store.records import (
     AnyStatusStore,
@@ -42,7 +42,11 @@ class WorkerContext:
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
-        self.events = EventPublisher(redis, settings.app.events_channel)
+        self.events = EventPublisher(
+            redis,
+            settings.app.events_channel,
+            frozenset(Dialect(d) for d in settings.app.events_dialects),
+        )
         # Corpora, their text and token files, shared by this worker's jobs (disk_cache.py).
         self.cache = DiskCache(settings.app.data_root / "cache", settings.app.cache_bytes)
         # Set by the job process's signal handler (worker.py): jobs hand back at a safe point.

@@ -38,7 +38,14 @@ def run(payload_json: str) -> None:
     payload = EvaluateJob.model_validate_json(payload_json)
     ctx = worker_context()
     out_dir = ctx.settings.app.runs_root / payload.run_id / "evals" / payload.eval_id
-    with owned_job(ctx, JobKind.EVAL, payload.eval_id, out_dir, logs_to=payload.run_id) as owner:
+    with owned_job(
+        ctx,
+        JobKind.EVAL,
+        payload.eval_id,
+        out_dir,
+        user_id=payload.user_id,
+        logs_to=payload.run_id,
+    ) as owner:
         if owner is not None:
             _evaluate(owner, payload, out_dir)
 

@@ -4,10 +4,11 @@
     fetch corpus and tokenizer; restore the newest checkpoint from Data Bank, if any
     train (training/run.py), uploading each checkpoint to Data Bank as it is written
     upload the artifact (retrying while Data Bank is down), then complete: status, pointer
-    and `completed` event in one fenced write
+    and `JobCompleted` event in one fenced write
 
 `RunReporter` turns the training loop's callbacks into what people watch: progress in Redis,
-the loss curve, log lines and `trainer:events`. `run` says what the job does, in order.
+the loss curve, log lines and `trainer:events` (`RunConfigured` once per run, with the first
+report of training, then `RunProgressed`). `run` says what the job does, in order.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from model_trainer.jobs.model_evaluation import eval_result, final_eval_commands
 from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
-from model_trainer.store.events import TrainCompleted, TrainProgress, TrainStarted
+from model_trainer.store.events import RunConfigured, RunProgressed, RunResult
 from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunExecution, RunProgress
 from model_trainer.store.runlog import MetricPoint
@@ -57,6 +58,7 @@ from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, T
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
 from model_trainer.training.memory import estimate_run_memory, gib, machine_memory_bytes
 from model_trainer.training.run import run_training
+from service_common.databank_contract import FileInfo
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.jobs")
@@ -85,8 +87,10 @@ class RunReporter(TrainingCallbacks):
         job: TrainJob,
         sync: CheckpointSync,
         resumed_from_step: int | None,
+        threads: int,
     ) -> None:
         self._owner = owner
+        self._threads = threads
         self._job = job
         self._sync = sync
         self._run_id = owner.job_id
@@ -103,6 +107,10 @@ class RunReporter(TrainingCallbacks):
         self._last_val: float | None = previous.val_loss if previous else None
         self._execution: RunExecution | None = previous.execution if previous else None
         self._redis_down = False
+        # The epochs the run's first events announced (an earlier attempt's, on resuming).
+        announced = owner.store.field(owner.job_id, JobField.EVENT_EPOCHS)
+        self._event_epochs = int(announced) if announced else None
+        self.last_train_loss: float | None = None
 
     def on_execution(self, execution: Execution) -> None:
         timings = execution.compile_timings
@@ -160,31 +168,73 @@ class RunReporter(TrainingCallbacks):
             self._last_log = now
             self._log_progress(info)
         # Events are for people: one per validation, else at most one per EVENT_INTERVAL_SEC.
-        if info.train_loss is not None and (
-            final or info.evaluated or now - self._last_event >= EVENT_INTERVAL_SEC
-        ):
-            self._last_event = now
-            job = self._job
+        if info.train_loss is not None:
+            self.last_train_loss = info.train_loss
+            if final or info.evaluated or now - self._last_event >= EVENT_INTERVAL_SEC:
+                self._last_event = now
+                self._publish_progress(info, info.train_loss)
+
+    def _publish_progress(self, info: ProgressInfo, train_loss: float) -> None:
+        job = self._job
+        self._owner.events.publish(
+            RunProgressed(
+                job_id=self._run_id,
+                user_id=job.user_id,
+                epoch=int(info.epoch),
+                total_epochs=self._announce(info),
+                step=info.step,
+                total_steps=info.total_steps,
+                loss=train_loss,
+                grad_norm=info.grad_norm,
+                tokens_per_sec=info.tokens_per_sec,
+                samples_per_sec=(
+                    info.tokens_per_sec / job.spec.max_seq_len if info.tokens_per_sec else None
+                ),
+                eta_seconds=info.eta_seconds,
+                val_loss=self._last_val,
+                lr=info.lr,
+                main_rss_mb=_rss_mb(),
+            )
+        )
+
+    def _announce(self, info: ProgressInfo) -> int:
+        """`RunConfigured` once per run, before its first progress; returns the run's
+        `total_epochs`, which every event of the run says alike.
+
+        Sent with the first report of training (not before the run starts) so that a time
+        budget's epochs are estimated from measured steps, not guessed: an epochs budget
+        says its own, a steps or time budget its plan's at that point, rounded up.
+        """
+        if self._event_epochs is not None:
+            return self._event_epochs
+        job, ctx = self._job, self._owner.ctx
+        epochs = job.spec.num_epochs if job.spec.num_epochs is not None else info.total_epochs
+        total = max(1, math.ceil(epochs))
+        if ctx.redis.hsetnx(job_key(self._run_id), JobField.EVENT_EPOCHS.value, str(total)):
             self._owner.events.publish(
-                TrainProgress(
-                    request_id=self._run_id,
-                    run_id=self._run_id,
+                RunConfigured(
+                    job_id=self._run_id,
                     user_id=job.user_id,
-                    epoch=int(info.epoch),
-                    total_epochs=max(1, math.ceil(info.total_epochs)),
-                    step=info.step,
-                    loss=info.train_loss,
+                    model_family=job.spec.model_family.value,
+                    model_size=job.spec.model_size.value,
+                    total_epochs=total,
+                    queue=run_queue_name(ctx.settings.rq, job.device),
+                    optimizer=job.spec.optimizer.value,
+                    cpu_cores=os.cpu_count(),
+                    memory_mb=_memory_mb(),
+                    optimal_threads=self._threads,
+                    batch_size=job.spec.batch_size,
+                    learning_rate=job.spec.learning_rate,
                     total_steps=info.total_steps,
-                    tokens_per_sec=info.tokens_per_sec,
-                    samples_per_sec=(
-                        info.tokens_per_sec / job.spec.max_seq_len if info.tokens_per_sec else None
-                    ),
-                    eta_seconds=info.eta_seconds,
-                    val_loss=self._last_val,
-                    lr=info.lr,
-                    main_rss_mb=_rss_mb(),
+                    resumed_from_step=self._resumed_from,
                 )
             )
+            log.info("run started", extra=log_fields("run_started"))
+        else:  # announced by an attempt that this one did not hear of: say what it said
+            announced = self._owner.store.field(self._run_id, JobField.EVENT_EPOCHS)
+            total = int(announced) if announced else total
+        self._event_epochs = total
+        return total
 
     def _log_progress(self, info: ProgressInfo) -> None:
         loss = f"{info.train_loss:.4f}" if info.train_loss is not None else "-"
@@ -260,7 +310,10 @@ def run(payload_json: str) -> None:
     ctx = worker_context()
     run_id = payload.run_id
     run_dir = ctx.settings.app.runs_root / run_id
-    with owned_job(ctx, JobKind.RUN, run_id, run_dir, user_id=payload.user_id) as owner:
+    queue = run_queue_name(ctx.settings.rq, payload.device)
+    with owned_job(
+        ctx, JobKind.RUN, run_id, run_dir, user_id=payload.user_id, queue=queue
+    ) as owner:
         if owner is not None:
             _train(ctx, owner, payload, run_dir)
 
@@ -287,10 +340,9 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
                     resumed_from,
                     extra=log_fields("run_resumed", step=resumed_from),
                 )
-            reporter = RunReporter(owner, payload, sync, resumed_from)
             # The request's own thread count wins over the worker's setting.
             threads = resolve_threads(payload.threads, ctx.settings.app.threads)
-            _announce_start(ctx, owner, payload, threads)
+            reporter = RunReporter(owner, payload, sync, resumed_from, threads)
             result = run_training(
                 spec,
                 corpus.path,
@@ -326,7 +378,7 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
     owner.check()
     if owner.cancelled():
         raise JobCancelled(f"run {run_id} cancelled by request")
-    file_id = _upload_artifact(ctx, owner, artifact)
+    uploaded = _upload_artifact(ctx, owner, artifact)
     metrics = result.eval
     stopped = (
         " (stopped early: no better validation loss)"
@@ -339,22 +391,19 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
         if metrics
         else f"completed {result.steps} steps{stopped}"
     )
-    completed = None
+    # The final evaluation's loss; without one, the last training loss (see RunResult).
+    final_loss, evaluated = reporter.last_train_loss, False
     if metrics is not None and math.isfinite(metrics.loss):
-        completed = TrainCompleted(
-            request_id=run_id,
-            run_id=run_id,
-            user_id=payload.user_id,
-            loss=metrics.loss,
-            perplexity=metrics.perplexity,
-            artifact_path=str(artifact),
-        )
+        final_loss, evaluated = metrics.loss, True
+    run_result = None
+    if final_loss is not None:
+        run_result = RunResult(loss=final_loss, evaluated=evaluated, artifact_path=str(artifact))
     runs = owner.fenced(ctx.runs)
-    also = runs.file_id_commands(run_id, file_id)
+    also = runs.file_id_commands(run_id, uploaded.file_id)
     if metrics is not None:
         evaluation = eval_result(metrics, artifact / EVAL_DIR)
         also += final_eval_commands(owner.fenced(ctx.evals), run_id, evaluation, message)
-    owner.complete(message, event=completed, also=also)
+    owner.complete(message, artifact=uploaded, run=run_result, also=also)
 
 
 def _check_memory(ctx: WorkerContext, spec: TrainingSpec, tokenizer_dir: Path) -> None:
@@ -390,33 +439,7 @@ def _initial_weights(ctx: WorkerContext, payload: TrainJob, run_dir: Path) -> Pa
     return path
 
 
-def _announce_start(ctx: WorkerContext, owner: JobOwner, job: TrainJob, threads: int) -> None:
-    """`started` goes out once per run, not once per attempt."""
-    run_id = owner.job_id
-    if not ctx.redis.hsetnx(job_key(run_id), JobField.STARTED.value, "1"):
-        return
-    owner.events.publish(
-        TrainStarted(
-            request_id=run_id,
-            run_id=run_id,
-            user_id=job.user_id,
-            model_family=job.spec.model_family.value,
-            model_size=job.spec.model_size.value,
-            total_epochs=max(1, math.ceil(job.spec.num_epochs or 1)),
-            queue=run_queue_name(ctx.settings.rq, job.device),
-            cpu_cores=os.cpu_count(),
-            optimal_threads=threads,
-            optimal_workers=1,
-            batch_size=job.spec.batch_size,
-            learning_rate=job.spec.learning_rate,
-            memory_mb=_memory_mb(),
-            optimizer=job.spec.optimizer.value,
-        )
-    )
-    log.info("run started", extra=log_fields("run_started"))
-
-
-def _upload_artifact(ctx: WorkerContext, owner: JobOwner, artifact: Path) -> str:
+def _upload_artifact(ctx: WorkerContext, owner: JobOwner, artifact: Path) -> FileInfo:
     """Upload the finished model, retrying with backoff for `upload_retry_sec`; then the
     failure is transient and a later attempt uploads it without training again."""
 

@@ -8,20 +8,22 @@ nothing, and nothing is read back from its registries as truth):
     run the job body with stores whose writes are fenced by the lease
     turn the way the body ended into the job's next state:
 
-| body ends with       | status    | next                                  | event (runs)     |
+| body ends with       | status    | next                                  | event            |
 | -------------------- | --------- | ------------------------------------- | ---------------- |
 | `complete(...)`      | completed | -                                     | completed        |
 | `UserError`          | failed    | -                                     | failed, user     |
 | transient error      | queued    | enqueued after a backoff; attempt+1   | none             |
 | ... last attempt     | failed    | -                                     | failed, system   |
 | fatal error          | failed    | -                                     | failed, system   |
-| `JobCancelled`       | cancelled | -                                     | failed, canceled |
+| `JobCancelled`       | cancelled | -                                     | failed, cancelled|
 | `WorkerShutdown`     | queued    | enqueued at once; not an attempt      | none             |
 | `LeaseLost`          | untouched | the new owner carries on              | none             |
 | (process killed)     | running   | a reaper re-enqueues it; attempt+1    | (failed if last) |
 
-Each of these state changes is one fenced write (status, message, error, lease release
-and event together), so it happens exactly once and only while this worker owns the job.
+The job's first attempt publishes `JobStarted` once it is running; events are facts that
+store/events.py renders in each enabled dialect. Each of these state changes is one fenced
+write (status, message, error, lease release and event together), so it happens exactly
+once and only while this worker owns the job.
 A Redis outage does not end a job: the renewal thread keeps trying, progress writes are
 skipped (metric points wait), and the final writes wait up to `redis_wait_sec` for Redis.
 """
@@ -49,11 +51,12 @@ from model_trainer.errors import ErrorCode, JobCancelled, LeaseLost, WorkerShutd
 from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.failures import classify, retry_delay
 from model_trainer.manifest import write_manifest
-from model_trainer.store.events import TrainerEvent, train_failed
+from model_trainer.store.events import Fact, JobCompleted, JobStarted, RunResult, job_failed
 from model_trainer.store.fencing import Command, FencedWriter, Lease, NotAcquired
-from model_trainer.store.keys import JobField, JobKind
+from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import ErrorInfo, ProgressT, Status, StatusStore, hdel, hset
 from model_trainer.store.runlog import MetricsWriter, capture_job_logs
+from service_common.databank_contract import FileInfo
 from service_common.jsonlog import bound, log_fields, run_id_var, tokenizer_id_var
 
 log = logging.getLogger("model_trainer.jobs")
@@ -144,29 +147,44 @@ class JobOwner:
         message: str,
         *,
         error: ErrorInfo | None = None,
-        event: TrainerEvent | None = None,
+        event: Fact | None = None,
         also: tuple[Command, ...] = (),
     ) -> None:
         """One fenced write: the new status, the event, and the lease given up."""
         commands = (*also, self.lease.release_command())
         if event is not None:
-            commands = (self.events.command(event), *commands)
+            commands = (*self.events.commands(event), *commands)
         self.when_redis_is_back(
             f"status {status.value}",
             lambda: self.store.set_status(self.job_id, status, message, error=error, also=commands),
         )
 
+    def announce_start(self, queue: str) -> None:
+        """`JobStarted`, once per job (not once per attempt)."""
+        if self.ctx.redis.hsetnx(job_key(self.job_id), JobField.ANNOUNCED.value, "1"):
+            self.events.publish(
+                JobStarted(kind=self.kind, job_id=self.job_id, user_id=self.user_id, queue=queue)
+            )
+
     def complete(
-        self, message: str, *, event: TrainerEvent | None = None, also: tuple[Command, ...] = ()
+        self,
+        message: str,
+        *,
+        artifact: FileInfo | None = None,
+        run: RunResult | None = None,
+        also: tuple[Command, ...] = (),
     ) -> None:
+        """`artifact`: what the job uploaded to Data Bank; `run`: a run's final result."""
+        event = JobCompleted(
+            kind=self.kind,
+            job_id=self.job_id,
+            user_id=self.user_id,
+            file_id=artifact.file_id if artifact else None,
+            file_bytes=artifact.size if artifact else None,
+            run=run,
+        )
         self.end(Status.COMPLETED, message, event=event, also=also)
         log.info(message, extra=log_fields("job_completed"))
-
-    def _failed_event(self, message: str, kind: str, *, cancelled: bool) -> TrainerEvent | None:
-        """`trainer:events` speaks of training runs only."""
-        if self.kind is not JobKind.RUN:
-            return None
-        return train_failed(self.job_id, self.user_id, message, kind, cancelled=cancelled)
 
     def fail(self, error: ErrorInfo, folder: Path) -> None:
         log.error(
@@ -189,14 +207,18 @@ class JobOwner:
             Status.FAILED,
             error.message,
             error=error,
-            event=self._failed_event(error.message, error.kind, cancelled=False),
+            event=job_failed(
+                self.kind, self.job_id, self.user_id, error.message, error.kind, cancelled=False
+            ),
             also=(hdel(self.job_id, JobField.FILE_ID),),
         )
 
     def cancel(self, message: str) -> None:
         log.info("stopped: %s", message, extra=log_fields("job_cancelled"))
         self.end(
-            Status.CANCELLED, message, event=self._failed_event(message, "user", cancelled=True)
+            Status.CANCELLED,
+            message,
+            event=job_failed(self.kind, self.job_id, self.user_id, message, "user", cancelled=True),
         )
 
     def retry_later(self, error: ErrorInfo, folder: Path) -> None:
@@ -310,10 +332,13 @@ def owned_job(
     *,
     user_id: int = 0,
     logs_to: str | None = None,
+    queue: str | None = None,
 ) -> Iterator[JobOwner | None]:
     """Own the job for one attempt; yields None when there is nothing for this worker to do.
 
     Its log lines go to `folder` and to the stream of `logs_to` (default: the job's own).
+    `user_id`: whom its events are for (0: nobody); `queue`: the one it came from (default:
+    the ordinary queue), for its `JobStarted`.
     """
     stream = logs_to or job_id
     with _log_context(kind, job_id, stream):
@@ -340,6 +365,7 @@ def owned_job(
                     return
                 owner.store.set_status(job_id, Status.RUNNING, f"running on {ctx.worker_name}")
                 owner.store.heartbeat(job_id)
+                owner.announce_start(queue or ctx.settings.rq.queue_name)
                 log.info(
                     "worker %s took the %s (lease epoch %d)",
                     ctx.worker_name,

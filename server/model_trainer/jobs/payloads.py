@@ -24,6 +24,7 @@ class _Payload(BaseModel):
 class TokenizerJob(_Payload):
     tokenizer_id: str
     config: TokenizerTrainConfig
+    user_id: int = 0  # whom its events are for (0: nobody)
 
 
 class InitFrom(_Payload):
@@ -78,3 +79,4 @@ class EvaluateJob(_Payload):
     run_id: str
     eval_id: str
     request: EvaluateRequest
+    user_id: int = 0  # the run's: its events are for whom the run's are

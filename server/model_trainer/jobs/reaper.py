@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from model_trainer.errors import ErrorCode
 from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.queue import worker_queue_names
-from model_trainer.store.events import train_failed
+from model_trainer.store.events import job_failed
 from model_trainer.store.keys import (
     JOB_KEYS,
     RECORD_TTL_SEC,
@@ -302,14 +302,12 @@ class Reaper:
     def _publish_failed(
         self, kind: JobKind, job_id: str, message: str, error_kind: str, *, cancelled: bool
     ) -> None:
-        if kind is not JobKind.RUN:
-            return  # trainer:events speaks of training runs only
-        record = self._ctx.runs.record(job_id)
+        record = self._ctx.store(kind).record(job_id)
         request = record.meta.request if record and record.meta else {}
         user = request.get("user_id", 0)
         user_id = user if isinstance(user, int) else 0
         self._ctx.events.publish(
-            train_failed(job_id, user_id, message, error_kind, cancelled=cancelled)
+            job_failed(kind, job_id, user_id, message, error_kind, cancelled=cancelled)
         )
 
 

@@ -22,7 +22,9 @@ def run(payload_json: str) -> None:
     folder = ctx.settings.app.artifacts_root / "tokenizers" / payload.tokenizer_id
     # Every attempt starts clean: no file of an earlier one may end up in the tar.
     shutil.rmtree(folder, ignore_errors=True)
-    with owned_job(ctx, JobKind.TOKENIZER, payload.tokenizer_id, folder) as owner:
+    with owned_job(
+        ctx, JobKind.TOKENIZER, payload.tokenizer_id, folder, user_id=payload.user_id
+    ) as owner:
         if owner is not None:
             _train(owner, payload)
 
@@ -48,7 +50,7 @@ def _train(owner: JobOwner, payload: TokenizerJob) -> None:
                 raise WorkerShutdown(str(exc)) from exc
             raise JobCancelled(str(exc)) from exc
     owner.stop_if_asked()
-    file_id = publish_artifact(ctx, folder, f"tokenizer-{tokenizer_id}")
+    uploaded = publish_artifact(ctx, folder, f"tokenizer-{tokenizer_id}")
     summary = TokenizerSummary(
         stats=result.stats.model_dump(mode="json") if result.stats else None,
         timings=result.timings.model_dump(mode="json"),
@@ -57,8 +59,9 @@ def _train(owner: JobOwner, payload: TokenizerJob) -> None:
     tokenizers = owner.fenced(ctx.tokenizers)
     owner.complete(
         f"trained {config.method} tokenizer, vocabulary {result.vocab_size}",
+        artifact=uploaded,
         also=(
             *tokenizers.progress_commands(tokenizer_id, summary),
-            *tokenizers.file_id_commands(tokenizer_id, file_id),
+            *tokenizers.file_id_commands(tokenizer_id, uploaded.file_id),
         ),
     )

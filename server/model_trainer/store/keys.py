@@ -73,7 +73,8 @@ class JobField(StrEnum):
     ATTEMPTS = "attempts"  # failed attempts so far
     EPOCH = "epoch"  # fencing epoch: +1 each time the job changes hands
     CANCEL = "cancel"  # "1" once a cancel was asked
-    STARTED = "started"  # "1" once a run's `started` event went out
+    ANNOUNCED = "announced"  # "1" once the job's JobStarted event went out
+    EVENT_EPOCHS = "event_epochs"  # a run's total_epochs as its RunConfigured said (set once)
     PAYLOAD = "payload"  # the job's payload, to dispatch it again
     DISPATCH = "dispatch"  # the current RQ job's id
     EVAL = "eval"  # a run's latest evaluation's id

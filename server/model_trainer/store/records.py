@@ -319,6 +319,7 @@ class StatusStore(Generic[ProgressT]):
                     JobField.HEARTBEAT,
                     JobField.ERROR,
                     JobField.ATTEMPTS,
+                    JobField.ANNOUNCED,  # the new job announces its start again
                 ),
                 *hset(record_id, (JobField.META, meta.model_dump_json())),
                 *self.status_commands(record_id, Status.QUEUED),

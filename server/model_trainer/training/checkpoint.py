@@ -84,6 +84,7 @@ class LoopState(BaseModel):
     initialised_from: str | None = None  # whose weights a fresh run started from, if any
     window_loss_sum: float = 0.0  # training losses since the last metrics row
     window_steps: int = 0
+    window_grad_norm_sum: float = 0.0  # their gradients' total norms, before clipping
     resumed_at: list[int] = Field(default_factory=list)
     metrics: list[MetricRow] = Field(default_factory=list)
 

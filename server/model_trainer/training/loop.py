@@ -72,6 +72,7 @@ class ProgressInfo:
     epoch: float
     total_epochs: float  # total_steps in passes over the training split
     train_loss: float | None
+    grad_norm: float | None  # mean total gradient norm (before clipping) of the same steps
     val_loss: float | None  # the latest validation loss, computed at this step or before
     evaluated: bool  # val_loss was computed at this step
     lr: float
@@ -381,8 +382,12 @@ class _Trainer:
         if not math.isfinite(loss_value):
             raise _diverged("training loss", loss_value, self.state.step, self.config)
         torch.autograd.backward(loss)  # loss.backward()
+        # The total norm before clipping is what clipping returns; reported with the loss.
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -391,6 +396,7 @@ class _Trainer:
         state.tokens_seen += self.tokens_per_step
         state.window_loss_sum += loss_value
         state.window_steps += 1
+        state.window_grad_norm_sum += float(norm)
         self.window_tokens += self.tokens_per_step
         self.pace.tick(state.step, self._elapsed())
         return lr
@@ -426,6 +432,9 @@ class _Trainer:
         """
         state = self.state
         train_loss = state.window_loss_sum / state.window_steps if state.window_steps else None
+        grad_norm = state.window_grad_norm_sum / state.window_steps if state.window_steps else None
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            grad_norm = None  # an overflowing step: clipping coped, the report leaves it out
         # Tokens/s measures training: the window's evaluation time is left out.
         window_seconds = time.perf_counter() - self.window_t0 - self.window_eval_seconds
         tokens_per_sec = self.window_tokens / window_seconds if self.window_tokens else None
@@ -451,6 +460,7 @@ class _Trainer:
         state.metrics.append(row)
         self.metrics.append(row)
         state.window_loss_sum, state.window_steps = 0.0, 0
+        state.window_grad_norm_sum = 0.0
         self.window_t0, self.window_tokens = time.perf_counter(), 0
         self.window_eval_seconds = 0.0
         self.callbacks.on_progress(
@@ -460,6 +470,7 @@ class _Trainer:
                 epoch=state.tokens_seen / self.train_tokens,
                 total_epochs=state.total_steps * self.tokens_per_step / self.train_tokens,
                 train_loss=train_loss,
+                grad_norm=grad_norm,
                 val_loss=state.last_val_loss,
                 evaluated=val_loss is not None,
                 lr=lr,

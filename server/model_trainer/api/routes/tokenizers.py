@@ -18,19 +18,19 @@ from model_trainer.api.schemas import (
     TokenizerAccepted,
     TokenizerInfo,
     TokenizerList,
+    TokenizerRequest,
 )
 from model_trainer.errors import NotFoundError
 from model_trainer.store.records import Record, TokenizerSummary
-from model_trainer.tokenization.config import TokenizerTrainConfig
 
 router = APIRouter(prefix="/tokenizers", tags=["tokenizers"])
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 422))
-def train_tokenizer(config: TokenizerTrainConfig, ctx: Ctx, who: Me) -> TokenizerAccepted:
-    """The same request twice is the same tokenizer (its id hashes the request), whoever
+def train_tokenizer(request: TokenizerRequest, ctx: Ctx, who: Me) -> TokenizerAccepted:
+    """The same request twice is the same tokenizer (its id hashes the config), whoever
     asks it. 404 if the corpus is not in Data Bank."""
-    return services.submit_tokenizer(ctx, config, who)
+    return services.submit_tokenizer(ctx, request, who)
 
 
 @router.get("")

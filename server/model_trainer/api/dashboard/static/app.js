@@ -326,7 +326,7 @@ async function tokenizersPage(scope) {
 // ---- new tokenizer -------------------------------------------------------------------
 
 async function newTokenizerPage(scope) {
-  const schema = await schemaOf("TokenizerTrainConfig");
+  const schema = await schemaOf("TokenizerRequest");
   const error = errorBox();
   const picker = corpusPicker(scope);
   const method = choiceInput("method", property(schema, "method").enum, "bpe");
