@@ -273,6 +273,29 @@ class GenerateSettings(_Section):
     torch_threads: int = Field(default=0, ge=0, le=256)
 
 
+class WebhookEndpoint(_Section):
+    url: str
+    secret: SecretStr  # whsec_ + base64, as Standard Webhooks writes secrets
+
+
+def _standard_webhooks_schedule() -> list[float]:
+    # Standard Webhooks' suggested retry schedule (as Svix runs it): ~28 h after the first try.
+    return [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+class WebhookSettings(_Section):
+    """POSTs when jobs end (webhooks/): to a request's `webhook_url`, and to these."""
+
+    # Told of every job's end, as JSON: [{"url": "https://...", "secret": "whsec_..."}].
+    endpoints: list[WebhookEndpoint] = Field(default_factory=list)
+    # Requests' URLs may resolve to private or loopback addresses (refused otherwise).
+    allow_private_addresses: bool = False
+    # Seconds between a failed attempt and the next; one more attempt than delays in all.
+    retry_delays_sec: list[float] = Field(default_factory=_standard_webhooks_schedule)
+    timeout_sec: float = Field(default=10.0, gt=0, le=120)
+    poll_sec: float = Field(default=1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -294,6 +317,7 @@ class Settings(BaseSettings):
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @classmethod
     def settings_customise_sources(

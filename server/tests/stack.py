@@ -121,8 +121,9 @@ class Stack:
             quotas=TEST_QUOTAS,
         )
 
-    def client(self) -> TestClient:
-        return TestClient(create_app(build_context(self.settings())))
+    def client(self, settings: Settings | None = None) -> TestClient:
+        """The API in this process, with `settings` (default: `self.settings()`)."""
+        return TestClient(create_app(build_context(settings or self.settings())))
 
     def bank(self) -> DataBankClient:
         return DataBankClient(self.databank.url, UPLOAD_KEY, backoff_base_sec=0.05)

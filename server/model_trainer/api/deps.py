@@ -22,10 +22,12 @@ from model_trainer.store.keys import (
     EVAL_KEYS,
     RUN_KEYS,
     TOKENIZER_KEYS,
+    JobKind,
     worker_memory_key,
     workers_key,
 )
 from model_trainer.store.records import (
+    AnyStatusStore,
     EvalResult,
     RunProgress,
     StatusStore,
@@ -55,6 +57,11 @@ class ApiContext:
         self.generation = GenerationService(settings, databank, self.databank_guard)
         self.streams = StreamCap(limits.sse_max_per_caller, "limits.sse_max_per_caller")
         self.readiness = ReadinessProbe(settings.health.probe_interval_sec)
+
+    def store(self, kind: JobKind) -> AnyStatusStore:
+        if kind is JobKind.RUN:
+            return self.runs
+        return self.tokenizers if kind is JobKind.TOKENIZER else self.evals
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import Depends, FastAPI
 from hypercorn.middleware import ProxyFixMiddleware
 
@@ -24,6 +25,8 @@ from model_trainer.api.routes import corpora, health, me, runs, tokenizers
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
+from model_trainer.webhooks.records import WebhookStore
+from model_trainer.webhooks.sender import WebhookSender
 from service_common.docs_page import docs_router
 from service_common.error_bodies import install_error_bodies
 from service_common.jsonlog import setup_logging
@@ -67,7 +70,16 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # /readyz answers what this task last found (api/readiness.py).
         probe = asyncio.create_task(context.readiness.run(lambda: health.not_ready_reason(context)))
+        # Webhooks go out from every API process (webhooks/sender.py); redirects are not
+        # followed (a 3xx is a failed attempt: a redirect could lead past the address check).
+        http = httpx.Client(follow_redirects=False)
+        sender = WebhookSender(
+            WebhookStore(context.redis), context.store, context.settings.webhooks, http
+        )
+        sender.start()
         yield
+        sender.stop()
+        http.close()
         probe.cancel()
         context.generation.close()
         context.redis.close()

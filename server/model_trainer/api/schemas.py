@@ -10,6 +10,7 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from model_trainer.api.ids import RUN_ID_PATTERN
+from model_trainer.jobs.payloads import EvaluateRequest
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
 from model_trainer.store.corpora import CorpusInfo
 from model_trainer.store.records import (
@@ -28,6 +29,7 @@ from model_trainer.tokenization.corpus_formats import (
     check_format_fields,
 )
 from model_trainer.training.config import Device, TrainingSpec
+from model_trainer.webhooks.records import Attempt
 from service_common.databank_contract import FILE_ID_PATTERN
 
 __all__ = ["CorpusInfo", "ErrorInfo", "EvalInfo", "RunProgress"]
@@ -39,7 +41,46 @@ UserId = Annotated[
 ]
 
 
-class TokenizerRequest(TokenizerTrainConfig):
+WEBHOOK_SECRET_PATTERN = r"^whsec_[A-Za-z0-9+/]{32,128}={0,2}$"  # noqa: S105 - a pattern
+
+
+class WebhookFields(BaseModel):
+    """Where a job's end is POSTed (webhooks/), on any job request."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s) URL told when the job ends (Standard Webhooks); private and "
+        "loopback addresses are refused unless the operator allows them",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        pattern=WEBHOOK_SECRET_PATTERN,
+        description="the signing secret (whsec_ + base64); without one a secret is made "
+        "and returned once, in the 202 answer",
+    )
+
+    @model_validator(mode="after")
+    def _secret_needs_url(self) -> Self:
+        if self.webhook_secret is not None and self.webhook_url is None:
+            raise ValueError("webhook_secret goes with webhook_url")
+        return self
+
+
+# Never stored in a record's request nor shown: the endpoint keeps it (webhooks/records.py).
+SECRET_FIELDS = {"webhook_secret"}
+
+
+class EvaluateBody(EvaluateRequest, WebhookFields):
+    """`POST /runs/{id}/evaluate`: what to evaluate, and who is told when it ends."""
+
+    def request(self) -> EvaluateRequest:
+        return EvaluateRequest.model_validate(
+            self.model_dump(include=set(EvaluateRequest.model_fields))
+        )
+
+
+class TokenizerRequest(TokenizerTrainConfig, WebhookFields):
     """`POST /tokenizers/train`: the tokenizer's config (its id hashes only that) and who is
     told. A request equal to one already queued or trained joins it: its events stay those
     of the first requester's."""
@@ -47,10 +88,12 @@ class TokenizerRequest(TokenizerTrainConfig):
     user_id: UserId = 0
 
     def config(self) -> TokenizerTrainConfig:
-        return TokenizerTrainConfig.model_validate(self.model_dump(exclude={"user_id"}))
+        return TokenizerTrainConfig.model_validate(
+            self.model_dump(include=set(TokenizerTrainConfig.model_fields))
+        )
 
 
-class TrainRequest(TrainingSpec):
+class TrainRequest(TrainingSpec, WebhookFields):
     """`POST /runs/train`: the run's spec, where its data comes from, who is told, and how it
     is run (the job envelope's fields, jobs/payloads.py `TrainJob`)."""
 
@@ -94,6 +137,8 @@ class _Body(BaseModel):
 
 
 class TokenizerAccepted(_Body):
+    # The webhook's signing secret, when the request gave a webhook_url and no secret.
+    webhook_secret: str | None = None
     tokenizer_id: str
     job_id: str
     status: Status
@@ -150,6 +195,8 @@ class CorpusList(_Body):
 
 
 class RunAccepted(_Body):
+    # The webhook's signing secret, when the request gave a webhook_url and no secret.
+    webhook_secret: str | None = None
     run_id: str
     job_id: str
     status: Status
@@ -248,10 +295,33 @@ class MetricsBody(_Body):
 
 
 class EvalAccepted(_Body):
+    # The webhook's signing secret, when the request gave a webhook_url and no secret.
+    webhook_secret: str | None = None
     run_id: str
     eval_id: str
     job_id: str
     status: Status
+
+
+class DeliveryInfo(_Body):
+    """One webhook delivery (one job's end to one endpoint) and its attempts, newest last."""
+
+    delivery_id: str
+    msg_id: str  # the `webhook-id` header: the same on every attempt
+    job_id: str
+    event_type: str
+    endpoint_id: str
+    url: str | None  # None for an operator's endpoint (not the caller's to see)
+    source: Literal["request", "operator"]
+    created_at: float
+    state: Literal["pending", "delivered", "failed"]
+    next_attempt_at: float | None
+    attempts: list[Attempt]
+    attempt_count: int
+
+
+class WebhookDeliveries(_Body):
+    items: list[DeliveryInfo]
 
 
 class ArtifactPointer(_Body):

@@ -24,16 +24,20 @@ from model_trainer.api.deps import (
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.generation import GenerateRequest, ModelRef
 from model_trainer.api.schemas import (
+    SECRET_FIELDS,
+    DeliveryInfo,
     EvalAccepted,
+    EvaluateBody,
     RunAccepted,
     TokenizerAccepted,
     TokenizerRequest,
     TrainRequest,
+    WebhookDeliveries,
+    WebhookFields,
 )
 from model_trainer.errors import ConflictError, NotFoundError
 from model_trainer.jobs.payloads import (
     EvaluateJob,
-    EvaluateRequest,
     InitFrom,
     TokenizerJob,
     TrainJob,
@@ -53,6 +57,8 @@ from model_trainer.store.records import (
     hset,
 )
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
+from model_trainer.webhooks.addresses import check_url
+from model_trainer.webhooks.records import Endpoint, WebhookStore, new_secret
 
 
 def submit_tokenizer(
@@ -62,6 +68,7 @@ def submit_tokenizer(
     again (asked by another principal, it is theirs to see too). A failed or cancelled one,
     or one whose artifact is gone from Data Bank, is trained anew under the same id."""
     ctx.quotas.submission(who)
+    check_webhook(ctx, request)
     config = request.config()
     tokenizer_id = config.tokenizer_id()
     store = ctx.tokenizers
@@ -71,11 +78,17 @@ def submit_tokenizer(
         state = Status.FAILED
     if state is not None and state not in (Status.FAILED, Status.CANCELLED):
         store.hold(tokenizer_id, who.name)
-        return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=state)
+        # Joining a job that has not ended: its end is told to this webhook too.
+        secret = add_webhook(ctx, tokenizer_id, request) if not state.terminal else None
+        return TokenizerAccepted(
+            tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=state, webhook_secret=secret
+        )
     require_corpus(ctx, config.corpus_file_id)
     ctx.quotas.new_job(who)
     meta = RecordMeta(
-        created_at=time.time(), request=request.model_dump(mode="json"), owner=who.name
+        created_at=time.time(),
+        request=request.model_dump(mode="json", exclude=SECRET_FIELDS),
+        owner=who.name,
     )
     if state is not None:
         store.reset(tokenizer_id, meta)
@@ -83,10 +96,16 @@ def submit_tokenizer(
         # Another request created it between our read and write.
         store.hold(tokenizer_id, who.name)
         latest = store.status(tokenizer_id) or Status.QUEUED
-        return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=latest)
+        secret = add_webhook(ctx, tokenizer_id, request) if not latest.terminal else None
+        return TokenizerAccepted(
+            tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=latest, webhook_secret=secret
+        )
+    secret = add_webhook(ctx, tokenizer_id, request)
     payload = TokenizerJob(tokenizer_id=tokenizer_id, config=config, user_id=request.user_id)
     ctx.queue.submit(JobKind.TOKENIZER, tokenizer_id, payload)
-    return TokenizerAccepted(tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED)
+    return TokenizerAccepted(
+        tokenizer_id=tokenizer_id, job_id=tokenizer_id, status=Status.QUEUED, webhook_secret=secret
+    )
 
 
 def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAccepted:
@@ -95,6 +114,7 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
     holds the same model, and `who` has room for it. The tokenizer and the run to start
     from must be ones `who` sees."""
     ctx.quotas.submission(who)
+    check_webhook(ctx, config)
     tokenizer = ctx.tokenizers.record(config.tokenizer_id, who.scope)
     if tokenizer is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
@@ -126,9 +146,12 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
     ctx.quotas.new_job(who, run=True)
     run_id = f"run-{uuid.uuid4().hex[:16]}"
     meta = RecordMeta(
-        created_at=time.time(), request=config.model_dump(mode="json"), owner=who.name
+        created_at=time.time(),
+        request=config.model_dump(mode="json", exclude=SECRET_FIELDS),
+        owner=who.name,
     )
     ctx.runs.create(run_id, meta)
+    secret = add_webhook(ctx, run_id, config)
     job = TrainJob(
         run_id=run_id,
         spec=config.spec(),
@@ -142,7 +165,7 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
         init_from=init_from,
     )
     ctx.queue.submit(JobKind.RUN, run_id, job)
-    return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED)
+    return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED, webhook_secret=secret)
 
 
 def inherit_corpus_reading(
@@ -379,10 +402,12 @@ def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:
 
 
 def submit_evaluation(
-    ctx: ApiContext, run: Record[RunProgress], request: EvaluateRequest, who: Principal
+    ctx: ApiContext, run: Record[RunProgress], body: EvaluateBody, who: Principal
 ) -> EvalAccepted:
     """One evaluation at a time per run, of a completed run only (one `who` sees)."""
     ctx.quotas.submission(who)
+    check_webhook(ctx, body)
+    request = body.request()
     if run.status is not Status.COMPLETED or run.file_id is None:
         raise ConflictError(
             f"run {run.id!r} is {run.status.value}: only a completed run is evaluated"
@@ -411,9 +436,41 @@ def submit_evaluation(
     }
     meta = RecordMeta(created_at=time.time(), request=described, owner=who.name)
     ctx.evals.create(eval_id, meta)
+    secret = add_webhook(ctx, eval_id, body)
     DirectWriter(ctx.redis).write(hset(run.id, (JobField.EVAL, eval_id)))
     ctx.queue.submit(JobKind.EVAL, eval_id, job)
-    return EvalAccepted(run_id=run.id, eval_id=eval_id, job_id=eval_id, status=Status.QUEUED)
+    return EvalAccepted(
+        run_id=run.id, eval_id=eval_id, job_id=eval_id, status=Status.QUEUED, webhook_secret=secret
+    )
+
+
+def check_webhook(ctx: ApiContext, request: WebhookFields) -> None:
+    """A request's webhook_url is refused (422) before anything is created for it."""
+    if request.webhook_url is not None:
+        check_url(request.webhook_url, allow_private=ctx.settings.webhooks.allow_private_addresses)
+
+
+def add_webhook(ctx: ApiContext, job_id: str, request: WebhookFields) -> str | None:
+    """Keep the request's endpoint for the job's end (before the job can end); returns the
+    secret when it was made here (the caller shows it once)."""
+    if request.webhook_url is None:
+        return None
+    secret = request.webhook_secret or new_secret()
+    endpoint = Endpoint(url=request.webhook_url, secret=secret, source="request")
+    WebhookStore(ctx.redis).add_endpoint(job_id, endpoint)
+    return None if request.webhook_secret else secret
+
+
+def webhook_deliveries(ctx: ApiContext, job_id: str) -> WebhookDeliveries:
+    """A job's deliveries and their attempts (an operator endpoint's URL left out)."""
+    items = [
+        DeliveryInfo(
+            **d.model_dump(exclude={"payload", "url"}),
+            url=d.url if d.source == "request" else None,
+        )
+        for d in WebhookStore(ctx.redis).deliveries(job_id)
+    ]
+    return WebhookDeliveries(items=items)
 
 
 def resolve_generation_model(

@@ -26,6 +26,11 @@ script that touches them touches one slot. DESIGN.md links here.
 | `corpora:bytes`                  | hash (principal -> bytes held)    | none  | API            |
 | `trainer:limits:*`               | the `limits` library's windows    | 1 min | API            |
 | `trainer:events` (setting)       | pub/sub channel                   | -     | worker         |
+| `job:{<id>}:webhooks`            | hash (endpoint id -> url, secret) | 30 d  | API            |
+| `job:{<id>}:deliveries`          | zset (delivery ids, created ts)   | 30 d  | worker         |
+| `webhook:{<delivery id>}`        | string (Delivery JSON)            | 30 d  | worker         |
+| `trainer:webhooks:ended`         | zset (`<kind>:<id>`, due ts)      | none  | all; worker    |
+| `trainer:webhooks:due`           | zset (delivery ids, due ts)       | none  | worker         |
 | `rq:*`                           | RQ's own (dispatch only)          | RQ's  | RQ             |
 
 `{kinds}` is `runs`, `tokenizers` or `evals`; ids never collide across kinds (`run-`, `tok-`,
@@ -48,6 +53,25 @@ from pydantic import BaseModel, ConfigDict
 
 # Records and their satellites live this long after their last write (30 days).
 RECORD_TTL_SEC = 30 * 24 * 3600
+
+# Webhooks (webhooks/): jobs that ended and deliveries due, each claimed by bumping its
+# score past now (a sender that dies leaves it to be claimed again).
+WEBHOOKS_ENDED = "trainer:webhooks:ended"
+WEBHOOKS_DUE = "trainer:webhooks:due"
+
+
+def webhooks_key(job_id: str) -> str:
+    return f"job:{{{job_id}}}:webhooks"
+
+
+def deliveries_key(job_id: str) -> str:
+    return f"job:{{{job_id}}}:deliveries"
+
+
+def delivery_key(delivery_id: str) -> str:
+    return f"webhook:{{{delivery_id}}}"
+
+
 # The loss curve of a run keeps at most this many points (a run logs one every few steps).
 METRICS_MAX_POINTS = 50_000
 

@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from redis import Redis
 
 from model_trainer.store.fencing import Command, DirectWriter, Writer
-from model_trainer.store.keys import RECORD_TTL_SEC, JobField, KeySchema, job_key
+from model_trainer.store.keys import (
+    RECORD_TTL_SEC,
+    WEBHOOKS_ENDED,
+    JobField,
+    KeySchema,
+    job_key,
+)
 
 TTL = str(RECORD_TTL_SEC)
 
@@ -393,6 +399,11 @@ class StatusStore(Generic[ProgressT]):
             commands.append(hdel(record_id, JobField.ERROR))
         commands.extend(hset(record_id, *fields))
         commands.extend(status_index_commands(self.keys, record_id, status, self._clock()))
+        if status.terminal:
+            # The job's webhooks go out once it has ended (webhooks/sender.py), whoever
+            # ended it: its owner, a reaper, or the API cancelling a queued job.
+            marker = f"{self.keys.kind.value}:{record_id}"
+            commands.append(("ZADD", WEBHOOKS_ENDED, repr(self._clock()), marker))
         return tuple(commands)
 
     def status(self, record_id: str) -> Status | None:
@@ -433,3 +444,4 @@ class StatusStore(Generic[ProgressT]):
 
 # Any kind's store, where only the shared life cycle matters (status, heartbeat, pointer).
 AnyStatusStore = StatusStore[RunProgress] | StatusStore[TokenizerSummary] | StatusStore[EvalResult]
+AnyRecord = Record[RunProgress] | Record[TokenizerSummary] | Record[EvalResult]

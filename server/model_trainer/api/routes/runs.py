@@ -26,6 +26,7 @@ from model_trainer.api.schemas import (
     ArtifactPointer,
     CheckpointList,
     EvalAccepted,
+    EvaluateBody,
     LogLines,
     MetricsBody,
     Page,
@@ -33,11 +34,11 @@ from model_trainer.api.schemas import (
     RunInfo,
     RunList,
     TrainRequest,
+    WebhookDeliveries,
     json_object,
     model_response,
 )
 from model_trainer.errors import ErrorCode, NotFoundError
-from model_trainer.jobs.payloads import EvaluateRequest
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RunProgress, Status
@@ -210,8 +211,16 @@ def run_metrics(
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(404, 409),
 )
-def evaluate_run(run_id: RunId, request: EvaluateRequest, ctx: Ctx, who: Me) -> EvalAccepted:
-    return services.submit_evaluation(ctx, _require_run(ctx, run_id, who), request, who)
+def evaluate_run(run_id: RunId, body: EvaluateBody, ctx: Ctx, who: Me) -> EvalAccepted:
+    return services.submit_evaluation(ctx, _require_run(ctx, run_id, who), body, who)
+
+
+@router.get("/{run_id}/webhooks", responses=error_responses(404))
+def run_webhooks(run_id: RunId, ctx: Ctx, who: Me) -> WebhookDeliveries:
+    """The webhook deliveries of the run's end and of its evaluations' ends, oldest first,
+    each with its attempts (status code or error, when, how long)."""
+    _require_run(ctx, run_id, who)
+    return services.webhook_deliveries(ctx, run_id)
 
 
 @router.get("/{run_id}/eval", responses=error_responses(404))

@@ -19,6 +19,7 @@ from model_trainer.api.schemas import (
     TokenizerInfo,
     TokenizerList,
     TokenizerRequest,
+    WebhookDeliveries,
 )
 from model_trainer.errors import NotFoundError
 from model_trainer.store.records import Record, TokenizerSummary
@@ -60,6 +61,13 @@ def tokenizer_artifact(tokenizer_id: TokenizerId, ctx: Ctx, who: Me) -> Artifact
     if file_id is None:
         raise NotFoundError(f"no artifact for tokenizer {tokenizer_id!r} (unknown, or not done)")
     return ArtifactPointer(file_id=file_id)
+
+
+@router.get("/{tokenizer_id}/webhooks", responses=error_responses(404))
+def tokenizer_webhooks(tokenizer_id: TokenizerId, ctx: Ctx, who: Me) -> WebhookDeliveries:
+    """The webhook deliveries of the tokenizer job's end, each with its attempts."""
+    _require(ctx, tokenizer_id, who)
+    return services.webhook_deliveries(ctx, tokenizer_id)
 
 
 def _require(ctx: Ctx, tokenizer_id: str, who: Principal) -> Record[TokenizerSummary]:
