@@ -31,7 +31,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -138,7 +138,11 @@ class Authenticator:
         if found is not None:
             return found
         self._throttle.failed(address)
-        message = "missing X-API-Key header" if key is None else "invalid API key"
+        message = (
+            "missing X-API-Key header (or Authorization: Bearer)"
+            if key is None
+            else "invalid API key"
+        )
         raise AppError(ErrorCode.UNAUTHORIZED, message)
 
 
@@ -163,17 +167,21 @@ def check_can_start(security: SecuritySettings) -> Authenticator:
 
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+# The same key as `Authorization: Bearer <key>`: what OpenAI-style clients and Prometheus send.
+_bearer = HTTPBearer(auto_error=False)
 
 
 async def current_principal(
-    request: Request, api_key: Annotated[str | None, Depends(_api_key_header)] = None
+    request: Request,
+    api_key: Annotated[str | None, Depends(_api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> Principal:
     # `async` (no I/O): a plain `def` would cost every request a thread-pool hop.
     auth = request.app.state.auth
     if not isinstance(auth, Authenticator):
         raise RuntimeError("app started without an Authenticator")
     address = request.client.host if request.client else "unknown"
-    return auth.principal(api_key, address)
+    return auth.principal(api_key or (bearer.credentials if bearer else None), address)
 
 
 Me = Annotated[Principal, Depends(current_principal)]

@@ -21,7 +21,8 @@ from model_trainer.api.errors import (
 )
 from model_trainer.api.hosts import TrustedHosts
 from model_trainer.api.limits import BodyCap, BodySizeLimit
-from model_trainer.api.routes import corpora, health, me, runs, tokenizers
+from model_trainer.api.metrics import CountRequests, RequestCounts
+from model_trainer.api.routes import corpora, health, me, metrics, runs, tokenizers
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
@@ -66,6 +67,8 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     # Refuses to build an app without a key, unless anonymous use was asked for.
     auth = check_can_start(security)
 
+    http_metrics = RequestCounts()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # /readyz answers what this task last found (api/readiness.py).
@@ -77,7 +80,10 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
             WebhookStore(context.redis), context.store, context.settings.webhooks, http
         )
         sender.start()
+        flusher = asyncio.create_task(http_metrics.flush_every(context.redis))
         yield
+        flusher.cancel()
+        http_metrics.flush(context.redis)
         sender.stop()
         http.close()
         probe.cancel()
@@ -91,6 +97,8 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     )
     app.state.ctx = context
     app.state.auth = auth
+    # Innermost (added first): it sees the matched route's template.
+    app.add_middleware(CountRequests, counts=http_metrics)
     # Inside the request-id middleware (added by install_error_bodies, outermost): a 413
     # carries the request id and is in the access log.
     limits = context.settings.limits
@@ -115,7 +123,8 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     # Public, like /docs: the pages hold no data; their script sends the key with each call.
     app.include_router(dashboard_router())
     protected = [Depends(current_principal)]
-    for router in (me.router, corpora.router, tokenizers.router, runs.router):
+    routers = (me.router, corpora.router, tokenizers.router, runs.router, metrics.router)
+    for router in routers:
         # Every protected route may also answer 401 (no key, or a wrong one), 429 (too many
         # wrong keys from this address; submissions: the key's quotas) and 503 (Redis is
         # down). 401 comes before anything but the host check and the body cap; 422 is

@@ -13,6 +13,7 @@ costs each checkpoint seconds, not minutes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from model_trainer.store.checkpoints import (
     index_commands,
     read_checkpoints,
 )
+from model_trainer.store.keys import CHECKPOINT_UPLOAD_FAILURES
 from model_trainer.training.checkpoint import (
     CheckpointFile,
     checkpoint_path,
@@ -106,6 +108,8 @@ class CheckpointSync:
                 exc,
                 extra=log_fields("checkpoint_upload_failed", step=last.step),
             )
+            with contextlib.suppress(RedisError):  # a count for GET /metrics, best effort
+                self._owner.ctx.redis.incr(CHECKPOINT_UPLOAD_FAILURES)
         self._save_index()
 
     def _upload_one(self, file: CheckpointFile) -> CheckpointEntry:

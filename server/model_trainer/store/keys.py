@@ -29,8 +29,9 @@ script that touches them touches one slot. DESIGN.md links here.
 | `job:{<id>}:webhooks`            | hash (endpoint id -> url, secret) | 30 d  | API            |
 | `job:{<id>}:deliveries`          | zset (delivery ids, created ts)   | 30 d  | worker         |
 | `webhook:{<delivery id>}`        | string (Delivery JSON)            | 30 d  | worker         |
-| `trainer:webhooks:ended`         | zset (`<kind>:<id>`, due ts)      | none  | all; worker    |
-| `trainer:webhooks:due`           | zset (delivery ids, due ts)       | none  | worker         |
+| `trainer:webhooks:ended`         | zset (`<kind>:<id>`, due ts)      | none  | all; API       |
+| `trainer:webhooks:due`           | zset (delivery ids, due ts)       | none  | API            |
+| `trainer:metrics:*`              | counters behind `GET /metrics`    | none  | API, worker    |
 | `rq:*`                           | RQ's own (dispatch only)          | RQ's  | RQ             |
 
 `{kinds}` is `runs`, `tokenizers` or `evals`; ids never collide across kinds (`run-`, `tok-`,
@@ -58,6 +59,13 @@ RECORD_TTL_SEC = 30 * 24 * 3600
 # score past now (a sender that dies leaves it to be claimed again).
 WEBHOOKS_ENDED = "trainer:webhooks:ended"
 WEBHOOKS_DUE = "trainer:webhooks:due"
+
+
+# Counters behind GET /metrics (api/metrics.py): checkpoint uploads that failed (a string),
+# HTTP requests and their latency buckets (hashes, field = label values joined by "|").
+CHECKPOINT_UPLOAD_FAILURES = "trainer:metrics:checkpoint_upload_failures"
+HTTP_REQUESTS = "trainer:metrics:http_requests"
+HTTP_LATENCY = "trainer:metrics:http_latency"
 
 
 def webhooks_key(job_id: str) -> str:
