@@ -187,14 +187,19 @@ class GenerationService:
         self.abandoned = 0  # generations dropped or stopped because their client left
 
     async def generate(
-        self, ref: ModelRef, request: GenerateRequest, client_gone: Awaitable[None]
+        self,
+        ref: ModelRef,
+        request: GenerateRequest,
+        client_gone: Awaitable[None],
+        on_text: Callable[[list[str]], None] | None = None,
     ) -> GenerateResponse:
         """Run one generation in the pool; 503 at once when the pool and its queue are full.
 
         `client_gone` completes when the client disconnects. If it does first, the work is
         dropped from the queue, or told to stop before its next token (a model being loaded
         is loaded, and cached, first): its thread serves the next request instead of text
-        nobody reads, and `ClientGone` is raised.
+        nobody reads, and `ClientGone` is raised. `on_text` is called from the generation
+        thread with each sample's text so far, after every token (a stream).
         """
         if not self._admitted.acquire(blocking=False):
             raise AppError(
@@ -205,7 +210,7 @@ class GenerationService:
         self._count(+1)
         stop = threading.Event()
         try:
-            future = self._pool.submit(self._run, ref, request, stop.is_set)
+            future = self._pool.submit(self._run, ref, request, stop.is_set, on_text)
         except RuntimeError:  # the pool is shut down (the app is stopping)
             self._leave()
             raise
@@ -242,7 +247,11 @@ class GenerationService:
 
     # --- in a generation thread ---------------------------------------------------------
     def _run(
-        self, ref: ModelRef, request: GenerateRequest, should_stop: Callable[[], bool]
+        self,
+        ref: ModelRef,
+        request: GenerateRequest,
+        should_stop: Callable[[], bool],
+        on_text: Callable[[list[str]], None] | None,
     ) -> GenerateResponse:
         from model_trainer.training import generate as engine  # torch: here, not at startup
 
@@ -264,7 +273,7 @@ class GenerationService:
             num_samples=request.num_samples,
             seed=seed,
         )
-        out = engine.generate(loaded, request.prompt, sampling, should_stop)
+        out = engine.generate(loaded, request.prompt, sampling, should_stop, on_text)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         log.info(
             "generated %d x %d tokens from %s %s in %.0f ms",

@@ -22,7 +22,15 @@ from model_trainer.api.errors import (
 from model_trainer.api.hosts import TrustedHosts
 from model_trainer.api.limits import BodyCap, BodySizeLimit
 from model_trainer.api.metrics import CountRequests, RequestCounts
-from model_trainer.api.routes import corpora, health, me, metrics, runs, tokenizers
+from model_trainer.api.routes import (
+    completions,
+    corpora,
+    health,
+    me,
+    metrics,
+    runs,
+    tokenizers,
+)
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
@@ -123,7 +131,14 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     # Public, like /docs: the pages hold no data; their script sends the key with each call.
     app.include_router(dashboard_router())
     protected = [Depends(current_principal)]
-    routers = (me.router, corpora.router, tokenizers.router, runs.router, metrics.router)
+    routers = (
+        me.router,
+        corpora.router,
+        tokenizers.router,
+        runs.router,
+        metrics.router,
+        completions.router,
+    )
     for router in routers:
         # Every protected route may also answer 401 (no key, or a wrong one), 429 (too many
         # wrong keys from this address; submissions: the key's quotas) and 503 (Redis is

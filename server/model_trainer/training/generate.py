@@ -129,11 +129,17 @@ def _never() -> bool:
 
 @torch.inference_mode()
 def generate(
-    loaded: LoadedModel, prompt: str, s: Sampling, should_stop: Callable[[], bool] = _never
+    loaded: LoadedModel,
+    prompt: str,
+    s: Sampling,
+    should_stop: Callable[[], bool] = _never,
+    on_text: Callable[[list[str]], None] | None = None,
 ) -> Generated:
     """`s.max_new_tokens` tokens per sample; `should_stop` is asked before each token, and a
     true answer ends the work with `GenerationStopped` (the client left: nobody would read
-    the text, and the thread is wanted by the next request)."""
+    the text, and the thread is wanted by the next request). `on_text` (a stream) gets each
+    sample's text so far after every token (decoded whole: a token may end a character
+    that the one before began)."""
     tokenizer, context = loaded.tokenizer, loaded.context
     prompt_ids = tokenizer.encode_batch([prompt])[0][-context:] or [tokenizer.eos_id]
     generator = torch.Generator().manual_seed(s.seed)
@@ -146,6 +152,8 @@ def generate(
             raise GenerationStopped(f"generation stopped after {i} of {s.max_new_tokens} tokens")
         token = _pick(logits, s, generator)
         new = torch.cat([new, token], dim=1)
+        if on_text is not None:
+            on_text([tokenizer.decode(row) for row in new.tolist()])
         if i == s.max_new_tokens - 1:
             break
         window = torch.cat([window, token], dim=1)
