@@ -296,6 +296,17 @@ class WebhookSettings(_Section):
     poll_sec: float = Field(default=1.0, gt=0, le=60)
 
 
+class TrackingSettings(_Section):
+    """Experiment trackers runs log to (jobs/tracking.py); TensorBoard files are always in
+    the artifact."""
+
+    # MLflow: a tracking server's URL (http://...), or a store URI (sqlite:///...). Unset: off.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "model-trainer"
+    # Where a new experiment keeps its artifacts (unset: the tracking server's default).
+    mlflow_artifact_location: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_nested_delimiter="__",
@@ -318,6 +329,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
 from model_trainer.databank.archive import safe_extract
@@ -193,6 +194,15 @@ def test_full_run_trains_evaluates_and_loads(
         "eval/samples.jsonl",
     ):
         assert (folder / name).exists(), name
+    # TensorBoard's own reader finds the curve and the hyper-parameters in the artifact.
+    board = EventAccumulator(str(folder / "tensorboard"))
+    board.Reload()
+    scalars = board.Tags()["scalars"]
+    assert {"loss/train", "loss/validation", "lr", "tokens_per_sec"} <= set(scalars)
+    train_curve = board.Scalars("loss/train")
+    assert train_curve[-1].step == 60 and train_curve[-1].value < train_curve[0].value
+    assert "_hparams_/session_start_info" in board.PluginTagToContent("hparams")
+    assert board.Scalars("final/bits_per_char")[0].value > 0
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert isinstance(model, Qwen3ForCausalLM)  # the default family
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -35,6 +35,7 @@ from model_trainer.errors import (
     ArtifactUploadFailed,
     ErrorCode,
     JobCancelled,
+    LeaseLost,
     UserError,
     WorkerShutdown,
 )
@@ -45,6 +46,7 @@ from model_trainer.jobs.model_evaluation import eval_result, final_eval_commands
 from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
+from model_trainer.jobs.tracking import MlflowRun
 from model_trainer.store.events import RunConfigured, RunProgressed, RunResult
 from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunExecution, RunProgress
@@ -88,9 +90,11 @@ class RunReporter(TrainingCallbacks):
         sync: CheckpointSync,
         resumed_from_step: int | None,
         threads: int,
+        mlflow: MlflowRun | None = None,
     ) -> None:
         self._owner = owner
         self._threads = threads
+        self._mlflow = mlflow
         self._job = job
         self._sync = sync
         self._run_id = owner.job_id
@@ -146,6 +150,16 @@ class RunReporter(TrainingCallbacks):
                 )
             ),
         )
+        if self._mlflow is not None:
+            self._mlflow.log_row(
+                info.step,
+                {
+                    "loss/train": info.train_loss,
+                    "loss/validation": info.val_loss if info.evaluated else None,
+                    "lr": info.lr,
+                    "tokens_per_sec": info.tokens_per_sec,
+                },
+            )
         if final or now - self._last_write >= PROGRESS_WRITE_INTERVAL_SEC:
             self._last_write = now
             progress = RunProgress(
@@ -314,11 +328,26 @@ def run(payload_json: str) -> None:
     with owned_job(
         ctx, JobKind.RUN, run_id, run_dir, user_id=payload.user_id, queue=queue
     ) as owner:
-        if owner is not None:
-            _train(ctx, owner, payload, run_dir)
+        if owner is None:
+            return
+        tracking = ctx.settings.tracking
+        mlflow = MlflowRun(tracking, ctx.redis, run_id) if tracking.mlflow_tracking_uri else None
+        try:
+            _train(ctx, owner, payload, run_dir, mlflow)
+        except Exception as exc:
+            # The MLflow run ends with the job; not when the job goes on elsewhere.
+            if mlflow is not None and not isinstance(exc, WorkerShutdown | LeaseLost):
+                mlflow.finish("KILLED" if isinstance(exc, JobCancelled) else "FAILED")
+            raise
 
 
-def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path) -> None:
+def _train(
+    ctx: WorkerContext,
+    owner: JobOwner,
+    payload: TrainJob,
+    run_dir: Path,
+    mlflow: MlflowRun | None,
+) -> None:
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, spec = payload.run_id, payload.spec
     # The corpus stays in the worker's cache, never evicted, while the run reads it.
@@ -342,7 +371,9 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
                 )
             # The request's own thread count wins over the worker's setting.
             threads = resolve_threads(payload.threads, ctx.settings.app.threads)
-            reporter = RunReporter(owner, payload, sync, resumed_from, threads)
+            reporter = RunReporter(owner, payload, sync, resumed_from, threads, mlflow)
+            if mlflow is not None:
+                mlflow.start(spec)
             result = run_training(
                 spec,
                 corpus.path,
@@ -403,6 +434,11 @@ def _train(ctx: WorkerContext, owner: JobOwner, payload: TrainJob, run_dir: Path
     if metrics is not None:
         evaluation = eval_result(metrics, artifact / EVAL_DIR)
         also += final_eval_commands(owner.fenced(ctx.evals), run_id, evaluation, message)
+    if mlflow is not None:
+        final = (
+            {"val_loss": metrics.loss, "bits_per_char": metrics.bits_per_char} if metrics else {}
+        )
+        mlflow.finish("FINISHED", final, artifact)
     owner.complete(message, artifact=uploaded, run=run_result, also=also)
 
 

@@ -107,6 +107,7 @@ class JobField(StrEnum):
     CANCEL = "cancel"  # "1" once a cancel was asked
     ANNOUNCED = "announced"  # "1" once the job's JobStarted event went out
     EVENT_EPOCHS = "event_epochs"  # a run's total_epochs as its RunConfigured said (set once)
+    MLFLOW_RUN = "mlflow_run"  # a run's MLflow run id (jobs/tracking.py)
     PAYLOAD = "payload"  # the job's payload, to dispatch it again
     DISPATCH = "dispatch"  # the current RQ job's id
     EVAL = "eval"  # a run's latest evaluation's id

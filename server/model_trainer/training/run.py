@@ -65,6 +65,7 @@ from model_trainer.training.loop import (
 )
 from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
 from model_trainer.training.step import use_compile_cache
+from model_trainer.training.tensorboard import write_tensorboard
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -236,6 +237,8 @@ def run_training(
         )
         eval_seconds = time.perf_counter() - t0
         shutil.copyfile(run_dir / METRICS_FILE, staging / METRICS_FILE)
+        final = {"val_loss": metrics.loss, "bits_per_char": metrics.bits_per_char}
+        write_tensorboard(staging, state.metrics, config, final)
 
         rates = [r.tokens_per_sec for r in state.metrics if r.tokens_per_sec is not None]
         train_losses = [r.train_loss for r in state.metrics if r.train_loss is not None]
