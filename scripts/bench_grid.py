@@ -17,7 +17,7 @@ gives each configuration's mean and spread; a configuration beats the defaults w
 is lower by more than both spreads (max - min) together.
 
 Usage: .venv/bin/python scripts/bench_grid.py [--repeats 3] [--seconds 76]
-       [--json .stack/bench/grid.jsonl] [--only NAME ...] [--pause-file PATH]
+       [--json .stack/bench/grid.jsonl] [--only NAME ...] [--pause-file PATH] [--no-warm]
 (--pause-file: while that file exists, no new run starts: a quiet machine for something
 else, between two runs, without measuring a run beside it.)
 """
@@ -131,12 +131,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, default=Path(".stack/bench/grid.jsonl"))
     parser.add_argument("--only", action="append", choices=list(GRID), help="configurations")
     parser.add_argument("--pause-file", type=Path, help="no run starts while it exists")
+    parser.add_argument(
+        "--no-warm", action="store_true", help="the compile cache is warm already (a rerun)"
+    )
     args = parser.parse_args(argv)
     names = args.only or list(GRID)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     cache = args.json.parent / "grid-compile-cache"
     log(f"cpu flags: {' '.join(cpu_flags())}; load average {os.getloadavg()}")
-    warm(names, cache)
+    if not args.no_warm:
+        warm(names, cache)
     results: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in names:
