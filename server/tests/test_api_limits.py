@@ -48,6 +48,7 @@ BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/tokenizers/train"): {"method": "bpe", "corpus_file_id": "a" * 64},
     ("POST", "/runs/{run_id}/evaluate"): {"split": "validation"},
     ("POST", "/runs/{run_id}/generate"): {"prompt": "To be"},
+    ("POST", "/v1/completions"): {"model": "run-0123456789abcdef", "prompt": "To be"},
 }
 
 
@@ -355,7 +356,7 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
     lookup it needs fails). So the shape is checked first, and alone."""
     app = _app(_settings(settings, redis_url=REDIS_DOWN))
     routes = [key for key in _operations(app) if "{" in key[1]]
-    assert len(routes) == 13, routes
+    assert len(routes) == 15, routes
     kinds = {
         "{run_id}": ("run", MALFORMED_RUN_IDS, "16 hex digits"),
         "{tokenizer_id}": ("tokenizer", MALFORMED_TOKENIZER_IDS, "16 hex digits"),
@@ -453,7 +454,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     assert "HTTPValidationError" not in json.dumps(doc)
     operations = _operations(app)
     protected = {k: op for k, op in operations.items() if k[1] not in ("/healthz", "/readyz")}
-    assert len(protected) == 20
+    assert len(protected) == 25
     for (method, path), operation in protected.items():
         responses = _dict(operation["responses"])
         parameters = [_dict(p) for p in _as_list(operation.get("parameters", []))]
@@ -529,12 +530,12 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             for status, response in answers.items():
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
-    # 401, 413 and 503 from each of the 20 (but /whoami's 503); 404 from the 13 with an id;
-    # 422 from the 10 with a body or query parameters; 400 (not JSON) from the 4 with a JSON
+    # 401, 413 and 503 from each of the 25 (but /whoami's 503); 404 from the 15 with an id;
+    # 422 from the 11 with a body or query parameters; 400 (not JSON) from the 5 with a JSON
     # body. 429s: tests/test_api_keys.py.
     bodies = sum(1 for (_, _, status) in seen if status == 400)
-    assert bodies == 4
-    assert len(seen) == 20 * 3 - 1 + 13 + 10 + bodies
+    assert bodies == 5
+    assert len(seen) == 25 * 3 - 1 + 15 + 11 + bodies
 
 
 def _corpus_upload_answers(locked: TestClient, down: TestClient) -> dict[int, _Answer]:
