@@ -23,7 +23,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
-from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
 from model_trainer.errors import UserError
@@ -72,11 +71,22 @@ class WebhookSender:
         self._thread.join(timeout=self._settings.timeout_sec + 5)
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self._settings.poll_sec):
             try:
                 self.tick()
-            except RedisError as exc:
-                log.warning("webhooks pass skipped: %s", exc, extra=log_fields("webhook_redis"))
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any one bad pass
+                # Said once until a pass succeeds again (Redis down would say it every poll).
+                if not failing:
+                    log.warning(
+                        "webhooks pass failed (%s: %s); retrying every %.0f s",
+                        type(exc).__name__,
+                        exc,
+                        self._settings.poll_sec,
+                        extra=log_fields("webhook_pass_failed"),
+                    )
+                failing = True
 
     def tick(self) -> None:
         """One pass: deliveries for the jobs that ended, then the attempts that are due."""
@@ -93,6 +103,9 @@ class WebhookSender:
     # --- an ended job -> its deliveries ---------------------------------------------------
     def _make_deliveries(self, marker: str) -> None:
         kind_name, _, job_id = marker.partition(":")
+        if kind_name not in set(JobKind):
+            self._store.create(marker, job_id, [])  # not ours to understand: dropped
+            return
         kind = JobKind(kind_name)
         record = self._records(kind).record(job_id)
         endpoints = self._store.endpoints(job_id)
