@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
 from model_trainer.settings import ApiKey, Settings
 from tests.processes import wait_until
@@ -27,7 +28,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("metrics-stack"), redis_url)
+    # The metrics count the whole Redis; other modules' jobs share database 0 of the suite's
+    # server, so this stack has a database of its own, emptied first.
+    own = redis_url.rsplit("/", 1)[0] + "/7"
+    Redis.from_url(own).flushdb()
+    s = Stack(tmp_path_factory.mktemp("metrics-stack"), own)
     s.start_worker()
     yield s
     s.close()
