@@ -304,6 +304,9 @@ def test_a_time_budget_covers_the_probe_and_the_setup(
         precision="auto",
         compile="auto",
         max_train_seconds=budget,
+        # Validations at step 0 and at the end only: the rows between are written right
+        # after the loop's decision to go on (below).
+        eval_interval=1_000_000,
     )
     assert result.outcome is Outcome.COMPLETED and result.manifest is not None
     execution = result.manifest.execution
@@ -313,9 +316,14 @@ def test_a_time_budget_covers_the_probe_and_the_setup(
     assert timings.setup_seconds == execution.setup_seconds >= execution.precision_probe.seconds
     # The first row (step 0) is written after the setup: the clock started with it spent.
     assert recorder.progress[0].elapsed >= timings.setup_seconds
-    last, before = recorder.progress[-1], recorder.progress[-2]
-    one_step = (last.elapsed - before.elapsed) / (last.step - before.step)
-    assert timings.train_seconds <= budget + one_step
+    assert timings.train_seconds == pytest.approx(
+        timings.setup_seconds + timings.session_seconds, abs=0.002
+    )
+    # The loop decided inside the budget to go on after every row but the last (the row of
+    # step 0 comes before any decision). How far the final evaluation and checkpoint run past the budget depends on the
+    # machine's load: the test asserts the loop's decisions, not a wall-clock margin.
+    went_on = [row for row in recorder.progress[:-1] if not row.evaluated]
+    assert went_on and all(row.elapsed < budget for row in went_on)
 
 
 # --- the compile cache, across processes -------------------------------------------------
