@@ -10,6 +10,7 @@
     ├── JobStopped                   a job body stopped at a safe point; not a failure
     │   ├── JobCancelled             the user asked: the job ends `cancelled`
     │   ├── WorkerShutdown           the worker is stopping: the job is handed back
+    │   ├── JobPaused                the user paused the run: it waits, checkpointed
     │   └── LeaseLost                another worker owns the job now: write nothing
     ├── TrainingStopped              the tokenizer library was told to stop (tokenization/)
     ├── GenerationStopped            a generation's client left (training/generate.py)
@@ -148,6 +149,11 @@ class JobCancelled(JobStopped):
 
 class WorkerShutdown(JobStopped):
     """The worker is shutting down; the job stopped at a safe point and is handed back."""
+
+
+class JobPaused(JobStopped):
+    """The user paused the run: it checkpointed at a safe point and waits, holding no worker,
+    until resumed."""
 
 
 class LeaseLost(JobStopped):

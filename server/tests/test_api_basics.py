@@ -10,18 +10,21 @@ import uuid
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, JsonValue, SecretStr
 from redis import Redis
 
 from model_trainer.api.deps import ApiContext
 from model_trainer.api.errors import VOCABULARY
 from model_trainer.api.main import build_context, create_app
 from model_trainer.errors import ErrorCode
+from model_trainer.jobs.payloads import TrainJob
 from model_trainer.settings import HealthSettings, Settings
-from model_trainer.store.keys import RUN_KEYS, workers_key
+from model_trainer.store.keys import RUN_KEYS, JobField, JobKind, workers_key
 from model_trainer.store.records import RecordMeta, RunProgress, StatusStore
+from model_trainer.training.config import TrainingSpec
 from tests.databank_fixtures import DataBankServer
 from tests.processes import wait_until
+from tests.stack import job_field
 
 
 class Body(BaseModel):
@@ -325,3 +328,50 @@ def test_a_file_id_with_a_trailing_newline_is_a_422_not_a_data_bank_call(
             assert response.status_code == 422, (path, response.text)
             _assert_error_shape(response.json(), "VALIDATION_ERROR")
             assert "corpus_file_id" in [d["field"] for d in response.json()["details"]]
+
+
+def test_a_queued_run_pauses_at_once_and_resumes_with_a_larger_budget(
+    settings: Settings, redis_client: Redis
+) -> None:
+    """Nobody has started it: pause is immediate (no worker involved) and resume queues it
+    again as a new dispatch; the budget only grows, and only a paused run resumes."""
+    runs = StatusStore(redis_client, RUN_KEYS, RunProgress)
+    run_id = f"run-{uuid.uuid4().hex[:16]}"
+    job = TrainJob(
+        run_id=run_id,
+        spec=TrainingSpec(max_steps=100),
+        corpus_file_id="0" * 64,
+        tokenizer_id="tok-0000000000000000",
+    )
+    request: dict[str, JsonValue] = {"max_steps": 100, "corpus_file_id": "0" * 64}
+    runs.create(run_id, RecordMeta(created_at=time.time(), request=request))
+    ctx = build_context(settings)
+    ctx.queue.submit(JobKind.RUN, run_id, job)
+    first_dispatch = job_field(redis_client, run_id, JobField.DISPATCH)
+    with TestClient(create_app(ctx)) as client:
+        assert client.post(f"/runs/{run_id}/resume").status_code == 409  # queued, not paused
+        paused = client.post(f"/runs/{run_id}/pause")
+        assert paused.status_code == 202, paused.text
+        assert paused.json()["status"] == "paused"
+        assert "before it started" in paused.json()["message"]
+        assert runs.field(run_id, JobField.PAUSE) is None  # nothing left for a worker to see
+        listed = client.get("/runs", params={"status": "paused"}).json()["items"]
+        assert run_id in [r["run_id"] for r in listed]
+
+        for bad in (
+            {"max_steps": 100},
+            {"max_train_seconds": 600},
+            {"max_steps": 1, "num_epochs": 2},
+        ):
+            refused = client.post(f"/runs/{run_id}/resume", json=bad)
+            assert refused.status_code == 422, (bad, refused.text)
+        resumed = client.post(f"/runs/{run_id}/resume", json={"max_steps": 250})
+        assert resumed.status_code == 202, resumed.text
+        assert resumed.json()["status"] == "queued"
+        assert resumed.json()["request"]["max_steps"] == 250
+        payload = TrainJob.model_validate_json(runs.field(run_id, JobField.PAYLOAD) or "")
+        assert payload.spec.max_steps == 250
+        assert job_field(redis_client, run_id, JobField.DISPATCH) != first_dispatch
+
+        client.post(f"/runs/{run_id}/cancel")
+        assert client.post(f"/runs/{run_id}/pause").status_code == 409  # it has ended

@@ -460,6 +460,23 @@ def test_cancel_waits_until_the_run_has_stopped(api: Api, stack: Stack, long_run
     assert "tokens/s" not in text
 
 
+def test_pause_waits_until_paused_and_resume_queues_it_with_more_time(
+    api: Api, stack: Stack, long_run: str
+) -> None:
+    run_id = long_run
+    result = cli(api, stack, "run", "pause", run_id)
+    assert ok(result).startswith(f"{run_id} paused at step "), result.stdout
+    shown = as_json(cli(api, stack, "--json", "run", "show", run_id))
+    assert shown["status"] == "paused"
+    step = num(json_dict(shown["progress"])["step"])
+    out = ok(cli(api, stack, "run", "resume", run_id, "--max-seconds", "7200"))
+    assert out.startswith(f"{run_id} queued: resumes from step {step:g}/"), out
+    shown = as_json(cli(api, stack, "--json", "run", "show", run_id))
+    assert json_dict(shown["request"])["max_train_seconds"] == 7200
+    again = cli(api, stack, "run", "resume", run_id)
+    assert again.exit_code == 4 and "HTTP 409" in again.stderr
+
+
 def test_cancel_no_wait_says_it_is_cancelling(api: Api, stack: Stack, long_run: str) -> None:
     run_id = long_run
     out = ok(cli(api, stack, "run", "cancel", run_id, "--no-wait"))

@@ -189,7 +189,9 @@ def test_a_wrong_key_shows_the_key_form_and_forget_brings_it_back(
     assert requests.elsewhere(api.url) == []
 
 
-def test_cancel_from_the_run_page(api: Api, stack: Stack, browser: BrowserContext) -> None:
+def test_pause_resume_and_cancel_from_the_run_page(
+    api: Api, stack: Stack, browser: BrowserContext
+) -> None:
     headers = {"X-API-Key": API_KEY}
     with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
         corpus = stack.upload_text(_text())
@@ -217,6 +219,12 @@ def test_cancel_from_the_run_page(api: Api, stack: Stack, browser: BrowserContex
     page = browser.new_page()
     page.goto(f"{api.url}/dashboard/#/runs/{run}")
     _enter_key(page, API_KEY)
+    expect(page.locator("#run-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#resume-run")).to_be_hidden()
+    page.click("#pause-run")
+    expect(page.locator("#run-status")).to_have_text("paused", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#pause-run")).to_be_hidden()
+    page.click("#resume-run")
     expect(page.locator("#run-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
     page.click("#cancel-run")
     expect(page.locator("#cancel-run")).to_have_text("Click again to cancel")

@@ -320,8 +320,9 @@ def test_a_time_budget_covers_the_probe_and_the_setup(
         timings.setup_seconds + timings.session_seconds, abs=0.002
     )
     # The loop decided inside the budget to go on after every row but the last (the row of
-    # step 0 comes before any decision). How far the final evaluation and checkpoint run past the budget depends on the
-    # machine's load: the test asserts the loop's decisions, not a wall-clock margin.
+    # step 0 comes before any decision). How far the final evaluation and checkpoint run
+    # past the budget depends on the machine's load: the test asserts the loop's decisions,
+    # not a wall-clock margin.
     went_on = [row for row in recorder.progress[:-1] if not row.evaluated]
     assert went_on and all(row.elapsed < budget for row in went_on)
 

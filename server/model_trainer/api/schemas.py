@@ -136,6 +136,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ResumeBody(_Body):
+    """`POST /runs/{id}/resume`: optionally a larger budget of the run's own kind (more
+    steps, epochs or seconds of training than it was given)."""
+
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    num_epochs: float | None = Field(default=None, gt=0, le=10_000)
+    max_train_seconds: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Self:
+        given = [n for n in ("max_steps", "num_epochs", "max_train_seconds") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError(f"give at most one budget ({' and '.join(given)} given)")
+        return self
+
+
 class TokenizerAccepted(_Body):
     # The webhook's signing secret, when the request gave a webhook_url and no secret.
     webhook_secret: str | None = None

@@ -28,6 +28,7 @@ from model_trainer.api.schemas import (
     DeliveryInfo,
     EvalAccepted,
     EvaluateBody,
+    ResumeBody,
     RunAccepted,
     TokenizerAccepted,
     TokenizerRequest,
@@ -44,7 +45,7 @@ from model_trainer.jobs.payloads import (
 )
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import CheckpointIndex, read_checkpoints
-from model_trainer.store.fencing import DirectWriter
+from model_trainer.store.fencing import Command, DirectWriter
 from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
     EvalInfo,
@@ -54,8 +55,10 @@ from model_trainer.store.records import (
     RunProgress,
     Status,
     TokenizerSummary,
+    hdel,
     hset,
 )
+from model_trainer.training.config import TrainingSpec
 from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
 from model_trainer.webhooks.addresses import check_url
 from model_trainer.webhooks.records import Endpoint, WebhookStore, new_secret
@@ -376,6 +379,74 @@ def cancel_run(ctx: ApiContext, run: Record[RunProgress]) -> None:
     if run.status is Status.QUEUED:
         # A worker that picks the job up later skips it.
         ctx.runs.set_status(run.id, Status.CANCELLED, "cancelled before it started")
+    elif run.status is Status.PAUSED:
+        # No worker holds it, and none will: cancelled here.
+        ctx.runs.set_status(run.id, Status.CANCELLED, "cancelled while paused")
+
+
+def pause_run(ctx: ApiContext, run: Record[RunProgress]) -> None:
+    """Ask the worker to checkpoint and let the run go (within a step); a run nobody has
+    started is paused at once. Pausing a paused run changes nothing."""
+    if run.status.terminal:
+        raise ConflictError(f"run {run.id!r} is already {run.status.value}: nothing to pause")
+    if run.status is Status.PAUSED:
+        return
+    DirectWriter(ctx.redis).write(hset(run.id, (JobField.PAUSE, "1")))
+    # Queued: paused here unless a worker takes it first (then it pauses at its first step).
+    ctx.runs.transition(
+        run.id,
+        Status.QUEUED,
+        Status.PAUSED,
+        "paused before it started; resume it to start",
+        also=(hdel(run.id, JobField.PAUSE),),
+    )
+
+
+def resume_run(ctx: ApiContext, run: Record[RunProgress], body: ResumeBody, who: Principal) -> None:
+    """Queue a paused run again, from its last checkpoint, with a larger budget when `body`
+    gives one (of the run's own kind: more steps, epochs or seconds)."""
+    if run.status is not Status.PAUSED:
+        raise ConflictError(f"run {run.id!r} is {run.status.value}, not paused: nothing to resume")
+    ctx.quotas.new_job(who, run=True)
+    raw = ctx.runs.field(run.id, JobField.PAYLOAD)
+    if raw is None or run.meta is None:
+        raise ConflictError(f"run {run.id!r} lost its request; it cannot be resumed")
+    job = TrainJob.model_validate_json(raw)
+    budget = body.model_dump(exclude_none=True)
+    also: tuple[Command, ...] = (hdel(run.id, JobField.PAUSE),)
+    if budget:
+        spec = _larger_budget(job.spec, budget)
+        job = job.model_copy(update={"spec": spec})
+        request = {**run.meta.request, **spec.model_dump(mode="json", include=set(BUDGET_FIELDS))}
+        meta = run.meta.model_copy(update={"request": request})
+        also += (
+            *hset(
+                run.id,
+                (JobField.PAYLOAD, job.model_dump_json()),
+                (JobField.META, meta.model_dump_json()),
+            ),
+        )
+    if not ctx.runs.transition(run.id, Status.PAUSED, Status.QUEUED, "resumed; queued", also):
+        raise ConflictError(f"run {run.id!r} changed while being resumed; try again")
+    ctx.queue.requeue(JobKind.RUN, run.id)
+
+
+BUDGET_FIELDS = ("max_steps", "num_epochs", "max_train_seconds")
+
+
+def _larger_budget(spec: TrainingSpec, given: dict[str, float]) -> TrainingSpec:
+    """`spec` with the budget `given`, which must be of the same kind and larger (422)."""
+    (name, value), current = next(iter(given.items())), spec.budget()
+    kind = {"max_steps": "steps", "num_epochs": "epochs", "max_train_seconds": "seconds"}[name]
+    if kind != current.kind or value <= current.value:
+        raise FieldsInvalid(
+            f"{name} {value:g} is not a larger budget than the run's {current.kind} budget of "
+            f"{current.value:g}: resume with more {current.kind} (or with no budget)",
+            [FieldError(field=name, message="must exceed the run's budget", type="budget")],
+        )
+    update: dict[str, float | None] = dict.fromkeys(BUDGET_FIELDS)
+    update[name] = value
+    return TrainingSpec.model_validate({**spec.model_dump(), **update})
 
 
 def latest_evaluation(ctx: ApiContext, run_id: str) -> EvalInfo | None:

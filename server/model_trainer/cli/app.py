@@ -689,17 +689,80 @@ def run_cancel(
         o.output.line(f"{run.run_id} {run.status.value}: {run.message or '-'}")
 
 
-def _wait_stopped(o: Options, api: ApiClient, run: RunInfo) -> RunInfo:
-    """Poll until the run is terminal. No deadline while it shows signs of a live worker
-    (status, step, heartbeat or attempts change: a long step only delays the cancel); give up
-    after `CANCEL_STALL_SEC` without any."""
+@run_app.command("pause")
+@handled
+def run_pause(
+    run_id: Annotated[str, typer.Argument()],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="wait until the run has checkpointed and paused; --no-wait returns once the "
+            "pause is requested",
+        ),
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Pause a queued or running run: it checkpoints at its next step and waits, holding no
+    worker and using no attempt, until `run resume` (exit 4 when it had already ended)."""
+    o = _options(as_json)
+    api = o.api()
+    run = api.post(RunInfo, f"/runs/{run_id}/pause", {})
+    if wait and run.status is not Status.PAUSED:
+        o.output.note(f"pausing {run.run_id} ({run.status.value} at step {steps(run)})")
+        run = _wait_stopped(o, api, run, "pause", Status.PAUSED)
+    if o.output.as_json:
+        o.output.model(run)
+    else:
+        o.output.line(f"{run.run_id} {run.status.value} at step {steps(run)}: {run.message or '-'}")
+
+
+@run_app.command("resume")
+@handled
+def run_resume(
+    run_id: Annotated[str, typer.Argument()],
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="a larger steps budget")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", min=0.0, help="a larger epochs budget")
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option("--max-seconds", min=0.0, help="a larger budget of seconds of training"),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue a paused run again: it continues from the checkpoint it paused at, with a larger
+    budget of its own kind when one is given."""
+    o = _options(as_json)
+    body: dict[str, JsonValue] = {}
+    if max_steps is not None:
+        body["max_steps"] = max_steps
+    if epochs is not None:
+        body["num_epochs"] = epochs
+    if max_seconds is not None:
+        body["max_train_seconds"] = max_seconds
+    run = o.api().post(RunInfo, f"/runs/{run_id}/resume", body)
+    if o.output.as_json:
+        o.output.model(run)
+    else:
+        o.output.line(f"{run.run_id} {run.status.value}: resumes from step {steps(run)}")
+
+
+def _wait_stopped(
+    o: Options, api: ApiClient, run: RunInfo, what: str = "cancel", until: Status | None = None
+) -> RunInfo:
+    """Poll until the run is terminal (or `until`). No deadline while it shows signs of a
+    live worker (status, step, heartbeat or attempts change: a long step only delays the
+    `what`); give up after `CANCEL_STALL_SEC` without any."""
     sign = _liveness(run)
     last_change = time.monotonic()
-    while not run.status.terminal:
+    while not (run.status.terminal or run.status is until):
         if time.monotonic() - last_change > CANCEL_STALL_SEC:
             raise CliError(
                 f"run {run.run_id} is still {run.status.value}, with no sign of its worker for "
-                f"{CANCEL_STALL_SEC:.0f}s: the cancel stays requested and takes effect when a "
+                f"{CANCEL_STALL_SEC:.0f}s: the {what} stays requested and takes effect when a "
                 f"worker takes the run up again (run show {run.run_id})",
                 ExitCode.UNAVAILABLE,
             )

@@ -35,6 +35,7 @@ from model_trainer.errors import (
     ArtifactUploadFailed,
     ErrorCode,
     JobCancelled,
+    JobPaused,
     LeaseLost,
     UserError,
     WorkerShutdown,
@@ -188,6 +189,23 @@ class RunReporter(TrainingCallbacks):
                 self._last_event = now
                 self._publish_progress(info, info.train_loss)
 
+    def stopped_at(self, step: int) -> None:
+        """The run stopped at `step` to go on later (paused, handed back): its progress says
+        that step, which the throttled writes may not have yet."""
+        current = self._owner.ctx.runs.progress(self._run_id)
+        if current is None or current.step == step:
+            return
+        total = current.total_steps or step
+        stopped = current.model_copy(
+            update={
+                "step": step,
+                "percent": round(100.0 * step / max(total, 1), 2),
+                "eta_seconds": None,
+                "updated_at": time.time(),
+            }
+        )
+        self._quietly("progress", lambda: self._runs.set_progress(self._run_id, stopped))
+
     def _publish_progress(self, info: ProgressInfo, train_loss: float) -> None:
         job = self._job
         self._owner.events.publish(
@@ -316,7 +334,8 @@ class RunReporter(TrainingCallbacks):
         return self._owner.cancelled()
 
     def should_hand_back(self) -> bool:
-        return self._owner.hand_back_requested()
+        # A pause stops like a shutdown (checkpoint, upload), then the run waits paused.
+        return self._owner.hand_back_requested() or self._owner.pause_requested()
 
 
 def run(payload_json: str) -> None:
@@ -336,7 +355,7 @@ def run(payload_json: str) -> None:
             _train(ctx, owner, payload, run_dir, mlflow)
         except Exception as exc:
             # The MLflow run ends with the job; not when the job goes on elsewhere.
-            if mlflow is not None and not isinstance(exc, WorkerShutdown | LeaseLost):
+            if mlflow is not None and not isinstance(exc, WorkerShutdown | LeaseLost | JobPaused):
                 mlflow.finish("KILLED" if isinstance(exc, JobCancelled) else "FAILED")
             raise
 
@@ -400,6 +419,9 @@ def _train(
         finally:
             sync.close()
     if result.outcome is Outcome.INTERRUPTED:
+        reporter.stopped_at(result.steps)
+        if owner.pause_requested() and not owner.hand_back_requested():
+            raise JobPaused(f"run {run_id}: checkpointed at step {result.steps} and paused")
         raise WorkerShutdown(f"run {run_id}: checkpointed for the worker's shutdown")
     if result.outcome is Outcome.CANCELLED or result.artifact_dir is None:
         raise JobCancelled(f"run {run_id} cancelled by request")

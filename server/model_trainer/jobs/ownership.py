@@ -17,6 +17,7 @@ nothing, and nothing is read back from its registries as truth):
 | fatal error          | failed    | -                                     | failed, system   |
 | `JobCancelled`       | cancelled | -                                     | failed, cancelled|
 | `WorkerShutdown`     | queued    | enqueued at once; not an attempt      | none             |
+| `JobPaused`          | paused    | enqueued by `resume`; not an attempt  | none             |
 | `LeaseLost`          | untouched | the new owner carries on              | none             |
 | (process killed)     | running   | a reaper re-enqueues it; attempt+1    | (failed if last) |
 
@@ -47,7 +48,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from model_trainer.errors import ErrorCode, JobCancelled, LeaseLost, WorkerShutdown
+from model_trainer.errors import ErrorCode, JobCancelled, JobPaused, LeaseLost, WorkerShutdown
 from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.failures import classify, retry_delay
 from model_trainer.manifest import write_manifest
@@ -102,6 +103,12 @@ class JobOwner:
     def hand_back_requested(self) -> bool:
         return self.ctx.stop_requested.is_set()
 
+    def pause_requested(self) -> bool:
+        try:
+            return bool(self.ctx.redis.hexists(job_key(self.job_id), JobField.PAUSE.value))
+        except RedisError:
+            return False  # cannot tell during an outage: keep working
+
     def should_stop(self) -> bool:
         """For libraries that take a stop check: the worker is stopping or the user cancelled."""
         return self.hand_back_requested() or self.cancelled()
@@ -113,6 +120,8 @@ class JobOwner:
             raise WorkerShutdown(f"{self.kind} {self.job_id}: the worker is shutting down")
         if self.cancelled():
             raise JobCancelled(f"{self.kind} {self.job_id} cancelled by request")
+        if self.pause_requested():
+            raise JobPaused(f"{self.kind} {self.job_id} paused by request")
 
     def attempts(self) -> int:
         raw = self.store.field(self.job_id, JobField.ATTEMPTS)
@@ -252,6 +261,13 @@ class JobOwner:
             ),
         )
 
+    def pause(self) -> None:
+        """Paused by its user: what was checkpointed stays; no worker, no queue place, and no
+        attempt used until `resume` queues it again."""
+        message = "paused; resume it to continue from its last checkpoint"
+        log.info(message, extra=log_fields("job_paused"))
+        self.end(Status.PAUSED, message, also=(hdel(self.job_id, JobField.PAUSE),))
+
     def hand_back(self) -> None:
         """Worker shutdown: what can be kept is kept; queue the job again, no attempt used."""
         message = "interrupted by worker shutdown; queued to resume on another worker"
@@ -363,6 +379,10 @@ def owned_job(
                     owner.cancel("cancelled before it started")
                     yield None
                     return
+                if owner.pause_requested():
+                    owner.pause()
+                    yield None
+                    return
                 owner.store.set_status(job_id, Status.RUNNING, f"running on {ctx.worker_name}")
                 owner.store.heartbeat(job_id)
                 owner.announce_start(queue or ctx.settings.rq.queue_name)
@@ -388,6 +408,8 @@ def _settle(owner: JobOwner, exc: Exception, folder: Path) -> None:
         log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
     elif isinstance(exc, JobCancelled):
         owner.cancel("cancelled by request")
+    elif isinstance(exc, JobPaused):
+        owner.pause()
     elif isinstance(exc, WorkerShutdown):
         owner.hand_back()
     else:

@@ -127,6 +127,10 @@ class JobQueue(Protocol):
         """Dispatch a new job of `kind` (its record exists): returns the RQ job's id."""
         ...
 
+    def requeue(self, kind: JobKind, job_id: str) -> str | None:
+        """Dispatch the job again from its kept payload (None if it is gone)."""
+        ...
+
     def state(self, job_id: str) -> JobState:
         """Where the job is in the queue's life cycle (UNKNOWN once it has expired)."""
         ...

@@ -105,6 +105,7 @@ class JobField(StrEnum):
     ATTEMPTS = "attempts"  # failed attempts so far
     EPOCH = "epoch"  # fencing epoch: +1 each time the job changes hands
     CANCEL = "cancel"  # "1" once a cancel was asked
+    PAUSE = "pause"  # "1" once a pause was asked (cleared when the run is paused)
     ANNOUNCED = "announced"  # "1" once the job's JobStarted event went out
     EVENT_EPOCHS = "event_epochs"  # a run's total_epochs as its RunConfigured said (set once)
     MLFLOW_RUN = "mlflow_run"  # a run's MLflow run id (jobs/tracking.py)

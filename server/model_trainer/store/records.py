@@ -21,6 +21,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from redis import Redis
+from redis.exceptions import WatchError
 
 from model_trainer.store.fencing import Command, DirectWriter, Writer
 from model_trainer.store.keys import (
@@ -40,6 +41,9 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A run its user paused: checkpointed, holding no worker and no queue place, until
+    # `POST /runs/{id}/resume` queues it again (not terminal, not an attempt).
+    PAUSED = "paused"
 
     @property
     def terminal(self) -> bool:
@@ -405,6 +409,30 @@ class StatusStore(Generic[ProgressT]):
             marker = f"{self.keys.kind.value}:{record_id}"
             commands.append(("ZADD", WEBHOOKS_ENDED, repr(self._clock()), marker))
         return tuple(commands)
+
+    def transition(
+        self,
+        record_id: str,
+        expected: Status,
+        status: Status,
+        message: str,
+        also: tuple[Command, ...] = (),
+    ) -> bool:
+        """Move the record from `expected` to `status` (with `also`) in one transaction, only
+        if it is still `expected` (a worker may take or end it meanwhile); False if not."""
+        key = job_key(record_id)
+        with self._r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if as_str(pipe.hget(key, JobField.STATUS.value)) != expected.value:
+                    return False
+                pipe.multi()
+                for command in (*self.status_commands(record_id, status, message), *also):
+                    pipe.execute_command(*command)
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     def status(self, record_id: str) -> Status | None:
         raw = self.field(record_id, JobField.STATUS)

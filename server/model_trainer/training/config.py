@@ -332,8 +332,11 @@ class TrainingSpec(BaseModel):
         return self
 
     # How often a run validates and checkpoints does not change what it computes: a resumed
-    # run may take other values.
-    _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"eval_interval", "checkpoint_interval"})
+    # run may take other values. Nor does its budget, up to where it stops: a paused run is
+    # resumed with a larger one (the learning-rate plan stretches from the resumed step).
+    _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset(
+        {"eval_interval", "checkpoint_interval", "max_steps", "num_epochs", "max_train_seconds"}
+    )
 
     def identity(self) -> dict[str, object]:
         """What a checkpoint must match to be resumed by a run of this spec."""

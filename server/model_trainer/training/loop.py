@@ -519,6 +519,11 @@ class _Trainer:
         self.sampler.load_state_dict(ckpt.sampler)
         self.state = ckpt.loop
         self.state.resumed_at.append(self.state.step)
+        saved = TrainingSpec.model_validate_json(ckpt.config_json).budget()
+        if saved != self.budget:
+            # Resumed with another budget (a paused run given more): plan from the new one.
+            planned = planned_steps(self.budget, self.train_tokens, self.tokens_per_step)
+            self.state.total_steps = max(self.state.step, planned)
         self.plan.total_steps = self.state.total_steps
         log.info(
             "resuming from the checkpoint at step %d",

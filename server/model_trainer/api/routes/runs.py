@@ -30,6 +30,7 @@ from model_trainer.api.schemas import (
     LogLines,
     MetricsBody,
     Page,
+    ResumeBody,
     RunAccepted,
     RunInfo,
     RunList,
@@ -91,6 +92,30 @@ def get_run(run_id: RunId, ctx: Ctx, who: Me) -> Response:
 )
 def cancel_run(run_id: RunId, ctx: Ctx, who: Me) -> RunInfo:
     services.cancel_run(ctx, _require_run(ctx, run_id, who))
+    return _info(ctx, _require_run(ctx, run_id, who))
+
+
+@router.post(
+    "/{run_id}/pause", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(404, 409)
+)
+def pause_run(run_id: RunId, ctx: Ctx, who: Me) -> RunInfo:
+    """The run checkpoints at its next step and waits `paused`, holding no worker and using
+    no attempt (a queued run is paused at once); `POST /runs/{id}/resume` continues it.
+    409 if it has ended."""
+    services.pause_run(ctx, _require_run(ctx, run_id, who))
+    return _info(ctx, _require_run(ctx, run_id, who))
+
+
+@router.post(
+    "/{run_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(404, 409, 422),
+)
+def resume_run(run_id: RunId, ctx: Ctx, who: Me, body: ResumeBody | None = None) -> RunInfo:
+    """Queue a paused run again: it continues from the checkpoint it paused at, its curve and
+    events continuing. With a budget (`max_steps`, `num_epochs` or `max_train_seconds`, of
+    the run's own kind and larger) it trains further than first asked. 409 if not paused."""
+    services.resume_run(ctx, _require_run(ctx, run_id, who), body or ResumeBody(), who)
     return _info(ctx, _require_run(ctx, run_id, who))
 
 

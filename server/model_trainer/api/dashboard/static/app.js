@@ -250,7 +250,7 @@ function runRow(run) {
 
 async function runsPage(scope) {
   const error = errorBox();
-  const filter = choiceInput("status", ["all", "queued", "running", "completed", "failed", "cancelled"], "all");
+  const filter = choiceInput("status", ["all", "queued", "running", "paused", "completed", "failed", "cancelled"], "all");
   const { node, body } = table(["Run", "Status", "Model", "Progress", "Train loss", "Val loss", "Created"], "runs-table");
   view.append(
     pageHead("Runs", el("label", { class: "inline" }, "Status ", filter), el("a", { class: "button primary", href: "#/new-run" }, "New run")),
@@ -521,6 +521,9 @@ async function runPage(scope, runId) {
   const error = errorBox();
   const chip = el("span", { id: "run-status" });
   const cancel = el("button", { type: "button", class: "danger", id: "cancel-run", hidden: true }, "Cancel run");
+  // Pause: the run checkpoints and waits holding no worker; resume continues it from there.
+  const pause = el("button", { type: "button", id: "pause-run", hidden: true }, "Pause");
+  const resume = el("button", { type: "button", id: "resume-run", hidden: true }, "Resume");
   const progress = el("div", { id: "run-progress" });
   const canvas = el("canvas", { id: "loss-chart", class: "chart" });
   const logs = el("pre", { class: "logs", id: "run-logs" }, "…");
@@ -536,7 +539,7 @@ async function runPage(scope, runId) {
   const generate = generateCard(base, scope);
 
   view.append(
-    pageHead(el("span", {}, "Run ", el("span", { class: "mono" }, runId), " ", chip), cancel),
+    pageHead(el("span", {}, "Run ", el("span", { class: "mono" }, runId), " ", chip), pause, resume, cancel),
     error,
     el("div", { class: "grid" },
       card("Progress", progress),
@@ -569,6 +572,20 @@ async function runPage(scope, runId) {
     cancel.disabled = false;
   });
 
+  for (const [button, action] of [[pause, "pause"], [resume, "resume"]]) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      error.show(null);
+      try {
+        run = await api.post(`${base}/${action}`, {});
+        showRun();
+      } catch (e) {
+        error.show(e);
+      }
+      button.disabled = false;
+    });
+  }
+
   for (const button of evalButtons) {
     button.addEventListener("click", async () => {
       evalError.show(null);
@@ -585,6 +602,8 @@ async function runPage(scope, runId) {
     const p = run.progress || {};
     fill(chip, statusChip(run.status));
     cancel.hidden = TERMINAL.has(run.status);
+    pause.hidden = TERMINAL.has(run.status) || run.status === "paused";
+    resume.hidden = run.status !== "paused";
     generate.follow(run.status);
     evalButtons.forEach((b) => (b.disabled = run.status !== "completed"));
     const steps = p.total_steps ? `${number(p.step)} / ${number(p.total_steps)}` : number(p.step);
