@@ -150,6 +150,8 @@ def trained(api: Api, stack: Stack, corpus_id: str, tokenizer_id: str) -> tuple[
         "5",
         "--eval-interval",
         "10",
+        *("--name", "cli tiny run", "--tag", "cli-test", "--tag", "tiny"),
+        *("--meta", "purpose=a test", "--meta", "owner=cli"),
         "--follow",
     )
     out = ok(result)
@@ -275,7 +277,23 @@ def test_run_train_follow_prints_the_result(
     assert shown["status"] == "completed"
     progress = json_dict(shown["progress"])
     assert progress["step"] == 30
-    assert "completed" in ok(cli(api, stack, "run", "show", run_id))
+    assert (shown["name"], shown["tags"]) == ("cli tiny run", ["cli-test", "tiny"])
+    assert shown["metadata"] == {"purpose": "a test", "owner": "cli"}
+    text = ok(cli(api, stack, "run", "show", run_id))
+    assert "completed" in text and "cli tiny run" in text and "metadata.purpose" in text
+    for filters in (
+        ("--tag", "cli-test"),
+        ("--name", "CLI tiny"),
+        ("--tag", "tiny", "--status", "completed"),
+    ):
+        found = as_json(cli(api, stack, "--json", "run", "list", *filters))["items"]
+        assert isinstance(found, list)
+        assert [json_dict(i)["run_id"] for i in found] == [run_id], filters
+    assert as_json(cli(api, stack, "--json", "run", "list", "--name", "nope"))["items"] == []
+    table = ok(cli(api, stack, "run", "list", "--tag", "cli-test"))
+    assert "cli tiny run [cli-test, tiny]" in table
+    bad = cli(api, stack, "run", "train", "--corpus", "x", "--tokenizer", "y", "--meta", "novalue")
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.stderr
 
 
 def test_json_goes_after_the_command_too(

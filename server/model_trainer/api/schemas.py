@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Self
 
-from fastapi import Response
+from fastapi import Query, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from model_trainer.api.ids import RUN_ID_PATTERN
 from model_trainer.jobs.payloads import EvaluateRequest
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
 from model_trainer.store.corpora import CorpusInfo
+from model_trainer.store.labels import TAG_PATTERN, Labels, MetadataKey, MetadataValue, Tag
 from model_trainer.store.records import (
     ErrorInfo,
     EvalInfo,
@@ -80,10 +81,10 @@ class EvaluateBody(EvaluateRequest, WebhookFields):
         )
 
 
-class TokenizerRequest(TokenizerTrainConfig, WebhookFields):
-    """`POST /tokenizers/train`: the tokenizer's config (its id hashes only that) and who is
-    told. A request equal to one already queued or trained joins it: its events stay those
-    of the first requester's."""
+class TokenizerRequest(TokenizerTrainConfig, WebhookFields, Labels):
+    """`POST /tokenizers/train`: the tokenizer's config (its id hashes only that), who is
+    told, and its labels. A request equal to one already queued or trained joins it: its
+    events and labels stay those of the first requester's."""
 
     user_id: UserId = 0
 
@@ -93,9 +94,9 @@ class TokenizerRequest(TokenizerTrainConfig, WebhookFields):
         )
 
 
-class TrainRequest(TrainingSpec, WebhookFields):
-    """`POST /runs/train`: the run's spec, where its data comes from, who is told, and how it
-    is run (the job envelope's fields, jobs/payloads.py `TrainJob`)."""
+class TrainRequest(TrainingSpec, WebhookFields, Labels):
+    """`POST /runs/train`: the run's spec, where its data comes from, who is told, how it is
+    run (the job envelope's fields, jobs/payloads.py `TrainJob`), and its labels."""
 
     corpus_file_id: str = Field(
         pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
@@ -163,6 +164,9 @@ class TokenizerAccepted(_Body):
 class TokenizerInfo(_Body):
     tokenizer_id: str
     status: Status
+    name: str | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     message: str | None = None
     created_at: float | None = None
     last_heartbeat_ts: float | None = None
@@ -179,9 +183,11 @@ class TokenizerInfo(_Body):
     @classmethod
     def from_record(cls, record: Record[TokenizerSummary]) -> TokenizerInfo:
         summary = record.progress
+        labels = Labels.of(record.meta.request if record.meta else None)
         return cls(
             tokenizer_id=record.id,
             status=record.status,
+            **labels.model_dump(),
             message=record.message,
             created_at=record.meta.created_at if record.meta else None,
             last_heartbeat_ts=record.last_heartbeat_ts,
@@ -221,6 +227,9 @@ class RunAccepted(_Body):
 class RunInfo(_Body):
     run_id: str
     status: Status
+    name: str | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     message: str | None = None
     created_at: float | None = None
     last_heartbeat_ts: float | None = None
@@ -245,9 +254,11 @@ class RunInfo(_Body):
         queue: str | None = None,
         waiting_for: str | None = None,
     ) -> RunInfo:
+        labels = Labels.of(record.meta.request if record.meta else None)
         return cls(
             run_id=record.id,
             status=record.status,
+            **labels.model_dump(),
             message=record.message,
             created_at=record.meta.created_at if record.meta else None,
             last_heartbeat_ts=record.last_heartbeat_ts,
@@ -358,6 +369,13 @@ def json_object(raw: str | None) -> dict[str, JsonValue]:
 # Deepest page a list route serves (`offset`): far past any real listing, and within what
 # Redis takes as a range index.
 MAX_OFFSET = 10_000_000
+
+# The label filters of the list routes (store/labels.py).
+TagFilter = Annotated[str | None, Query(pattern=TAG_PATTERN, description="only jobs with this tag")]
+NamePrefixFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=100, description="only jobs whose name starts with this"),
+]
 
 
 def model_response(body: BaseModel, status_code: int = 200) -> Response:

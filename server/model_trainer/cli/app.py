@@ -280,6 +280,42 @@ TextFieldOption = Annotated[
         "--text-field", help="the column holding the text in a JSONL, CSV or Parquet corpus"
     ),
 ]
+NameOption = Annotated[str | None, typer.Option("--name", help="a name for people")]
+TagOption = Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeat for more)")]
+MetaOption = Annotated[
+    list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeat for more)")
+]
+TagFilterOption = Annotated[str | None, typer.Option("--tag", help="only those with this tag")]
+NameFilterOption = Annotated[
+    str | None, typer.Option("--name", help="only those whose name starts with this")
+]
+
+
+def _labels(
+    name: str | None, tags: list[str] | None, meta: list[str] | None
+) -> dict[str, JsonValue]:
+    """The request's labels (store/labels.py) from the command line."""
+    body: dict[str, JsonValue] = {}
+    if name is not None:
+        body["name"] = name
+    if tags:
+        body["tags"] = list(tags)
+    if meta:
+        pairs: dict[str, JsonValue] = {}
+        for item in meta:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"--meta takes KEY=VALUE (got {item!r})", ExitCode.USAGE)
+            pairs[key] = value
+        body["metadata"] = pairs
+    return body
+
+
+def _list_params(
+    limit: int, offset: int, status: Status | None, tag: str | None, name: str | None
+) -> dict[str, str | int]:
+    given = {"status": status.value if status else None, "tag": tag, "name": name}
+    return {"limit": limit, "offset": offset, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _corpus_fields(
@@ -359,6 +395,9 @@ def tokenizer_train(
     corpus_format: CorpusFormatOption = None,
     text_field: TextFieldOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until it is trained")] = False,
+    name: NameOption = None,
+    tag: TagOption = None,
+    meta: MetaOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a tokenizer (the same request twice is the same tokenizer); prints its id."""
@@ -370,6 +409,7 @@ def tokenizer_train(
         {
             **_tokenizer_body(corpus, method, vocab_size, lowercase),
             **_corpus_fields(corpus_format, text_field),
+            **_labels(name, tag, meta),
         },
     )
     if not wait:
@@ -390,13 +430,17 @@ def tokenizer_train(
 @tokenizer_app.command("list")
 @handled
 def tokenizer_list(
+    status: Annotated[Status | None, typer.Option("--status")] = None,
+    tag: TagFilterOption = None,
+    name: NameFilterOption = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Tokenizers, newest first."""
     o = _options(as_json)
-    page = o.api().get(TokenizerList, "/tokenizers", {"limit": limit, "offset": offset})
+    params = _list_params(limit, offset, status, tag, name)
+    page = o.api().get(TokenizerList, "/tokenizers", params)
     if o.output.as_json:
         o.output.model(page)
     else:
@@ -466,6 +510,9 @@ def run_train(
     follow: Annotated[
         bool, typer.Option("--follow", help="show live progress and wait for the result")
     ] = False,
+    name: NameOption = None,
+    tag: TagOption = None,
+    meta: MetaOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start a training run; prints its id, or with --follow its progress and result."""
@@ -511,6 +558,7 @@ def run_train(
             "from_run_id": from_run,
             "from_checkpoint": from_checkpoint,
             **_corpus_fields(corpus_format, text_field),
+            **_labels(name, tag, meta),
         }
     )
     api = o.api()
@@ -577,15 +625,15 @@ def _poll(
 @handled
 def run_list(
     status: Annotated[Status | None, typer.Option("--status")] = None,
+    tag: TagFilterOption = None,
+    name: NameFilterOption = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Runs, newest first."""
     o = _options(as_json)
-    params: dict[str, str | int] = {"limit": limit, "offset": offset}
-    if status is not None:
-        params["status"] = status.value
+    params = _list_params(limit, offset, status, tag, name)
     page = o.api().get(RunList, "/runs", params)
     if o.output.as_json:
         o.output.model(page)

@@ -107,6 +107,21 @@ def _request_field(request: dict[str, JsonValue] | None, name: str) -> str:
     return "-" if value is None else str(value)
 
 
+def _labelled(name: str | None, tags: list[str]) -> str:
+    """A list's name column: the name, then the tags in brackets."""
+    shown = name or "-"
+    return f"{shown} [{', '.join(tags)}]" if tags else shown
+
+
+def _label_rows(table: Table, name: str | None, tags: list[str], metadata: dict[str, str]) -> None:
+    if name is not None:
+        _row(table, "name", name)
+    if tags:
+        _row(table, "tags", ", ".join(tags))
+    for key, value in metadata.items():
+        _row(table, f"metadata.{key}", value)
+
+
 def corpus_table(items: list[CorpusInfo]) -> Table:
     table = Table()
     id_column(table, "file_id", [c.file_id for c in items])
@@ -120,7 +135,7 @@ def corpus_table(items: list[CorpusInfo]) -> Table:
 def tokenizer_table(items: list[TokenizerInfo]) -> Table:
     table = Table()
     id_column(table, "tokenizer_id", [t.tokenizer_id for t in items])
-    for header in ("status", "method", "vocab", "created", "message"):
+    for header in ("name", "status", "method", "vocab", "created", "message"):
         table.add_column(header)
     for t in items:
         method = _request_field(t.request, "method")
@@ -128,6 +143,7 @@ def tokenizer_table(items: list[TokenizerInfo]) -> Table:
         _row(
             table,
             t.tokenizer_id,
+            _labelled(t.name, t.tags),
             t.status.value,
             method if kind == "-" else f"{method}/{kind}",
             _request_field(t.request, "vocab_size"),
@@ -140,6 +156,7 @@ def tokenizer_table(items: list[TokenizerInfo]) -> Table:
 def tokenizer_details(t: TokenizerInfo) -> Table:
     table = Table.grid(padding=(0, 2))
     _row(table, "tokenizer_id", t.tokenizer_id)
+    _label_rows(table, t.name, t.tags, t.metadata)
     _row(table, "status", t.status.value)
     _row(table, "message", t.message or "-")
     _row(table, "created", when(t.created_at))
@@ -164,12 +181,13 @@ def steps(run: RunInfo) -> str:
 def run_table(items: list[RunInfo]) -> Table:
     table = Table()
     id_column(table, "run_id", [r.run_id for r in items])
-    for header in ("status", "size", "step", "train loss", "val loss", "created"):
+    for header in ("name", "status", "size", "step", "train loss", "val loss", "created"):
         table.add_column(header)
     for r in items:
         _row(
             table,
             r.run_id,
+            _labelled(r.name, r.tags),
             r.status.value,
             _request_field(r.request, "model_size"),
             steps(r),
@@ -184,6 +202,7 @@ def run_details(run: RunInfo) -> Table:
     p = run.progress
     table = Table.grid(padding=(0, 2))
     _row(table, "run_id", run.run_id)
+    _label_rows(table, run.name, run.tags, run.metadata)
     _row(table, "status", run.status.value)
     _row(table, "message", run.message or "-")
     _row(table, "created", when(run.created_at))

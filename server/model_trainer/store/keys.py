@@ -16,6 +16,8 @@ script that touches them touches one slot. DESIGN.md links here.
 | `{kinds}:index`                  | zset (score = created ts)         | none  | API            |
 | `{kinds}:by-status:{status}`     | zset (score = when set)           | none  | API, worker    |
 | `{kinds}:by-owner:{principal}`   | zset (score = created ts)         | none  | API            |
+| `{kinds}:by-tag:{tag}`           | zset (score = created ts)         | none  | API            |
+| `{kinds}:by-name`                | zset (`<name>\0<id>`, lex order)  | none  | API            |
 | `trainer:{kinds}:delayed`        | zset (score = due ts)             | none  | worker, reaper |
 | `trainer:workers:{queue}`        | zset (score = seen ts)            | none  | worker         |
 | `trainer:workers:{queue}:memory` | hash (worker -> bytes)            | none  | worker         |
@@ -146,6 +148,8 @@ class KeySchema(BaseModel):
     index: str
     by_status: str  # `{status}` is replaced by a status
     by_owner: str  # `{owner}` is replaced by a principal's name
+    by_tag: str  # `{tag}` is replaced by a tag (store/labels.py)
+    by_name: str  # every named record: `<casefolded name>\0<id>`, read by prefix
     delayed: str
 
     def status_index(self, status: str) -> str:
@@ -154,6 +158,9 @@ class KeySchema(BaseModel):
     def owner_index(self, owner: str) -> str:
         return self.by_owner.replace("{owner}", owner)
 
+    def tag_index(self, tag: str) -> str:
+        return self.by_tag.replace("{tag}", tag)
+
 
 def _schema(kind: JobKind, plural: str) -> KeySchema:
     return KeySchema(
@@ -161,6 +168,8 @@ def _schema(kind: JobKind, plural: str) -> KeySchema:
         index=f"{plural}:index",
         by_status=f"{plural}:by-status:{{status}}",
         by_owner=f"{plural}:by-owner:{{owner}}",
+        by_tag=f"{plural}:by-tag:{{tag}}",
+        by_name=f"{plural}:by-name",
         delayed=f"trainer:{plural}:delayed",
     )
 

@@ -31,6 +31,7 @@ from model_trainer.store.keys import (
     KeySchema,
     job_key,
 )
+from model_trainer.store.labels import Labels, name_member, name_prefix_range
 
 TTL = str(RECORD_TTL_SEC)
 
@@ -293,16 +294,29 @@ class StatusStore(Generic[ProgressT]):
         DirectWriter(self._r).write(
             [
                 *self.status_commands(record_id, Status.QUEUED),
-                *self._index_commands(record_id, meta.owner),
+                *self._index_commands(record_id, meta),
             ]
         )
         return True
 
-    def _index_commands(self, record_id: str, owner: str | None) -> tuple[Command, ...]:
+    def _index_commands(self, record_id: str, meta: RecordMeta) -> tuple[Command, ...]:
+        """Into the kind's index, its owner's, and those of its labels (store/labels.py)."""
         now = repr(self._clock())
         commands: list[Command] = [("ZADD", self.keys.index, now, record_id)]
-        if owner is not None:
-            commands.append(("ZADD", self.keys.owner_index(owner), now, record_id))
+        if meta.owner is not None:
+            commands.append(("ZADD", self.keys.owner_index(meta.owner), now, record_id))
+        labels = Labels.of(meta.request)
+        commands.extend(("ZADD", self.keys.tag_index(t), now, record_id) for t in labels.tags)
+        if labels.name is not None:
+            commands.append(("ZADD", self.keys.by_name, "0", name_member(labels.name, record_id)))
+        return tuple(commands)
+
+    def _unindex_labels(self, record_id: str, meta: RecordMeta | None) -> tuple[Command, ...]:
+        """Out of the indexes of the labels `meta` gave (a record re-submitted with others)."""
+        labels = Labels.of(meta.request if meta else None)
+        commands: list[Command] = [("ZREM", self.keys.tag_index(t), record_id) for t in labels.tags]
+        if labels.name is not None:
+            commands.append(("ZREM", self.keys.by_name, name_member(labels.name, record_id)))
         return tuple(commands)
 
     def hold(self, record_id: str, owner: str) -> None:
@@ -318,8 +332,10 @@ class StatusStore(Generic[ProgressT]):
     def reset(self, record_id: str, meta: RecordMeta) -> None:
         """Queue a failed or cancelled record again (a re-submitted request): a new job with
         no trace of the old one's attempts, progress, pointer or heartbeat."""
+        old: Record[ProgressT] | None = self.record(record_id)
         DirectWriter(self._r).write(
             [
+                *self._unindex_labels(record_id, old.meta if old else None),
                 hdel(
                     record_id,
                     JobField.MESSAGE,
@@ -333,17 +349,28 @@ class StatusStore(Generic[ProgressT]):
                 ),
                 *hset(record_id, (JobField.META, meta.model_dump_json())),
                 *self.status_commands(record_id, Status.QUEUED),
-                *self._index_commands(record_id, meta.owner),
+                *self._index_commands(record_id, meta),
             ]
         )
 
     def list_ids(
-        self, offset: int, limit: int, status: Status | None = None, owner: str | None = None
+        self,
+        offset: int,
+        limit: int,
+        status: Status | None = None,
+        owner: str | None = None,
+        *,
+        tag: str | None = None,
+        name_prefix: str | None = None,
     ) -> tuple[list[str], int]:
-        """Ids newest first (of one status, of one owner, when given), and their total count;
-        two commands in one round trip whatever the history holds. Of one owner and one
-        status: the intersection of the two indexes, ordered as the status index (when the
-        status was set), which Redis computes walking the smaller one."""
+        """Ids newest first (of one status, of one owner, with a tag, named with a prefix,
+        when given), and their total count; two commands in one round trip whatever the
+        history holds. Of one owner and one status: the intersection of the two indexes,
+        ordered as the status index (when the status was set), which Redis computes walking
+        the smaller one. With a tag or a name prefix: what those indexes hold, checked
+        against the others in one more round trip, newest created first."""
+        if tag is not None or name_prefix is not None:
+            return self._labelled_ids(offset, limit, status, owner, tag, name_prefix)
         if owner is not None and status is not None:
             weights = {self.keys.status_index(status.value): 1, self.keys.owner_index(owner): 0}
             scored = [
@@ -365,6 +392,49 @@ class StatusStore(Generic[ProgressT]):
         count, raw = pipe.execute()
         ids = [s for s in (as_str(v) for v in raw) if s is not None]
         return ids, int(count)
+
+    def _labelled_ids(
+        self,
+        offset: int,
+        limit: int,
+        status: Status | None,
+        owner: str | None,
+        tag: str | None,
+        name_prefix: str | None,
+    ) -> tuple[list[str], int]:
+        pipe = self._r.pipeline(transaction=False)
+        if tag is not None:
+            pipe.zrange(self.keys.tag_index(tag), 0, -1)
+        if name_prefix is not None:
+            low, high = name_prefix_range(name_prefix)
+            pipe.zrangebylex(self.keys.by_name, low, high)
+        replies = pipe.execute()
+        sets: list[set[str]] = []
+        if tag is not None:
+            sets.append({s for s in (as_str(v) for v in replies.pop(0)) if s})
+        if name_prefix is not None:
+            members = (as_str(v) for v in replies.pop(0))
+            sets.append({m.rsplit("\x00", 1)[-1] for m in members if m})
+        candidates = sorted(set.intersection(*sets))
+        if not candidates:
+            return [], 0
+        # One ZMSCORE per index a candidate must be in: created (the kind's), owner, status.
+        indexes = [self.keys.index]
+        if owner is not None:
+            indexes.append(self.keys.owner_index(owner))
+        if status is not None:
+            indexes.append(self.keys.status_index(status.value))
+        pipe = self._r.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zmscore(index, candidates)
+        created, *others = pipe.execute()
+        kept = [
+            (float(when), record_id)
+            for record_id, when, *in_others in zip(candidates, created, *others, strict=True)
+            if when is not None and all(score is not None for score in in_others)
+        ]
+        kept.sort(reverse=True)
+        return [record_id for _, record_id in kept[offset : offset + limit]], len(kept)
 
     def ids_with_status(self, status: Status) -> list[str]:
         """Every id whose status is `status`, newest change first (one command)."""

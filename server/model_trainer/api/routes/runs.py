@@ -29,11 +29,13 @@ from model_trainer.api.schemas import (
     EvaluateBody,
     LogLines,
     MetricsBody,
+    NamePrefixFilter,
     Page,
     ResumeBody,
     RunAccepted,
     RunInfo,
     RunList,
+    TagFilter,
     TrainRequest,
     WebhookDeliveries,
     json_object,
@@ -70,8 +72,12 @@ def list_runs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    tag: TagFilter = None,
+    name: NamePrefixFilter = None,
 ) -> Response:
-    ids, total = ctx.runs.list_ids(offset, limit, status_filter, who.scope)
+    ids, total = ctx.runs.list_ids(
+        offset, limit, status_filter, who.scope, tag=tag, name_prefix=name
+    )
     records = [r for r in ctx.runs.records(ids) if r is not None]
     seen = _LiveWorkers(ctx)
     return model_response(

@@ -14,7 +14,9 @@ from model_trainer.api.ids import TokenizerId
 from model_trainer.api.schemas import (
     MAX_OFFSET,
     ArtifactPointer,
+    NamePrefixFilter,
     Page,
+    TagFilter,
     TokenizerAccepted,
     TokenizerInfo,
     TokenizerList,
@@ -22,7 +24,7 @@ from model_trainer.api.schemas import (
     WebhookDeliveries,
 )
 from model_trainer.errors import NotFoundError
-from model_trainer.store.records import Record, TokenizerSummary
+from model_trainer.store.records import Record, Status, TokenizerSummary
 
 router = APIRouter(prefix="/tokenizers", tags=["tokenizers"])
 
@@ -40,8 +42,13 @@ def list_tokenizers(
     who: Me,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    tag: TagFilter = None,
+    name: NamePrefixFilter = None,
 ) -> TokenizerList:
-    ids, total = ctx.tokenizers.list_ids(offset, limit, owner=who.scope)
+    ids, total = ctx.tokenizers.list_ids(
+        offset, limit, status_filter, who.scope, tag=tag, name_prefix=name
+    )
     records = [r for r in ctx.tokenizers.records(ids) if r is not None]
     return TokenizerList(
         items=[TokenizerInfo.from_record(r) for r in records],
