@@ -495,6 +495,36 @@ def test_pause_waits_until_paused_and_resume_queues_it_with_more_time(
     assert again.exit_code == 4 and "HTTP 409" in again.stderr
 
 
+def test_compare_prints_figures_differences_and_samples(
+    api: Api, stack: Stack, trained: tuple[str, str], long_run: str
+) -> None:
+    """A completed run beside a running one: its sample is text of its model, the same each
+    time (seed 0); the running one has none and says why."""
+    run_id = trained[0]
+    args = ("run", "compare", run_id, long_run, "--prompt", "To be", "--max-new-tokens", "8")
+    out = ok(cli(api, stack, *args))
+    assert "final figures" in out and "settings that differ" in out and "samples" in out
+    assert "no model until it completes" in out
+
+    def compared() -> tuple[dict[str, object], dict[str, object], list[object]]:
+        body = as_json(cli(api, stack, "--json", *args))
+        runs, differing = body["runs"], body["differing"]
+        assert isinstance(runs, list) and isinstance(differing, list)
+        done, running = (json_dict(r) for r in runs)
+        return done, running, differing
+
+    done, running, differing = compared()
+    sample = json_dict(done["sample"])
+    assert isinstance(sample["text"], str) and sample["text"]
+    assert json_dict(compared()[0]["sample"]) == sample
+    assert json_dict(running["sample"])["text"] is None
+    fields = [json_dict(d)["field"] for d in differing]
+    assert "max_train_seconds" in fields and "n_layer" in fields
+    assert json_dict(done["final"])["bits_per_char"] is not None
+    curve = done["curve"]
+    assert isinstance(curve, list) and len(curve) >= 3
+
+
 def test_cancel_no_wait_says_it_is_cancelling(api: Api, stack: Stack, long_run: str) -> None:
     run_id = long_run
     out = ok(cli(api, stack, "run", "cancel", run_id, "--no-wait"))

@@ -60,6 +60,11 @@ def _run_id(
         ),
     ],
 ) -> str:
+    return check_run_id(run_id)
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` when shaped like a run id; else the 404 of an unknown run (the module doc)."""
     if _RUN_ID.fullmatch(run_id) is None:
         raise NotFoundError(f"unknown run {_shown(run_id)}: run ids are 'run-' and 16 hex digits")
     return run_id

@@ -358,6 +358,59 @@ class ArtifactPointer(_Body):
     file_id: str
 
 
+# --- comparing runs (api/comparison.py) ----------------------------------------------
+
+MAX_COMPARED = 32  # a sweep's trials fit; a chart of more is unreadable anyway
+
+
+class CurvePoint(_Body):
+    step: int
+    tokens: int  # tokens seen: step x batch_size x max_seq_len
+    seconds: float | None  # seconds of training (the run's budget clock)
+    train_loss: float | None
+    val_loss: float | None
+
+
+class FinalFigures(_Body):
+    """A run's result: its latest evaluation (the final one unless another was asked since)
+    and its training figures."""
+
+    steps: int
+    val_loss: float | None = None
+    bits_per_char: float | None = None
+    perplexity: float | None = None
+    tokens_per_sec: float | None = Field(default=None, description="mean over the curve")
+    train_seconds: float | None = Field(default=None, description="seconds of training")
+
+
+class Sample(_Body):
+    prompt: str
+    text: str | None = None
+    note: str | None = None  # why there is no text (no model yet, generation refused)
+
+
+class ComparedRun(_Body):
+    run_id: str
+    name: str | None
+    tags: list[Tag]
+    metadata: dict[MetadataKey, MetadataValue]
+    status: Status
+    settings: dict[str, JsonValue]
+    final: FinalFigures
+    curve: list[CurvePoint]
+    sample: Sample | None = None
+
+
+class SettingDifference(_Body):
+    field: str
+    values: dict[str, JsonValue]  # run id -> its value (null where a run lacks the field)
+
+
+class RunComparison(_Body):
+    runs: list[ComparedRun]
+    differing: list[SettingDifference]
+
+
 def json_object(raw: str | None) -> dict[str, JsonValue]:
     """A JSON object stored in Redis, or {} when absent or not an object."""
     if not raw:

@@ -29,6 +29,7 @@ from model_trainer.api.schemas import (
     EvalInfo,
     LogLines,
     RunAccepted,
+    RunComparison,
     RunInfo,
     RunList,
     TokenizerAccepted,
@@ -40,6 +41,7 @@ from model_trainer.cli.config import CliSettings, load_cli_settings
 from model_trainer.cli.render import (
     Output,
     RunProgressBar,
+    comparison_tables,
     corpus_table,
     eval_summary,
     printable,
@@ -639,6 +641,30 @@ def run_list(
         o.output.model(page)
     else:
         o.output.out.print(run_table(page.items))
+
+
+@run_app.command("compare")
+@handled
+def run_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="two or more run ids")],
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="one sample of each completed run's model")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=256)] = 48,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs side by side: final figures, the settings that differ, and samples for a prompt
+    (--json adds each run's curves)."""
+    o = _options(as_json)
+    params: dict[str, str | int | list[str]] = {"run_id": run_ids, "max_new_tokens": max_new_tokens}
+    if prompt is not None:
+        params["prompt"] = prompt
+    comparison = o.api().get(RunComparison, "/runs/compare", params)
+    if o.output.as_json:
+        o.output.model(comparison)
+    else:
+        for table in comparison_tables(comparison):
+            o.output.out.print(table)
 
 
 @run_app.command("show")

@@ -139,7 +139,7 @@ class ApiClient:
         path: str,
         *,
         body: Mapping[str, JsonValue] | None = None,
-        params: Mapping[str, str | int] | None = None,
+        params: Mapping[str, str | int | list[str]] | None = None,
     ) -> httpx.Response:
         """The answer when it is 2xx; any other answer or no answer raises `CliError`."""
         what = f"{method} {path}"
@@ -188,7 +188,10 @@ class ApiClient:
         return parse_json(self.request("GET", path, params=params))
 
     def get(
-        self, model: type[_Model], path: str, params: Mapping[str, str | int] | None = None
+        self,
+        model: type[_Model],
+        path: str,
+        params: Mapping[str, str | int | list[str]] | None = None,
     ) -> _Model:
         return parse(model, self.request("GET", path, params=params))
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunInfo, TokenizerInfo
+from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunComparison, RunInfo, TokenizerInfo
 from model_trainer.cli.client import dumps
 
 PIPE_WIDTH = 4096
@@ -286,3 +286,55 @@ class RunProgressBar:
             rate="-" if run.status.terminal else number(p.tokens_per_sec, 0),
             eta="-" if run.status.terminal else duration(p.eta_seconds),
         )
+
+
+def comparison_tables(comparison: RunComparison) -> list[Table]:
+    """`run compare`: final figures per run, the settings that differ, and the samples."""
+    runs = comparison.runs
+    figures = Table(title="final figures")
+    id_column(figures, "run_id", [r.run_id for r in runs])
+    for header in (
+        "name",
+        "status",
+        "steps",
+        "val loss",
+        "bits/char",
+        "perplexity",
+        "tokens/s",
+        "seconds",
+    ):
+        figures.add_column(header)
+    for r in runs:
+        f = r.final
+        _row(
+            figures,
+            r.run_id,
+            _labelled(r.name, r.tags),
+            r.status.value,
+            str(f.steps),
+            number(f.val_loss),
+            number(f.bits_per_char),
+            number(f.perplexity, 2),
+            number(f.tokens_per_sec, 0),
+            number(f.train_seconds, 1),
+        )
+    tables = [figures]
+    if comparison.differing:
+        differing = Table(title="settings that differ")
+        differing.add_column("setting")
+        for r in runs:
+            differing.add_column(r.name or r.run_id, overflow="fold")
+        for d in comparison.differing:
+            _row(differing, d.field, *(str(d.values.get(r.run_id, "-")) for r in runs))
+        tables.append(differing)
+    if any(r.sample is not None for r in runs):
+        samples = Table(title="samples")
+        id_column(samples, "run_id", [r.run_id for r in runs])
+        samples.add_column("text", overflow="fold")
+        for r in runs:
+            if r.sample is not None:
+                s = r.sample
+                text = printable(s.prompt + s.text) if s.text is not None else f"({s.note})"
+                _row(samples, r.run_id, text)
+        tables.append(samples)
+    return tables

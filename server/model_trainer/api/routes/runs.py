@@ -17,11 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from model_trainer.api import services
 from model_trainer.api.auth import Me, Principal
 from model_trainer.api.callers import LeasedStream, disconnected
+from model_trainer.api.comparison import compare_runs as comparison_of
 from model_trainer.api.deps import Ctx, live_workers
 from model_trainer.api.errors import REDIS_UNAVAILABLE_MESSAGE, error_responses, log
 from model_trainer.api.generation import GenerateRequest, GenerateResponse
-from model_trainer.api.ids import LastEventId, RunId
+from model_trainer.api.ids import LastEventId, RunId, check_run_id
 from model_trainer.api.schemas import (
+    MAX_COMPARED,
     MAX_OFFSET,
     ArtifactPointer,
     CheckpointList,
@@ -33,15 +35,17 @@ from model_trainer.api.schemas import (
     Page,
     ResumeBody,
     RunAccepted,
+    RunComparison,
     RunInfo,
     RunList,
+    Sample,
     TagFilter,
     TrainRequest,
     WebhookDeliveries,
     json_object,
     model_response,
 )
-from model_trainer.errors import ErrorCode, NotFoundError
+from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import EvalInfo, Record, RunProgress, Status
@@ -86,6 +90,56 @@ def list_runs(
             page=Page(offset=offset, limit=limit, total=total),
         )
     )
+
+
+@router.get("/compare", responses=error_responses(404, 422))
+async def compare_runs(
+    ctx: Ctx,
+    who: Me,
+    http: Request,
+    run_id: Annotated[
+        list[str],
+        Query(
+            min_length=2,
+            max_length=MAX_COMPARED,
+            description="the runs, in the order to show them (repeat the parameter)",
+        ),
+    ],
+    prompt: Annotated[
+        str | None,
+        Query(max_length=2000, description="one sample of each completed run's model"),
+    ] = None,
+    max_new_tokens: Annotated[int, Query(ge=1, le=256)] = 48,
+) -> RunComparison:
+    """Runs side by side: each one's loss curves (against step, tokens seen and seconds of
+    training), the settings that differ, its final figures (validation loss, bits/char,
+    perplexity, tokens/s, seconds of training) and, with `prompt`, one sample of each
+    completed run's model (seed 0, so the same runs give the same text). 404 when any run
+    is unknown (or not the caller's to see)."""
+    for given in run_id:
+        check_run_id(given)
+    latest = {
+        r: await run_in_threadpool(services.latest_evaluation, ctx, r)
+        for r in dict.fromkeys(run_id)
+    }
+    comparison = await run_in_threadpool(comparison_of, ctx, run_id, who, latest)
+    if prompt is None:
+        return comparison
+    for run in comparison.runs:
+        run.sample = await _sample(ctx, run.run_id, prompt, max_new_tokens, who, http)
+    return comparison
+
+
+async def _sample(
+    ctx: Ctx, run_id: str, prompt: str, max_new_tokens: int, who: Principal, http: Request
+) -> Sample:
+    request = GenerateRequest(prompt=prompt, max_new_tokens=max_new_tokens, seed=0)
+    try:
+        ref = await run_in_threadpool(services.resolve_generation_model, ctx, run_id, request, who)
+        answer = await ctx.generation.generate(ref, request, disconnected(http))
+    except AppError as exc:
+        return Sample(prompt=prompt, note=exc.message)
+    return Sample(prompt=prompt, text=answer.samples[0] if answer.samples else "")
 
 
 @router.get("/{run_id}", response_model=RunInfo, responses=error_responses(404))
