@@ -42,6 +42,7 @@ REDIS_DOWN = "redis://127.0.0.1:1/0"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 RUN_ID = "run-0123456789abcdef"
 TOKENIZER_ID = "tok-0123456789abcdef"
+SWEEP_ID = "swp-0123456789abcdef"
 # A request body each route with one accepts (values that pass validation).
 BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/runs/train"): {"corpus_file_id": "a" * 64, "tokenizer_id": TOKENIZER_ID},
@@ -49,7 +50,14 @@ BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/runs/{run_id}/evaluate"): {"split": "validation"},
     ("POST", "/runs/{run_id}/generate"): {"prompt": "To be"},
     ("POST", "/v1/completions"): {"model": "run-0123456789abcdef", "prompt": "To be"},
+    ("POST", "/runs/{run_id}/resume"): {},
+    ("POST", "/sweeps"): {
+        "base": {"corpus_file_id": "a" * 64, "tokenizer_id": TOKENIZER_ID},
+        "space": {"parameters": {"learning_rate": {"values": [0.001, 0.01]}}},
+    },
 }
+# The query a route with required query parameters takes (well-formed).
+QUERIES: dict[str, str] = {"/runs/compare": f"run_id={RUN_ID}&run_id={RUN_ID}"}
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -113,10 +121,16 @@ def _dict(value: object) -> dict[str, object]:
 
 def _concrete(template: str) -> str:
     """A path template with well-formed ids in it."""
-    ids = {"{run_id}": RUN_ID, "{tokenizer_id}": TOKENIZER_ID, "{file_id}": FILE_ID}
+    ids = {
+        "{run_id}": RUN_ID,
+        "{tokenizer_id}": TOKENIZER_ID,
+        "{file_id}": FILE_ID,
+        "{sweep_id}": SWEEP_ID,
+    }
+    query = QUERIES.get(template)
     for param, value in ids.items():
         template = template.replace(param, value)
-    return template
+    return f"{template}?{query}" if query else template
 
 
 def _operations(app: FastAPI) -> dict[tuple[str, str], dict[str, object]]:
@@ -346,6 +360,7 @@ MALFORMED_RUN_IDS = [
     "run-0123456789abcdef%0A",  # a trailing newline
     "x" * 2000,
 ]
+MALFORMED_SWEEP_IDS = ["x", "swp-nope", "swp-0123456789ABCDEF", RUN_ID, "swp-" + "a" * 64]
 MALFORMED_TOKENIZER_IDS = ["x", "tok-unknown", "tok-0123456789ABCDEF", RUN_ID, "tok-" + "a" * 64]
 FILE_ID = "a" * 64
 MALFORMED_FILE_IDS = ["x", "A" * 64, "a" * 63, "a" * 65, RUN_ID, "a" * 64 + "%0A"]
@@ -356,9 +371,10 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
     lookup it needs fails). So the shape is checked first, and alone."""
     app = _app(_settings(settings, redis_url=REDIS_DOWN))
     routes = [key for key in _operations(app) if "{" in key[1]]
-    assert len(routes) == 15, routes
+    assert len(routes) == 19, routes
     kinds = {
         "{run_id}": ("run", MALFORMED_RUN_IDS, "16 hex digits"),
+        "{sweep_id}": ("sweep", MALFORMED_SWEEP_IDS, "16 hex digits"),
         "{tokenizer_id}": ("tokenizer", MALFORMED_TOKENIZER_IDS, "16 hex digits"),
         "{file_id}": ("corpus", MALFORMED_FILE_IDS, "64 hex digits"),
     }
@@ -454,7 +470,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     assert "HTTPValidationError" not in json.dumps(doc)
     operations = _operations(app)
     protected = {k: op for k, op in operations.items() if k[1] not in ("/healthz", "/readyz")}
-    assert len(protected) == 25
+    assert len(protected) == 32
     for (method, path), operation in protected.items():
         responses = _dict(operation["responses"])
         parameters = [_dict(p) for p in _as_list(operation.get("parameters", []))]
@@ -515,7 +531,8 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
                 answers[503] = client.request(method, path, json=body)
             if "{" in template:
                 answers[404] = client.request(
-                    method, template.format(run_id="r", tokenizer_id="t", file_id="f")
+                    method,
+                    template.format(run_id="r", tokenizer_id="t", file_id="f", sweep_id="s"),
                 )
             if body is not None:
                 answers[422] = client.request(method, path, json={"unexpected": 1})
@@ -523,19 +540,21 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
                     method, path, content=b"\xff{", headers={"content-type": "application/json"}
                 )
             elif "422" in _dict(operation["responses"]):
-                query = {"/logs": "tail=0", "/metrics": "after_step=-1"}.get(
-                    template[template.rfind("/") :], "limit=0"
-                )
-                answers[422] = client.request(method, f"{path}?{query}")
+                query = {
+                    "/logs": "tail=0",
+                    "/metrics": "after_step=-1",
+                    "/compare": f"run_id={RUN_ID}",  # one run: two at least
+                }.get(template[template.rfind("/") :], "limit=0")
+                answers[422] = client.request(method, f"{path.split('?')[0]}?{query}")
             for status, response in answers.items():
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
-    # 401, 413 and 503 from each of the 25 (but /whoami's 503); 404 from the 15 with an id;
-    # 422 from the 11 with a body or query parameters; 400 (not JSON) from the 5 with a JSON
+    # 401, 413 and 503 from each of the 32 (but /whoami's 503); 404 from the 19 with an id;
+    # 422 from the 15 with a body or query parameters; 400 (not JSON) from the 7 with a JSON
     # body. 429s: tests/test_api_keys.py.
     bodies = sum(1 for (_, _, status) in seen if status == 400)
-    assert bodies == 5
-    assert len(seen) == 25 * 3 - 1 + 15 + 11 + bodies
+    assert bodies == 7
+    assert len(seen) == 32 * 3 - 1 + 19 + 15 + bodies
 
 
 def _corpus_upload_answers(locked: TestClient, down: TestClient) -> dict[int, _Answer]:

@@ -21,6 +21,7 @@ from model_trainer.settings import Settings
 from model_trainer.store.keys import (
     EVAL_KEYS,
     RUN_KEYS,
+    SWEEP_KEYS,
     TOKENIZER_KEYS,
     JobKind,
     worker_memory_key,
@@ -31,6 +32,7 @@ from model_trainer.store.records import (
     EvalResult,
     RunProgress,
     StatusStore,
+    SweepProgress,
     TokenizerSummary,
     as_str,
 )
@@ -49,6 +51,7 @@ class ApiContext:
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
+        self.sweeps = StatusStore(redis, SWEEP_KEYS, SweepProgress)
         self.quotas = Quotas(settings, redis, self.runs, [self.runs, self.tokenizers, self.evals])
         limits = settings.limits
         self.databank_guard = RemoteGuard(
@@ -59,9 +62,13 @@ class ApiContext:
         self.readiness = ReadinessProbe(settings.health.probe_interval_sec)
 
     def store(self, kind: JobKind) -> AnyStatusStore:
-        if kind is JobKind.RUN:
-            return self.runs
-        return self.tokenizers if kind is JobKind.TOKENIZER else self.evals
+        stores: dict[JobKind, AnyStatusStore] = {
+            JobKind.RUN: self.runs,
+            JobKind.TOKENIZER: self.tokenizers,
+            JobKind.EVAL: self.evals,
+            JobKind.SWEEP: self.sweeps,
+        }
+        return stores[kind]
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -39,6 +39,8 @@ STREAM_ID_PATTERN = r"^(0|[0-9]{1,20}-[0-9]{1,20})$"
 _U64_MAX = 2**64 - 1
 
 RUN_ID_PATTERN = r"^run-[0-9a-f]{16}$"
+SWEEP_ID_PATTERN = r"^swp-[0-9a-f]{16}$"
+_SWEEP_ID = re.compile(SWEEP_ID_PATTERN)
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _TOKENIZER_ID = re.compile(TOKENIZER_ID_PATTERN)
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
@@ -68,6 +70,23 @@ def check_run_id(run_id: str) -> str:
     if _RUN_ID.fullmatch(run_id) is None:
         raise NotFoundError(f"unknown run {_shown(run_id)}: run ids are 'run-' and 16 hex digits")
     return run_id
+
+
+def _sweep_id(
+    sweep_id: Annotated[
+        str,
+        Path(
+            description="`swp-` and 16 hex digits, as `POST /sweeps` answered; anything else "
+            "is an unknown sweep (404)",
+            json_schema_extra={"pattern": SWEEP_ID_PATTERN},
+        ),
+    ],
+) -> str:
+    if _SWEEP_ID.fullmatch(sweep_id) is None:
+        raise NotFoundError(
+            f"unknown sweep {_shown(sweep_id)}: sweep ids are 'swp-' and 16 hex digits"
+        )
+    return sweep_id
 
 
 def _tokenizer_id(
@@ -135,6 +154,7 @@ def _last_event_id(
 
 
 RunId = Annotated[str, Depends(_run_id)]
+SweepId = Annotated[str, Depends(_sweep_id)]
 TokenizerId = Annotated[str, Depends(_tokenizer_id)]
 FileId = Annotated[str, Depends(_file_id)]
 # "0" when the header is absent.

@@ -29,6 +29,7 @@ from model_trainer.api.routes import (
     me,
     metrics,
     runs,
+    sweeps,
     tokenizers,
 )
 from model_trainer.connections import DataBankUse, RedisUse, databank_client, redis_client
@@ -136,6 +137,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
         corpora.router,
         tokenizers.router,
         runs.router,
+        sweeps.router,
         metrics.router,
         completions.router,
     )

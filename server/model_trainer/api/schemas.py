@@ -20,8 +20,11 @@ from model_trainer.store.records import (
     Record,
     RunProgress,
     Status,
+    SweepProgress,
     TokenizerSummary,
+    TrialState,
 )
+from model_trainer.sweeps.plan import MAX_TRIALS, Asha, SearchSpace, SweepPlan
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus_formats import (
     DEFAULT_TEXT_FIELD,
@@ -356,6 +359,81 @@ class ArtifactPointer(_Body):
 
     storage: Literal["data-bank"] = "data-bank"
     file_id: str
+
+
+# --- sweeps (api/sweeps.py, sweeps/) -----------------------------------------------------
+
+
+class SweepRequest(Labels):
+    """`POST /sweeps`: trials of `base` over `space`, at most `max_concurrent` at once, each
+    judged at the rungs of successive halving when `early_stopping` is given. The objective
+    is the trials' validation bits per character, minimised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: TrainRequest
+    space: SearchSpace
+    objective: Literal["val_bits_per_char"] = "val_bits_per_char"
+    max_concurrent: int = Field(default=2, ge=1, le=MAX_TRIALS)
+    early_stopping: Asha | None = None
+
+
+class SweepAccepted(_Body):
+    sweep_id: str
+    job_id: str
+    status: Status
+    trials: int
+    run_ids: list[str]
+
+
+class SweepInfo(_Body):
+    sweep_id: str
+    status: Status
+    name: str | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
+    message: str | None = None
+    created_at: float | None = None
+    request: dict[str, JsonValue] | None = None
+    resource: Literal["steps", "seconds"]
+    budget: float
+    rungs: list[float]
+    max_concurrent: int
+    progress: SweepProgress
+    # Run ids, best first (those that ended without completing last); the best completed.
+    leaderboard: list[str]
+    best_run_id: str | None = None
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def from_record(cls, record: Record[SweepProgress], plan: SweepPlan) -> SweepInfo:
+        progress = record.progress or SweepProgress(
+            trials=[
+                TrialState(index=t.index, run_id=t.run_id, params=t.params) for t in plan.trials
+            ]
+        )
+        labels = Labels.of(record.meta.request if record.meta else None)
+        return cls(
+            sweep_id=record.id,
+            status=record.status,
+            **labels.model_dump(),
+            message=record.message,
+            created_at=record.meta.created_at if record.meta else None,
+            request=record.meta.request if record.meta else None,
+            resource=plan.resource,
+            budget=plan.budget,
+            rungs=plan.rungs,
+            max_concurrent=plan.max_concurrent,
+            progress=progress,
+            leaderboard=progress.leaderboard,
+            best_run_id=progress.best_run_id,
+            error=record.error,
+        )
+
+
+class SweepList(_Body):
+    items: list[SweepInfo]
+    page: Page
 
 
 # --- comparing runs (api/comparison.py) ----------------------------------------------

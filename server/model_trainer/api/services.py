@@ -118,15 +118,7 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
     from must be ones `who` sees."""
     ctx.quotas.submission(who)
     check_webhook(ctx, config)
-    tokenizer = ctx.tokenizers.record(config.tokenizer_id, who.scope)
-    if tokenizer is None:
-        raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
-    if tokenizer.status is not Status.COMPLETED:
-        raise ConflictError(
-            f"tokenizer {config.tokenizer_id!r} is {tokenizer.status.value}, not completed: "
-            "wait for it to finish (GET /tokenizers/{id})"
-        )
-    config = inherit_corpus_reading(config, tokenizer)
+    config, tokenizer = usable_tokenizer(ctx, config, who)
     admit_memory(ctx, config, tokenizer)
     init_from: InitFrom | None = None
     source_id = config.from_run_id
@@ -134,11 +126,7 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
         # Stored and enqueued as resolved: a request that names no checkpoint says "last".
         config = config.model_copy(update={"from_checkpoint": config.from_checkpoint or "last"})
         init_from = resolve_init_from(ctx, config, source_id, who)
-    if not artifact_available(ctx, tokenizer.file_id):
-        raise ConflictError(
-            f"the artifact of tokenizer {config.tokenizer_id!r} is not in Data Bank any more: "
-            "train the tokenizer again (POST /tokenizers/train with the same request)"
-        )
+    require_tokenizer_artifact(ctx, config, tokenizer)
     if init_from is not None and not artifact_available(ctx, init_from.file_id):
         raise ConflictError(
             f"checkpoint {init_from.kind} at step {init_from.step} of run {init_from.run_id!r} "
@@ -155,7 +143,13 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
     )
     ctx.runs.create(run_id, meta)
     secret = add_webhook(ctx, run_id, config)
-    job = TrainJob(
+    ctx.queue.submit(JobKind.RUN, run_id, train_job(run_id, config, init_from))
+    return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED, webhook_secret=secret)
+
+
+def train_job(run_id: str, config: TrainRequest, init_from: InitFrom | None = None) -> TrainJob:
+    """The job payload of a run of `config` (a checked request)."""
+    return TrainJob(
         run_id=run_id,
         spec=config.spec(),
         corpus_file_id=config.corpus_file_id,
@@ -167,8 +161,32 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
         threads=config.threads,
         init_from=init_from,
     )
-    ctx.queue.submit(JobKind.RUN, run_id, job)
-    return RunAccepted(run_id=run_id, job_id=run_id, status=Status.QUEUED, webhook_secret=secret)
+
+
+def usable_tokenizer(
+    ctx: ApiContext, config: TrainRequest, who: Principal
+) -> tuple[TrainRequest, Record[TokenizerSummary]]:
+    """The run's tokenizer once it is one `who` sees and it is trained (404, 409), and the
+    request reading the corpus as the tokenizer did (`inherit_corpus_reading`)."""
+    tokenizer = ctx.tokenizers.record(config.tokenizer_id, who.scope)
+    if tokenizer is None:
+        raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
+    if tokenizer.status is not Status.COMPLETED:
+        raise ConflictError(
+            f"tokenizer {config.tokenizer_id!r} is {tokenizer.status.value}, not completed: "
+            "wait for it to finish (GET /tokenizers/{id})"
+        )
+    return inherit_corpus_reading(config, tokenizer), tokenizer
+
+
+def require_tokenizer_artifact(
+    ctx: ApiContext, config: TrainRequest, tokenizer: Record[TokenizerSummary]
+) -> None:
+    if not artifact_available(ctx, tokenizer.file_id):
+        raise ConflictError(
+            f"the artifact of tokenizer {config.tokenizer_id!r} is not in Data Bank any more: "
+            "train the tokenizer again (POST /tokenizers/train with the same request)"
+        )
 
 
 def inherit_corpus_reading(
@@ -375,13 +393,7 @@ def cancel_run(ctx: ApiContext, run: Record[RunProgress]) -> None:
     """Ask the worker to stop within a step; a run nobody has started is cancelled at once."""
     if run.status.terminal:
         raise ConflictError(f"run {run.id!r} is already {run.status.value}")
-    ctx.runs.request_cancel(run.id)
-    if run.status is Status.QUEUED:
-        # A worker that picks the job up later skips it.
-        ctx.runs.set_status(run.id, Status.CANCELLED, "cancelled before it started")
-    elif run.status is Status.PAUSED:
-        # No worker holds it, and none will: cancelled here.
-        ctx.runs.set_status(run.id, Status.CANCELLED, "cancelled while paused")
+    ctx.runs.cancel(run.id)
 
 
 def pause_run(ctx: ApiContext, run: Record[RunProgress]) -> None:

@@ -14,12 +14,13 @@ from model_trainer.disk_cache import DiskCache
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from model_trainer.store.events import Dialect, EventPublisher
-from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, TOKENIZER_KEYS, JobKind
+from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, SWEEP_KEYS, TOKENIZER_KEYS, JobKind
 from model_trainer.store.records import (
     AnyStatusStore,
     EvalResult,
     RunProgress,
     StatusStore,
+    SweepProgress,
     TokenizerSummary,
 )
 
@@ -42,6 +43,7 @@ class WorkerContext:
         self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
         self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
         self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
+        self.sweeps = StatusStore(redis, SWEEP_KEYS, SweepProgress)
         self.events = EventPublisher(
             redis,
             settings.app.events_channel,
@@ -66,9 +68,13 @@ class WorkerContext:
         return databank_client(app.data_bank_api_url, app.data_bank_api_key, DataBankUse.CHECKPOINT)
 
     def store(self, kind: JobKind) -> AnyStatusStore:
-        if kind is JobKind.RUN:
-            return self.runs
-        return self.tokenizers if kind is JobKind.TOKENIZER else self.evals
+        stores: dict[JobKind, AnyStatusStore] = {
+            JobKind.RUN: self.runs,
+            JobKind.TOKENIZER: self.tokenizers,
+            JobKind.EVAL: self.evals,
+            JobKind.SWEEP: self.sweeps,
+        }
+        return stores[kind]
 
 
 _context: WorkerContext | None = None

@@ -407,7 +407,7 @@ def _settle(owner: JobOwner, exc: Exception, folder: Path) -> None:
     if isinstance(exc, LeaseLost):
         log.warning(LOST_MESSAGE, extra=log_fields("job_lost"))
     elif isinstance(exc, JobCancelled):
-        owner.cancel("cancelled by request")
+        owner.cancel(owner.store.cancel_reason(owner.job_id) or "cancelled by request")
     elif isinstance(exc, JobPaused):
         owner.pause()
     elif isinstance(exc, WorkerShutdown):

@@ -5,7 +5,7 @@ Every `reaper_interval_sec`, busy or idle, each worker:
 1. says it is alive (`trainer:workers:{queue}`, what /readyz counts) and how much memory
    it may use (`trainer:workers:{queue}:memory`, what the API admits runs against), for
    each queue it serves (a GPU worker: the GPU queue and the ordinary one);
-then, for each kind of job (tokenizer, run, evaluation):
+then, for each kind of job dispatched to a job process (tokenizer, run, evaluation):
 2. enqueues the jobs whose retry delay is over (the kind's `delayed` zset);
 3. takes back jobs whose owner is gone: status `running` and no lease. Once the lease has
    been seen missing for a third of its TTL (time for an owner cut off from Redis to renew
@@ -16,6 +16,10 @@ then, for each kind of job (tokenizer, run, evaluation):
 4. reconciles: a `queued` job with no pending RQ job, no retry delay and no owner (a job
    lost with a Redis restart, a shutdown that could not enqueue) is enqueued again, under a
    short claim so that two reapers do not both do it.
+
+and last:
+5. drives the sweeps (sweeps/driver.py): takes the lease of any sweep nobody holds, and
+   moves each one it holds along (judges rungs, starts and stops trials, ends it).
 
 Steps 3 and 4 read the kind's `by-status:running` and `by-status:queued` indexes: a pass
 costs what is running and waiting now, however many finished jobs Redis holds.
@@ -35,6 +39,7 @@ from model_trainer.jobs.context import WorkerContext
 from model_trainer.jobs.queue import worker_queue_names
 from model_trainer.store.events import job_failed
 from model_trainer.store.keys import (
+    DISPATCHED_KINDS,
     JOB_KEYS,
     RECORD_TTL_SEC,
     JobField,
@@ -47,6 +52,7 @@ from model_trainer.store.keys import (
     workers_key,
 )
 from model_trainer.store.records import ErrorInfo, Status, as_str, hdel
+from model_trainer.sweeps.driver import SweepDriver
 from model_trainer.training.memory import gib, machine_memory_bytes
 from service_common.jsonlog import log_fields
 
@@ -97,6 +103,7 @@ class Reaper:
         self._missing_since: dict[str, float] = {}
         self._last_tick: float | None = None
         self._queues = worker_queue_names(ctx.settings)
+        self._sweeps = SweepDriver(ctx, clock)
         self._memory_bytes = memory_bytes if memory_bytes is not None else machine_memory_bytes()
         log.info(
             "worker %s reports %s of memory (what the API admits runs against)",
@@ -122,9 +129,10 @@ class Reaper:
         try:
             self._say_alive()
             watched: set[str] = set()
-            for kind in JobKind:
+            for kind in DISPATCHED_KINDS:
                 watched |= self._reap_kind(JOB_KEYS[kind])
             self._forget_except(watched)
+            self._sweeps.tick()
         except RedisError as exc:
             log.warning("reaper pass skipped: %s", exc, extra=log_fields("reaper_redis_error"))
 
@@ -139,7 +147,8 @@ class Reaper:
         return {f"r:{i}" for i in running} | {f"q:{i}" for i in queued}
 
     def leave(self) -> None:
-        """The worker is stopping: stop counting it at once."""
+        """The worker is stopping: stop counting it at once, and let its sweeps go."""
+        self._sweeps.leave()
         with contextlib.suppress(RedisError):
             for queue in self._queues:
                 self._redis.zrem(workers_key(queue), self._ctx.worker_name)

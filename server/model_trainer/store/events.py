@@ -57,6 +57,7 @@ CANCELLED_LABELS = {
     JobKind.RUN: "Training",
     JobKind.TOKENIZER: "Tokenizer training",
     JobKind.EVAL: "Evaluation",
+    JobKind.SWEEP: "Sweep",
 }
 
 

@@ -36,8 +36,10 @@ script that touches them touches one slot. DESIGN.md links here.
 | `trainer:metrics:*`              | counters behind `GET /metrics`    | none  | API, worker    |
 | `rq:*`                           | RQ's own (dispatch only)          | RQ's  | RQ             |
 
-`{kinds}` is `runs`, `tokenizers` or `evals`; ids never collide across kinds (`run-`, `tok-`,
-`eval-`). An evaluation logs to its run's stream; `delayed` holds the jobs in backoff.
+`{kinds}` is `runs`, `tokenizers`, `evals` or `sweeps`; ids never collide across kinds
+(`run-`, `tok-`, `eval-`, `swp-`). A sweep's record keeps its plan (`payload`) and its
+trials' state and rung results (`progress`); its trials are ordinary runs. An evaluation
+logs to its run's stream; `delayed` holds the jobs in backoff.
 `by-owner` lists what a principal (an API key's name, api/auth.py) submitted: what a `user`
 key may see, and what its quotas count; a tokenizer asked for again by another principal is
 in both of their indexes (one request, one tokenizer). A run's final evaluation is reached
@@ -92,6 +94,11 @@ class JobKind(StrEnum):
     TOKENIZER = "tokenizer"
     RUN = "run"
     EVAL = "eval"
+    SWEEP = "sweep"  # driven by every worker's reaper pass, never dispatched (sweeps/)
+
+
+# The kinds RQ dispatches to a job process; a sweep is driven in the workers' parents.
+DISPATCHED_KINDS = (JobKind.TOKENIZER, JobKind.RUN, JobKind.EVAL)
 
 
 class JobField(StrEnum):
@@ -106,7 +113,7 @@ class JobField(StrEnum):
     ERROR = "error"  # ErrorInfo: why it failed, or why its last attempt did
     ATTEMPTS = "attempts"  # failed attempts so far
     EPOCH = "epoch"  # fencing epoch: +1 each time the job changes hands
-    CANCEL = "cancel"  # "1" once a cancel was asked
+    CANCEL = "cancel"  # "1" (or why) once a cancel was asked
     PAUSE = "pause"  # "1" once a pause was asked (cleared when the run is paused)
     ANNOUNCED = "announced"  # "1" once the job's JobStarted event went out
     EVENT_EPOCHS = "event_epochs"  # a run's total_epochs as its RunConfigured said (set once)
@@ -177,10 +184,12 @@ def _schema(kind: JobKind, plural: str) -> KeySchema:
 RUN_KEYS = _schema(JobKind.RUN, "runs")
 TOKENIZER_KEYS = _schema(JobKind.TOKENIZER, "tokenizers")
 EVAL_KEYS = _schema(JobKind.EVAL, "evals")
+SWEEP_KEYS = _schema(JobKind.SWEEP, "sweeps")
 JOB_KEYS: dict[JobKind, KeySchema] = {
     JobKind.RUN: RUN_KEYS,
     JobKind.TOKENIZER: TOKENIZER_KEYS,
     JobKind.EVAL: EVAL_KEYS,
+    JobKind.SWEEP: SWEEP_KEYS,
 }
 
 

@@ -123,6 +123,48 @@ class EvalResult(_Stored):
     samples: list[SampleText] | None = None
 
 
+class RungResult(_Stored):
+    """A trial's validation loss when it reached a rung of successive halving, and what the
+    sweep decided (sweeps/asha.py): `cutoff` is the quantile of the earlier results at that
+    rung that it had to beat (None for the first one there)."""
+
+    rung: int
+    resource: float  # the rung's steps or seconds
+    value: float
+    cutoff: float | None
+    stopped: bool
+
+
+class TrialState(_Stored):
+    """One trial of a sweep as its driver last saw it (the run's record is the truth)."""
+
+    index: int
+    run_id: str
+    params: dict[str, JsonValue]
+    status: str = "planned"  # planned, or the run's status
+    steps: int = 0
+    val_loss: float | None = None
+    bits_per_char: float | None = None  # the run's final evaluation
+    train_seconds: float | None = None
+    rungs: list[RungResult] = Field(default_factory=list)
+    stopped_at_rung: int | None = None  # stopped by successive halving at this rung
+
+
+class SweepProgress(_Stored):
+    """A sweep's trials, its leaderboard (run ids, best first) and its best run."""
+
+    trials: list[TrialState] = Field(default_factory=list)
+    leaderboard: list[str] = Field(default_factory=list)
+    best_run_id: str | None = None
+    created: int = 0
+    finished: int = 0
+    stopped: int = 0
+    # Seconds of training the stopped trials did not spend (budget minus where they stopped),
+    # for a time budget; steps not trained for a steps budget.
+    saved: float = 0.0
+    updated_at: float | None = None
+
+
 ErrorKind = Literal["user", "transient", "fatal"]
 
 
@@ -150,7 +192,7 @@ class EvalInfo(EvalResult):
     corpus_file_id: str | None = None
 
 
-ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary, EvalResult)
+ProgressT = TypeVar("ProgressT", RunProgress, TokenizerSummary, EvalResult, SweepProgress)
 
 
 class Record(BaseModel, Generic[ProgressT]):
@@ -516,8 +558,26 @@ class StatusStore(Generic[ProgressT]):
         return now
 
     # --- cancellation ---------------------------------------------------------------
-    def request_cancel(self, record_id: str) -> None:
-        DirectWriter(self._r).write(hset(record_id, (JobField.CANCEL, "1")))
+    def request_cancel(self, record_id: str, reason: str | None = None) -> None:
+        """Ask the job's owner to stop; `reason` becomes its message (else "cancelled by
+        request")."""
+        DirectWriter(self._r).write(hset(record_id, (JobField.CANCEL, reason or "1")))
+
+    def cancel(self, record_id: str, reason: str | None = None) -> None:
+        """Cancel the job: its owner stops at its next safe point; a job nobody holds
+        (queued, or a paused run) is cancelled here, unless a worker takes it first (then
+        the owner sees the request)."""
+        self.request_cancel(record_id, reason)
+        for waiting, said in (
+            (Status.QUEUED, "cancelled before it started"),
+            (Status.PAUSED, "cancelled while paused"),
+        ):
+            self.transition(record_id, waiting, Status.CANCELLED, reason or said)
+
+    def cancel_reason(self, record_id: str) -> str | None:
+        """Why a cancel was asked, when the asker said (a sweep stopping a trial)."""
+        reason = self.field(record_id, JobField.CANCEL)
+        return reason if reason and reason != "1" else None
 
     def is_cancelled(self, record_id: str) -> bool:
         return bool(self._r.hexists(job_key(record_id), JobField.CANCEL.value))
@@ -541,5 +601,12 @@ class StatusStore(Generic[ProgressT]):
 
 
 # Any kind's store, where only the shared life cycle matters (status, heartbeat, pointer).
-AnyStatusStore = StatusStore[RunProgress] | StatusStore[TokenizerSummary] | StatusStore[EvalResult]
-AnyRecord = Record[RunProgress] | Record[TokenizerSummary] | Record[EvalResult]
+AnyStatusStore = (
+    StatusStore[RunProgress]
+    | StatusStore[TokenizerSummary]
+    | StatusStore[EvalResult]
+    | StatusStore[SweepProgress]
+)
+AnyRecord = (
+    Record[RunProgress] | Record[TokenizerSummary] | Record[EvalResult] | Record[SweepProgress]
+)
