@@ -2,14 +2,16 @@
 real stack: a Hypercorn API process with an API key, a worker and Data Bank.
 
 The main test clicks through what a user does: enter the key, upload a corpus, train a tiny
-tokenizer, start a tiny run, watch the loss chart draw while it trains, read the evaluation
-and the artifact pointer, and generate text. Every request the page makes must go to the
-API itself (nothing from a CDN). A missing chromium fails these tests; it does not skip them.
+tokenizer, start a tiny run (both named and tagged), watch the loss chart draw while it
+trains, read the evaluation and the artifact pointer, and generate text. Another finds a
+sweep of runs by its tag and compares them. Every request the page makes must go to the API
+itself (nothing from a CDN). A missing chromium fails these tests; it does not skip them.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,31 @@ def _chart_points(page: Page, which: str) -> int:
     return int(value or 0)
 
 
+def _tokenizer(client: httpx.Client, stack: Stack) -> tuple[str, str]:
+    """A corpus in Data Bank and a tiny tokenizer trained on it (completed): their ids."""
+    corpus = stack.upload_text(_text())
+    tokenizer = client.post(
+        "/tokenizers/train",
+        json={"method": "bpe", "vocab_size": 400, "corpus_file_id": corpus},
+    ).json()["tokenizer_id"]
+    assert isinstance(tokenizer, str), tokenizer
+    poll(
+        lambda: json_dict(client.get(f"/tokenizers/{tokenizer}").json()),
+        lambda t: t["status"] == "completed",
+        JOB_TIMEOUT_MS / 1000,
+    )
+    return corpus, tokenizer
+
+
+def _ended(client: httpx.Client, run_id: str) -> dict[str, object]:
+    """The run once it has ended (fails when it stops making progress first)."""
+    return poll(
+        lambda: json_dict(client.get(f"/runs/{run_id}").json()),
+        lambda r: r["status"] in ("completed", "failed", "cancelled"),
+        JOB_TIMEOUT_MS / 1000,
+    )
+
+
 def test_train_a_tokenizer_and_a_run_and_generate(
     api: Api, browser: BrowserContext, corpus_path: Path
 ) -> None:
@@ -87,10 +114,21 @@ def test_train_a_tokenizer_and_a_run_and_generate(
     page.set_input_files("#corpus-file", corpus_path)
     expect(page.locator("#upload-status")).to_contain_text("Uploaded made-up.txt")
     expect(page.locator("#corpus-select")).to_contain_text("made-up.txt")
-    page.fill("#field-vocab_size", "400")
+    # A size no other test trains: the same request twice is one tokenizer, labelled by the
+    # first, so this one's labels are this form's.
+    page.fill("#field-vocab_size", "420")
+    tag = f"form-{uuid.uuid4().hex[:8]}"
+    page.fill("#field-name", "Made-up BPE")
+    page.fill("#field-tags", f"{tag}, bpe")
     page.click("#tokenizer-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/tokenizers$"))
-    row = page.locator("#tokenizers-table tr[data-tokenizer]").first
+    # Found by its tag (and by a prefix of its name, in any case).
+    page.fill("#tokenizers-filter-tag", tag)
+    page.fill("#tokenizers-filter-name", "made-up")
+    row = page.locator("#tokenizers-table tr[data-tokenizer]")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("Made-up BPE")
+    expect(row.locator(".tag")).to_have_text([tag, "bpe"])
     expect(row.locator(".chip")).to_have_text("completed", timeout=JOB_TIMEOUT_MS)
     expect(page.locator("#corpora-table")).to_contain_text("made-up.txt")
 
@@ -115,10 +153,18 @@ def test_train_a_tokenizer_and_a_run_and_generate(
     page.click("#more-settings summary")
     page.fill("#field-warmup_steps", "5")
     page.fill("#field-eval_interval", "20")
+    page.fill("#field-name", "Llama with Muon")
+    page.fill("#field-tags", f" {tag} ,muon,")
+    page.fill("#field-metadata", "purpose=browser test\n\nowner = dashboard")
     page.click("#run-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/runs/run-[0-9a-f]{16}$"))
-    expect(page.locator("#run-details")).to_contain_text("llama · tiny")
-    expect(page.locator("#run-details")).to_contain_text("muon (0.03)")
+    details = page.locator("#run-details")
+    expect(details).to_contain_text("llama · tiny")
+    expect(details).to_contain_text("muon (0.03)")
+    expect(details).to_contain_text("Llama with Muon")
+    expect(details.locator(".tag")).to_have_text([tag, "muon"])
+    expect(details).to_contain_text("purpose = browser test")
+    expect(details).to_contain_text("owner = dashboard")
 
     # The chart draws while the run trains, and keeps drawing until it ends.
     # (Predicates are functions: the page's Content-Security-Policy forbids eval of strings.)
@@ -194,16 +240,7 @@ def test_pause_resume_and_cancel_from_the_run_page(
 ) -> None:
     headers = {"X-API-Key": API_KEY}
     with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
-        corpus = stack.upload_text(_text())
-        tokenizer = client.post(
-            "/tokenizers/train",
-            json={"method": "bpe", "vocab_size": 400, "corpus_file_id": corpus},
-        ).json()["tokenizer_id"]
-        poll(
-            lambda: json_dict(client.get(f"/tokenizers/{tokenizer}").json()),
-            lambda t: t["status"] == "completed",
-            JOB_TIMEOUT_MS / 1000,
-        )
+        corpus, tokenizer = _tokenizer(client, stack)
         run = client.post(
             "/runs/train",
             json={
@@ -231,6 +268,110 @@ def test_pause_resume_and_cancel_from_the_run_page(
     page.click("#cancel-run")
     expect(page.locator("#run-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
     expect(page.locator("#cancel-run")).to_be_hidden()
+
+
+def test_find_a_sweep_by_tag_and_compare_its_runs(
+    api: Api, stack: Stack, browser: BrowserContext
+) -> None:
+    """Three tiny runs that differ in learning rate, found in the runs list by their tag,
+    picked and compared: one chart of every run's curves (on each axis), their final
+    figures, the settings that differ, and a sample of each run's model."""
+    tag = f"sweep-{uuid.uuid4().hex[:8]}"
+    rates = {"Sweep A": 0.001, "Sweep B": 0.003, "Sweep C": 0.01}
+    headers = {"X-API-Key": API_KEY}
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        corpus, tokenizer = _tokenizer(client, stack)
+        names: dict[str, str] = {}
+        for name, rate in rates.items():
+            answer = client.post(
+                "/runs/train",
+                json={
+                    "corpus_file_id": corpus,
+                    "tokenizer_id": tokenizer,
+                    "n_layer": 1,
+                    "n_embd": 32,
+                    "max_seq_len": 16,
+                    "batch_size": 4,
+                    "max_steps": 30,
+                    "eval_interval": 10,
+                    "warmup_steps": 2,
+                    "learning_rate": rate,
+                    "name": name,
+                    "tags": [tag, f"lr={rate:g}"],
+                    "metadata": {"sweep": tag},
+                },
+            )
+            assert answer.status_code == 202, answer.text
+            names[str(json_dict(answer.json())["run_id"])] = name
+        runs = list(names)
+        for run_id in runs:
+            ended = _ended(client, run_id)
+            assert ended["status"] == "completed", ended
+        compared = json_dict(client.get("/runs/compare", params={"run_id": runs}).json())
+    # What the compare chart draws on the step axis: every train and validation loss.
+    curves = compared["runs"]
+    assert isinstance(curves, list) and len(curves) == 3
+    points = 0
+    for run in curves:
+        curve = json_dict(run)["curve"]
+        assert isinstance(curve, list) and curve, run
+        for point in curve:
+            p = json_dict(point)
+            points += (p["train_loss"] is not None) + (p["val_loss"] is not None)
+
+    page = browser.new_page()
+    requests = RequestLog(page)
+    page.goto(f"{api.url}/dashboard/#/runs")
+    _enter_key(page, API_KEY)
+    # The tag finds exactly the sweep, each run with its name; a name prefix narrows it.
+    page.fill("#runs-filter-tag", tag)
+    rows = page.locator("#runs-table tbody tr[data-run]")
+    expect(rows).to_have_count(3)
+    for run_id, name in names.items():
+        row = page.locator(f'#runs-table tr[data-run="{run_id}"]')
+        expect(row).to_contain_text(name)
+        expect(row.locator(".tag").first).to_have_text(tag)
+    page.fill("#runs-filter-name", "sweep c")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text("Sweep C")
+    page.fill("#runs-filter-name", "")
+    expect(rows).to_have_count(3)
+
+    # Picked (one is not enough), then compared.
+    expect(page.locator("#compare-runs")).to_be_disabled()
+    for run_id in runs:
+        page.locator(f'#runs-table tr[data-run="{run_id}"] .compare-pick').check()
+    expect(page.locator("#compare-runs")).to_be_enabled()
+    page.click("#compare-runs")
+    expect(page).to_have_url(re.compile("#/compare/" + ",".join(runs) + "$"))
+    chart = page.locator("#compare-chart")
+    expect(chart).to_have_attribute("data-series", "3", timeout=JOB_TIMEOUT_MS)
+    expect(chart).to_have_attribute("data-points", str(points))
+    assert points > 0
+    final = page.locator("#compare-final tbody tr")
+    expect(final).to_have_count(3)
+    for run_id, name in names.items():
+        expect(page.locator(f'#compare-final tr[data-run="{run_id}"]')).to_contain_text(name)
+    expect(final.locator(".chip")).to_have_text(["completed"] * 3)
+    differing = page.locator('#compare-differing tr[data-field="learning_rate"]')
+    expect(differing).to_contain_text("learning_rate")
+    expect(differing).to_contain_text("0.003")
+    # The other axes draw the same runs.
+    for axis in ("tokens", "seconds"):
+        page.select_option("#compare-axis", axis)
+        expect(chart).to_have_attribute("data-series", "3")
+        expect(chart).to_have_attribute("aria-label", re.compile(axis))
+
+    # One sample of each run's model for a prompt.
+    page.fill("#compare-prompt", "Ka")
+    page.click("#compare-sample")
+    samples = page.locator("#compare-samples pre.sample")
+    # The API loads each run's model from Data Bank for its first generation.
+    expect(samples).to_have_count(3, timeout=JOB_TIMEOUT_MS)
+    for i in range(3):
+        text = samples.nth(i).inner_text()
+        assert text.startswith("Ka") and len(text) > len("Ka"), text
+    assert requests.elsewhere(api.url) == []
 
 
 def test_pages_and_assets_are_served_by_the_api(api: Api) -> None:

@@ -3,15 +3,17 @@
 // server's models stay the one definition of each field.
 
 import { api, apiKey, forgetApiKey, onUnauthorized, request, setApiKey } from "./api.js";
-import { LossChart } from "./chart.js";
+import { AXES, LossChart, MultiLossChart, runColor } from "./chart.js";
 import {
-  Scope, bytes, card, duration, el, errorBox, facts, fill, number, progressBar, short, statusChip, when,
+  Scope, bytes, card, duration, el, errorBox, facts, fill, number, progressBar, short, statusChip, tagChips, when,
 } from "./ui.js";
 
 const view = document.getElementById("view");
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const POLL_MS = 2000;
 const LIST_POLL_MS = 3000;
+// GET /runs/compare takes 2 to 32 runs.
+const COMPARE_MAX = 32;
 
 // ---- the API key ---------------------------------------------------------------------
 
@@ -162,6 +164,95 @@ function budgetOf(request) {
   return "default time budget";
 }
 
+// ---- names, tags and metadata (store/labels.py) ---------------------------------------
+
+// A list's cell for a run's or tokenizer's name and tags.
+function labelsCell(job) {
+  return el("td", {}, el("div", { class: "labels" },
+    job.name ? el("span", { class: "job-name" }, job.name) : el("span", { class: "muted" }, "—"),
+    tagChips(job.tags)));
+}
+
+function metadataView(metadata) {
+  const entries = Object.entries(metadata || {});
+  if (!entries.length) return "—";
+  return el("div", { class: "metadata" },
+    entries.map(([k, v]) => el("div", {}, el("span", { class: "mono" }, k), " = ", v)));
+}
+
+// The tag and name-prefix filters of a list (`tag` and `name` of GET /runs, /tokenizers);
+// `changed` runs once typing pauses.
+function labelFilters(kind, scope, changed) {
+  const tag = el("input", {
+    type: "search", id: `${kind}-filter-tag`, name: "tag", placeholder: "any tag", size: 12, spellcheck: "false",
+  });
+  const name = el("input", { type: "search", id: `${kind}-filter-name`, name: "name", placeholder: "any name", size: 14 });
+  const later = scope.debounce(300, changed);
+  tag.addEventListener("input", later);
+  name.addEventListener("input", later);
+  return {
+    nodes: [
+      el("label", { class: "inline" }, "Tag ", tag),
+      el("label", { class: "inline", title: "names starting with this (any case)" }, "Name ", name),
+    ],
+    active: () => Boolean(tag.value.trim() || name.value.trim()),
+    query() {
+      const out = [];
+      if (tag.value.trim()) out.push(`&tag=${encodeURIComponent(tag.value.trim())}`);
+      if (name.value.trim()) out.push(`&name=${encodeURIComponent(name.value.trim())}`);
+      return out.join("");
+    },
+  };
+}
+
+// A list's refresh that shows only the latest answer: a filter changed while an older
+// request was on its way must not be undone by that request's answer.
+function latestOnly(load) {
+  let asked = 0;
+  return async () => {
+    const mine = ++asked;
+    const data = await load();
+    return mine === asked ? data : null;
+  };
+}
+
+// The Name, Tags and Metadata fields of the new-run and new-tokenizer forms; their hints
+// are the request model's descriptions.
+function labelFields(schema) {
+  const about = (name) => property(schema, name).description;
+  const name = el("input", {
+    type: "text", name: "name", id: "field-name", maxlength: property(schema, "name").maxLength, placeholder: "optional",
+  });
+  const tags = el("input", { type: "text", name: "tags", id: "field-tags", placeholder: "baseline, lr-sweep", spellcheck: "false" });
+  const metadata = el("textarea", {
+    name: "metadata", id: "field-metadata", rows: 3, spellcheck: "false", placeholder: "dataset=made-up\nnote=first try",
+  });
+  return {
+    node: el("fieldset", {}, el("legend", {}, "Labels"),
+      el("div", { class: "row" },
+        field("Name", name, about("name")),
+        field("Tags", tags, `comma-separated: ${about("tags")}`)),
+      field("Metadata", metadata, `one key=value a line: ${about("metadata")}`)),
+    // The request's name, tags and metadata (left out when blank); an Error for a metadata
+    // line without "=" (the server checks the rest and its 422 names the field).
+    values() {
+      const out = {};
+      if (name.value.trim()) out.name = name.value.trim();
+      const tagList = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+      if (tagList.length) out.tags = tagList;
+      const pairs = {};
+      metadata.value.split("\n").forEach((line, i) => {
+        if (!line.trim()) return;
+        const at = line.indexOf("=");
+        if (at < 1) throw new Error(`Metadata line ${i + 1}: write key=value`);
+        pairs[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+      });
+      if (Object.keys(pairs).length) out.metadata = pairs;
+      return out;
+    },
+  };
+}
+
 // ---- corpus picker: corpora uploaded through the API, an upload, or a Data Bank id ----
 
 function corpusPicker(scope) {
@@ -232,13 +323,15 @@ function corpusPicker(scope) {
 
 // ---- runs list -----------------------------------------------------------------------
 
-function runRow(run) {
+function runRow(run, pick) {
   const p = run.progress || {};
   const steps = p.total_steps ? `${number(p.step)} / ${number(p.total_steps)}` : number(p.step);
   return el(
     "tr",
     { "data-run": run.run_id },
+    el("td", {}, pick(run.run_id)),
     el("td", {}, el("a", { href: `#/runs/${run.run_id}`, class: "mono" }, run.run_id)),
+    labelsCell(run),
     el("td", {}, statusChip(run.status)),
     el("td", {}, modelName(run.request)),
     el("td", { class: "progress-cell" }, progressBar(p.percent), el("small", {}, steps)),
@@ -251,18 +344,49 @@ function runRow(run) {
 async function runsPage(scope) {
   const error = errorBox();
   const filter = choiceInput("status", ["all", "queued", "running", "paused", "completed", "failed", "cancelled"], "all");
-  const { node, body } = table(["Run", "Status", "Model", "Progress", "Train loss", "Val loss", "Created"], "runs-table");
+  const labels = labelFilters("runs", scope, () => refresh());
+  const { node, body } = table(["", "Run", "Name", "Status", "Model", "Progress", "Train loss", "Val loss", "Created"], "runs-table");
+  // The runs picked to compare, in the order picked. Kept here, not in the rows: the rows
+  // are rebuilt as the list refreshes, and a run filtered out of view stays picked.
+  const picked = new Set();
+  const compare = el("button", { type: "button", id: "compare-runs", disabled: true, title: `pick 2 to ${COMPARE_MAX} runs` }, "Compare");
+  const syncCompare = () => {
+    compare.disabled = picked.size < 2 || picked.size > COMPARE_MAX;
+    compare.textContent = picked.size ? `Compare (${picked.size})` : "Compare";
+  };
+  compare.addEventListener("click", () => (location.hash = `#/compare/${[...picked].join(",")}`));
+  const pick = (runId) => el("input", {
+    type: "checkbox", class: "compare-pick", value: runId, checked: picked.has(runId), "aria-label": `compare ${runId}`,
+    onchange: (event) => {
+      if (event.target.checked) picked.add(runId);
+      else picked.delete(runId);
+      syncCompare();
+    },
+  });
   view.append(
-    pageHead("Runs", el("label", { class: "inline" }, "Status ", filter), el("a", { class: "button primary", href: "#/new-run" }, "New run")),
+    pageHead("Runs",
+      el("label", { class: "inline" }, "Status ", filter), labels.nodes, compare,
+      el("a", { class: "button primary", href: "#/new-run" }, "New run")),
     error,
     card(null, node)
   );
-  const refresh = async () => {
+  const load = latestOnly(() => {
     const status = filter.value === "all" ? "" : `&status=${filter.value}`;
+    return api.get(`/runs?limit=50${status}${labels.query()}`, { signal: scope.signal });
+  });
+  // The rows are rebuilt only when the answer changed (or a minute passed, for "Created"):
+  // a row rebuilt under the pointer would swallow a click on its checkbox.
+  let shown = "";
+  const refresh = async () => {
     try {
-      const data = await api.get(`/runs?limit=50${status}`, { signal: scope.signal });
+      const data = await load();
+      if (!data) return;
       error.show(null);
-      fill(body, ...(data.items.length ? data.items.map(runRow) : [emptyRow(7, "No runs yet.")]));
+      const none = filter.value !== "all" || labels.active() ? "No run matches these filters." : "No runs yet.";
+      const key = JSON.stringify([none, data.items, Math.floor(Date.now() / 60000)]);
+      if (key === shown) return;
+      shown = key;
+      fill(body, ...(data.items.length ? data.items.map((run) => runRow(run, pick)) : [emptyRow(9, none)]));
     } catch (e) {
       if (e.name !== "AbortError") error.show(e);
     }
@@ -280,6 +404,7 @@ function tokenizerRow(tok) {
     "tr",
     { "data-tokenizer": tok.tokenizer_id },
     el("td", { class: "mono" }, tok.tokenizer_id),
+    labelsCell(tok),
     el("td", {}, statusChip(tok.status), tok.status === "failed" && tok.message ? el("small", { class: "error-text" }, tok.message) : null),
     el("td", {}, r.method === "sentencepiece" ? `sentencepiece (${r.model_type || "unigram"})` : r.method || "—"),
     el("td", { class: "num" }, number(r.vocab_size)),
@@ -291,23 +416,28 @@ function tokenizerRow(tok) {
 
 async function tokenizersPage(scope) {
   const error = errorBox();
-  const tokenizers = table(["Tokenizer", "Status", "Method", "Vocabulary", "Tokens/char", "Corpus", "Created"], "tokenizers-table");
+  const tokenizers = table(["Tokenizer", "Name", "Status", "Method", "Vocabulary", "Tokens/char", "Corpus", "Created"], "tokenizers-table");
   const corpora = table(["Name", "Size", "Lines", "file_id", "Uploaded"], "corpora-table");
+  const labels = labelFilters("tokenizers", scope, () => refresh());
   view.append(
-    pageHead("Tokenizers", el("a", { class: "button primary", href: "#/new-tokenizer" }, "New tokenizer")),
+    pageHead("Tokenizers", labels.nodes, el("a", { class: "button primary", href: "#/new-tokenizer" }, "New tokenizer")),
     error,
     card(null, tokenizers.node),
     card("Corpora uploaded through the API", corpora.node)
   );
-  scope.every(LIST_POLL_MS, async () => {
+  const load = latestOnly(() => Promise.all([
+    api.get(`/tokenizers?limit=100${labels.query()}`, { signal: scope.signal }),
+    api.get("/corpora?limit=100", { signal: scope.signal }),
+  ]));
+  const refresh = async () => {
     try {
-      const [toks, corps] = await Promise.all([
-        api.get("/tokenizers?limit=100", { signal: scope.signal }),
-        api.get("/corpora?limit=100", { signal: scope.signal }),
-      ]);
+      const answers = await load();
+      if (!answers) return;
+      const [toks, corps] = answers;
       error.show(null);
+      const none = labels.active() ? "No tokenizer matches these filters." : "No tokenizers yet.";
       fill(tokenizers.body,
-        ...(toks.items.length ? toks.items.map(tokenizerRow) : [emptyRow(7, "No tokenizers yet.")])
+        ...(toks.items.length ? toks.items.map(tokenizerRow) : [emptyRow(8, none)])
       );
       fill(corpora.body,
         ...(corps.items.length
@@ -320,7 +450,8 @@ async function tokenizersPage(scope) {
     } catch (e) {
       if (e.name !== "AbortError") error.show(e);
     }
-  });
+  };
+  scope.every(LIST_POLL_MS, refresh);
 }
 
 // ---- new tokenizer -------------------------------------------------------------------
@@ -335,6 +466,7 @@ async function newTokenizerPage(scope) {
   const spmOnly = field("SentencePiece algorithm", modelType);
   const bpeOnly = field("Minimum pair frequency", minFrequency);
   const lowercase = el("input", { type: "checkbox", name: "lowercase" });
+  const labels = labelFields(schema);
   const submit = el("button", { type: "submit", class: "primary" }, "Train tokenizer");
   const form = el(
     "form",
@@ -346,6 +478,7 @@ async function newTokenizerPage(scope) {
     field("Holdout fraction", numberInput(schema, "holdout_fraction", { step: 0.01 }), "lines kept out to measure the tokenizer"),
     el("label", { class: "check" }, lowercase, " Lowercase the text"),
     picker.node,
+    labels.node,
     error,
     el("div", { class: "form-actions" }, submit)
   );
@@ -358,12 +491,19 @@ async function newTokenizerPage(scope) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.show(null);
-    const body = {
-      method: method.value,
-      corpus_file_id: picker.value(),
-      lowercase: lowercase.checked,
-      ...numbersOf(form, ["vocab_size", "holdout_fraction"]),
-    };
+    let body;
+    try {
+      body = {
+        method: method.value,
+        corpus_file_id: picker.value(),
+        lowercase: lowercase.checked,
+        ...numbersOf(form, ["vocab_size", "holdout_fraction"]),
+        ...labels.values(),
+      };
+    } catch (e) {
+      error.show(e);
+      return;
+    }
     if (method.value === "bpe") Object.assign(body, numbersOf(form, ["min_frequency"]));
     else body.model_type = modelType.value;
     submit.disabled = true;
@@ -396,6 +536,7 @@ async function newRunPage(scope) {
   const device = await choice("device", "Device");
   const budgetKind = choiceInput("budget_kind", Object.keys(BUDGETS), "seconds");
   const budget = el("input", { type: "number", name: "budget", id: "field-budget", min: 0, step: "any", value: 120 });
+  const labels = labelFields(schema);
   const submit = el("button", { type: "submit", class: "primary" }, "Start run");
   const n = (name, options) => numberInput(schema, name, options);
   const form = el(
@@ -435,6 +576,7 @@ async function newRunPage(scope) {
         el("div", { class: "row" },
           field("Device", device, "cuda waits for a GPU worker"),
           field("Key/value heads", n("n_kv_head", { placeholder: "= heads (llama, qwen3)" }))))),
+    labels.node,
     error,
     el("div", { class: "form-actions" }, submit)
   );
@@ -446,7 +588,15 @@ async function newRunPage(scope) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.show(null);
+    let named;
+    try {
+      named = labels.values();
+    } catch (e) {
+      error.show(e);
+      return;
+    }
     const body = {
+      ...named,
       model_family: family.value,
       optimizer: optimizer.value,
       precision: precision.value,
@@ -623,6 +773,9 @@ async function runPage(scope, runId) {
     );
     const r = run.request || {};
     fill(details, facts([
+      ["Name", run.name || "—"],
+      ["Tags", run.tags && run.tags.length ? el("span", { class: "labels" }, tagChips(run.tags)) : "—"],
+      ["Metadata", metadataView(run.metadata)],
       ["Model", modelName(r)],
       ["Budget", budgetOf(r)],
       ["Batch × context", `${r.batch_size ?? "—"} × ${r.max_seq_len ?? "—"}`],
@@ -774,11 +927,138 @@ function generateCard(base, scope) {
   };
 }
 
+// ---- compare runs --------------------------------------------------------------------
+
+function swatch(i) {
+  return el("span", { class: "swatch", style: `background: ${runColor(i)}` });
+}
+
+// A run's name (or id) with its color on the chart, linking to its page.
+function runTitle(run, i) {
+  return el("a", { href: `#/runs/${run.run_id}`, title: run.run_id }, swatch(i), run.label);
+}
+
+function settingValue(value) {
+  if (value === null || value === undefined) return "—";
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+function finalRow(run, i) {
+  const f = run.final;
+  return el(
+    "tr",
+    { "data-run": run.run_id },
+    el("td", {}, runTitle(run, i)),
+    el("td", {}, statusChip(run.status)),
+    el("td", { class: "num" }, number(f.steps)),
+    el("td", { class: "num" }, number(f.val_loss)),
+    el("td", { class: "num" }, number(f.bits_per_char)),
+    el("td", { class: "num" }, number(f.perplexity, 2)),
+    el("td", { class: "num" }, number(f.tokens_per_sec, 0)),
+    el("td", { class: "num" }, number(f.train_seconds, 1))
+  );
+}
+
+// The settings whose values are not the same in every run: one row a setting, one column a run.
+function differingTable(node, runs, differing) {
+  const head = el("tr", {}, el("th", {}, "Setting"), runs.map((run, i) => el("th", {}, runTitle(run, i))));
+  const rows = differing.map((d) => el(
+    "tr",
+    { "data-field": d.field },
+    el("td", { class: "mono" }, d.field),
+    runs.map((run) => el("td", {}, settingValue(d.values[run.run_id])))
+  ));
+  fill(node, el("thead", {}, head),
+    el("tbody", {}, rows.length ? rows : emptyRow(runs.length + 1, "Every setting is the same.")));
+}
+
+function sampleView(run, i) {
+  const s = run.sample;
+  return el("div", { class: "compare-sample", "data-run": run.run_id },
+    el("h3", {}, runTitle(run, i)),
+    s && typeof s.text === "string"
+      ? el("pre", { class: "sample" }, el("b", {}, s.prompt), s.text)
+      : el("p", { class: "muted" }, (s && s.note) || "No sample."));
+}
+
+async function comparePage(scope, ids) {
+  const base = `/runs/compare?${ids.split(",").map((id) => `run_id=${id}`).join("&")}`;
+  const error = errorBox();
+  const axis = el("select", { id: "compare-axis", name: "axis" },
+    Object.entries(AXES).map(([value, text]) => el("option", { value }, text)));
+  const canvas = el("canvas", { id: "compare-chart", class: "chart" });
+  const chart = new MultiLossChart(canvas);
+  scope.onClose(() => chart.dispose());
+  const final = table(["Run", "Status", "Steps", "Val loss", "Bits/char", "Perplexity", "Tokens/s", "Seconds"], "compare-final");
+  const differing = el("table", { class: "table", id: "compare-differing" });
+  const prompt = el("input", { type: "text", name: "prompt", id: "compare-prompt", placeholder: "The start of the text (may be empty)" });
+  const sample = el("button", { type: "submit", class: "primary", id: "compare-sample" }, "Sample each run");
+  const samples = el("div", { id: "compare-samples" });
+  const sampleError = errorBox();
+  const sampleForm = el("form", { class: "form", id: "compare-sample-form" },
+    field("Prompt", prompt, "one sample of each completed run's model, seed 0: the same runs give the same text"),
+    sampleError,
+    el("div", { class: "form-actions" }, sample),
+    samples);
+  axis.addEventListener("change", () => chart.setAxis(axis.value));
+
+  view.append(
+    pageHead(`Compare ${ids.split(",").length} runs`,
+      el("label", { class: "inline" }, "Against ", axis), el("a", { class: "button", href: "#/runs" }, "All runs")),
+    error,
+    el("div", { class: "grid" },
+      el("section", { class: "card wide" }, el("h2", {}, "Loss"), canvas),
+      el("section", { class: "card wide" }, el("h2", {}, "Final figures"), final.node),
+      el("section", { class: "card wide" }, el("h2", {}, "Settings that differ"), differing),
+      el("section", { class: "card wide" }, el("h2", {}, "Samples"), sampleForm))
+  );
+
+  function show(data) {
+    const runs = data.runs.map((run) => ({ ...run, label: run.name || run.run_id }));
+    chart.show(runs);
+    fill(final.body, runs.map(finalRow));
+    differingTable(differing, runs, data.differing);
+    return runs;
+  }
+
+  // A sample costs a generation per run: asked for by the button only, never by the polling.
+  sampleForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    sampleError.show(null);
+    sample.disabled = true;
+    sample.textContent = "Sampling…";
+    try {
+      const data = await api.get(`${base}&prompt=${encodeURIComponent(prompt.value)}`, { signal: scope.signal });
+      fill(samples, show(data).map(sampleView));
+    } catch (e) {
+      if (e.name !== "AbortError") sampleError.show(e);
+    }
+    sample.disabled = false;
+    sample.textContent = "Sample each run";
+  });
+
+  // The curves grow while a run trains; once every run has ended the page stays as it is.
+  scope.every(LIST_POLL_MS, async () => {
+    try {
+      const data = await api.get(base, { signal: scope.signal });
+      error.show(null);
+      show(data);
+      return data.runs.some((run) => !TERMINAL.has(run.status));
+    } catch (e) {
+      if (e.name === "AbortError") return false;
+      error.show(e);
+      // An unknown run or a refused list stays so: asking again would not help.
+      return e.status !== 404 && e.status !== 422;
+    }
+  });
+}
+
 // ---- routing -------------------------------------------------------------------------
 
 const ROUTES = [
   [/^#\/runs\/(run-[0-9a-f]+)$/, runPage, "runs"],
   [/^#\/runs$/, runsPage, "runs"],
+  [/^#\/compare\/(run-[0-9a-f]+(?:,run-[0-9a-f]+)+)$/, comparePage, "runs"],
   [/^#\/tokenizers$/, tokenizersPage, "tokenizers"],
   [/^#\/new-tokenizer$/, newTokenizerPage, "new-tokenizer"],
   [/^#\/new-run$/, newRunPage, "new-run"],

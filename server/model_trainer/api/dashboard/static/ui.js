@@ -84,6 +84,11 @@ export function progressBar(percent) {
   );
 }
 
+// A job's tags as small chips (lists, run page, compare page).
+export function tagChips(tags) {
+  return (tags || []).map((tag) => el("span", { class: "tag" }, tag));
+}
+
 // Key/value rows: [["Step", "12 / 30"], ...].
 export function facts(rows) {
   return el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -122,6 +127,16 @@ export class Scope {
       if (again && this.alive) this.timers.push(setTimeout(tick, ms));
     };
     tick();
+  }
+
+  // A function that calls `task` once, `ms` after its last call: a filter being typed in
+  // asks the API when the typing pauses, not at every key.
+  debounce(ms, task) {
+    let timer = null;
+    return () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.alive && task(), ms);
+    };
   }
 
   onClose(cleanup) {
