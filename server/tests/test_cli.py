@@ -525,6 +525,42 @@ def test_compare_prints_figures_differences_and_samples(
     assert isinstance(curve, list) and len(curve) >= 3
 
 
+def test_a_sweep_from_a_file_waits_and_shows_its_leaderboard(
+    api: Api, stack: Stack, corpus_id: str, tokenizer_id: str, tmp_path: Path
+) -> None:
+    base = {
+        "corpus_file_id": corpus_id,
+        "tokenizer_id": tokenizer_id,
+        "n_layer": 1,
+        "n_embd": 32,
+        "max_seq_len": 16,
+        "batch_size": 4,
+        "max_steps": 20,
+        "eval_interval": 10,
+    }
+    sweep = {
+        "name": "cli sweep",
+        "tags": ["cli-sweep"],
+        "base": base,
+        "space": {"parameters": {"learning_rate": {"values": [0.003, 0.01]}}},
+    }
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    result = cli(api, stack, "sweep", "create", str(path), "--wait")
+    out = ok(result)
+    assert "completed: best run run-" in out
+    assert "learning_rate=0.003" in out and "learning_rate=0.01" in out
+    listed = as_json(cli(api, stack, "--json", "sweep", "list", "--tag", "cli-sweep"))["items"]
+    assert isinstance(listed, list) and len(listed) == 1
+    shown = json_dict(listed[0])
+    assert shown["status"] == "completed" and shown["name"] == "cli sweep"
+    again = cli(api, stack, "sweep", "cancel", str(shown["sweep_id"]))
+    assert again.exit_code == 4 and "HTTP 409" in again.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert cli(api, stack, "sweep", "create", str(bad)).exit_code == 2
+
+
 def test_cancel_no_wait_says_it_is_cancelling(api: Api, stack: Stack, long_run: str) -> None:
     run_id = long_run
     out = ok(cli(api, stack, "run", "cancel", run_id, "--no-wait"))

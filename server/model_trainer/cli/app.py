@@ -32,6 +32,9 @@ from model_trainer.api.schemas import (
     RunComparison,
     RunInfo,
     RunList,
+    SweepAccepted,
+    SweepInfo,
+    SweepList,
     TokenizerAccepted,
     TokenizerInfo,
     TokenizerList,
@@ -48,6 +51,8 @@ from model_trainer.cli.render import (
     run_details,
     run_table,
     steps,
+    sweep_leaderboard,
+    sweep_table,
     tokenizer_details,
     tokenizer_table,
 )
@@ -80,6 +85,10 @@ run_app = typer.Typer(help="Train, follow, evaluate and download models.", no_ar
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(run_app, name="run")
+sweep_app = typer.Typer(
+    help="Sweeps: many runs over a search space, the worse stopped early.", no_args_is_help=True
+)
+app.add_typer(sweep_app, name="sweep")
 
 # How often --wait and --follow ask the API (seconds).
 POLL_INTERVAL_SEC = 1.0
@@ -994,3 +1003,92 @@ def _fetch_and_extract(o: Options, file_id: str, out: Path) -> Path:
 def main() -> None:
     """The `modeltrainer` console script."""
     app(prog_name="modeltrainer")
+
+
+# -- sweep --------------------------------------------------------------------------------
+
+
+@sweep_app.command("create")
+@handled
+def sweep_create(
+    file: Annotated[
+        Path,
+        typer.Argument(help="the sweep as JSON (the body of POST /sweeps); - reads stdin"),
+    ],
+    wait: Annotated[bool, typer.Option("--wait", help="wait until it ends, then show it")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a sweep from a JSON file: {base: <run request>, space: {parameters: ...},
+    max_concurrent, early_stopping}; prints its id (every trial is checked first)."""
+    o = _options(as_json)
+    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{file}: not JSON ({exc})", ExitCode.USAGE) from exc
+    if not isinstance(body, dict):
+        raise CliError(f"{file}: a sweep is a JSON object", ExitCode.USAGE)
+    api = o.api()
+    accepted = api.post(SweepAccepted, "/sweeps", body)
+    if not wait:
+        if o.output.as_json:
+            o.output.model(accepted)
+        else:
+            o.output.line(accepted.sweep_id)
+        return
+    o.output.note(f"sweep {accepted.sweep_id}: {accepted.trials} trials queued")
+    while True:
+        info = api.get(SweepInfo, f"/sweeps/{accepted.sweep_id}")
+        if info.status.terminal:
+            break
+        time.sleep(o.poll_interval)
+    _show_sweep(o, info)
+    if info.status is not Status.COMPLETED:
+        raise typer.Exit(int(ExitCode.FAILURE))
+
+
+@sweep_app.command("show")
+@handled
+def sweep_show(sweep_id: Annotated[str, typer.Argument()], as_json: JsonOption = False) -> None:
+    """A sweep: status, its trials best first (stopped ones marked) and its best run."""
+    o = _options(as_json)
+    _show_sweep(o, o.api().get(SweepInfo, f"/sweeps/{sweep_id}"))
+
+
+def _show_sweep(o: Options, info: SweepInfo) -> None:
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(f"{info.sweep_id} {info.status.value}: {info.message or '-'}")
+        o.output.out.print(sweep_leaderboard(info))
+
+
+@sweep_app.command("list")
+@handled
+def sweep_list(
+    status: Annotated[Status | None, typer.Option("--status")] = None,
+    tag: TagFilterOption = None,
+    name: NameFilterOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Sweeps, newest first."""
+    o = _options(as_json)
+    page = o.api().get(SweepList, "/sweeps", _list_params(limit, offset, status, tag, name))
+    if o.output.as_json:
+        o.output.model(page)
+    else:
+        o.output.out.print(sweep_table(page.items))
+
+
+@sweep_app.command("cancel")
+@handled
+def sweep_cancel(sweep_id: Annotated[str, typer.Argument()], as_json: JsonOption = False) -> None:
+    """Cancel a sweep and its trials (exit 4 when it had already ended)."""
+    o = _options(as_json)
+    info = o.api().post(SweepInfo, f"/sweeps/{sweep_id}/cancel", {})
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(f"{info.sweep_id} {info.status.value}: {info.message or '-'}")

@@ -12,7 +12,14 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-from model_trainer.api.schemas import CorpusInfo, EvalInfo, RunComparison, RunInfo, TokenizerInfo
+from model_trainer.api.schemas import (
+    CorpusInfo,
+    EvalInfo,
+    RunComparison,
+    RunInfo,
+    SweepInfo,
+    TokenizerInfo,
+)
 from model_trainer.cli.client import dumps
 
 PIPE_WIDTH = 4096
@@ -338,3 +345,51 @@ def comparison_tables(comparison: RunComparison) -> list[Table]:
                 _row(samples, r.run_id, text)
         tables.append(samples)
     return tables
+
+
+def sweep_table(items: list[SweepInfo]) -> Table:
+    table = Table()
+    id_column(table, "sweep_id", [s.sweep_id for s in items])
+    for header in ("name", "status", "trials", "stopped", "best run", "created"):
+        table.add_column(header)
+    for s in items:
+        p = s.progress
+        _row(
+            table,
+            s.sweep_id,
+            _labelled(s.name, s.tags),
+            s.status.value,
+            f"{p.finished}/{len(p.trials)}",
+            str(p.stopped),
+            s.best_run_id or "-",
+            when(s.created_at),
+        )
+    return table
+
+
+def sweep_leaderboard(info: SweepInfo) -> Table:
+    """The trials best first; a trial stopped by successive halving says at which rung."""
+    trials = {t.run_id: t for t in info.progress.trials}
+    ordered = [trials[r] for r in info.leaderboard if r in trials]
+    ordered += [t for t in info.progress.trials if t.run_id not in info.leaderboard]
+    table = Table(title=f"{info.resource} budget {info.budget:g}; rungs {info.rungs or '-'}")
+    table.add_column("#")
+    id_column(table, "run_id", [t.run_id for t in ordered])
+    for header in ("settings", "status", "bits/char", "val loss", "steps", "seconds"):
+        table.add_column(header)
+    for t in ordered:
+        status = (
+            f"stopped at rung {t.stopped_at_rung}" if t.stopped_at_rung is not None else t.status
+        )
+        _row(
+            table,
+            str(t.index),
+            t.run_id,
+            ", ".join(f"{k}={v}" for k, v in t.params.items()),
+            status,
+            number(t.bits_per_char),
+            number(t.val_loss),
+            str(t.steps),
+            number(t.train_seconds, 1),
+        )
+    return table

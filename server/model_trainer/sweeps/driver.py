@@ -139,7 +139,7 @@ class SweepDriver:
             run = runs[state.index]
             if state.stopped_at_rung is not None and run is not None and not run.status.terminal:
                 self._cancel_trial(state.run_id, _stop_reason(plan, state))
-        self._start_trials(plan, runs, lease)
+        held_back = self._start_trials(plan, runs, lease)
         runs = ctx.runs.records([t.run_id for t in plan.trials])
         self._summarise(plan, progress, runs)
         ended = all(r is not None and r.status.terminal for r in runs)
@@ -149,7 +149,7 @@ class SweepDriver:
                 sweep_id,
                 Status.RUNNING,
                 f"{progress.finished} of {len(plan.trials)} trials ended ({progress.stopped} "
-                f"stopped early), {active} active",
+                f"stopped early), {active} active" + (f"; {held_back}" if held_back else ""),
                 also=store.progress_commands(sweep_id, progress),
             )
             return
@@ -224,7 +224,8 @@ class SweepDriver:
     # --- trials -----------------------------------------------------------------------
     def _start_trials(
         self, plan: SweepPlan, runs: list[Record[RunProgress] | None], lease: Lease
-    ) -> None:
+    ) -> str | None:
+        """Start trials up to `max_concurrent` active; why one that could start did not."""
         ctx = self._ctx
         active = sum(1 for r in runs if r is not None and r.status in ACTIVE)
         for trial, run in zip(plan.trials, runs, strict=True):
@@ -235,12 +236,15 @@ class SweepDriver:
                 ):
                     ctx.queue.submit(JobKind.RUN, trial.run_id, trial.job)  # created, not queued
                 continue
-            if active >= plan.max_concurrent or not self._quota_allows(plan.owner):
-                return
+            if active >= plan.max_concurrent:
+                return None
+            if not self._quota_allows(plan.owner):
+                return f"waiting for room in {plan.owner}'s quotas (quotas.active_runs)"
             if not lease.renew():  # the last moment to find another driver took over
-                return
+                return None
             self._create(plan, trial)
             active += 1
+        return None
 
     def _create(self, plan: SweepPlan, trial: Trial) -> None:
         ctx = self._ctx
