@@ -17,7 +17,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' server/constraints.txt)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-grid bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-grid bench-sweep bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -131,6 +131,12 @@ bench-databank: setup
 # API read latency at 200 requests/s, open loop, with the worker idle and while a run trains.
 bench-api: setup
 	$(PY) scripts/bench_api.py
+
+# A learning rate x batch size sweep on tinyshakespeare, the full grid and with successive
+# halving, through the local stack (started and stopped when none runs): figures in
+# docs/benchmarks.md.
+bench-sweep: setup
+	$(PY) scripts/bench_sweep.py
 
 # schemathesis against a live local stack, >= 1,000 generated requests (installed on demand:
 # a tool for this target, not a dependency of the service or its tests).

@@ -216,9 +216,6 @@ class WebhookSender:
         return endpoint.secret if endpoint else None
 
 
-PATHS = {JobKind.RUN: "runs", JobKind.TOKENIZER: "tokenizers", JobKind.EVAL: "evaluations"}
-
-
 def _payload(kind: JobKind, record: AnyRecord, now: float) -> tuple[str, str]:
     """The message, in Standard Webhooks' shape: `type`, `timestamp`, `data`."""
     event_type = f"{kind.value}.{record.status.value}"
