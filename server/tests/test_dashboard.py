@@ -4,8 +4,10 @@ real stack: a Hypercorn API process with an API key, a worker and Data Bank.
 The main test clicks through what a user does: enter the key, upload a corpus, train a tiny
 tokenizer, start a tiny run (both named and tagged), watch the loss chart draw while it
 trains, read the evaluation and the artifact pointer, and generate text. Another finds a
-sweep of runs by its tag and compares them. Every request the page makes must go to the API
-itself (nothing from a CDN). A missing chromium fails these tests; it does not skip them.
+sweep of runs by its tag and compares them; another makes a sweep with the New sweep form,
+reads its leaderboard and chart once successive halving stopped its worse trials, and
+cancels a second one. Every request the page makes must go to the API itself (nothing from
+a CDN). A missing chromium fails these tests; it does not skip them.
 """
 
 from __future__ import annotations
@@ -371,6 +373,179 @@ def test_find_a_sweep_by_tag_and_compare_its_runs(
     for i in range(3):
         text = samples.nth(i).inner_text()
         assert text.startswith("Ka") and len(text) > len("Ka"), text
+    assert requests.elsewhere(api.url) == []
+
+
+def _sweep_ended(client: httpx.Client, sweep_id: str) -> dict[str, object]:
+    """The sweep once it has ended (fails when its trials stop making progress first: their
+    statuses and steps, not the driver's timestamp that every pass renews)."""
+
+    def state() -> dict[str, object]:
+        sweep = json_dict(client.get(f"/sweeps/{sweep_id}").json())
+        trials = json_dict(sweep["progress"])["trials"]
+        assert isinstance(trials, list), sweep
+        moving = [(json_dict(t)["status"], json_dict(t)["steps"]) for t in trials]
+        return {"status": sweep["status"], "trials": moving}
+
+    return poll(
+        state,
+        lambda s: s["status"] in ("completed", "failed", "cancelled"),
+        JOB_TIMEOUT_MS / 1000,
+    )
+
+
+def test_a_sweep_from_the_form_its_leaderboard_and_cancel(
+    api: Api, stack: Stack, browser: BrowserContext
+) -> None:
+    """A grid sweep over three learning rates made with the New sweep form, one trial at a
+    time with successive halving: the good rate runs first, so the two too small to learn
+    anything are stopped at the first rung. Its page shows the leaderboard (the stopped
+    trials marked, with their rung), every trial's curve, and the sweeps list finds it by
+    its tag. A second, long sweep is cancelled from its page."""
+    tag = f"swp-{uuid.uuid4().hex[:8]}"
+    headers = {"X-API-Key": API_KEY}
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        corpus, tokenizer = _tokenizer(client, stack)
+    page = browser.new_page()
+    requests = RequestLog(page)
+    page.goto(f"{api.url}/dashboard/#/sweeps")
+    _enter_key(page, API_KEY)
+    page.click("#new-sweep")
+    expect(page).to_have_url(re.compile(r"#/new-sweep$"))
+
+    # The base of every trial, as the new-run form takes it.
+    # (Its corpus is picked with it.)
+    page.select_option("#tokenizer-select", tokenizer)
+    page.select_option("#field-model_family", "gpt2")
+    page.select_option("#field-optimizer", "adamw")
+    for name, value in [
+        ("n_layer", "1"),
+        ("n_embd", "32"),
+        ("max_seq_len", "32"),
+        ("batch_size", "8"),
+        ("budget", "5000"),
+    ]:
+        page.fill(f"#field-{name}", value)
+    page.select_option("#field-budget_kind", "steps")
+    page.click("#more-settings summary")
+    page.fill("#field-eval_interval", "30")
+
+    # The search space: learning rates (one good, two too small to learn), and head counts
+    # of which one does not divide the width: the API refuses the sweep, naming the trial.
+    rows = page.locator("#sweep-space tbody tr")
+    expect(rows).to_have_count(1)
+    rows.first.locator(".sweep-param-name").select_option("learning_rate")
+    rows.first.locator(".sweep-param-values").fill("1e-2, 1e-7, 1e-7")
+    expect(page.locator("#sweep-count")).to_have_text("3 trials")
+    page.click("#sweep-param-add")
+    expect(rows).to_have_count(2)
+    rows.nth(1).locator(".sweep-param-name").select_option("n_head")
+    rows.nth(1).locator(".sweep-param-values").fill("4, 5")
+    expect(page.locator("#sweep-count")).to_have_text("6 trials (3 \N{MULTIPLICATION SIGN} 2)")
+    page.select_option("#field-method", "grid")
+    page.fill("#field-max_concurrent", "1")
+    page.check("#field-early_stopping")
+    page.fill("#field-grace", "60")
+    page.fill("#field-reduction_factor", "2")
+    page.fill("#field-name", "Rates")
+    page.fill("#field-tags", tag)
+    page.click("#sweep-submit")
+    refused = page.locator("#sweep-form > .error")
+    expect(refused).to_contain_text("trial 1 (learning_rate=0.01, n_head=5) is not a valid run")
+    expect(refused).to_contain_text("n_embd (32) must be divisible by n_head (5)")
+    expect(page).to_have_url(re.compile(r"#/new-sweep$"))
+    rows.nth(1).locator(".sweep-param-remove").click()
+    expect(rows).to_have_count(1)
+    expect(page.locator("#sweep-count")).to_have_text("3 trials")
+    page.click("#sweep-submit")
+    expect(page).to_have_url(re.compile(r"#/sweeps/swp-[0-9a-f]{16}$"))
+    sweep_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#sweep-title")).to_have_text("Rates")
+    expect(page.locator("#sweep-facts")).to_contain_text("5,000 steps a trial")
+    expect(page.locator("#sweep-facts")).to_contain_text("60 steps, 120 steps")
+
+    # It runs while the page watches; then the page shows how it ended.
+    expect(page.locator("#sweep-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        ended = _sweep_ended(client, sweep_id)
+    assert ended["status"] == "completed", ended
+    expect(page.locator("#sweep-status")).to_have_text("completed", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#cancel-sweep")).to_be_hidden()
+    board = page.locator("#sweep-leaderboard tbody tr")
+    expect(board).to_have_count(3)
+    best = board.first
+    expect(best).to_have_attribute("data-trial", "0")
+    expect(best).to_contain_text("learning_rate=0.01")
+    expect(best.locator(".chip").first).to_have_text("completed")
+    expect(best).not_to_have_class("stopped")
+    for i in (1, 2):
+        row = board.nth(i)
+        expect(row).to_contain_text("learning_rate=1e-7")
+        expect(row).to_have_class("stopped")
+        stopped = row.locator(".chip-stopped")
+        expect(stopped).to_have_text("stopped at rung 0")
+        # Its validation loss at the rung against the cutoff it had to beat.
+        expect(stopped).to_have_attribute(
+            "title", re.compile(r"^validation loss [0-9.]+ at 60 steps > cutoff [0-9.]+$")
+        )
+    runs = [board.nth(i).get_attribute("data-run") or "" for i in range(3)]
+    order = sorted(range(3), key=lambda i: int(board.nth(i).get_attribute("data-trial") or 0))
+    # Every trial's curves, the stopped ones faded; the same runs on the compare page.
+    chart = page.locator("#sweep-chart")
+    expect(chart).to_have_attribute("data-series", "3")
+    expect(chart).to_have_attribute("data-faded", "2")
+    assert int(chart.get_attribute("data-points") or 0) > 0
+    expect(chart).to_have_attribute("aria-label", re.compile(r"Loss of #0, #1, #2 against step"))
+    page.select_option("#sweep-axis", "seconds")
+    expect(chart).to_have_attribute("aria-label", re.compile("seconds"))
+    expect(chart).to_have_attribute("data-series", "3")
+    expect(page.locator("#sweep-compare")).to_have_attribute(
+        "href", "#/compare/" + ",".join(runs[i] for i in order)
+    )
+
+    # The list finds it by its tag, with its best run.
+    page.click("nav >> text=Sweeps")
+    page.fill("#sweeps-filter-tag", tag)
+    listed = page.locator("#sweeps-table tbody tr[data-sweep]")
+    expect(listed).to_have_count(1)
+    expect(listed).to_have_attribute("data-sweep", sweep_id)
+    expect(listed).to_contain_text("Rates")
+    expect(listed.locator(".chip")).to_have_text("completed")
+    expect(listed).to_contain_text("3 / 3")
+    expect(listed.locator(".best-run a")).to_have_text(runs[0])
+
+    # A long sweep, cancelled from its page: click twice.
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        answer = client.post(
+            "/sweeps",
+            json={
+                "name": "Too long",
+                "base": {
+                    "corpus_file_id": corpus,
+                    "tokenizer_id": tokenizer,
+                    "model_family": "gpt2",
+                    "optimizer": "adamw",
+                    "n_layer": 1,
+                    "n_embd": 32,
+                    "max_seq_len": 32,
+                    "batch_size": 8,
+                    "max_steps": 100_000,
+                    # The worker would compile a run this long; cancelled, it never pays off.
+                    "compile": "off",
+                },
+                "space": {"parameters": {"learning_rate": {"values": [1e-3, 3e-3]}}},
+                "max_concurrent": 1,
+            },
+        )
+        assert answer.status_code == 202, answer.text
+        long_id = str(json_dict(answer.json())["sweep_id"])
+    page.goto(f"{api.url}/dashboard/#/sweeps/{long_id}")
+    expect(page.locator("#sweep-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    page.click("#cancel-sweep")
+    expect(page.locator("#cancel-sweep")).to_have_text("Click again to cancel")
+    page.click("#cancel-sweep")
+    expect(page.locator("#sweep-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#cancel-sweep")).to_be_hidden()
     assert requests.elsewhere(api.url) == []
 
 

@@ -87,13 +87,15 @@ function property(schema, name) {
   return { ...inner, default: prop.default, description: prop.description || inner.description };
 }
 
-function numberInput(schema, name, { value, placeholder, step } = {}) {
+// `as`: the input's name (and id) when the form has another field of the property's name
+// (a sweep's own seed beside its base's).
+function numberInput(schema, name, { value, placeholder, step, as } = {}) {
   const prop = property(schema, name);
   const start = value !== undefined ? value : prop.default;
   return el("input", {
     type: "number",
-    name,
-    id: `field-${name}`,
+    name: as || name,
+    id: `field-${as || name}`,
     min: prop.minimum ?? (prop.exclusiveMinimum !== undefined ? prop.exclusiveMinimum : undefined),
     max: prop.maximum,
     step: step || (prop.type === "integer" ? 1 : "any"),
@@ -144,6 +146,24 @@ function table(headers, id) {
 
 function emptyRow(columns, text) {
   return el("tr", { class: "empty" }, el("td", { colspan: columns }, text));
+}
+
+// A button that acts on a second click within 4 s: the first only asks for it (a cancel
+// cannot be undone). `act` runs with the button disabled.
+function confirmTwice(button, ask, act) {
+  const text = button.textContent;
+  let confirmUntil = 0;
+  button.addEventListener("click", async () => {
+    if (Date.now() > confirmUntil) {
+      confirmUntil = Date.now() + 4000;
+      button.textContent = ask;
+      setTimeout(() => { if (Date.now() >= confirmUntil) button.textContent = text; }, 4100);
+      return;
+    }
+    button.disabled = true;
+    await act();
+    button.disabled = false;
+  });
 }
 
 function modelName(request) {
@@ -519,13 +539,21 @@ async function newTokenizerPage(scope) {
   await picker.reload().catch((e) => error.show(e));
 }
 
-// ---- new run -------------------------------------------------------------------------
+// ---- a run's settings: the new-run form's, and the base of a sweep's trials ----------
 
 const BUDGETS = { seconds: "max_train_seconds", steps: "max_steps", epochs: "num_epochs" };
+// The numbers of a TrainRequest these settings hold (sent when not blank).
+const RUN_NUMBERS = [
+  "n_layer", "n_head", "n_embd", "learning_rate", "batch_size", "max_seq_len", "warmup_steps",
+  "eval_interval", "checkpoint_interval", "weight_decay", "dropout", "early_stopping_patience", "seed",
+  "n_kv_head",
+];
 
-async function newRunPage(scope) {
+// The Data, Model and Training fieldsets of a TrainRequest (labels apart). `budgets`: the
+// budget kinds offered, the first one picked (a sweep compares its trials at fixed steps
+// or seconds, so it offers no epochs).
+async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: start = 120 } = {}) {
   const schema = await schemaOf("TrainRequest");
-  const error = errorBox();
   const picker = corpusPicker(scope);
   const tokenizer = el("select", { name: "tokenizer_id", id: "tokenizer-select" });
   const size = choiceInput("model_size", (await schemaOf("ModelSize")).enum, property(schema, "model_size").default);
@@ -534,14 +562,11 @@ async function newRunPage(scope) {
   const optimizer = await choice("optimizer", "Optimizer");
   const precision = await choice("precision", "Precision");
   const device = await choice("device", "Device");
-  const budgetKind = choiceInput("budget_kind", Object.keys(BUDGETS), "seconds");
-  const budget = el("input", { type: "number", name: "budget", id: "field-budget", min: 0, step: "any", value: 120 });
-  const labels = labelFields(schema);
-  const submit = el("button", { type: "submit", class: "primary" }, "Start run");
+  const schedule = await choice("lr_schedule", "LrSchedule");
+  const budgetKind = choiceInput("budget_kind", budgets, budgets[0]);
+  const budget = el("input", { type: "number", name: "budget", id: "field-budget", min: 0, step: "any", value: start });
   const n = (name, options) => numberInput(schema, name, options);
-  const form = el(
-    "form",
-    { class: "form", id: "run-form" },
+  const nodes = [
     el("fieldset", {}, el("legend", {}, "Data"),
       field("Tokenizer", tokenizer, "completed tokenizers; its corpus is picked below"),
       picker.node),
@@ -567,7 +592,7 @@ async function newRunPage(scope) {
           field("Warmup steps", n("warmup_steps")),
           field("Validate every (steps)", n("eval_interval")),
           field("Checkpoint every (steps)", n("checkpoint_interval")),
-          field("Schedule", choiceInput("lr_schedule", (await schemaOf("LrSchedule")).enum, property(schema, "lr_schedule").default))),
+          field("Schedule", schedule)),
         el("div", { class: "row" },
           field("Weight decay", n("weight_decay")),
           field("Dropout", n("dropout", { step: 0.05 })),
@@ -576,15 +601,57 @@ async function newRunPage(scope) {
         el("div", { class: "row" },
           field("Device", device, "cuda waits for a GPU worker"),
           field("Key/value heads", n("n_kv_head", { placeholder: "= heads (llama, qwen3)" }))))),
-    labels.node,
-    error,
-    el("div", { class: "form-actions" }, submit)
-  );
+  ];
   let tokenizers = [];
   tokenizer.addEventListener("change", () => {
     const chosen = tokenizers.find((t) => t.tokenizer_id === tokenizer.value);
     if (chosen && chosen.request) picker.choose(chosen.request.corpus_file_id);
   });
+  return {
+    schema,
+    nodes,
+    // The request's settings as `form` holds them.
+    body(form) {
+      const body = {
+        model_family: family.value,
+        optimizer: optimizer.value,
+        precision: precision.value,
+        device: device.value,
+        model_size: size.value,
+        lr_schedule: schedule.value,
+        tokenizer_id: tokenizer.value,
+        corpus_file_id: picker.value(),
+        ...numbersOf(form, RUN_NUMBERS),
+        // Muon's rate means nothing to AdamW (the server refuses it there).
+        ...(optimizer.value === "muon" ? numbersOf(form, ["muon_learning_rate"]) : {}),
+      };
+      if (budget.value !== "") body[BUDGETS[budgetKind.value]] = Number(budget.value);
+      return body;
+    },
+    // The completed tokenizers and the corpora to pick from.
+    async load() {
+      const [toks] = await Promise.all([api.get("/tokenizers?limit=200", { signal: scope.signal }), picker.reload()]);
+      tokenizers = toks.items.filter((t) => t.status === "completed");
+      fill(tokenizer,
+        ...(tokenizers.length
+          ? tokenizers.map((t) => el("option", { value: t.tokenizer_id },
+              `${t.tokenizer_id} · ${t.request.method} · ${number(t.request.vocab_size)} tokens`))
+          : [el("option", { value: "" }, "No completed tokenizer: train one first")])
+      );
+      tokenizer.dispatchEvent(new Event("change"));
+    },
+  };
+}
+
+// ---- new run -------------------------------------------------------------------------
+
+async function newRunPage(scope) {
+  const settings = await runSettings(scope);
+  const error = errorBox();
+  const labels = labelFields(settings.schema);
+  const submit = el("button", { type: "submit", class: "primary" }, "Start run");
+  const form = el("form", { class: "form", id: "run-form" },
+    settings.nodes, labels.node, error, el("div", { class: "form-actions" }, submit));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.show(null);
@@ -595,28 +662,9 @@ async function newRunPage(scope) {
       error.show(e);
       return;
     }
-    const body = {
-      ...named,
-      model_family: family.value,
-      optimizer: optimizer.value,
-      precision: precision.value,
-      device: device.value,
-      model_size: size.value,
-      lr_schedule: form.elements.lr_schedule.value,
-      tokenizer_id: tokenizer.value,
-      corpus_file_id: picker.value(),
-      ...numbersOf(form, [
-        "n_layer", "n_head", "n_embd", "learning_rate", "batch_size", "max_seq_len", "warmup_steps",
-        "eval_interval", "checkpoint_interval", "weight_decay", "dropout", "early_stopping_patience", "seed",
-        "n_kv_head",
-      ]),
-      // Muon's rate means nothing to AdamW (the server refuses it there).
-      ...(optimizer.value === "muon" ? numbersOf(form, ["muon_learning_rate"]) : {}),
-    };
-    if (budget.value !== "") body[BUDGETS[budgetKind.value]] = Number(budget.value);
     submit.disabled = true;
     try {
-      const accepted = await api.post("/runs/train", body);
+      const accepted = await api.post("/runs/train", { ...named, ...settings.body(form) });
       location.hash = `#/runs/${accepted.run_id}`;
     } catch (e) {
       error.show(e);
@@ -624,19 +672,7 @@ async function newRunPage(scope) {
     }
   });
   view.append(pageHead("New run"), card(null, form));
-  try {
-    const [toks] = await Promise.all([api.get("/tokenizers?limit=200", { signal: scope.signal }), picker.reload()]);
-    tokenizers = toks.items.filter((t) => t.status === "completed");
-    fill(tokenizer,
-      ...(tokenizers.length
-        ? tokenizers.map((t) => el("option", { value: t.tokenizer_id },
-            `${t.tokenizer_id} · ${t.request.method} · ${number(t.request.vocab_size)} tokens`))
-        : [el("option", { value: "" }, "No completed tokenizer: train one first")])
-    );
-    tokenizer.dispatchEvent(new Event("change"));
-  } catch (e) {
-    if (e.name !== "AbortError") error.show(e);
-  }
+  await settings.load().catch((e) => e.name !== "AbortError" && error.show(e));
 }
 
 // ---- one run -------------------------------------------------------------------------
@@ -704,22 +740,13 @@ async function runPage(scope, runId) {
 
   let lastStep = -1;
   let run = null;
-  let confirmUntil = 0;
 
-  cancel.addEventListener("click", async () => {
-    if (Date.now() > confirmUntil) {
-      confirmUntil = Date.now() + 4000;
-      cancel.textContent = "Click again to cancel";
-      setTimeout(() => { if (Date.now() >= confirmUntil) cancel.textContent = "Cancel run"; }, 4100);
-      return;
-    }
-    cancel.disabled = true;
+  confirmTwice(cancel, "Click again to cancel", async () => {
     try {
       await api.post(`${base}/cancel`, {});
     } catch (e) {
       error.show(e);
     }
-    cancel.disabled = false;
   });
 
   for (const [button, action] of [[pause, "pause"], [resume, "resume"]]) {
@@ -981,14 +1008,27 @@ function sampleView(run, i) {
       : el("p", { class: "muted" }, (s && s.note) || "No sample."));
 }
 
-async function comparePage(scope, ids) {
-  const base = `/runs/compare?${ids.split(",").map((id) => `run_id=${id}`).join("&")}`;
-  const error = errorBox();
-  const axis = el("select", { id: "compare-axis", name: "axis" },
+// GET /runs/compare of these runs, in this order.
+function compareUrl(runIds) {
+  return `/runs/compare?${runIds.map((id) => `run_id=${id}`).join("&")}`;
+}
+
+// Several runs' loss curves on one chart, with the picker of what they are drawn against:
+// the compare page's and a sweep's. The canvas is `${prefix}-chart`, the picker `${prefix}-axis`.
+function lossCurves(scope, prefix) {
+  const axis = el("select", { id: `${prefix}-axis`, name: "axis" },
     Object.entries(AXES).map(([value, text]) => el("option", { value }, text)));
-  const canvas = el("canvas", { id: "compare-chart", class: "chart" });
+  const canvas = el("canvas", { id: `${prefix}-chart`, class: "chart curves" });
   const chart = new MultiLossChart(canvas);
   scope.onClose(() => chart.dispose());
+  axis.addEventListener("change", () => chart.setAxis(axis.value));
+  return { picker: el("label", { class: "inline" }, "Against ", axis), canvas, chart };
+}
+
+async function comparePage(scope, ids) {
+  const base = compareUrl(ids.split(","));
+  const error = errorBox();
+  const { picker, canvas, chart } = lossCurves(scope, "compare");
   const final = table(["Run", "Status", "Steps", "Val loss", "Bits/char", "Perplexity", "Tokens/s", "Seconds"], "compare-final");
   const differing = el("table", { class: "table", id: "compare-differing" });
   const prompt = el("input", { type: "text", name: "prompt", id: "compare-prompt", placeholder: "The start of the text (may be empty)" });
@@ -1000,11 +1040,9 @@ async function comparePage(scope, ids) {
     sampleError,
     el("div", { class: "form-actions" }, sample),
     samples);
-  axis.addEventListener("change", () => chart.setAxis(axis.value));
 
   view.append(
-    pageHead(`Compare ${ids.split(",").length} runs`,
-      el("label", { class: "inline" }, "Against ", axis), el("a", { class: "button", href: "#/runs" }, "All runs")),
+    pageHead(`Compare ${ids.split(",").length} runs`, picker, el("a", { class: "button", href: "#/runs" }, "All runs")),
     error,
     el("div", { class: "grid" },
       el("section", { class: "card wide" }, el("h2", {}, "Loss"), canvas),
@@ -1053,12 +1091,440 @@ async function comparePage(scope, ids) {
   });
 }
 
+// ---- sweeps (POST/GET /sweeps: api/sweeps.py, sweeps/) -------------------------------
+
+// A trial's settings as one line: "learning_rate=0.01, batch_size=8".
+function paramsText(params) {
+  return Object.entries(params || {}).map(([k, v]) => `${k}=${settingValue(v)}`).join(", ");
+}
+
+// A sweep's steps or seconds (its `resource`) in words.
+function resourceText(value, resource) {
+  return resource === "seconds" ? duration(value) : `${number(value)} steps`;
+}
+
+function sweepRow(sweep) {
+  const p = sweep.progress;
+  const best = p.trials.find((t) => t.run_id === sweep.best_run_id);
+  return el(
+    "tr",
+    { "data-sweep": sweep.sweep_id },
+    el("td", {}, el("a", { href: `#/sweeps/${sweep.sweep_id}`, class: "mono" }, sweep.sweep_id)),
+    labelsCell(sweep),
+    el("td", {}, statusChip(sweep.status)),
+    el("td", { class: "num" }, `${p.finished} / ${p.trials.length}`),
+    el("td", { class: "num" }, number(p.stopped)),
+    el("td", { class: "best-run" }, best
+      ? [el("a", { href: `#/runs/${best.run_id}`, class: "mono" }, best.run_id),
+        el("small", { class: "muted" }, `${paramsText(best.params)} · ${number(best.bits_per_char)} bits/char`)]
+      : "—"),
+    el("td", {}, when(sweep.created_at))
+  );
+}
+
+async function sweepsPage(scope) {
+  const error = errorBox();
+  const filter = choiceInput("status", ["all", "queued", "running", "completed", "failed", "cancelled"], "all");
+  const labels = labelFilters("sweeps", scope, () => refresh());
+  const { node, body } = table(["Sweep", "Name", "Status", "Trials ended", "Stopped early", "Best run", "Created"], "sweeps-table");
+  view.append(
+    pageHead("Sweeps",
+      el("label", { class: "inline" }, "Status ", filter), labels.nodes,
+      el("a", { class: "button primary", href: "#/new-sweep", id: "new-sweep" }, "New sweep")),
+    error,
+    card(null, node)
+  );
+  const load = latestOnly(() => {
+    const status = filter.value === "all" ? "" : `&status=${filter.value}`;
+    return api.get(`/sweeps?limit=50${status}${labels.query()}`, { signal: scope.signal });
+  });
+  const refresh = async () => {
+    try {
+      const data = await load();
+      if (!data) return;
+      error.show(null);
+      const none = filter.value !== "all" || labels.active() ? "No sweep matches these filters." : "No sweeps yet.";
+      fill(body, ...(data.items.length ? data.items.map(sweepRow) : [emptyRow(7, none)]));
+    } catch (e) {
+      if (e.name !== "AbortError") error.show(e);
+    }
+  };
+  filter.addEventListener("change", refresh);
+  scope.every(LIST_POLL_MS, refresh);
+}
+
+// ---- one sweep -----------------------------------------------------------------------
+
+function stoppedAt(trial) {
+  return trial.stopped_at_rung !== null && trial.stopped_at_rung !== undefined;
+}
+
+// Why successive halving stopped a trial: its validation loss at the rung against the cutoff.
+function stoppedChip(trial, resource) {
+  const result = trial.rungs.find((r) => r.rung === trial.stopped_at_rung);
+  const why = result
+    ? `validation loss ${number(result.value, 4)} at ${resourceText(result.resource, resource)} > cutoff ${number(result.cutoff, 4)}`
+    : "";
+  return [
+    el("span", { class: "chip chip-stopped", title: why }, `stopped at rung ${trial.stopped_at_rung}`),
+    why ? el("small", { class: "muted rung-result" }, why) : null,
+  ];
+}
+
+// A leaderboard row; `rank` is null for a trial not started yet, `color` its curve's on the
+// chart (undefined when not drawn).
+function trialRow(trial, rank, resource, color) {
+  const started = trial.status !== "planned";
+  const name = [color !== undefined ? swatch(color) : null, `#${trial.index} `, el("span", { class: "mono" }, trial.run_id)];
+  return el(
+    "tr",
+    { "data-run": trial.run_id, "data-trial": trial.index, class: stoppedAt(trial) ? "stopped" : undefined },
+    el("td", { class: "num" }, rank === null ? "—" : String(rank)),
+    el("td", {}, started ? el("a", { href: `#/runs/${trial.run_id}`, class: "trial-link" }, name) : name),
+    el("td", { class: "mono" }, paramsText(trial.params)),
+    el("td", { class: "trial-status" }, statusChip(trial.status), stoppedAt(trial) ? stoppedChip(trial, resource) : null),
+    el("td", { class: "num" }, number(trial.bits_per_char)),
+    el("td", { class: "num" }, number(trial.val_loss)),
+    el("td", { class: "num" }, number(trial.steps)),
+    el("td", { class: "num" }, number(trial.train_seconds, 1))
+  );
+}
+
+// The trials in the leaderboard's order (best first), then those not started yet.
+function ranked(sweep) {
+  const byRun = new Map(sweep.progress.trials.map((t) => [t.run_id, t]));
+  const listed = sweep.leaderboard.map((id) => byRun.get(id)).filter(Boolean);
+  const rest = sweep.progress.trials.filter((t) => !sweep.leaderboard.includes(t.run_id));
+  return [...listed.map((t, i) => [t, i + 1]), ...rest.map((t) => [t, null])];
+}
+
+// The trials whose curves are drawn: the started ones, the best COMPARE_MAX of them (what
+// GET /runs/compare takes), in trial order so that a trial keeps its color as others start.
+function charted(sweep) {
+  const started = ranked(sweep).filter(([t]) => t.status !== "planned").map(([t]) => t);
+  return started.slice(0, COMPARE_MAX).sort((a, b) => a.index - b.index);
+}
+
+function spaceText(space) {
+  const dims = Object.entries(space.parameters).map(([name, d]) => {
+    if (d.values) return `${name} ∈ {${d.values.map(settingValue).join(", ")}}`;
+    const scale = [d.log ? "log" : null, d.integer ? "integer" : null, d.num ? `${d.num} points` : null].filter(Boolean);
+    return `${name} ∈ [${d.low}, ${d.high}]${scale.length ? ` (${scale.join(", ")})` : ""}`;
+  });
+  const method = space.method === "random" ? `random, ${space.trials} trials, seed ${space.seed ?? 0}` : "grid";
+  return el("div", { class: "metadata" }, el("span", {}, method), dims.map((d) => el("span", { class: "mono" }, d)));
+}
+
+function sweepFacts(sweep) {
+  const p = sweep.progress;
+  const r = sweep.request || {};
+  const halving = r.early_stopping;
+  return facts([
+    ["Message", sweep.message || "—"],
+    ["Sweep", el("span", { class: "mono" }, sweep.sweep_id)],
+    ["Tags", sweep.tags.length ? el("span", { class: "labels" }, tagChips(sweep.tags)) : "—"],
+    ["Metadata", metadataView(sweep.metadata)],
+    ["Search", r.space ? spaceText(r.space) : "—"],
+    ["Trials", `${p.created} of ${p.trials.length} started · ${p.finished} ended · ${p.stopped} stopped early`],
+    ["Max concurrent", String(sweep.max_concurrent)],
+    ["Budget", `${resourceText(sweep.budget, sweep.resource)} a trial`],
+    ["Rungs", sweep.rungs.length
+      ? `${sweep.rungs.map((v) => resourceText(v, sweep.resource)).join(", ")} (reduction factor ${halving ? halving.reduction_factor : "—"})`
+      : "no early stopping"],
+    ["Saved by stopping", p.stopped ? resourceText(p.saved, sweep.resource) : "—"],
+    ["Base model", `${modelName(r.base)}, ${budgetOf(r.base)}`],
+    ["Created", when(sweep.created_at)],
+  ]);
+}
+
+async function sweepPage(scope, sweepId) {
+  const base = `/sweeps/${sweepId}`;
+  const error = errorBox();
+  const title = el("span", { id: "sweep-title" }, sweepId);
+  const chip = el("span", { id: "sweep-status" });
+  const cancel = el("button", { type: "button", class: "danger", id: "cancel-sweep", hidden: true }, "Cancel sweep");
+  const about = el("div", { id: "sweep-facts" });
+  const board = table(["Rank", "Trial", "Settings", "Status", "Bits/char", "Val loss", "Steps", "Seconds"], "sweep-leaderboard");
+  const curves = lossCurves(scope, "sweep");
+  const note = el("p", { class: "muted", id: "sweep-chart-note" });
+  const compare = el("a", { class: "button", id: "sweep-compare", hidden: true }, "Compare these runs");
+  view.append(
+    pageHead(el("span", {}, "Sweep ", title, " ", chip), curves.picker, compare, cancel),
+    error,
+    el("div", { class: "grid" },
+      el("section", { class: "card wide" }, el("h2", {}, "Leaderboard"), board.node),
+      el("section", { class: "card wide" }, el("h2", {}, "Loss"), curves.canvas, note),
+      el("section", { class: "card wide" }, el("h2", {}, "Sweep"), about))
+  );
+
+  let sweep = null;
+  confirmTwice(cancel, "Click again to cancel", async () => {
+    try {
+      sweep = await api.post(`${base}/cancel`, {});
+      showSweep();
+    } catch (e) {
+      error.show(e);
+    }
+  });
+
+  // The leaderboard's rows are rebuilt only when they changed (as the runs list's): a row
+  // rebuilt under the pointer would swallow a click on its link.
+  let shown = "";
+  function showSweep() {
+    fill(title, sweep.name || sweepId);
+    fill(chip, statusChip(sweep.status));
+    cancel.hidden = TERMINAL.has(sweep.status);
+    fill(about, sweepFacts(sweep));
+    const colors = new Map(charted(sweep).map((t, i) => [t.run_id, i]));
+    const rows = ranked(sweep);
+    const key = JSON.stringify([rows, [...colors]]);
+    if (key === shown) return;
+    shown = key;
+    fill(board.body, ...rows.map(([t, rank]) => trialRow(t, rank, sweep.resource, colors.get(t.run_id))));
+  }
+
+  // The drawn trials' curves; the runs as GET /runs/compare answered (none when no trial
+  // started). It takes 2 runs or more: a lone trial is asked for twice and drawn once.
+  async function showCurves() {
+    const trials = charted(sweep);
+    const ids = trials.map((t) => t.run_id);
+    compare.hidden = ids.length < 2;
+    compare.href = `#/compare/${ids.join(",")}`;
+    const stopped = trials.some(stoppedAt);
+    fill(note, !ids.length ? "No trial has started yet." : stopped ? "Faded: trials stopped early by successive halving." : null);
+    if (!ids.length) return [];
+    const data = await api.get(compareUrl(ids.length === 1 ? [ids[0], ids[0]] : ids), { signal: scope.signal });
+    const runs = data.runs.slice(0, trials.length).map((run, i) => ({ ...run, label: `#${trials[i].index}`, faded: stoppedAt(trials[i]) }));
+    curves.chart.show(runs);
+    return runs;
+  }
+
+  // Until the sweep has ended and so have the runs drawn (a cancelled sweep ends at once,
+  // its running trials within a step).
+  scope.every(POLL_MS, async () => {
+    try {
+      sweep = await api.get(base, { signal: scope.signal });
+      error.show(null);
+      showSweep();
+      const runs = await showCurves();
+      return !TERMINAL.has(sweep.status) || runs.some((run) => !TERMINAL.has(run.status));
+    } catch (e) {
+      if (e.name === "AbortError") return false;
+      error.show(e);
+      return e.status !== 404;
+    }
+  });
+}
+
+// ---- new sweep -----------------------------------------------------------------------
+
+// TrainRequest fields a search space does not vary: the budget is every trial's yardstick
+// (sweeps/plan.py FIXED_FIELDS); the rest say where a run's data comes from or where it
+// runs, not what it trains (the server refuses any that is not a training setting).
+const NOT_SEARCHED = new Set(["max_steps", "num_epochs", "max_train_seconds", "user_id", "threads", "device", "corpus_format"]);
+
+// The settings a search space can vary, from the TrainRequest schema: its numbers and its
+// choices, each {name, kind: "integer" | "number" | "choice", choices, description}.
+async function searchable(schema) {
+  const out = [];
+  for (const name of Object.keys(schema.properties)) {
+    if (NOT_SEARCHED.has(name)) continue;
+    const prop = property(schema, name);
+    const choices = prop.enum || (prop.$ref ? (await schemaOf(prop.$ref.split("/").pop())).enum : null);
+    if (choices) out.push({ name, kind: "choice", choices, description: prop.description });
+    else if (prop.type === "integer" || prop.type === "number") out.push({ name, kind: prop.type, description: prop.description });
+  }
+  return out;
+}
+
+// One row of the search space: a setting and its values (a list) or its range (numbers
+// only). `dimension()` is the request's entry for it, or an Error saying what is wrong.
+function spaceRow(settings, { name = "learning_rate", values = "" } = {}) {
+  const param = el("select", { class: "sweep-param-name", "aria-label": "setting" },
+    settings.map((s) => el("option", { value: s.name, selected: s.name === name, title: s.description }, s.name)));
+  const kind = el("select", { class: "sweep-param-kind", "aria-label": "values or range" },
+    el("option", { value: "values" }, "values"), el("option", { value: "range" }, "range"));
+  const list = el("input", {
+    type: "text", class: "sweep-param-values", value: values, placeholder: "comma-separated: 1e-3, 3e-3", spellcheck: "false",
+    "aria-label": "values",
+  });
+  const numberBox = (cls, placeholder, attrs) =>
+    el("input", { type: "number", step: "any", class: cls, placeholder, "aria-label": placeholder, ...attrs });
+  const low = numberBox("sweep-param-low", "low");
+  const high = numberBox("sweep-param-high", "high");
+  const num = numberBox("sweep-param-num", "points (grid)", { min: 2, max: 64, step: 1 });
+  const log = el("input", { type: "checkbox", class: "sweep-param-log" });
+  const range = el("div", { class: "range" }, low, high, el("label", { class: "check", title: "log-spaced (grid) or log-uniform (random)" }, log, "log"), num);
+  const remove = el("button", { type: "button", class: "link sweep-param-remove" }, "Remove");
+  const node = el("tr", {}, el("td", {}, param), el("td", {}, kind), el("td", {}, list, range), el("td", {}, remove));
+  const setting = () => settings.find((s) => s.name === param.value);
+  const sync = () => {
+    // A choice is a list of its values; only numbers have ranges.
+    const choice = setting().kind === "choice";
+    kind.disabled = choice;
+    if (choice) kind.value = "values";
+    list.placeholder = choice ? setting().choices.join(", ") : "comma-separated: 1e-3, 3e-3";
+    list.hidden = kind.value !== "values";
+    range.hidden = kind.value !== "range";
+  };
+  param.addEventListener("change", sync);
+  kind.addEventListener("change", sync);
+  sync();
+  return {
+    node,
+    remove,
+    name: () => param.value,
+    // How many points it gives a grid (null when it cannot say yet).
+    size() {
+      if (kind.value === "range") return num.value ? Number(num.value) : null;
+      return list.value.split(",").filter((v) => v.trim()).length;
+    },
+    dimension() {
+      const s = setting();
+      if (kind.value === "range") {
+        if (low.value === "" || high.value === "") throw new Error(`${s.name}: give the range's low and high`);
+        const out = { low: Number(low.value), high: Number(high.value), log: log.checked, integer: s.kind === "integer" };
+        if (num.value !== "") out.num = Number(num.value);
+        return out;
+      }
+      const given = list.value.split(",").map((v) => v.trim()).filter(Boolean);
+      if (!given.length) throw new Error(`${s.name}: give at least one value`);
+      if (s.kind === "choice") return { values: given };
+      return {
+        values: given.map((v) => {
+          const x = Number(v);
+          if (!Number.isFinite(x)) throw new Error(`${s.name}: ${v} is not a number`);
+          return x;
+        }),
+      };
+    },
+  };
+}
+
+async function newSweepPage(scope) {
+  const settings = await runSettings(scope, { budgets: ["steps", "seconds"], budget: 1000 });
+  const [sweepSchema, spaceSchema, ashaSchema] = await Promise.all(["SweepRequest", "SearchSpace", "Asha"].map(schemaOf));
+  const searched = await searchable(settings.schema);
+  const error = errorBox();
+  const labels = labelFields(sweepSchema);
+  const rows = el("tbody");
+  const space = el("table", { class: "table space", id: "sweep-space" },
+    el("thead", {}, el("tr", {}, ["Setting", "Kind", "Values, or low, high, log and points", ""].map((h) => el("th", {}, h)))), rows);
+  const add = el("button", { type: "button", id: "sweep-param-add" }, "Add a setting");
+  const method = choiceInput("method", property(spaceSchema, "method").enum, "grid");
+  const trials = numberInput(spaceSchema, "trials", { placeholder: "random only" });
+  const count = el("small", { class: "muted", id: "sweep-count" });
+  const early = el("input", { type: "checkbox", name: "early_stopping", id: "field-early_stopping" });
+  const halving = el("div", { class: "row" },
+    field("Grace (first rung)", numberInput(ashaSchema, "grace", { placeholder: "budget / factor²" }), property(ashaSchema, "grace").description),
+    field("Reduction factor", numberInput(ashaSchema, "reduction_factor"), "a trial goes on past a rung if within the best 1/factor"));
+  const submit = el("button", { type: "submit", class: "primary", id: "sweep-submit" }, "Start sweep");
+  const form = el("form", { class: "form", id: "sweep-form" },
+    settings.nodes,
+    el("fieldset", {}, el("legend", {}, "Search"),
+      space,
+      el("div", { class: "form-actions" }, add),
+      el("div", { class: "row" },
+        field("Method", method, "grid: every combination; random: draws from the lists and ranges"),
+        field("Trials", trials, property(spaceSchema, "trials").description),
+        field("Seed of the draws", numberInput(spaceSchema, "seed", { as: "space_seed" })),
+        field("Max concurrent", numberInput(sweepSchema, "max_concurrent"), "trials running at once")),
+      count),
+    el("fieldset", {}, el("legend", {}, "Early stopping"),
+      el("label", { class: "check" }, early, " Stop the worse trials early (asynchronous successive halving)"),
+      halving),
+    labels.node,
+    error,
+    el("div", { class: "form-actions" }, submit)
+  );
+
+  const dims = [];
+  function addRow(start) {
+    const row = spaceRow(searched, start);
+    dims.push(row);
+    rows.append(row.node);
+    row.remove.addEventListener("click", () => {
+      dims.splice(dims.indexOf(row), 1);
+      row.node.remove();
+      sync();
+    });
+    sync();
+  }
+  // What the choices allow: the trials field for random search, the halving fields when on,
+  // and how many trials a grid makes.
+  function sync() {
+    const random = method.value === "random";
+    trials.disabled = !random;
+    form.elements.space_seed.disabled = !random;
+    halving.querySelectorAll("input").forEach((i) => (i.disabled = !early.checked));
+    const sizes = dims.map((d) => d.size());
+    const product = sizes.every((n) => n !== null) ? sizes.reduce((a, b) => a * b, 1) : null;
+    count.textContent = random
+      ? `${trials.value || "?"} trials drawn`
+      : `${product ?? "?"} trials${sizes.length > 1 ? ` (${sizes.map((n) => n ?? "?").join(" × ")})` : ""}`;
+  }
+  // A new row starts on a setting not searched yet.
+  add.addEventListener("click", () => {
+    const unused = searched.find((s) => !dims.some((d) => d.name() === s.name)) || searched[0];
+    addRow({ name: unused.name });
+  });
+  form.addEventListener("input", sync);
+  form.addEventListener("change", sync);
+  addRow({ name: "learning_rate", values: "1e-3, 3e-3, 1e-2" });
+
+  // The request, or an Error naming what the form lacks (the server checks the rest, and
+  // its 422 names the trial and the field).
+  function request() {
+    const parameters = {};
+    for (const d of dims) {
+      if (d.name() in parameters) throw new Error(`${d.name()} is in the search space twice`);
+      parameters[d.name()] = d.dimension();
+    }
+    if (!dims.length) throw new Error("Add a setting to search over");
+    const random = method.value === "random";
+    const body = {
+      ...labels.values(),
+      base: settings.body(form),
+      space: { method: method.value, parameters, ...(random ? numbersOf(form, ["trials"]) : {}) },
+      ...numbersOf(form, ["max_concurrent"]),
+    };
+    if (random && form.elements.space_seed.value !== "") body.space.seed = Number(form.elements.space_seed.value);
+    if (early.checked) body.early_stopping = numbersOf(form, ["grace", "reduction_factor"]);
+    return body;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.show(null);
+    let body;
+    try {
+      body = request();
+    } catch (e) {
+      error.show(e);
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const accepted = await api.post("/sweeps", body);
+      location.hash = `#/sweeps/${accepted.sweep_id}`;
+    } catch (e) {
+      error.show(e);
+      submit.disabled = false;
+    }
+  });
+  view.append(pageHead("New sweep"), card(null, form));
+  await settings.load().catch((e) => e.name !== "AbortError" && error.show(e));
+}
+
 // ---- routing -------------------------------------------------------------------------
 
 const ROUTES = [
   [/^#\/runs\/(run-[0-9a-f]+)$/, runPage, "runs"],
   [/^#\/runs$/, runsPage, "runs"],
   [/^#\/compare\/(run-[0-9a-f]+(?:,run-[0-9a-f]+)+)$/, comparePage, "runs"],
+  [/^#\/sweeps\/(swp-[0-9a-f]+)$/, sweepPage, "sweeps"],
+  [/^#\/sweeps$/, sweepsPage, "sweeps"],
+  [/^#\/new-sweep$/, newSweepPage, "sweeps"],
   [/^#\/tokenizers$/, tokenizersPage, "tokenizers"],
   [/^#\/new-tokenizer$/, newTokenizerPage, "new-tokenizer"],
   [/^#\/new-run$/, newRunPage, "new-run"],

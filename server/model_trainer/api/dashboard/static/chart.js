@@ -5,11 +5,13 @@
 // redrawn whenever points arrive or the canvas is resized. Both charts share the drawing
 // (Chart.draw); they differ in the series they hand it. Each canvas carries how many points
 // its last drawing plotted (what the browser tests wait on): data-train-points /
-// data-val-points for one run, data-series / data-points for several.
+// data-val-points for one run, data-series / data-points (and data-faded) for several.
 
 const COLORS = { train: "#2563eb", val: "#ea580c", grid: "#e5e7eb", axis: "#6b7280", text: "#374151" };
 const PAD = { left: 56, right: 16, top: 30, bottom: 38 };
 const LEGEND_ROW = 18;
+// How opaque a faded series is: a sweep's trials stopped early stay readable, behind the rest.
+const FADED = 0.35;
 // The runs' colors: ten that tell apart well, then golden-angle hues (up to 32 runs compare).
 const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"];
 
@@ -35,8 +37,8 @@ function label(value) {
 }
 
 // What a subclass gives draw():
-//   series(): [{color, points: [[x, y], ...], dashed, dots}], in drawing order;
-//   legend(): [{text, color, dashed}], laid out right-aligned in rows above the plot;
+//   series(): [{color, points: [[x, y], ...], dashed, dots, faded}], in drawing order;
+//   legend(): [{text, color, dashed, faded}], laid out right-aligned in rows above the plot;
 //   xName, integerX (ticks only on whole numbers: steps, tokens), emptyText;
 //   mark(series): the data-* attributes of what was drawn.
 class Chart {
@@ -130,7 +132,8 @@ class Chart {
     this.mark(series);
   }
 
-  line(g, { points, color, dashed, dots }, sx, sy) {
+  line(g, { points, color, dashed, dots, faded }, sx, sy) {
+    g.globalAlpha = faded ? FADED : 1;
     g.strokeStyle = color;
     g.fillStyle = color;
     g.lineWidth = 2;
@@ -147,6 +150,7 @@ class Chart {
         g.fill();
       }
     }
+    g.globalAlpha = 1;
   }
 
   // The legend's entries in rows that fit the width, each with its measured width.
@@ -173,7 +177,8 @@ class Chart {
     rows.forEach((row, i) => {
       const y = 13 + i * LEGEND_ROW;
       let x = width - PAD.right - row.reduce((sum, e) => sum + e.w, 0);
-      for (const { text, color, dashed, w } of row) {
+      for (const { text, color, dashed, faded, w } of row) {
+        g.globalAlpha = faded ? FADED : 1;
         g.strokeStyle = color;
         g.setLineDash(dashed ? [4, 3] : []);
         g.beginPath();
@@ -185,6 +190,7 @@ class Chart {
         x += w;
       }
     });
+    g.globalAlpha = 1;
     g.setLineDash([]);
   }
 }
@@ -240,7 +246,8 @@ export class MultiLossChart extends Chart {
     this.setAxis("step");
   }
 
-  // Runs as /runs/compare answers them, each with `label` (its name or id) added.
+  // Runs as /runs/compare answers them, each with `label` (its name or id) added and
+  // `faded` set to draw it behind the others (a sweep's trial stopped early).
   show(runs) {
     this.runs = runs;
     this.draw();
@@ -262,8 +269,8 @@ export class MultiLossChart extends Chart {
 
   series() {
     return this.runs.flatMap((run, i) => [
-      { run: i, points: this.pointsOf(run, "train_loss"), color: runColor(i) },
-      { run: i, points: this.pointsOf(run, "val_loss"), color: runColor(i), dashed: true, dots: true },
+      { run: i, points: this.pointsOf(run, "train_loss"), color: runColor(i), faded: run.faded },
+      { run: i, points: this.pointsOf(run, "val_loss"), color: runColor(i), dashed: true, dots: true, faded: run.faded },
     ]);
   }
 
@@ -271,13 +278,16 @@ export class MultiLossChart extends Chart {
     return [
       { text: "train", color: COLORS.axis },
       { text: "validation", color: COLORS.axis, dashed: true },
-      ...this.runs.map((run, i) => ({ text: run.label, color: runColor(i) })),
+      ...this.runs.map((run, i) => ({ text: run.label, color: runColor(i), faded: run.faded })),
     ];
   }
 
-  // `series` holds only what was drawn (empty curves left out): runs with a point, points.
+  // `series` holds only what was drawn (empty curves left out): runs with a point, points,
+  // and how many of those runs were faded.
   mark(series) {
-    this.canvas.dataset.series = String(new Set(series.map((s) => s.run)).size);
+    const drawn = (list) => new Set(list.map((s) => s.run)).size;
+    this.canvas.dataset.series = String(drawn(series));
+    this.canvas.dataset.faded = String(drawn(series.filter((s) => s.faded)));
     this.canvas.dataset.points = String(series.reduce((sum, s) => sum + s.points.length, 0));
     this.canvas.setAttribute("aria-label", `Loss of ${this.runs.map((r) => r.label).join(", ")} against ${this.xName}`);
   }
