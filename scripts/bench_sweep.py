@@ -37,7 +37,7 @@ def wait_sweep(client: httpx.Client, sweep_id: str) -> SweepInfo:
     last = ""
     while True:
         info = SweepInfo.model_validate(client.get(f"/sweeps/{sweep_id}").json())
-        if info.message != last:
+        if (info.message or "") != last:
             demo.say(f"   {info.status.value}: {info.message}")
             last = info.message or ""
         if info.status.terminal:

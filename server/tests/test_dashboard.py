@@ -443,6 +443,8 @@ def test_a_sweep_from_the_form_its_leaderboard_and_cancel(
     rows.nth(1).locator(".sweep-param-values").fill("4, 5")
     expect(page.locator("#sweep-count")).to_have_text("6 trials (3 \N{MULTIPLICATION SIGN} 2)")
     page.select_option("#field-method", "grid")
+    # As listed: the good rate first, so that the two small ones are judged against it.
+    page.select_option("#field-order", "given")
     page.fill("#field-max_concurrent", "1")
     page.check("#field-early_stopping")
     page.fill("#field-grace", "60")

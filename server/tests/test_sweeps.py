@@ -175,7 +175,10 @@ def test_successive_halving_stops_the_worse_trials_at_the_first_rung(
                 # Long enough that the driver's pass (every couple of seconds on a busy
                 # worker) sees a trial at its first rung well before it could end.
                 "base": _base(corpus_id, tokenizer_id, max_steps=5000, eval_interval=30),
-                "space": {"parameters": {"learning_rate": {"values": [1e-2, 1e-7, 1e-7]}}},
+                "space": {
+                    "parameters": {"learning_rate": {"values": [1e-2, 1e-7, 1e-7]}},
+                    "order": "given",
+                },
                 "max_concurrent": 1,
                 "early_stopping": {"grace": 60, "reduction_factor": 2},
             },

@@ -86,6 +86,7 @@ def submit_sweep(ctx: ApiContext, request: SweepRequest, who: Principal) -> Swee
         sweep_id=sweep_id,
         owner=who.name,
         trials=trials,
+        order=request.space.start_order(len(trials)),
         max_concurrent=request.max_concurrent,
         resource=resource,
         budget=budget.value,

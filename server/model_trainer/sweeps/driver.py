@@ -191,7 +191,8 @@ class SweepDriver:
         if not plan.rungs:
             return
         reader = RunLogReader(self._ctx.redis)
-        for state, run in zip(progress.trials, runs, strict=True):
+        for index in plan.order:
+            state, run = progress.trials[index], runs[index]
             pending = state.stopped_at_rung is None and len(state.rungs) < len(plan.rungs)
             if run is None or not pending or run.status in (Status.QUEUED, Status.FAILED):
                 continue
@@ -228,7 +229,8 @@ class SweepDriver:
         """Start trials up to `max_concurrent` active; why one that could start did not."""
         ctx = self._ctx
         active = sum(1 for r in runs if r is not None and r.status in ACTIVE)
-        for trial, run in zip(plan.trials, runs, strict=True):
+        for index in plan.order:
+            trial, run = plan.trials[index], runs[index]
             if run is not None:
                 if (
                     run.status is Status.QUEUED

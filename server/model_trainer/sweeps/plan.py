@@ -79,6 +79,12 @@ class SearchSpace(_Model):
         default=None, ge=1, le=MAX_TRIALS, description="random search: how many trials"
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    order: Literal["shuffled", "given"] = Field(
+        default="shuffled",
+        description="the order trials start in: shuffled (seeded by seed), so that "
+        "successive halving judges the first trials against a fair sample rather than one "
+        "corner of the grid; given: as listed (a baseline first)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -95,6 +101,13 @@ class SearchSpace(_Model):
         if self.method == "grid" and self.trials is not None:
             raise ValueError("trials is for random search; a grid runs every combination")
         return self
+
+    def start_order(self, count: int) -> list[int]:
+        """The trials' indexes in the order they start."""
+        order = list(range(count))
+        if self.order == "shuffled":
+            random.Random(self.seed).shuffle(order)  # noqa: S311 - reproducible, not a secret
+        return order
 
     def points(self) -> list[dict[str, Scalar]]:
         """Every trial's settings, in the order they run."""
@@ -146,6 +159,7 @@ class SweepPlan(_Model):
     sweep_id: str
     owner: str | None
     trials: list[Trial]
+    order: list[int]  # the trials' indexes in the order they start (and are judged)
     max_concurrent: int
     resource: Literal["steps", "seconds"]
     budget: float

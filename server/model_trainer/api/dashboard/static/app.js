@@ -1412,6 +1412,7 @@ async function newSweepPage(scope) {
     el("thead", {}, el("tr", {}, ["Setting", "Kind", "Values, or low, high, log and points", ""].map((h) => el("th", {}, h)))), rows);
   const add = el("button", { type: "button", id: "sweep-param-add" }, "Add a setting");
   const method = choiceInput("method", property(spaceSchema, "method").enum, "grid");
+  const order = choiceInput("order", property(spaceSchema, "order").enum, property(spaceSchema, "order").default);
   const trials = numberInput(spaceSchema, "trials", { placeholder: "random only" });
   const count = el("small", { class: "muted", id: "sweep-count" });
   const early = el("input", { type: "checkbox", name: "early_stopping", id: "field-early_stopping" });
@@ -1427,7 +1428,8 @@ async function newSweepPage(scope) {
       el("div", { class: "row" },
         field("Method", method, "grid: every combination; random: draws from the lists and ranges"),
         field("Trials", trials, property(spaceSchema, "trials").description),
-        field("Seed of the draws", numberInput(spaceSchema, "seed", { as: "space_seed" })),
+        field("Seed", numberInput(spaceSchema, "seed", { as: "space_seed" }), "of the random draws and of the shuffled order"),
+        field("Start order", order, property(spaceSchema, "order").description),
         field("Max concurrent", numberInput(sweepSchema, "max_concurrent"), "trials running at once")),
       count),
     el("fieldset", {}, el("legend", {}, "Early stopping"),
@@ -1455,7 +1457,7 @@ async function newSweepPage(scope) {
   function sync() {
     const random = method.value === "random";
     trials.disabled = !random;
-    form.elements.space_seed.disabled = !random;
+    form.elements.space_seed.disabled = !random && order.value !== "shuffled";
     halving.querySelectorAll("input").forEach((i) => (i.disabled = !early.checked));
     const sizes = dims.map((d) => d.size());
     const product = sizes.every((n) => n !== null) ? sizes.reduce((a, b) => a * b, 1) : null;
@@ -1485,10 +1487,10 @@ async function newSweepPage(scope) {
     const body = {
       ...labels.values(),
       base: settings.body(form),
-      space: { method: method.value, parameters, ...(random ? numbersOf(form, ["trials"]) : {}) },
+      space: { method: method.value, order: order.value, parameters, ...(random ? numbersOf(form, ["trials"]) : {}) },
       ...numbersOf(form, ["max_concurrent"]),
     };
-    if (random && form.elements.space_seed.value !== "") body.space.seed = Number(form.elements.space_seed.value);
+    if (!form.elements.space_seed.disabled && form.elements.space_seed.value !== "") body.space.seed = Number(form.elements.space_seed.value);
     if (early.checked) body.early_stopping = numbersOf(form, ["grace", "reduction_factor"]);
     return body;
   }
