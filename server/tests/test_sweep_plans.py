@@ -39,6 +39,17 @@ def test_a_grid_is_every_combination_in_order() -> None:
     ]
 
 
+def test_trials_start_shuffled_by_their_seed_or_as_given() -> None:
+    def order(**fields: JsonValue) -> list[int]:
+        space = {"parameters": {"seed": {"values": list(range(8))}}, **fields}
+        return SearchSpace.model_validate(space).start_order(8)
+
+    shuffled = order(seed=5)
+    assert sorted(shuffled) == list(range(8)) and shuffled != list(range(8))
+    assert shuffled == order(seed=5) and shuffled != order(seed=6)
+    assert order(order="given") == list(range(8))
+
+
 def test_random_search_is_seeded_and_inside_its_ranges() -> None:
     def draw(seed: int) -> list[dict[str, int | float | str | bool]]:
         return SearchSpace.model_validate(

@@ -199,6 +199,7 @@ def test_successive_halving_stops_the_worse_trials_at_the_first_rung(
                 str(rung["cutoff"])
             )
             run = get_json(client, f"/runs/{trial['run_id']}")
+            assert json_dict(run["request"])["eval_at"] == done["rungs"]  # validated there
             assert str(run["message"]).startswith(f"stopped by sweep {sweep_id} at rung 0")
             assert int(str(json_dict(run["progress"])["step"])) < 5000
         progress = json_dict(done["progress"])

@@ -184,6 +184,12 @@ def test_loss_goes_down_and_metrics_are_logged(inputs: Inputs, tmp_path: Path) -
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 
 
+def test_eval_at_validates_at_those_points_too(inputs: Inputs, tmp_path: Path) -> None:
+    """A sweep's rungs: validations at the given steps besides every `eval_interval`."""
+    inputs.train(tmp_path / "run", {"max_steps": 40, "eval_interval": 1000, "eval_at": [7, 23]})
+    assert [s for s, _ in losses(metrics(tmp_path / "run"), "val_loss")] == [0, 7, 23, 40]
+
+
 def test_a_huge_learning_rate_fails_with_a_message_about_it(inputs: Inputs, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="learning rate") as caught:
         inputs.run(tmp_path / "run", max_steps=50, learning_rate=MAX_LEARNING_RATE, warmup_steps=0)

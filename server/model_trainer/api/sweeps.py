@@ -66,9 +66,10 @@ def submit_sweep(ctx: ApiContext, request: SweepRequest, who: Principal) -> Swee
         raise _invalid("space", str(exc)) from exc
     base, tokenizer = usable_tokenizer(ctx, base, who)
     sweep_id = f"swp-{uuid.uuid4().hex[:16]}"
+    rungs = rungs_for(budget.value, request.early_stopping)
     trials: list[Trial] = []
     for index, params in enumerate(points):
-        config = _trial_request(base, request, sweep_id, index, params)
+        config = _trial_request(base, request, sweep_id, index, params, rungs)
         admit_memory(ctx, config, tokenizer)
         run_id = trial_run_id(sweep_id, index)
         trials.append(
@@ -90,7 +91,7 @@ def submit_sweep(ctx: ApiContext, request: SweepRequest, who: Principal) -> Swee
         max_concurrent=request.max_concurrent,
         resource=resource,
         budget=budget.value,
-        rungs=rungs_for(budget.value, request.early_stopping),
+        rungs=rungs,
         reduction_factor=request.early_stopping.reduction_factor if request.early_stopping else 3,
     )
     meta = RecordMeta(
@@ -114,9 +115,12 @@ def _trial_request(
     sweep_id: str,
     index: int,
     params: dict[str, int | float | str | bool],
+    rungs: list[float],
 ) -> TrainRequest:
     """The base with the trial's settings, named after the sweep and tagged `sweep:<id>`
-    (so `GET /runs?tag=sweep:<id>` lists them); 422 naming the trial when it is invalid."""
+    (so `GET /runs?tag=sweep:<id>` lists them), validating at each rung (`eval_at`: the
+    loss successive halving compares is measured there, not at the next `eval_interval`);
+    422 naming the trial when it is invalid."""
     tags = [*base.tags, f"sweep:{sweep_id}"][-MAX_TAGS:]
     label = request.name or sweep_id
     fields: dict[str, JsonValue] = {
@@ -125,6 +129,7 @@ def _trial_request(
         "name": f"{label} #{index}"[:100],
         "tags": list(tags),
         "metadata": {**base.metadata, "sweep_id": sweep_id, "trial": str(index)},
+        "eval_at": [float(p) for p in sorted({*base.eval_at, *rungs})[:16]],
     }
     try:
         return TrainRequest.model_validate(fields)

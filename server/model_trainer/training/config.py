@@ -15,7 +15,7 @@ with Muon; see docs/benchmarks.md).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -240,6 +240,12 @@ class TrainingSpec(BaseModel):
     eval_interval: int = Field(
         default=250, ge=1, le=MAX_INTERVAL_STEPS, description="steps between validations"
     )
+    eval_at: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="validate also at these points of the budget (steps, or seconds of "
+        "training for a time budget): a sweep's rungs",
+    )
     eval_batches: int = Field(
         default=8, ge=1, le=MAX_EVAL_BATCHES, description="batches per validation"
     )
@@ -335,7 +341,14 @@ class TrainingSpec(BaseModel):
     # run may take other values. Nor does its budget, up to where it stops: a paused run is
     # resumed with a larger one (the learning-rate plan stretches from the resumed step).
     _NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset(
-        {"eval_interval", "checkpoint_interval", "max_steps", "num_epochs", "max_train_seconds"}
+        {
+            "eval_interval",
+            "eval_at",
+            "checkpoint_interval",
+            "max_steps",
+            "num_epochs",
+            "max_train_seconds",
+        }
     )
 
     def identity(self) -> dict[str, object]:

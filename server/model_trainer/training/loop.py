@@ -342,7 +342,8 @@ class _Trainer:
 
             lr = self._train_step()
             last = self._budget_spent()  # the final step is always evaluated and logged
-            val = self._evaluate() if last or state.step % config.eval_interval == 0 else None
+            due = last or state.step % config.eval_interval == 0 or self._eval_point_passed()
+            val = self._evaluate() if due else None
             # Patience running out on the budget's last step is a completed run, not a stop.
             state.stopped_early = not last and self._patience_spent()
             end = last or state.stopped_early
@@ -552,6 +553,27 @@ class _Trainer:
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def _eval_point_passed(self) -> bool:
+        """A point of `eval_at` was passed since the last validation (in the budget's unit:
+        steps, or seconds of training for a time budget)."""
+        points = self.config.eval_at
+        if not points or self.state.last_eval_step is None:
+            return False
+        seconds = self.budget.kind == "seconds"
+        now = self._elapsed() if seconds else float(self.state.step)
+        # Where the last validation was, in the same unit (its row's elapsed seconds).
+        then = float(self.state.last_eval_step)
+        if seconds:
+            then = next(
+                (
+                    r.elapsed
+                    for r in reversed(self.state.metrics)
+                    if r.step == self.state.last_eval_step
+                ),
+                0.0,
+            )
+        return any(then < point <= now for point in points)
 
     def _budget_spent(self) -> bool:
         if self.budget.kind == "seconds":
