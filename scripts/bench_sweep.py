@@ -51,11 +51,12 @@ def leaderboard(info: SweepInfo) -> list[str]:
     for rank, run_id in enumerate(info.leaderboard, 1):
         t = trials[run_id]
         params = ", ".join(f"{k}={v}" for k, v in t.params.items())
-        figure = (
-            f"{t.bits_per_char:.4f} bits/char"
-            if t.bits_per_char is not None
-            else f"val loss {t.val_loss or float('nan'):.4f}"
-        )
+        if t.bits_per_char is not None:
+            figure = f"{t.bits_per_char:.4f} bits/char"
+        elif t.rungs:  # stopped: the loss it was judged on
+            figure = f"val loss {t.rungs[-1].value:.4f} at rung"
+        else:
+            figure = f"val loss {t.val_loss or float('nan'):.4f}"
         state = (
             f"stopped at rung {t.stopped_at_rung}" if t.stopped_at_rung is not None else t.status
         )
