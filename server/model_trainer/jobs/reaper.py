@@ -59,7 +59,9 @@ from service_common.jsonlog import log_fields
 log = logging.getLogger("model_trainer.jobs.reaper")
 
 # KEYS: the lease, the job's record, then its kind's status indexes of running, queued,
-# failed and cancelled. ARGV: max attempts, record TTL, now, the job's id.
+# failed and cancelled. ARGV: max attempts, record TTL, now, the job's id, then the message
+# and error (JSON) of a failed job and of a requeued one, `{attempts}` standing for the
+# count: a reader never sees the new status without them.
 _REAP = """
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return {'skip', 0} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'skip', 0} end
@@ -73,12 +75,17 @@ if redis.call('HEXISTS', KEYS[2], 'cancel') == 1 then
   return {'cancelled', 0}
 end
 local n = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+local function said(template, count)
+  return (string.gsub(template, '{attempts}', tostring(count)))
+end
 if n >= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[2], 'status', 'failed')
+  redis.call('HSET', KEYS[2], 'status', 'failed', 'message', said(ARGV[5], n),
+    'error', said(ARGV[6], n))
   redis.call('ZADD', KEYS[5], ARGV[3], id)
   return {'failed', n}
 end
-redis.call('HSET', KEYS[2], 'status', 'queued')
+redis.call('HSET', KEYS[2], 'status', 'queued', 'message', said(ARGV[7], n + 1),
+  'error', said(ARGV[8], n + 1))
 redis.call('ZADD', KEYS[4], ARGV[3], id)
 return {'requeue', n}
 """
@@ -199,6 +206,8 @@ class Reaper:
                 self._take_back(keys, job_id)
 
     def _take_back(self, keys: KeySchema, job_id: str) -> None:
+        kind = keys.kind
+        failed, requeued = self._lost_messages(kind, job_id)
         reply = self._reap(
             keys=[
                 lease_key(job_id),
@@ -208,42 +217,41 @@ class Reaper:
                 keys.status_index(Status.FAILED.value),
                 keys.status_index(Status.CANCELLED.value),
             ],
-            args=[self._settings.max_attempts, RECORD_TTL_SEC, repr(self._clock()), job_id],
+            args=[
+                self._settings.max_attempts,
+                RECORD_TTL_SEC,
+                repr(self._clock()),
+                job_id,
+                failed.message,
+                failed.model_dump_json(),
+                requeued.message,
+                requeued.model_dump_json(),
+            ],
         )
         outcome, attempts = _reply(reply)
         self._missing_since.pop(f"r:{job_id}", None)
         if outcome == "skip":
             return
-        kind = keys.kind
         store = self._ctx.store(kind)
-        where = self._where(kind, job_id)
+        # The script wrote the status with its message and error; this write adds what
+        # follows a status change (the webhooks' marker, the record's TTL, no file_id).
         if outcome == "cancelled":
             message = "cancelled by request (its worker had stopped answering)"
             store.set_status(job_id, Status.CANCELLED, message)
             self._publish_failed(kind, job_id, message, "user", cancelled=True)
         elif outcome == "failed":
-            message = (
-                f"its worker stopped answering on each of {attempts} attempts (killed, out of "
-                f"memory, or its machine lost){where}"
-            )
-            error = ErrorInfo(kind="fatal", code=ErrorCode.WORKER_LOST.value, message=message)
+            error = _counted(failed, attempts)
             store.set_status(
                 job_id,
                 Status.FAILED,
-                message,
+                error.message,
                 error=error,
                 also=(hdel(job_id, JobField.FILE_ID),),
             )
-            self._publish_failed(kind, job_id, message, "system", cancelled=False)
+            self._publish_failed(kind, job_id, error.message, "system", cancelled=False)
         else:
-            limit = self._settings.max_attempts
-            resume = "from its last checkpoint " if kind is JobKind.RUN else ""
-            message = (
-                f"its worker stopped answering{where}; queued to run again {resume}"
-                f"(attempt {attempts + 1} of {limit})"
-            )
-            error = ErrorInfo(kind="transient", code=ErrorCode.WORKER_LOST.value, message=message)
-            store.set_status(job_id, Status.QUEUED, message, error=error)
+            error = _counted(requeued, attempts + 1)
+            store.set_status(job_id, Status.QUEUED, error.message, error=error)
             self._requeue(keys, job_id, "owner lost")
         log.warning(
             "%s %s: owner lost, %s",
@@ -301,6 +309,25 @@ class Reaper:
             extra=log_fields("job_requeued", job_id=job_id, rq_job_id=rq_id),
         )
 
+    def _lost_messages(self, kind: JobKind, job_id: str) -> tuple[ErrorInfo, ErrorInfo]:
+        """What a job whose owner is gone says, failed or queued again (`{attempts}`: the
+        count the reaper's script fills in)."""
+        where = self._where(kind, job_id)
+        failed = (
+            "its worker stopped answering on each of {attempts} attempts (killed, out of "
+            f"memory, or its machine lost){where}"
+        )
+        resume = "from its last checkpoint " if kind is JobKind.RUN else ""
+        requeued = (
+            f"its worker stopped answering{where}; queued to run again {resume}"
+            f"(attempt {{attempts}} of {self._settings.max_attempts})"
+        )
+        code = ErrorCode.WORKER_LOST.value
+        return (
+            ErrorInfo(kind="fatal", code=code, message=failed),
+            ErrorInfo(kind="transient", code=code, message=requeued),
+        )
+
     def _where(self, kind: JobKind, job_id: str) -> str:
         """Where a run was when its worker went (its step); nothing for other kinds."""
         if kind is not JobKind.RUN:
@@ -318,6 +345,10 @@ class Reaper:
         self._ctx.events.publish(
             job_failed(kind, job_id, user_id, message, error_kind, cancelled=cancelled)
         )
+
+
+def _counted(error: ErrorInfo, attempts: int) -> ErrorInfo:
+    return error.model_copy(update={"message": error.message.replace("{attempts}", str(attempts))})
 
 
 def _reply(reply: object) -> tuple[str, int]:
