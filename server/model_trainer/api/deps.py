@@ -19,39 +19,23 @@ from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.jobs.queue import JobQueue
 from model_trainer.settings import Settings
 from model_trainer.store.keys import (
-    EVAL_KEYS,
-    RUN_KEYS,
-    SWEEP_KEYS,
-    TOKENIZER_KEYS,
-    JobKind,
     worker_memory_key,
     workers_key,
 )
-from model_trainer.store.records import (
-    AnyStatusStore,
-    EvalResult,
-    RunProgress,
-    StatusStore,
-    SweepProgress,
-    TokenizerSummary,
-    as_str,
-)
+from model_trainer.store.records import JobStores, as_str
 
 
-class ApiContext:
+class ApiContext(JobStores):
     """The app's services. Tests build one with their own Redis, queue name and Data Bank."""
 
     def __init__(
         self, settings: Settings, redis: Redis, queue: JobQueue, databank: DataBankClient
     ) -> None:
+        super().__init__(redis)
         self.settings = settings
         self.redis = redis
         self.queue = queue
         self.databank = databank
-        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
-        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
-        self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
-        self.sweeps = StatusStore(redis, SWEEP_KEYS, SweepProgress)
         self.quotas = Quotas(settings, redis, self.runs, [self.runs, self.tokenizers, self.evals])
         limits = settings.limits
         self.databank_guard = RemoteGuard(
@@ -60,15 +44,6 @@ class ApiContext:
         self.generation = GenerationService(settings, databank, self.databank_guard)
         self.streams = StreamCap(limits.sse_max_per_caller, "limits.sse_max_per_caller")
         self.readiness = ReadinessProbe(settings.health.probe_interval_sec)
-
-    def store(self, kind: JobKind) -> AnyStatusStore:
-        stores: dict[JobKind, AnyStatusStore] = {
-            JobKind.RUN: self.runs,
-            JobKind.TOKENIZER: self.tokenizers,
-            JobKind.EVAL: self.evals,
-            JobKind.SWEEP: self.sweeps,
-        }
-        return stores[kind]
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -14,18 +14,10 @@ from model_trainer.disk_cache import DiskCache
 from model_trainer.jobs.queue import RQJobQueue
 from model_trainer.settings import Settings, load_settings
 from model_trainer.store.events import Dialect, EventPublisher
-from model_trainer.store.keys import EVAL_KEYS, RUN_KEYS, SWEEP_KEYS, TOKENIZER_KEYS, JobKind
-from model_trainer.store.records import (
-    AnyStatusStore,
-    EvalResult,
-    RunProgress,
-    StatusStore,
-    SweepProgress,
-    TokenizerSummary,
-)
+from model_trainer.store.records import JobStores
 
 
-class WorkerContext:
+class WorkerContext(JobStores):
     """Settings, connections and stores; `stop_requested` is set when the worker stops."""
 
     def __init__(
@@ -35,15 +27,12 @@ class WorkerContext:
         databank: DataBankClient,
         worker_name: str | None = None,
     ) -> None:
+        super().__init__(redis)
         self.settings = settings
         self.redis = redis
         self.databank = databank
         self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.queue = RQJobQueue(redis, settings.rq)
-        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
-        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
-        self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
-        self.sweeps = StatusStore(redis, SWEEP_KEYS, SweepProgress)
         self.events = EventPublisher(
             redis,
             settings.app.events_channel,
@@ -66,15 +55,6 @@ class WorkerContext:
         """Checkpoints use a client that gives up fast (the next checkpoint tries again)."""
         app = self.settings.app
         return databank_client(app.data_bank_api_url, app.data_bank_api_key, DataBankUse.CHECKPOINT)
-
-    def store(self, kind: JobKind) -> AnyStatusStore:
-        stores: dict[JobKind, AnyStatusStore] = {
-            JobKind.RUN: self.runs,
-            JobKind.TOKENIZER: self.tokenizers,
-            JobKind.EVAL: self.evals,
-            JobKind.SWEEP: self.sweeps,
-        }
-        return stores[kind]
 
 
 _context: WorkerContext | None = None

@@ -25,9 +25,14 @@ from redis.exceptions import WatchError
 
 from model_trainer.store.fencing import Command, DirectWriter, Writer
 from model_trainer.store.keys import (
+    EVAL_KEYS,
     RECORD_TTL_SEC,
+    RUN_KEYS,
+    SWEEP_KEYS,
+    TOKENIZER_KEYS,
     WEBHOOKS_ENDED,
     JobField,
+    JobKind,
     KeySchema,
     job_key,
 )
@@ -610,3 +615,23 @@ AnyStatusStore = (
 AnyRecord = (
     Record[RunProgress] | Record[TokenizerSummary] | Record[EvalResult] | Record[SweepProgress]
 )
+
+
+class JobStores:
+    """Every kind's status store over one Redis connection (the API's and the worker's
+    contexts are built on it)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.runs = StatusStore(redis, RUN_KEYS, RunProgress)
+        self.tokenizers = StatusStore(redis, TOKENIZER_KEYS, TokenizerSummary)
+        self.evals = StatusStore(redis, EVAL_KEYS, EvalResult)
+        self.sweeps = StatusStore(redis, SWEEP_KEYS, SweepProgress)
+
+    def store(self, kind: JobKind) -> AnyStatusStore:
+        stores: dict[JobKind, AnyStatusStore] = {
+            JobKind.RUN: self.runs,
+            JobKind.TOKENIZER: self.tokenizers,
+            JobKind.EVAL: self.evals,
+            JobKind.SWEEP: self.sweeps,
+        }
+        return stores[kind]
