@@ -114,6 +114,11 @@ class RunLogReader:
         raw = self._redis.lrange(metrics_key(record_id), 0, -1)
         return [MetricPoint.model_validate_json(s) for s in (as_str(v) for v in raw) if s]
 
+    def last_metric(self, record_id: str) -> MetricPoint | None:
+        """The newest point of the curve (one element read, however long the curve)."""
+        raw = as_str(self._redis.lindex(metrics_key(record_id), -1))
+        return MetricPoint.model_validate_json(raw) if raw else None
+
 
 class MetricsWriter:
     """Loss-curve points to Redis (the training loop writes `metrics.jsonl` itself).
@@ -132,8 +137,8 @@ class MetricsWriter:
 
     def last_step(self) -> int | None:
         """The step of the newest point in Redis (None for an empty curve)."""
-        raw = as_str(self._redis.lindex(metrics_key(self._id), -1))
-        return MetricPoint.model_validate_json(raw).step if raw else None
+        last = RunLogReader(self._redis).last_metric(self._id)
+        return last.step if last else None
 
     def add(self, point: MetricPoint) -> None:
         """Queue the point and write everything pending; raises RedisError if Redis is down."""

@@ -290,14 +290,14 @@ class SweepDriver:
     ) -> None:
         reader = RunLogReader(self._ctx.redis)
         for state, run in zip(progress.trials, runs, strict=True):
-            if run is None:
-                continue
+            if run is None or (state.status == run.status.value and run.status.terminal):
+                continue  # not started, or ended and summarised on an earlier pass
             state.status = run.status.value
             run_progress = run.progress or RunProgress()
             state.steps = run_progress.step
             state.val_loss = run_progress.val_loss
-            points = reader.metrics(state.run_id)[-1:]
-            state.train_seconds = points[0].elapsed_sec if points else None
+            last = reader.last_metric(state.run_id)
+            state.train_seconds = last.elapsed_sec if last else None
             if run.status is Status.COMPLETED and state.bits_per_char is None:
                 evaluation = self._final_eval(state.run_id)
                 if evaluation is not None:
