@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from model_trainer.errors import UserError
+from model_trainer.pretrained import PICKLE_WEIGHT_SUFFIXES
 from model_trainer.training.config import ModelFamily, TrainingSpec
 
 # PyTorch's fused scaled-dot-product attention: on this 2-core CPU it was measurably faster
@@ -156,12 +157,6 @@ def build_model(spec: ModelSpec, family: ModelFamily, seed: int) -> PreTrainedMo
     """A new model with weights drawn from `seed` (the same seed gives the same weights)."""
     torch.manual_seed(seed)
     return MODEL_BUILDERS[family](spec)
-
-
-# Suffixes of pickle-based weight files (torch.save, pickle; what transformers and torch name
-# them). Unpickling runs whatever the file says; torch's `weights_only` narrows that, but an
-# artifact of ours holds safetensors only, so such a file is refused, never opened.
-PICKLE_WEIGHT_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
 
 def load_pretrained(folder: Path) -> PreTrainedModel:
