@@ -204,7 +204,13 @@ def test_successive_halving_stops_the_worse_trials_at_the_first_rung(
             assert int(str(json_dict(run["progress"])["step"])) < 5000
         progress = json_dict(done["progress"])
         assert progress["stopped"] == 2 and float(str(progress["saved"])) > 0
-        assert done["leaderboard"] == [t["run_id"] for t in (good, *worse)]
+        # The completed trial first; the stopped ones after it, by their loss at the rung.
+        leaderboard = _as_list(done["leaderboard"])
+        assert leaderboard[0] == good["run_id"]
+        assert sorted(str(r) for r in leaderboard[1:]) == sorted(str(t["run_id"]) for t in worse)
+        values = [float(str(json_dict(_as_list(t["rungs"])[-1])["value"])) for t in worse]
+        by_run = dict(zip((t["run_id"] for t in worse), values, strict=True))
+        assert [by_run[r] for r in leaderboard[1:]] == sorted(values)
         assert "2 of 3 trials stopped early" in str(done["message"])
 
 
