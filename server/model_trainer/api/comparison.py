@@ -38,17 +38,13 @@ def compare_runs(
     latest_eval: dict[str, EvalInfo | None],
 ) -> RunComparison:
     """The runs `run_ids` (each one `who` sees, else 404), in the order given."""
-    records = ctx.runs.records(run_ids)
     runs: list[ComparedRun] = []
-    for run_id, record in zip(run_ids, records, strict=True):
-        if record is None or not _sees(ctx, who, record):
+    for run_id in run_ids:
+        record = ctx.runs.record(run_id, who.scope)  # None too for a run `who` cannot see
+        if record is None:
             raise NotFoundError(f"unknown run {run_id!r}")
         runs.append(_compared(ctx, record, latest_eval.get(run_id)))
     return RunComparison(runs=runs, differing=_differences(runs))
-
-
-def _sees(ctx: ApiContext, who: Principal, record: Record[RunProgress]) -> bool:
-    return who.scope is None or ctx.runs.record(record.id, who.scope) is not None
 
 
 def _compared(

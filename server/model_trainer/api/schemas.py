@@ -13,8 +13,9 @@ from model_trainer.api.ids import RUN_ID_PATTERN
 from model_trainer.jobs.payloads import EvaluateRequest
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
 from model_trainer.store.corpora import CorpusInfo
-from model_trainer.store.labels import TAG_PATTERN, Labels, MetadataKey, MetadataValue, Tag
+from model_trainer.store.labels import TAG_PATTERN, Labels
 from model_trainer.store.records import (
+    AnyStatusStore,
     ErrorInfo,
     EvalInfo,
     Record,
@@ -164,12 +165,9 @@ class TokenizerAccepted(_Body):
     status: Status
 
 
-class TokenizerInfo(_Body):
+class TokenizerInfo(_Body, Labels):
     tokenizer_id: str
     status: Status
-    name: str | None = None
-    tags: list[Tag] = Field(default_factory=list)
-    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     message: str | None = None
     created_at: float | None = None
     last_heartbeat_ts: float | None = None
@@ -227,12 +225,9 @@ class RunAccepted(_Body):
     status: Status
 
 
-class RunInfo(_Body):
+class RunInfo(_Body, Labels):
     run_id: str
     status: Status
-    name: str | None = None
-    tags: list[Tag] = Field(default_factory=list)
-    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     message: str | None = None
     created_at: float | None = None
     last_heartbeat_ts: float | None = None
@@ -386,12 +381,9 @@ class SweepAccepted(_Body):
     run_ids: list[str]
 
 
-class SweepInfo(_Body):
+class SweepInfo(_Body, Labels):
     sweep_id: str
     status: Status
-    name: str | None = None
-    tags: list[Tag] = Field(default_factory=list)
-    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     message: str | None = None
     created_at: float | None = None
     request: dict[str, JsonValue] | None = None
@@ -467,11 +459,8 @@ class Sample(_Body):
     note: str | None = None  # why there is no text (no model yet, generation refused)
 
 
-class ComparedRun(_Body):
+class ComparedRun(_Body, Labels):
     run_id: str
-    name: str | None
-    tags: list[Tag]
-    metadata: dict[MetadataKey, MetadataValue]
     status: Status
     settings: dict[str, JsonValue]
     final: FinalFigures
@@ -501,12 +490,36 @@ def json_object(raw: str | None) -> dict[str, JsonValue]:
 # Redis takes as a range index.
 MAX_OFFSET = 10_000_000
 
-# The label filters of the list routes (store/labels.py).
-TagFilter = Annotated[str | None, Query(pattern=TAG_PATTERN, description="only jobs with this tag")]
-NamePrefixFilter = Annotated[
-    str | None,
-    Query(min_length=1, max_length=100, description="only jobs whose name starts with this"),
-]
+
+class ListQuery:
+    """The query of the job lists (`GET /runs`, `/tokenizers`, `/sweeps`): a page, newest
+    first, of one status, tag and name prefix (store/labels.py) when given."""
+
+    def __init__(
+        self,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        status: Annotated[Status | None, Query()] = None,
+        tag: Annotated[
+            str | None, Query(pattern=TAG_PATTERN, description="only jobs with this tag")
+        ] = None,
+        name: Annotated[
+            str | None,
+            Query(
+                min_length=1, max_length=100, description="only jobs whose name starts with this"
+            ),
+        ] = None,
+    ) -> None:
+        self.offset, self.limit, self.status, self.tag, self.name = offset, limit, status, tag, name
+
+    def ids(self, store: AnyStatusStore, scope: str | None) -> tuple[list[str], int]:
+        """The page's ids in `store` (of `scope`'s jobs, for a user key) and the total."""
+        return store.list_ids(
+            self.offset, self.limit, self.status, scope, tag=self.tag, name_prefix=self.name
+        )
+
+    def page(self, total: int) -> Page:
+        return Page(offset=self.offset, limit=self.limit, total=total)
 
 
 def model_response(body: BaseModel, status_code: int = 200) -> Response:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
@@ -24,22 +24,19 @@ from model_trainer.api.generation import GenerateRequest, GenerateResponse
 from model_trainer.api.ids import LastEventId, RunId, check_run_id
 from model_trainer.api.schemas import (
     MAX_COMPARED,
-    MAX_OFFSET,
     ArtifactPointer,
     CheckpointList,
     EvalAccepted,
     EvaluateBody,
+    ListQuery,
     LogLines,
     MetricsBody,
-    NamePrefixFilter,
-    Page,
     ResumeBody,
     RunAccepted,
     RunComparison,
     RunInfo,
     RunList,
     Sample,
-    TagFilter,
     TrainRequest,
     WebhookDeliveries,
     json_object,
@@ -70,25 +67,12 @@ def train_run(config: TrainRequest, ctx: Ctx, who: Me) -> RunAccepted:
 
 
 @router.get("", response_model=RunList)
-def list_runs(
-    ctx: Ctx,
-    who: Me,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    tag: TagFilter = None,
-    name: NamePrefixFilter = None,
-) -> Response:
-    ids, total = ctx.runs.list_ids(
-        offset, limit, status_filter, who.scope, tag=tag, name_prefix=name
-    )
+def list_runs(ctx: Ctx, who: Me, query: Annotated[ListQuery, Depends()]) -> Response:
+    ids, total = query.ids(ctx.runs, who.scope)
     records = [r for r in ctx.runs.records(ids) if r is not None]
     seen = _LiveWorkers(ctx)
     return model_response(
-        RunList(
-            items=[_info(ctx, r, seen) for r in records],
-            page=Page(offset=offset, limit=limit, total=total),
-        )
+        RunList(items=[_info(ctx, r, seen) for r in records], page=query.page(total))
     )
 
 

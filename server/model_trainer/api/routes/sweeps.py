@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, status
 
 from model_trainer.api import sweeps
 from model_trainer.api.auth import Me, Principal
@@ -12,17 +12,14 @@ from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import error_responses
 from model_trainer.api.ids import SweepId
 from model_trainer.api.schemas import (
-    MAX_OFFSET,
-    NamePrefixFilter,
-    Page,
+    ListQuery,
     SweepAccepted,
     SweepInfo,
     SweepList,
     SweepRequest,
-    TagFilter,
 )
 from model_trainer.errors import NotFoundError
-from model_trainer.store.records import Record, Status, SweepProgress
+from model_trainer.store.records import Record, SweepProgress
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -37,23 +34,10 @@ def create_sweep(request: SweepRequest, ctx: Ctx, who: Me) -> SweepAccepted:
 
 
 @router.get("")
-def list_sweeps(
-    ctx: Ctx,
-    who: Me,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    tag: TagFilter = None,
-    name: NamePrefixFilter = None,
-) -> SweepList:
-    ids, total = ctx.sweeps.list_ids(
-        offset, limit, status_filter, who.scope, tag=tag, name_prefix=name
-    )
+def list_sweeps(ctx: Ctx, who: Me, query: Annotated[ListQuery, Depends()]) -> SweepList:
+    ids, total = query.ids(ctx.sweeps, who.scope)
     records = [r for r in ctx.sweeps.records(ids) if r is not None]
-    return SweepList(
-        items=[sweeps.sweep_info(ctx, r) for r in records],
-        page=Page(offset=offset, limit=limit, total=total),
-    )
+    return SweepList(items=[sweeps.sweep_info(ctx, r) for r in records], page=query.page(total))
 
 
 @router.get("/{sweep_id}", responses=error_responses(404))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, status
 
 from model_trainer.api import services
 from model_trainer.api.auth import Me, Principal
@@ -12,11 +12,8 @@ from model_trainer.api.deps import Ctx
 from model_trainer.api.errors import error_responses
 from model_trainer.api.ids import TokenizerId
 from model_trainer.api.schemas import (
-    MAX_OFFSET,
     ArtifactPointer,
-    NamePrefixFilter,
-    Page,
-    TagFilter,
+    ListQuery,
     TokenizerAccepted,
     TokenizerInfo,
     TokenizerList,
@@ -24,7 +21,7 @@ from model_trainer.api.schemas import (
     WebhookDeliveries,
 )
 from model_trainer.errors import NotFoundError
-from model_trainer.store.records import Record, Status, TokenizerSummary
+from model_trainer.store.records import Record, TokenizerSummary
 
 router = APIRouter(prefix="/tokenizers", tags=["tokenizers"])
 
@@ -37,22 +34,11 @@ def train_tokenizer(request: TokenizerRequest, ctx: Ctx, who: Me) -> TokenizerAc
 
 
 @router.get("")
-def list_tokenizers(
-    ctx: Ctx,
-    who: Me,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    tag: TagFilter = None,
-    name: NamePrefixFilter = None,
-) -> TokenizerList:
-    ids, total = ctx.tokenizers.list_ids(
-        offset, limit, status_filter, who.scope, tag=tag, name_prefix=name
-    )
+def list_tokenizers(ctx: Ctx, who: Me, query: Annotated[ListQuery, Depends()]) -> TokenizerList:
+    ids, total = query.ids(ctx.tokenizers, who.scope)
     records = [r for r in ctx.tokenizers.records(ids) if r is not None]
     return TokenizerList(
-        items=[TokenizerInfo.from_record(r) for r in records],
-        page=Page(offset=offset, limit=limit, total=total),
+        items=[TokenizerInfo.from_record(r) for r in records], page=query.page(total)
     )
 
 
