@@ -203,7 +203,7 @@ def throughput_grid(
         )
         spec = model_spec(config, tokenizer.vocab_size, None, None)
         model = build_model(spec, config.model_family, config.seed)
-        fpt = flops_per_token(model, spec)
+        fpt = flops_per_token(model, spec.n_layer, spec.n_embd, spec.max_seq_len)
         params = sum(p.numel() for p in model.parameters())
         steps = 100 if size is ModelSize.TINY else 12
         default = TrainingSpec()

@@ -276,7 +276,7 @@ def throughput(work: Path, vocab: int, rounds: int, results: list[dict[str, obje
         )
         spec = model_spec(config, tokenizer.vocab_size, None, None)
         model = build_model(spec, config.model_family, config.seed)
-        fpt = flops_per_token(model, spec)
+        fpt = flops_per_token(model, spec.n_layer, spec.n_embd, spec.max_seq_len)
         n_params = sum(p.numel() for p in model.parameters())
         steps = 40 if size is ModelSize.TINY else 8
         for precision in (Precision.FP32, Precision.BF16):

@@ -52,6 +52,7 @@ class ModelFolder(BaseModel):
     vocab_size: int | None
     hidden_size: int | None
     num_layers: int | None
+    intermediate_size: int | None  # the MLP's hidden width
     n_params: int
     weight_bytes: int
     weight_files: list[str]
@@ -141,6 +142,7 @@ def _read(files: list[str], opened: _Opener) -> ModelFolder:
         vocab_size=_first_int(sizes, ("vocab_size",)),
         hidden_size=_first_int(sizes, ("hidden_size", "n_embd", "d_model")),
         num_layers=_first_int(sizes, ("num_hidden_layers", "n_layer", "num_layers")),
+        intermediate_size=_first_int(sizes, ("intermediate_size", "n_inner", "ffn_dim")),
         n_params=n_params,
         weight_bytes=weight_bytes,
         weight_files=weights,

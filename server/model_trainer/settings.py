@@ -220,6 +220,9 @@ class LimitsSettings(_Section):
     # route with a body larger than that: it is streamed to a temp file, never held in memory,
     # and refused with 413 past this size. Larger corpora go to Data Bank directly.
     corpus_upload_max_bytes: int = Field(default=256 * 1024**2, ge=1024, le=64 * 1024**3)
+    # `POST /models`: a tar of a base model to fine-tune, streamed to disk the same way (a
+    # 1.5B-parameter model in bf16 is ~3 GiB; a larger one goes to Data Bank directly).
+    model_upload_max_bytes: int = Field(default=8 * 1024**3, ge=1024, le=256 * 1024**3)
     # Checks against Data Bank on the request path (api/remote.py): no retries, this timeout,
     # at most this many in flight (more get 503 at once), and 503 without calling for the
     # cooldown after Data Bank was found unavailable.

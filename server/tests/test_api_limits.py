@@ -93,8 +93,12 @@ def _settings(
     api_key: str | None = None,
     max_body_bytes: int = CAP,
 ) -> Settings:
-    # The corpus upload's own cap is set as low, so that its 413 is as quick to provoke.
-    limits = LimitsSettings(max_body_bytes=max_body_bytes, corpus_upload_max_bytes=max_body_bytes)
+    # The uploads' own caps are set as low, so that their 413 is as quick to provoke.
+    limits = LimitsSettings(
+        max_body_bytes=max_body_bytes,
+        corpus_upload_max_bytes=max_body_bytes,
+        model_upload_max_bytes=max_body_bytes,
+    )
     update: dict[str, object] = {"limits": limits}
     if redis_url is not None:
         update["redis_url"] = redis_url
@@ -376,7 +380,7 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
         "{run_id}": ("run", MALFORMED_RUN_IDS, "16 hex digits"),
         "{sweep_id}": ("sweep", MALFORMED_SWEEP_IDS, "16 hex digits"),
         "{tokenizer_id}": ("tokenizer", MALFORMED_TOKENIZER_IDS, "16 hex digits"),
-        "{file_id}": ("corpus", MALFORMED_FILE_IDS, "64 hex digits"),
+        "{file_id}": ("file", MALFORMED_FILE_IDS, "64 hex digits"),
     }
     with _checked_client(app) as client:
         for method, template in routes:
@@ -470,7 +474,7 @@ def test_openapi_documents_each_routes_error_answers(settings: Settings) -> None
     assert "HTTPValidationError" not in json.dumps(doc)
     operations = _operations(app)
     protected = {k: op for k, op in operations.items() if k[1] not in ("/healthz", "/readyz")}
-    assert len(protected) == 32
+    assert len(protected) == 34
     for (method, path), operation in protected.items():
         responses = _dict(operation["responses"])
         parameters = [_dict(p) for p in _as_list(operation.get("parameters", []))]
@@ -515,8 +519,8 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             if template in ("/healthz", "/readyz"):
                 continue
             path = _concrete(template)
-            if (method, template) == ("POST", "/corpora"):
-                answers = _corpus_upload_answers(locked_client, client)
+            if (method, template) in (("POST", "/corpora"), ("POST", "/models")):
+                answers = _upload_answers(template, locked_client, client)
                 for status, response in answers.items():
                     assert response.status_code == status, (method, template, response.text)
                     seen.add((method, template, status))
@@ -549,24 +553,24 @@ def test_every_route_gives_its_documented_error_answers(settings: Settings) -> N
             for status, response in answers.items():
                 assert response.status_code == status, (method, template, response.text)
                 seen.add((method, template, status))
-    # 401, 413 and 503 from each of the 32 (but /whoami's 503); 404 from the 19 with an id;
-    # 422 from the 15 with a body or query parameters; 400 (not JSON) from the 7 with a JSON
+    # 401, 413 and 503 from each of the 34 (but /whoami's 503); 404 from the 19 with an id;
+    # 422 from the 17 with a body or query parameters; 400 (not JSON) from the 7 with a JSON
     # body. 429s: tests/test_api_keys.py.
     bodies = sum(1 for (_, _, status) in seen if status == 400)
     assert bodies == 7
-    assert len(seen) == 32 * 3 - 1 + 19 + 15 + bodies
+    assert len(seen) == 34 * 3 - 1 + 19 + 17 + bodies
 
 
-def _corpus_upload_answers(locked: TestClient, down: TestClient) -> dict[int, _Answer]:
-    """`POST /corpora` takes a file, not JSON: an empty one is its 422 (given with the key,
-    Redis up: a submission is counted first); its 503 is Data Bank's (none runs here) or
-    Redis's, whichever it meets first."""
-    text = {"content-type": "text/plain"}
+def _upload_answers(path: str, locked: TestClient, down: TestClient) -> dict[int, _Answer]:
+    """`POST /corpora` and `POST /models` take a file, not JSON: an empty one is their 422
+    (given with the key, Redis up: a submission is counted first); their 503 is Data Bank's
+    (none runs here) or Redis's, whichever they meet first."""
+    kind = {"content-type": "text/plain" if path == "/corpora" else "application/x-tar"}
     return {
-        401: locked.post("/corpora", content=b"some text", headers=text),
-        413: down.post("/corpora", content=b"x\n" * CAP, headers=text),
-        503: down.post("/corpora", content=b"some text", headers=text),
-        422: locked.post("/corpora", content=b"", headers={**text, "X-API-Key": KEY}),
+        401: locked.post(path, content=b"some text", headers=kind),
+        413: down.post(path, content=b"x\n" * CAP, headers=kind),
+        503: down.post(path, content=b"some text", headers=kind),
+        422: locked.post(path, content=b"", headers={**kind, "X-API-Key": KEY}),
     }
 
 

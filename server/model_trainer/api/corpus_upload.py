@@ -47,15 +47,20 @@ async def receive_corpus(
             ErrorCode.VALIDATION_ERROR,
             "send the file's bytes as the body (Content-Type: text/plain), not a form",
         )
-    spool = ctx.settings.app.data_root / "uploads"
-    spool.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=spool, prefix=".corpus-") as tmp:
+    with tempfile.TemporaryDirectory(dir=spool_dir(ctx), prefix=".corpus-") as tmp:
         path = Path(tmp) / "corpus.txt"
-        await _spool(chunks, path)
+        await spool(chunks, path)
         return await run_in_threadpool(_check_and_upload, ctx, path, name, who)
 
 
-async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
+def spool_dir(ctx: ApiContext) -> Path:
+    """Where uploads wait on the API's disk while they are checked (corpora, models)."""
+    folder = ctx.settings.app.data_root / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def spool(chunks: AsyncIterator[bytes], path: Path) -> None:
     try:
         async with await anyio.open_file(path, "wb") as out:
             async for chunk in chunks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,6 +24,7 @@ from model_trainer.store.keys import (
     workers_key,
 )
 from model_trainer.store.records import JobStores, as_str
+from model_trainer.training.memory import gib
 
 
 class ApiContext(JobStores):
@@ -108,3 +110,39 @@ def largest_live_worker_memory(ctx: ApiContext, queue: str) -> tuple[str, int] |
         if text is not None and text.isdigit()
     ]
     return max(found, key=lambda item: item[1]) if found else None
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """What one run may use: `fraction` of a worker's `memory`, and where `memory` came from."""
+
+    memory: int
+    fraction: float
+    source: str
+
+    @property
+    def bytes(self) -> int:
+        return int(self.memory * self.fraction)
+
+    def describe(self) -> str:
+        return f"{gib(self.bytes)}: {self.fraction:g} of {gib(self.memory)}, {self.source}"
+
+
+def memory_limit(ctx: ApiContext, queue: str) -> MemoryLimit | None:
+    """`admission.worker_memory_bytes` when set, else the largest memory a live worker of
+    `queue` (the one the run will wait on) reported; None when neither is known (no worker
+    up yet: runs are admitted)."""
+    admission = ctx.settings.admission
+    if admission.worker_memory_bytes is not None:
+        return MemoryLimit(
+            admission.worker_memory_bytes,
+            admission.memory_fraction,
+            "the worker memory set in ADMISSION__WORKER_MEMORY_BYTES",
+        )
+    largest = largest_live_worker_memory(ctx, queue)
+    if largest is None:
+        return None
+    name, memory = largest
+    return MemoryLimit(
+        memory, admission.memory_fraction, f"the memory of the largest live worker ({name})"
+    )

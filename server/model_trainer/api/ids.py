@@ -110,14 +110,14 @@ def _file_id(
     file_id: Annotated[
         str,
         Path(
-            description="a corpus's Data Bank id (64 hex digits), as `POST /corpora` answered; "
-            "anything else is an unknown corpus (404)",
+            description="a Data Bank id (64 hex digits), as `POST /corpora` or `POST /models` "
+            "answered; anything else is an unknown file (404)",
             json_schema_extra={"pattern": FILE_ID_PATTERN},
         ),
     ],
 ) -> str:
     if _FILE_ID.fullmatch(file_id) is None:
-        raise NotFoundError(f"unknown corpus {_shown(file_id)}: file ids are 64 hex digits")
+        raise NotFoundError(f"unknown file {_shown(file_id)}: file ids are 64 hex digits")
     return file_id
 
 

@@ -28,6 +28,7 @@ from model_trainer.api.routes import (
     health,
     me,
     metrics,
+    models,
     runs,
     sweeps,
     tokenizers,
@@ -113,10 +114,11 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     limits = context.settings.limits
     # The corpus upload streams its body to disk: it has its own, larger cap.
     upload_cap = BodyCap(limits.corpus_upload_max_bytes, "limits.corpus_upload_max_bytes")
+    model_cap = BodyCap(limits.model_upload_max_bytes, "limits.model_upload_max_bytes")
     app.add_middleware(
         BodySizeLimit,
         max_bytes=limits.max_body_bytes,
-        per_path={corpora.UPLOAD_PATH: upload_cap},
+        per_path={corpora.UPLOAD_PATH: upload_cap, models.UPLOAD_PATH: model_cap},
     )
     # Outside the body cap: a request for a Host we do not answer gets nothing else.
     app.add_middleware(TrustedHosts, patterns=security.trusted_hosts)
@@ -135,6 +137,7 @@ def create_app(ctx: ApiContext | None = None) -> FastAPI:
     routers = (
         me.router,
         corpora.router,
+        models.router,
         tokenizers.router,
         runs.router,
         sweeps.router,

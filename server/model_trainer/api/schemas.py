@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from model_trainer.api.ids import RUN_ID_PATTERN
 from model_trainer.jobs.payloads import EvaluateRequest
+from model_trainer.store.base_models import ModelInfo
 from model_trainer.store.checkpoints import CheckpointEntry, CheckpointIndex, CheckpointKind
 from model_trainer.store.corpora import CorpusInfo
 from model_trainer.store.labels import TAG_PATTERN, Labels
@@ -107,7 +108,12 @@ class TrainRequest(TrainingSpec, WebhookFields, Labels):
     )
     corpus_format: CorpusFormatField = "auto"
     text_field: TextFieldName = DEFAULT_TEXT_FIELD
-    tokenizer_id: str = Field(min_length=1, max_length=128)
+    tokenizer_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="the tokenizer to train with; none with base_model (it brings its own)",
+    )
     user_id: UserId = 0
     from_run_id: str | None = Field(
         default=None,
@@ -130,6 +136,15 @@ class TrainRequest(TrainingSpec, WebhookFields, Labels):
         check_format_fields(self.corpus_format, self.text_field)
         if self.from_checkpoint is not None and self.from_run_id is None:
             raise ValueError("from_checkpoint needs from_run_id")
+        if self.base_model is None and self.tokenizer_id is None:
+            raise ValueError("give tokenizer_id (or base_model, to fine-tune a model)")
+        if self.base_model is not None and self.tokenizer_id is not None:
+            raise ValueError(
+                "tokenizer_id does not apply with base_model: the base model's own tokenizer "
+                "is used"
+            )
+        if self.base_model is not None and self.from_run_id is not None:
+            raise ValueError("give base_model or from_run_id, not both")
         return self
 
     def spec(self) -> TrainingSpec:
@@ -214,6 +229,11 @@ class TokenizerList(_Body):
 
 class CorpusList(_Body):
     items: list[CorpusInfo]
+    page: Page
+
+
+class ModelList(_Body):
+    items: list[ModelInfo]
     page: Page
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 
 from pydantic import JsonValue, ValidationError
 
 from model_trainer.api.auth import Principal
+from model_trainer.api.base_models import check_base_model
 from model_trainer.api.deps import (
     ApiContext,
     artifact_available,
-    largest_live_worker_memory,
+    memory_limit,
     require_corpus,
 )
 from model_trainer.api.errors import FieldError, FieldsInvalid
@@ -59,7 +59,7 @@ from model_trainer.store.records import (
     hset,
 )
 from model_trainer.training.config import TrainingSpec
-from model_trainer.training.memory import MemoryEstimate, estimate_run_memory, gib
+from model_trainer.training.memory import MemoryEstimate, estimate_run_memory
 from model_trainer.webhooks.addresses import check_url
 from model_trainer.webhooks.records import Endpoint, WebhookStore, new_secret
 
@@ -118,15 +118,20 @@ def submit_run(ctx: ApiContext, config: TrainRequest, who: Principal) -> RunAcce
     from must be ones `who` sees."""
     ctx.quotas.submission(who)
     check_webhook(ctx, config)
-    config, tokenizer = usable_tokenizer(ctx, config, who)
-    admit_memory(ctx, config, tokenizer)
+    if config.base_model is not None:
+        check_base_model(ctx, config)  # its own tokenizer; context and memory checked
+        tokenizer = None
+    else:
+        config, tokenizer = usable_tokenizer(ctx, config, who)
+        admit_memory(ctx, config, tokenizer)
     init_from: InitFrom | None = None
     source_id = config.from_run_id
     if source_id is not None:
         # Stored and enqueued as resolved: a request that names no checkpoint says "last".
         config = config.model_copy(update={"from_checkpoint": config.from_checkpoint or "last"})
         init_from = resolve_init_from(ctx, config, source_id, who)
-    require_tokenizer_artifact(ctx, config, tokenizer)
+    if tokenizer is not None:
+        require_tokenizer_artifact(ctx, config, tokenizer)
     if init_from is not None and not artifact_available(ctx, init_from.file_id):
         raise ConflictError(
             f"checkpoint {init_from.kind} at step {init_from.step} of run {init_from.run_id!r} "
@@ -168,6 +173,8 @@ def usable_tokenizer(
 ) -> tuple[TrainRequest, Record[TokenizerSummary]]:
     """The run's tokenizer once it is one `who` sees and it is trained (404, 409), and the
     request reading the corpus as the tokenizer did (`inherit_corpus_reading`)."""
+    if config.tokenizer_id is None:
+        raise ValueError("usable_tokenizer needs a run with tokenizer_id")
     tokenizer = ctx.tokenizers.record(config.tokenizer_id, who.scope)
     if tokenizer is None:
         raise NotFoundError(f"unknown tokenizer_id {config.tokenizer_id!r}")
@@ -209,42 +216,6 @@ def inherit_corpus_reading(
     if "text_field" not in given and isinstance(text_field, str) and not reads_text:
         update["text_field"] = text_field
     return config.model_copy(update=update) if update else config
-
-
-@dataclass(frozen=True)
-class MemoryLimit:
-    """What one run may use: `fraction` of a worker's `memory`, and where `memory` came from."""
-
-    memory: int
-    fraction: float
-    source: str
-
-    @property
-    def bytes(self) -> int:
-        return int(self.memory * self.fraction)
-
-    def describe(self) -> str:
-        return f"{gib(self.bytes)}: {self.fraction:g} of {gib(self.memory)}, {self.source}"
-
-
-def memory_limit(ctx: ApiContext, queue: str) -> MemoryLimit | None:
-    """`admission.worker_memory_bytes` when set, else the largest memory a live worker of
-    `queue` (the one the run will wait on) reported; None when neither is known (no worker
-    up yet: runs are admitted)."""
-    admission = ctx.settings.admission
-    if admission.worker_memory_bytes is not None:
-        return MemoryLimit(
-            admission.worker_memory_bytes,
-            admission.memory_fraction,
-            "the worker memory set in ADMISSION__WORKER_MEMORY_BYTES",
-        )
-    largest = largest_live_worker_memory(ctx, queue)
-    if largest is None:
-        return None
-    name, memory = largest
-    return MemoryLimit(
-        memory, admission.memory_fraction, f"the memory of the largest live worker ({name})"
-    )
 
 
 def admit_memory(
@@ -592,6 +563,11 @@ def resolve_generation_model(
             f"cannot read the request of run {run_id!r} to build its model: "
             f"{exc.error_count()} invalid field(s)"
         ) from exc
+    if config.tokenizer_id is None:
+        raise ConflictError(
+            f"run {run_id!r} fine-tunes a base model: generate from its artifact once it "
+            "completes (checkpoints of fine-tuning runs are for resuming it)"
+        )
     tokenizer_file_id = ctx.tokenizers.file_id(config.tokenizer_id)
     if tokenizer_file_id is None:
         raise ConflictError(

@@ -9,6 +9,8 @@ import functools
 import json
 import shutil
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from model_trainer.api.schemas import (
     EvalAccepted,
     EvalInfo,
     LogLines,
+    ModelList,
     RunAccepted,
     RunComparison,
     RunInfo,
@@ -62,6 +65,7 @@ from model_trainer.databank.client import DataBankClient
 from model_trainer.databank.errors import DataBankError
 from model_trainer.errors import UnsafeArchiveError
 from model_trainer.settings import AppSettings
+from model_trainer.store.base_models import ModelInfo
 from model_trainer.store.records import Status
 from model_trainer.tokenization.corpus_formats import PARQUET_MAGIC
 from model_trainer.training.config import ModelFamily, ModelSize, Optimizer
@@ -89,6 +93,11 @@ sweep_app = typer.Typer(
     help="Sweeps: many runs over a search space, the worse stopped early.", no_args_is_help=True
 )
 app.add_typer(sweep_app, name="sweep")
+model_app = typer.Typer(
+    help="Base models to fine-tune: upload a transformers model folder, list.",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
 
 # How often --wait and --follow ask the API (seconds).
 POLL_INTERVAL_SEC = 1.0
@@ -357,6 +366,57 @@ def corpus_list(
         o.output.out.print(corpus_table(page.items))
 
 
+# -- model (base models) ------------------------------------------------------------------
+
+
+@model_app.command("upload")
+@handled
+def model_upload(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, readable=True)],
+    name: Annotated[
+        str | None, typer.Option("--name", help="the name `model list` shows (the folder's)")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Upload a transformers model folder (config.json, safetensors weights, tokenizer.json)
+    to fine-tune (`POST /models`: checked, stored in Data Bank); prints its file_id, for
+    `run train --base-model`. The folder is sent as a plain tar of it."""
+    o = _options(as_json)
+    with tempfile.TemporaryDirectory(prefix="modeltrainer-") as tmp:
+        tar = Path(tmp) / f"{folder.resolve().name}.tar"
+        with tarfile.open(tar, "w") as archive:
+            archive.add(folder, arcname=folder.resolve().name)
+        response = o.api().upload(
+            "/models", tar, {"name": (name or folder.resolve().name)[:200]}, "application/x-tar"
+        )
+    info = parse(ModelInfo, response)
+    if o.output.as_json:
+        o.output.model(info)
+    else:
+        o.output.line(info.file_id)
+
+
+@model_app.command("list")
+@handled
+def model_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Base models uploaded through the API, most recent first."""
+    o = _options(as_json)
+    page = o.api().get(ModelList, "/models", {"limit": limit, "offset": offset})
+    if o.output.as_json:
+        o.output.model(page)
+        return
+    for item in page.items:
+        m = item.model
+        o.output.line(
+            f"{item.file_id}  {item.name}  {m.architecture}  {m.n_params / 1e6:.1f}M params  "
+            f"context {m.context_length}"
+        )
+
+
 # -- tokenizer ----------------------------------------------------------------------------
 
 
@@ -483,7 +543,17 @@ def _train_body(values: dict[str, JsonValue | None]) -> dict[str, JsonValue]:
 @handled
 def run_train(
     corpus: Annotated[str, typer.Option("--corpus", help="corpus file_id in Data Bank")],
-    tokenizer: Annotated[str, typer.Option("--tokenizer", help="tokenizer id")],
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="tokenizer id (not with --base-model)")
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option("--base-model", help="fine-tune this model: a `model upload` file_id"),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="with --base-model: full or lora")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA's rank")] = None,
     corpus_format: CorpusFormatOption = None,
     text_field: TextFieldOption = None,
     family: Annotated[
@@ -544,12 +614,19 @@ def run_train(
         )
     if from_checkpoint is not None and from_run is None:
         raise CliError("--from-checkpoint needs --from-run", ExitCode.USAGE)
+    if (tokenizer is None) == (base_model is None):
+        raise CliError(
+            "give --tokenizer, or --base-model to fine-tune a model (not both)", ExitCode.USAGE
+        )
     body = _train_body(
         {
             "corpus_file_id": corpus,
             "tokenizer_id": tokenizer,
+            "base_model": base_model,
+            "method": method,
+            "lora": {"r": lora_r} if lora_r is not None else None,
             "model_family": family.value if family is not None else None,
-            "model_size": size.value,
+            "model_size": size.value if base_model is None else None,
             "n_layer": n_layer,
             "n_head": n_head,
             "n_embd": n_embd,

@@ -77,8 +77,11 @@ def fetch_extracted(
 
 
 def single_child(folder: Path) -> Path:
-    """Our tars have one top folder (`tokenizer-<id>/`, `model-<id>/`)."""
+    """Our tars have one top folder (`tokenizer-<id>/`, `model-<id>/`); a base model's tar
+    (uploaded by a user) may hold the model folder's files at its top instead."""
     children = list(folder.iterdir())
+    if (folder / "config.json").is_file():
+        return folder
     if len(children) != 1 or not children[0].is_dir():
         names = sorted(p.name for p in children)[:5]
         raise UnsafeArchiveError(f"an artifact holds one top folder, not {names}")

@@ -21,6 +21,7 @@ from model_trainer.jobs.payloads import EvaluateJob, TrainJob
 from model_trainer.store.fencing import Command
 from model_trainer.store.keys import JobField, JobKind
 from model_trainer.store.records import (
+    BaseScore,
     EvalResult,
     RecordMeta,
     SampleText,
@@ -100,7 +101,10 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
     log.info("evaluation %s completed", payload.eval_id, extra=log_fields("eval_completed"))
 
 
-def eval_result(metrics: EvalMetrics, eval_dir: Path) -> EvalResult:
+def eval_result(
+    metrics: EvalMetrics, eval_dir: Path, base: EvalMetrics | None = None
+) -> EvalResult:
+    """What an evaluation measured; `base`: a fine-tuning run's base model on the same split."""
     samples_path = eval_dir / "samples.jsonl"
     samples: list[SampleText] = []
     if samples_path.exists():
@@ -116,6 +120,11 @@ def eval_result(metrics: EvalMetrics, eval_dir: Path) -> EvalResult:
         num_tokens=metrics.n_tokens,
         num_chars=metrics.n_chars,
         samples=samples,
+        base=(
+            BaseScore(loss=base.loss, perplexity=base.perplexity, bits_per_char=base.bits_per_char)
+            if base is not None
+            else None
+        ),
     )
 
 

@@ -48,6 +48,7 @@ from model_trainer.jobs.ownership import JobOwner, owned_job
 from model_trainer.jobs.payloads import TrainJob
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.jobs.tracking import MlflowRun
+from model_trainer.pretrained import read_model_folder
 from model_trainer.store.events import RunConfigured, RunProgressed, RunResult
 from model_trainer.store.keys import JobField, JobKind, job_key
 from model_trainer.store.records import RunExecution, RunProgress
@@ -59,7 +60,12 @@ from model_trainer.training.execution import Execution
 from model_trainer.training.hardware import NO_GPU, cpu_info, gpu_info, resolve_threads
 from model_trainer.training.loop import CheckpointInfo, Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.loop import EvalInfo as LoopEvalInfo
-from model_trainer.training.memory import estimate_run_memory, gib, machine_memory_bytes
+from model_trainer.training.memory import (
+    estimate_fine_tune_memory,
+    estimate_run_memory,
+    gib,
+    machine_memory_bytes,
+)
 from model_trainer.training.run import run_training
 from service_common.databank_contract import FileInfo
 from service_common.jsonlog import log_fields
@@ -373,10 +379,8 @@ def _train(
     with prepare_corpus(
         ctx, payload.corpus_file_id, payload.corpus_format, payload.text_field
     ) as corpus:
-        tokenizer_file_id = ctx.tokenizers.file_id(payload.tokenizer_id)
-        if tokenizer_file_id is None:
-            raise UserError(f"tokenizer {payload.tokenizer_id} has no artifact (was it deleted?)")
-        tokenizer_dir = fetch_artifact(ctx, tokenizer_file_id, "tokenizer", payload.tokenizer_id)
+        # A base model's folder holds its tokenizer: it stands where a tokenizer folder would.
+        tokenizer_dir, tokenizer_id = _tokenizer_folder(ctx, payload)
         _check_memory(ctx, spec, tokenizer_dir)
         sync = CheckpointSync(owner, run_dir)
         try:
@@ -400,7 +404,7 @@ def _train(
                 run_dir,
                 ctx.cache,
                 corpus_id=corpus.corpus_id,
-                tokenizer_id=payload.tokenizer_id,
+                tokenizer_id=tokenizer_id,
                 device_requested=payload.device,
                 cpu=cpu_info(ctx.settings.app.native_bf16, ctx.settings.app.compile_steps),
                 # Only a worker started as a GPU worker trains on its GPU (settings.worker_device).
@@ -444,6 +448,13 @@ def _train(
         if metrics
         else f"completed {result.steps} steps{stopped}"
     )
+    base_eval = (
+        result.manifest.fine_tuning.base_eval
+        if result.manifest and result.manifest.fine_tuning
+        else None
+    )
+    if base_eval is not None:
+        message += f" (base model: {base_eval.loss:.4f}, {base_eval.bits_per_char:.3f} bits/char)"
     # The final evaluation's loss; without one, the last training loss (see RunResult).
     final_loss, evaluated = reporter.last_train_loss, False
     if metrics is not None and math.isfinite(metrics.loss):
@@ -454,7 +465,7 @@ def _train(
     runs = owner.fenced(ctx.runs)
     also = runs.file_id_commands(run_id, uploaded.file_id)
     if metrics is not None:
-        evaluation = eval_result(metrics, artifact / EVAL_DIR)
+        evaluation = eval_result(metrics, artifact / EVAL_DIR, base_eval)
         also += final_eval_commands(owner.fenced(ctx.evals), run_id, evaluation, message)
     if mlflow is not None:
         final = (
@@ -464,6 +475,22 @@ def _train(
     owner.complete(message, artifact=uploaded, run=run_result, also=also)
 
 
+def _tokenizer_folder(ctx: WorkerContext, payload: TrainJob) -> tuple[Path, str]:
+    """The folder the run's tokenizer is in, and the id its token files are cached under:
+    the tokenizer's artifact, or the base model's whole folder (it brings its tokenizer)."""
+    base = payload.spec.base_model
+    if base is not None:
+        folder = fetch_artifact(ctx, base, "base-model", "uploaded")
+        read_model_folder(folder)  # checked again here: the API's reading may be old
+        return folder, f"base-{base}"
+    if payload.tokenizer_id is None:
+        raise UserError("the run names neither a tokenizer nor a base model")
+    file_id = ctx.tokenizers.file_id(payload.tokenizer_id)
+    if file_id is None:
+        raise UserError(f"tokenizer {payload.tokenizer_id} has no artifact (was it deleted?)")
+    return fetch_artifact(ctx, file_id, "tokenizer", payload.tokenizer_id), payload.tokenizer_id
+
+
 def _check_memory(ctx: WorkerContext, spec: TrainingSpec, tokenizer_dir: Path) -> None:
     """The API admits by what workers report; this worker checks its own memory too (a run
     submitted while no worker was up, or one that landed on a smaller worker)."""
@@ -471,11 +498,16 @@ def _check_memory(ctx: WorkerContext, spec: TrainingSpec, tokenizer_dir: Path) -
     if available is None:
         return
     limit = int(available * ctx.settings.admission.memory_fraction)
-    estimate = estimate_run_memory(spec, load_tokenizer(tokenizer_dir).vocab_size)
+    if spec.fine_tunes():
+        estimate = estimate_fine_tune_memory(spec, read_model_folder(tokenizer_dir))
+        lower = "batch_size or max_seq_len, use method lora, or pick a smaller base model"
+    else:
+        estimate = estimate_run_memory(spec, load_tokenizer(tokenizer_dir).vocab_size)
+        lower = "n_embd, n_layer, batch_size or max_seq_len"
     if estimate.total_bytes > limit:
         raise UserError(
             f"this run needs about {estimate.describe()}, more than this worker's "
-            f"{gib(limit)}: lower n_embd, n_layer, batch_size or max_seq_len",
+            f"{gib(limit)}: lower {lower}",
             ErrorCode.CONFIG_INVALID,
         )
 

@@ -45,7 +45,7 @@ class TrainJob(_Payload):
     corpus_file_id: str = Field(pattern=FILE_ID_PATTERN)
     corpus_format: CorpusFormatField = "auto"
     text_field: TextFieldName = DEFAULT_TEXT_FIELD
-    tokenizer_id: str
+    tokenizer_id: str | None  # None: the spec's base model brings its own
     user_id: int = 0
     device: Device = Device.AUTO
     threads: int | None = None

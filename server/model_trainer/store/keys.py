@@ -26,6 +26,10 @@ script that touches them touches one slot. DESIGN.md links here.
 | `corpora:by-owner:{principal}`   | zset (id, score = ts)             | none  | API            |
 | `corpora:holders:{id}`           | set (principals holding it)       | none  | API            |
 | `corpora:bytes`                  | hash (principal -> bytes held)    | none  | API            |
+| `models:index`                   | zset (`<principal>/<id>`, ts)     | none  | API            |
+| `models:info`                    | hash (`<principal>/<id>` -> info) | none  | API            |
+| `models:by-owner:{principal}`    | zset (id, score = ts)             | none  | API            |
+| `models:inspected`               | hash (id -> what the tar holds)   | none  | API            |
 | `trainer:limits:*`               | the `limits` library's windows    | 1 min | API            |
 | `trainer:events` (setting)       | pub/sub channel                   | -     | worker         |
 | `job:{<id>}:webhooks`            | hash (endpoint id -> url, secret) | 30 d  | API            |
@@ -220,6 +224,17 @@ def corpora_owner_key(owner: str) -> str:
 
 def corpus_holders_key(file_id: str) -> str:
     return f"corpora:holders:{file_id}"
+
+
+MODELS_INDEX = "models:index"
+MODELS_INFO = "models:info"
+# Base models read from their tar (pretrained.ModelFolder), by Data Bank id: a tar is read
+# once, whoever uploaded it and however (POST /models or Data Bank directly).
+MODELS_INSPECTED = "models:inspected"
+
+
+def models_owner_key(owner: str) -> str:
+    return f"models:by-owner:{owner}"
 
 
 # Prefix of the rate limiter's windows (the `limits` library names the rest, api/quotas.py).

@@ -115,6 +115,14 @@ class SampleText(_Stored):
     completion: str
 
 
+class BaseScore(_Stored):
+    """A fine-tuning run's base model on the same split, before training."""
+
+    loss: float
+    perplexity: float
+    bits_per_char: float
+
+
 class EvalResult(_Stored):
     """What a finished evaluation measured (an `eval` record's progress)."""
 
@@ -126,6 +134,8 @@ class EvalResult(_Stored):
     num_tokens: int | None = None
     num_chars: int | None = None
     samples: list[SampleText] | None = None
+    # A fine-tuning run's final evaluation: the base model's figures, the "before".
+    base: BaseScore | None = None
 
 
 class RungResult(_Stored):

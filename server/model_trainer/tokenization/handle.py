@@ -45,8 +45,11 @@ class TokenizerHandle:
         return self.tokenizer.token_to_id(token)
 
 
-def load_tokenizer(folder: Path) -> TokenizerHandle:
-    """Load a tokenizer folder; `UserError` if it is not one or does not name eos and pad."""
+def load_tokenizer(folder: Path, *, pad_falls_back_to_eos: bool = False) -> TokenizerHandle:
+    """Load a tokenizer folder; `UserError` if it is not one or does not name eos and pad.
+
+    `pad_falls_back_to_eos`: a base model's tokenizer (GPT-2's, Llama's) often names no pad
+    token; the end-of-text token pads then, as transformers' own examples do."""
     path = folder / TOKENIZER_JSON
     if not path.is_file():
         raise UserError(
@@ -54,6 +57,8 @@ def load_tokenizer(folder: Path) -> TokenizerHandle:
             ErrorCode.DATA_INVALID,
         )
     roles = read_special_tokens(folder)
+    if pad_falls_back_to_eos and "pad_token" not in roles and "eos_token" in roles:
+        roles["pad_token"] = roles["eos_token"]
     missing = [role for role in ("eos_token", "pad_token") if role not in roles]
     if missing:
         raise UserError(

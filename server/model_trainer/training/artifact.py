@@ -14,6 +14,7 @@ leaves a half-written artifact behind.
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from model_trainer.training.config import (
     Architecture,
     CompileMode,
     Device,
+    FineTuneMethod,
     Precision,
     TrainingSpec,
 )
@@ -43,7 +45,13 @@ from model_trainer.training.hardware import CpuInfo, GpuInfo
 
 # Copied from the tokenizer folder when present (`load_tokenizer` insists on tokenizer.json
 # and on the special tokens' roles, from one of the other two).
-TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, SPECIAL_TOKENS_MAP_JSON)
+# A base model's chat template may be a file of its own (transformers 4.43 and later).
+TOKENIZER_FILES = (
+    TOKENIZER_JSON,
+    TOKENIZER_CONFIG_JSON,
+    SPECIAL_TOKENS_MAP_JSON,
+    "chat_template.jinja",
+)
 
 
 class DataSummary(BaseModel):
@@ -100,13 +108,30 @@ class ArtifactWeights(BaseModel):
     val_loss: float | None
 
 
+class FineTuning(BaseModel):
+    """What a run with a base model started from and trained (see training/finetune.py)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_model: str  # the request's: a Data Bank file id or hf:<org>/<name>[@<revision>]
+    model_type: str  # config.json's, e.g. llama
+    architecture: str  # e.g. LlamaForCausalLM
+    method: FineTuneMethod
+    trainable_params: int
+    artifact_format: Literal["merged", "adapter"]
+    # The base model on the same validation split, before training: the "before" of
+    # before/after (the manifest's `eval` is the after).
+    base_eval: EvalMetrics | None
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     format_version: int = 1
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     config: TrainingSpec
-    architecture: Architecture
+    architecture: Architecture | None  # our presets' shape; None for a base model's
+    fine_tuning: FineTuning | None
     n_params: int
     flops_per_token: int
     seed: int
@@ -141,6 +166,12 @@ def staging_dir(artifact_dir: Path) -> Path:
 
 def save_model(model: PreTrainedModel, tokenizer: TokenizerHandle, folder: Path) -> None:
     model.save_pretrained(folder)  # safetensors (the only format transformers 5 writes)
+    save_tokenizer_files(tokenizer, folder)
+
+
+def save_tokenizer_files(tokenizer: TokenizerHandle, folder: Path) -> None:
+    """The tokenizer's files beside the weights. Roles the handle filled in (a base model's
+    pad, the end-of-text token) are written down, so that every reader agrees with training."""
     for name in TOKENIZER_FILES:
         source = tokenizer.folder / name
         if source.is_file():
@@ -150,6 +181,12 @@ def save_model(model: PreTrainedModel, tokenizer: TokenizerHandle, folder: Path)
         # its GPT-2 defaults; the roles come from special_tokens_map.json, which the loader
         # found when this one is missing.
         write_special_token_files(folder, read_special_tokens(tokenizer.folder))
+    roles = read_special_tokens(folder)
+    if "pad_token" not in roles:
+        config_path = folder / TOKENIZER_CONFIG_JSON
+        config: dict[str, object] = json.loads(config_path.read_text(encoding="utf-8"))
+        config["pad_token"] = tokenizer.decode([tokenizer.pad_id])
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def publish(staging: Path, artifact_dir: Path) -> Path:

@@ -36,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_trainer.errors import CheckpointInvalid
+from model_trainer.training.evaluate import EvalMetrics
 from model_trainer.training.execution import Execution
 
 CHECKPOINT_DIR = "checkpoints"
@@ -82,6 +83,9 @@ class LoopState(BaseModel):
     last_val_loss: float | None = None
     last_eval_step: int | None = None
     initialised_from: str | None = None  # whose weights a fresh run started from, if any
+    # A fine-tuning run's base model, scored before its first step on the whole validation
+    # split (the artifact's evaluation is the same on the fine-tuned weights).
+    base_eval: EvalMetrics | None = None
     window_loss_sum: float = 0.0  # training losses since the last metrics row
     window_steps: int = 0
     window_grad_norm_sum: float = 0.0  # their gradients' total norms, before clipping

@@ -78,6 +78,44 @@ class Device(StrEnum):
     CUDA = "cuda"  # an NVIDIA GPU: the GPU queue, which only GPU workers serve
 
 
+class FineTuneMethod(StrEnum):
+    """How a run with a `base_model` trains it (see training/finetune.py)."""
+
+    FULL = "full"  # every weight of the base model
+    LORA = "lora"  # low-rank adapters beside the frozen base weights (peft)
+
+
+# A base model: a Data Bank file id (a tar of a transformers model folder), or a hub model
+# `hf:<org>/<name>[@<revision>]`.
+BASE_MODEL_PATTERN = (
+    r"^([0-9a-f]{64}"
+    r"|hf:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}(@[A-Za-z0-9._/-]{1,100})?)$"
+)
+
+# What a fine-tuning run starts from where the request gives nothing: AdamW (Muon is built
+# for training from scratch), no weight decay, and the usual peak rates of full fine-tuning
+# and of LoRA (peft's and LLaMA-Factory's examples: 1e-5 to 5e-5 full, 1e-4 to 3e-4 LoRA).
+FINE_TUNE_DEFAULTS: dict[FineTuneMethod, dict[str, object]] = {
+    FineTuneMethod.FULL: {"optimizer": "adamw", "learning_rate": 3e-5, "weight_decay": 0.0},
+    FineTuneMethod.LORA: {"optimizer": "adamw", "learning_rate": 2e-4, "weight_decay": 0.0},
+}
+
+
+class LoraSpec(BaseModel):
+    """LoRA's settings (peft's `LoraConfig`): rank, scale (alpha / r), dropout on the adapter's
+    input, and the modules that get adapters (default: the architecture's attention and MLP
+    projections, training/finetune.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(default=8, ge=1, le=512)
+    alpha: int = Field(default=16, ge=1, le=4096)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,64}$")]] | None = Field(
+        default=None, min_length=1, max_length=32
+    )
+
+
 class Shape(BaseModel):
     """A preset's depth, heads and width; the same for every family (see `Architecture`)."""
 
@@ -269,6 +307,24 @@ class TrainingSpec(BaseModel):
         "expected saving over the run's budget exceeds the compile time",
     )
     seed: int = Field(default=1337, ge=0, le=2**32 - 1)
+    base_model: str | None = Field(
+        default=None,
+        pattern=BASE_MODEL_PATTERN,
+        description="fine-tune this model instead of training one from scratch: the Data "
+        "Bank file id of a tar of a transformers model folder (POST /models), or "
+        "hf:<org>/<name>[@<revision>]; its own tokenizer is used, and the architecture "
+        "fields (model_family, model_size, n_layer ...) do not apply",
+    )
+    method: FineTuneMethod = Field(
+        default=FineTuneMethod.FULL,
+        description="with base_model: full (every weight) or lora (adapters only)",
+    )
+    lora: LoraSpec | None = Field(default=None, description="LoRA's settings (method lora)")
+    artifact_format: Literal["merged", "adapter"] = Field(
+        default="merged",
+        description="method lora: the artifact is the base model with the adapter merged "
+        "in (loads with AutoModelForCausalLM), or the adapter alone",
+    )
     holdout_fraction: float = Field(
         default=0.1,
         ge=0.001,
@@ -276,6 +332,23 @@ class TrainingSpec(BaseModel):
         description="Tail of the token stream kept out of training: its first half is the "
         "validation split, its second half the test split (see training.data.Holdout).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fine_tune_defaults(cls, data: object) -> object:
+        """A run with a base model starts from fine-tuning's defaults (`FINE_TUNE_DEFAULTS`)
+        for what the request leaves out; they are then its values, like any other."""
+        if not isinstance(data, dict) or data.get("base_model") is None:
+            return data
+        try:
+            method = FineTuneMethod(data.get("method", FineTuneMethod.FULL))
+        except ValueError:
+            return data  # the field's own validation says what is wrong
+        defaults = FINE_TUNE_DEFAULTS[method]
+        filled = {k: v for k, v in defaults.items() if k not in data}
+        if method is FineTuneMethod.LORA and data.get("lora") is None:
+            filled["lora"] = {}
+        return {**data, **filled}
 
     @field_validator("n_kv_head")
     @classmethod
@@ -320,6 +393,15 @@ class TrainingSpec(BaseModel):
                 f"give at most one of num_epochs, max_steps, max_train_seconds "
                 f"(got {', '.join(budgets)})"
             )
+        if self.base_model is not None:
+            return self._check_fine_tuning()
+        for name, value, default in (
+            ("method", self.method, FineTuneMethod.FULL),
+            ("lora", self.lora, None),
+            ("artifact_format", self.artifact_format, "merged"),
+        ):
+            if value != default:
+                raise ValueError(f"{name} applies to fine-tuning: give base_model as well")
         arch = self.resolved()
         if arch.n_embd % arch.n_head != 0:
             raise ValueError(
@@ -336,6 +418,33 @@ class TrainingSpec(BaseModel):
                 f"pairs of dimensions)"
             )
         return self
+
+    def _check_fine_tuning(self) -> Self:
+        # The architecture is the base model's: a field that would size another is an error.
+        given = [
+            name
+            for name in ("n_layer", "n_head", "n_embd", "n_kv_head")
+            if getattr(self, name) is not None
+        ]
+        if self.model_family is not ModelFamily.QWEN3 or self.model_size is not ModelSize.TINY:
+            given = ["model_family / model_size", *given]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} do not apply with base_model: the architecture is the "
+                "base model's"
+            )
+        if self.method is FineTuneMethod.LORA:
+            if self.optimizer is Optimizer.MUON:
+                raise ValueError(
+                    "method lora trains its low-rank adapters with adamw, not muon (Muon "
+                    "orthogonalises whole weight matrices)"
+                )
+        elif self.lora is not None or self.artifact_format != "merged":
+            raise ValueError("lora and artifact_format apply to method lora")
+        return self
+
+    def fine_tunes(self) -> bool:
+        return self.base_model is not None
 
     # How often a run validates and checkpoints does not change what it computes: a resumed
     # run may take other values. Nor does its budget, up to where it stops: a paused run is

@@ -57,6 +57,7 @@ SAMPLES_FILE = "samples.jsonl"
 # Short, corpus-neutral prompts; the same for every run so samples compare across runs.
 DEFAULT_PROMPTS = ("The ", "Once upon a time", "\n")
 EVAL_BATCH = 16
+EVAL_MAX_CONTEXT = 2048
 
 
 class EvalMetrics(BaseModel):
@@ -198,6 +199,12 @@ def write_eval(out_dir: Path, metrics: EvalMetrics, samples: list[Sample]) -> No
         f.writelines(json.dumps(s.model_dump(), ensure_ascii=False) + "\n" for s in samples)
 
 
+def eval_context(model: PreTrainedModel) -> int:
+    """The window evaluation scores in: the model's whole context, up to EVAL_MAX_CONTEXT (a
+    base model may take 32k tokens; scores past a few thousand barely change)."""
+    return min(int(model.config.max_position_embeddings), EVAL_MAX_CONTEXT)
+
+
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: TokenizerHandle,
@@ -208,8 +215,7 @@ def evaluate_model(
     seed: int = 1337,
 ) -> EvalMetrics:
     """Score `tokens` (all but the first are predicted), sample, write `out_dir`'s files."""
-    context = int(model.config.max_position_embeddings)
-    metrics = score(model, tokenizer, tokens, split, context)
+    metrics = score(model, tokenizer, tokens, split, eval_context(model))
     write_eval(out_dir, metrics, generate_samples(model, tokenizer, seed=seed))
     log.info(
         "evaluated on %s: %.4f nats/token, %.4f bits/char",

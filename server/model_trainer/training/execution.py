@@ -221,6 +221,7 @@ def shape_key(
         "device": device.type,
         "threads": threads,
         "family": config.model_family.value,
+        "base_model": config.base_model,
         "architecture": config.resolved().model_dump(mode="json"),
         "vocab_size": vocab_size,
         "batch": [config.batch_size, config.max_seq_len],
@@ -259,7 +260,10 @@ def choose_execution(
         if probe is not None:
             eager_ms = probe.bf16_ms if precision.precision is Precision.BF16 else probe.fp32_ms
         estimate, run_seconds = None, None
-        if config.compile is CompileMode.AUTO and can_compile(device, cpu):
+        # A base model's compile time and speed-up are not measured here (the estimate is
+        # our presets'): it runs eager unless the request says `compile: on`.
+        fine_tune_auto = config.fine_tunes() and config.compile is CompileMode.AUTO
+        if config.compile is CompileMode.AUTO and can_compile(device, cpu) and not fine_tune_auto:
             estimate = estimate_compile(config.resolved().n_layer, memo.get(key))
             budget = config.budget()
             if planned_steps is None:
@@ -268,9 +272,15 @@ def choose_execution(
                 if eager_ms is None:
                     eager_ms = _median_ms(eager, model, x, y)
                 run_seconds = planned_steps * eager_ms / 1000
-        decision = choose_compile(
-            config.compile, estimate, run_seconds, can_compile=can_compile(device, cpu)
-        )
+        if fine_tune_auto:
+            decision = CompileDecision(
+                compiled=False,
+                reason="auto: a base model's step runs eager (compile: on to compile it)",
+            )
+        else:
+            decision = choose_compile(
+                config.compile, estimate, run_seconds, can_compile=can_compile(device, cpu)
+            )
         step, reason = eager, decision.reason
         timings = CompileTimings(estimate=estimate, eager_ms=eager_ms)
         if decision.compiled and config.compile is CompileMode.ON:

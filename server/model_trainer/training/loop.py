@@ -50,7 +50,9 @@ from model_trainer.training.checkpoint import (
 )
 from model_trainer.training.config import Budget, Precision, TrainingSpec
 from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
+from model_trainer.training.evaluate import EvalMetrics
 from model_trainer.training.execution import Execution
+from model_trainer.training.model import load_trainable_state, trainable_state
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.schedule import LrPlan
 from model_trainer.training.step import CPU, LossFn, autocast, forward_logits
@@ -221,6 +223,7 @@ def train(
     checkpoint_every_seconds: float | None = None,
     init_weights: Path | None = None,
     init_label: str | None = None,
+    base_eval: EvalMetrics | None = None,
 ) -> LoopResult:
     """Train `model` in place; resume from `run_dir`'s checkpoint if there is one.
 
@@ -233,11 +236,12 @@ def train(
     since the previous checkpoint. `init_weights`: a checkpoint file (`last.pt` or
     `best.pt`, of any run) whose weights a run without a checkpoint of its own starts from;
     `init_label` names it in the logs and the state (default: the file name).
+    `base_eval`: a fine-tuning run's base model scored before training (kept in the state).
     """
     if checkpoint_every_seconds is not None and not checkpoint_every_seconds > 0:
         raise ValueError(f"checkpoint_every_seconds must be > 0, got {checkpoint_every_seconds}")
     options = _Options(device, log_interval, checkpoint_every_seconds, execution.setup_seconds)
-    state = LoopState(execution=execution)
+    state = LoopState(execution=execution, base_eval=base_eval)
     trainer = _Trainer(model, config, splits, run_dir, state, loss_fn, callbacks, options)
     if resume is not None:
         trainer.resume(resume)
@@ -410,7 +414,7 @@ class _Trainer:
         state.last_val_loss, state.last_eval_step = val, state.step
         if state.best_val_loss is None or val < state.best_val_loss:
             state.best_val_loss, state.best_step, state.evals_since_best = val, state.step, 0
-            file = save_best(self.run_dir, self.model.state_dict(), state.step, val)
+            file = save_best(self.run_dir, trainable_state(self.model), state.step, val)
             self._checkpoint_saved(file, self._elapsed())
         else:
             state.evals_since_best += 1  # counts towards early stopping
@@ -494,7 +498,7 @@ class _Trainer:
             self.run_dir,
             TrainingCheckpoint(
                 config_json=self.config.model_dump_json(),
-                model=self.model.state_dict(),
+                model=trainable_state(self.model),
                 optimizer=self.optimizer.state_dict(),
                 sampler=self.sampler.state_dict(),
                 loop=state,
@@ -515,7 +519,7 @@ class _Trainer:
                 f"{self.run_dir} holds a checkpoint of a different config; use a new run",
                 ErrorCode.CONFIG_INVALID,
             )
-        self.model.load_state_dict(ckpt.model)
+        load_trainable_state(self.model, ckpt.model)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.sampler.load_state_dict(ckpt.sampler)
         self.state = ckpt.loop

@@ -73,9 +73,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from model_trainer.pretrained import ModelFolder
 from model_trainer.training.config import (
     ROTARY_FAMILIES,
     Architecture,
+    FineTuneMethod,
+    LoraSpec,
     ModelFamily,
     Optimizer,
     TrainingSpec,
@@ -227,6 +230,48 @@ def estimate_run_memory(config: TrainingSpec, vocab_size: int) -> MemoryEstimate
         attention_score_bytes=FLOAT_BYTES * tokens * layers * heads * score_copies,
         logits_bytes=LOGITS_COPIES * FLOAT_BYTES * tokens * vocab_size,
         window_bytes=INDEX_BYTES * (config.eval_batches + 2) * batch * (context + 1),
+        runtime_bytes=RUNTIME_BYTES,
+    )
+
+
+# LoRA's adapters per layer, in units of r: about (d + d) for each attention projection
+# (q, k, v, o: 8 d) and (d + I) for each MLP one (gate, up, down: 3 d + 3 I).
+LORA_PER_RANK_EMBD, LORA_PER_RANK_MLP = 11, 3
+
+
+def estimate_fine_tune_memory(config: TrainingSpec, base: ModelFolder) -> MemoryEstimate:
+    """Peak memory of a training step of `config` on the base model `base` describes (its
+    parameters counted from its safetensors headers, its shape from config.json).
+
+    Full fine-tuning keeps what a run from scratch keeps for every weight (16 bytes: weight,
+    gradient, AdamW's two moments); LoRA keeps the frozen weights (4 bytes) and the full
+    state of its adapters only. Activations and logits as for our families (the largest
+    per-block factor, qwen3's: base models vary); unknown sizes count as 0 (a lower bound).
+    """
+    d = base.hidden_size or 0
+    layers = base.num_layers or 0
+    mlp = base.intermediate_size or 4 * d
+    vocab = base.vocab_size or 0
+    tokens = config.batch_size * config.max_seq_len
+    if config.method is FineTuneMethod.LORA:
+        rank = (config.lora or LoraSpec()).r
+        adapters = layers * rank * (LORA_PER_RANK_EMBD * d + LORA_PER_RANK_MLP * mlp)
+        state = FLOAT_BYTES * base.n_params + STATE_BYTES_PER_PARAMETER * adapters
+    else:
+        state = STATE_BYTES_PER_PARAMETER * base.n_params
+    block = BLOCK_ACTIVATIONS[ModelFamily.QWEN3]
+    per_token = layers * (block.per_embd * d + block.per_mlp * mlp + 1)
+    per_token += OUTSIDE_ACTIVATIONS_PER_EMBD * d
+    return MemoryEstimate(
+        parameters=base.n_params,
+        state_bytes=state,
+        activation_bytes=FLOAT_BYTES * tokens * per_token,
+        attention_score_bytes=0,
+        logits_bytes=LOGITS_COPIES * FLOAT_BYTES * tokens * vocab,
+        window_bytes=INDEX_BYTES
+        * (config.eval_batches + 2)
+        * config.batch_size
+        * (config.max_seq_len + 1),
         runtime_bytes=RUNTIME_BYTES,
     )
 

@@ -30,7 +30,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from model_trainer.errors import UserError
+from model_trainer.errors import ErrorCode, UserError
 from model_trainer.pretrained import PICKLE_WEIGHT_SUFFIXES
 from model_trainer.training.config import ModelFamily, TrainingSpec
 
@@ -38,6 +38,8 @@ from model_trainer.training.config import ModelFamily, TrainingSpec
 # than the eager (matmul + softmax) path, the more so at longer contexts
 # (docs/benchmarks.md, "attention").
 ATTENTION = "sdpa"
+# peft's adapter-only folder (a LoRA run's artifact with artifact_format adapter).
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -177,12 +179,43 @@ def load_pretrained(folder: Path) -> PreTrainedModel:
             "only safetensors weights are loaded, and this file is not opened; "
             "use an artifact that holds model.safetensors only"
         )
+    if (folder / ADAPTER_CONFIG).is_file():
+        # transformers would go and find the adapter's base model by the name it records.
+        raise UserError(
+            "the artifact holds a LoRA adapter only (artifact_format adapter): load it with "
+            "peft onto its base model; runs that fine-tune with artifact_format merged have "
+            "a model this service evaluates and generates with"
+        )
     if not any(folder.glob("*.safetensors")):
         raise UserError("the model artifact has no safetensors weights (model.safetensors)")
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"{folder} does not hold a causal language model")
     return model
+
+
+def frozen_names(model: nn.Module) -> set[str]:
+    """The state-dict names of the weights that do not train (every name of a tied one)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of `model`: its whole state, or, when some weights are frozen
+    (LoRA's base), all but those: they are the base model's, loaded again on resuming."""
+    frozen = frozen_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put a `trainable_state` back; anything else missing, or left over, is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = sorted(set(missing) - frozen_names(model))
+    if absent or unexpected:
+        raise UserError(
+            f"the checkpoint does not fit the model (missing {absent[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]})",
+            ErrorCode.CONFIG_INVALID,
+        )
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -212,7 +245,7 @@ def lookup_tables(model: nn.Module) -> list[torch.Tensor]:
     ]
 
 
-def flops_per_token(model: PreTrainedModel, spec: ModelSpec) -> int:
+def flops_per_token(model: PreTrainedModel, n_layer: int, width: int, context: int) -> int:
     """Training FLOPs per token: 6 N for the weights plus attention (PaLM appendix B).
 
     N counts the matrices that multiply (SwiGLU's three, grouped-query attention's smaller
@@ -222,4 +255,4 @@ def flops_per_token(model: PreTrainedModel, spec: ModelSpec) -> int:
     but every query head still attends to every position.
     """
     n = count_params(model) - sum(p.numel() for p in lookup_tables(model))
-    return 6 * n + 12 * spec.n_layer * spec.n_embd * spec.max_seq_len
+    return 6 * n + 12 * n_layer * width * context

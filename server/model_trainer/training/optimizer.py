@@ -68,14 +68,15 @@ class ParameterSplit:
 
 def split_parameters(model: nn.Module, use_muon: bool) -> ParameterSplit:
     """Muon (when `use_muon`) for the 2-D weights that are neither an embedding nor the
-    output head; AdamW for the rest, with decay on matrices other than embeddings."""
+    output head; AdamW for the rest, with decay on matrices other than embeddings. Frozen
+    weights (a LoRA run's base model) are left out."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = id(output_head(model))
     split = ParameterSplit(muon={}, decay=[], no_decay=[])
     seen: set[int] = set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
-            if id(p) in seen:  # a tied matrix belongs to two modules
+            if id(p) in seen or not p.requires_grad:  # tied: two modules; frozen: LoRA's base
                 continue
             seen.add(id(p))
             lookup = id(p) in embeddings

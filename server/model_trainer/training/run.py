@@ -37,18 +37,27 @@ from model_trainer.tokenization.handle import load_tokenizer
 from model_trainer.training.artifact import (
     ArtifactWeights,
     DataSummary,
+    FineTuning,
     Manifest,
     Timings,
     TrainingSummary,
     publish,
     save_model,
+    save_tokenizer_files,
     staging_dir,
 )
 from model_trainer.training.checkpoint import LoopState, load_best, load_last
 from model_trainer.training.config import Device, TrainingSpec
 from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
-from model_trainer.training.evaluate import EVAL_DIR, EvalMetrics, evaluate_model
+from model_trainer.training.evaluate import (
+    EVAL_DIR,
+    EvalMetrics,
+    eval_context,
+    evaluate_model,
+    score,
+)
 from model_trainer.training.execution import CompileMemo, choose_execution, kept_execution
+from model_trainer.training.finetune import LoadedBase, load_base_model, merged_model
 from model_trainer.training.hardware import (
     NO_GPU,
     CpuInfo,
@@ -63,7 +72,13 @@ from model_trainer.training.loop import (
     planned_steps,
     train,
 )
-from model_trainer.training.model import build_model, count_params, flops_per_token, model_spec
+from model_trainer.training.model import (
+    build_model,
+    count_params,
+    flops_per_token,
+    load_trainable_state,
+    model_spec,
+)
 from model_trainer.training.step import use_compile_cache
 from model_trainer.training.tensorboard import write_tensorboard
 from service_common.jsonlog import log_fields
@@ -130,7 +145,8 @@ def run_training(
     if compile_cache_dir is not None:
         use_compile_cache(compile_cache_dir)
 
-    tokenizer = load_tokenizer(tokenizer_dir)
+    # A base model's own tokenizer (its folder holds it); it may name no pad token.
+    tokenizer = load_tokenizer(tokenizer_dir, pad_falls_back_to_eos=config.fine_tunes())
     t0 = time.perf_counter()
     # The token file is mapped for the whole run: held until it ends, never evicted.
     with tokenize_corpus(
@@ -139,11 +155,36 @@ def run_training(
         splits = split_tokens(cache, config.holdout_fraction, tokenizer)
         tokenize_seconds = time.perf_counter() - t0
 
-        spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
-        model = build_model(spec, config.model_family, config.seed)
+        base: LoadedBase | None = None
+        if config.fine_tunes():
+            base = load_base_model(tokenizer_dir, config)
+            model = base.model
+            shape = (model.config.num_hidden_layers, model.config.hidden_size)
+        else:
+            spec = model_spec(config, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+            model = build_model(spec, config.model_family, config.seed)
+            shape = (spec.n_layer, spec.n_embd)
         nn.Module.to(model, device)  # transformers' typing of `model.to` hides nn.Module's
         # Loading restores the random states; choosing puts back whatever it draws.
         resume = load_last(run_dir)
+        tokens = cache.tokens()
+        holdout = Holdout.of(len(tokens), config.holdout_fraction)
+        base_eval = None
+        if base is not None and resume is None:  # a resumed run has it in its checkpoint
+            base_eval = score(
+                model,
+                tokenizer,
+                eval_tokens(tokens, holdout, "validation"),
+                "validation",
+                eval_context(model),
+            )
+            log.info(
+                "base model %s: %.4f nats/token, %.4f bits/char on validation",
+                config.base_model,
+                base_eval.loss,
+                base_eval.bits_per_char,
+                extra=log_fields("base_model_evaluated", bits_per_char=base_eval.bits_per_char),
+            )
         if resume is None:
             budget = config.budget()
             steps = None
@@ -209,6 +250,7 @@ def run_training(
                 checkpoint_every_seconds=checkpoint_every_seconds,
                 init_weights=init_weights,
                 init_label=init_label,
+                base_eval=base_eval,
             )
         state = result.state
         if result.outcome in (Outcome.CANCELLED, Outcome.INTERRUPTED):
@@ -221,12 +263,19 @@ def run_training(
             )
 
         weights = ship_weights(model, config, run_dir, state)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         artifact_dir = run_dir / ARTIFACT_DIR
         staging = staging_dir(artifact_dir)
-        save_model(model, tokenizer, staging)
+        if base is not None and config.artifact_format == "adapter" and base.adapter is not None:
+            base.adapter.save_pretrained(
+                str(staging)
+            )  # adapter_config.json, adapter_model.safetensors
+            save_tokenizer_files(tokenizer, staging)
+        else:
+            if base is not None:
+                model = merged_model(base)
+            save_model(model, tokenizer, staging)
         t0 = time.perf_counter()
-        tokens = cache.tokens()
-        holdout = Holdout.of(len(tokens), config.holdout_fraction)
         metrics = evaluate_model(
             model,
             tokenizer,
@@ -244,9 +293,22 @@ def run_training(
         train_losses = [r.train_loss for r in state.metrics if r.train_loss is not None]
         manifest = Manifest(
             config=config,
-            architecture=config.resolved(),
+            architecture=None if base is not None else config.resolved(),
+            fine_tuning=(
+                FineTuning(
+                    base_model=config.base_model or "",
+                    model_type=base.model_type,
+                    architecture=type(model).__name__,
+                    method=config.method,
+                    trainable_params=trainable,
+                    artifact_format=config.artifact_format,
+                    base_eval=state.base_eval,
+                )
+                if base is not None
+                else None
+            ),
             n_params=count_params(model),
-            flops_per_token=flops_per_token(model, spec),
+            flops_per_token=flops_per_token(model, *shape, config.max_seq_len),
             seed=config.seed,
             precision_requested=config.precision,
             precision=precision,
@@ -337,7 +399,7 @@ def ship_weights(
             extra=log_fields("best_weights_missing", step=state.step),
         )
         return last
-    model.load_state_dict(best.model)
+    load_trainable_state(model, best.model)
     return ArtifactWeights(kind="best", step=best.step, val_loss=best.val_loss)
 
 
