@@ -40,6 +40,9 @@ class AppSettings(_Section):
     runs_root: Path = Path("/data/runs")
     # 0 means "all cores this process may use" (cgroup- and affinity-aware).
     threads: int = Field(default=0, ge=0, le=256)
+    # Workers download the hub models (`hf:<org>/<name>`) that runs ask for as base_model
+    # into HF_HOME; otherwise only models already in that cache are used (hub.py).
+    hub_downloads: bool = False
     # Does this CPU compute bf16 natively? Unset: read from its flags (/proc/cpuinfo). Set it
     # where a VM hides or misreports them; `precision: auto` probes bf16 only when true.
     native_bf16: bool | None = None
@@ -321,6 +324,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     hf_home: Path | None = None
+    # For `hf:` base models on a worker that downloads them (app.hub_downloads): gated and
+    # private models need an account's token.
+    hf_token: SecretStr | None = None
     app: AppSettings = Field(default_factory=AppSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -356,7 +362,10 @@ def load_settings() -> Settings:
     if settings.hf_home is not None:
         # transformers reads HF_HOME itself; keep the two in agreement.
         os.environ["HF_HOME"] = str(settings.hf_home)
-    # We train from scratch: nothing may be fetched from a hub at run time.
+    # Nothing is fetched from a hub at run time, but the `hf:` base models a run asks for on
+    # a worker whose operator allows it (hub.py).
+    if settings.app.hub_downloads:
+        os.environ["HF_HUB_OFFLINE"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # corpora are local files only

@@ -14,8 +14,11 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 from model_trainer.errors import UserError
+from model_trainer.tokenization.handle import load_tokenizer
+from model_trainer.training.chat import ChatTemplate, Message
 from model_trainer.training.checkpoint import load_last
 from model_trainer.training.config import TrainingSpec
+from model_trainer.training.data import IGNORED, WindowSampler, tokenize_chat_corpus
 from model_trainer.training.hardware import CpuInfo
 from model_trainer.training.loop import Outcome, ProgressInfo, TrainingCallbacks
 from model_trainer.training.model import load_pretrained
@@ -202,3 +205,132 @@ def test_fine_tuning_defaults_fill_what_the_request_leaves_out() -> None:
     # A round trip (the job's payload, a checkpoint's config) keeps the values.
     assert TrainingSpec.model_validate_json(lora.model_dump_json()) == lora
     assert lora.identity() != full.identity()
+
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog"]
+
+
+def _chat_corpus(path: Path, n: int = 300) -> Path:
+    lines = []
+    for i in range(n):
+        word = WORDS[i % len(WORDS)]
+        messages = [
+            {"role": "system", "content": "answer in capitals"},
+            {"role": "user", "content": f"shout {word}"},
+            {"role": "assistant", "content": word.upper()},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": f"{word.upper()} {word.upper()}"},
+        ]
+        lines.append(json.dumps({"messages": messages, "id": i}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _chat_base(root: Path, kind: BaseKind = "gpt2") -> Path:
+    text = _chat_corpus(root / "warmup.jsonl", 50).read_text()
+    return base_model_folder(root / f"chat-{kind}", kind, text, chat_template=TEMPLATE)
+
+
+def test_a_conversation_is_cut_into_what_is_trained_on_and_what_is_only_read(
+    tmp_path: Path,
+) -> None:
+    template = ChatTemplate(_chat_base(tmp_path))
+    messages = [
+        Message(role="user", content="shout fox"),
+        Message(role="assistant", content="FOX"),
+        Message(role="user", content="again"),
+        Message(role="assistant", content="FOX FOX"),
+    ]
+    pieces = template.segments(messages, assistant_only=True)
+    assert pieces == [
+        ("<|user|>shout fox<|endoftext|><|assistant|>", False),
+        ("FOX<|endoftext|>", True),
+        ("<|user|>again<|endoftext|><|assistant|>", False),
+        ("FOX FOX<|endoftext|>", True),
+    ]
+    assert "".join(t for t, _ in pieces) == template.render(messages)
+    assert template.segments(messages, assistant_only=False) == [(template.render(messages), True)]
+
+
+def test_chat_corpus_tokens_carry_a_mask_and_windows_ignore_the_rest(
+    tmp_path: Path,
+) -> None:
+    base = _chat_base(tmp_path)
+    corpus = _chat_corpus(tmp_path / "chat.jsonl")
+    tokenizer = load_tokenizer(base, pad_falls_back_to_eos=True)
+    cache = token_cache(tmp_path)
+    with tokenize_chat_corpus(
+        corpus,
+        tokenizer,
+        ChatTemplate(base),
+        "base-x",
+        cache,
+        corpus_id=file_id(corpus),
+        assistant_only=True,
+    ) as tokens:
+        ids, mask = tokens.tokens(), tokens.mask()
+        assert mask is not None and len(mask) == len(ids) and 0 < mask.sum() < len(mask)
+        trained = tokenizer.decode(
+            [int(t) for t, m in zip(ids[:200], mask[:200], strict=True) if m]
+        )
+        assert trained.startswith("THE<|endoftext|>THE THE<|endoftext|>QUICK")
+        read_only = tokenizer.decode(
+            [int(t) for t, m in zip(ids[:60], mask[:60], strict=True) if not m]
+        )
+        assert "shout the" in read_only and "THE" not in read_only
+        sampler = WindowSampler(ids, 16, 8, 0, mask)
+        for _ in range(5):
+            _, y = sampler.next_batch()
+            assert bool((y == IGNORED).any()) and bool((y != IGNORED).any())
+    with tokenize_chat_corpus(
+        corpus,
+        tokenizer,
+        ChatTemplate(base),
+        "base-x",
+        cache,
+        corpus_id=file_id(corpus),
+        assistant_only=False,
+    ) as everything:
+        mask_all = everything.mask()
+        assert mask_all is not None and bool(mask_all.all())
+
+
+def test_a_chat_corpus_fine_tunes_on_the_assistants_tokens(tmp_path: Path, cpu: CpuInfo) -> None:
+    base = _chat_base(tmp_path)
+    corpus = _chat_corpus(tmp_path / "chat.jsonl")
+    result = run_training(
+        TrainingSpec.model_validate({**RUN, "max_steps": 80, "learning_rate": 3e-3}),
+        corpus,
+        base,
+        tmp_path / "run",
+        token_cache(tmp_path),
+        cpu=cpu,
+        threads=1,
+        corpus_id=file_id(corpus),
+        tokenizer_id=f"base-{BASE_ID}",
+        chat=True,
+    )
+    assert result.outcome is Outcome.COMPLETED and result.manifest and result.eval
+    tuned = result.manifest.fine_tuning
+    assert tuned is not None and tuned.base_eval is not None
+    assert result.eval.loss < tuned.base_eval.loss
+    # The validation curve is the loss of the assistant's tokens (a capitalised echo of the
+    # user's word): it falls far below where it started.
+    losses = [r["val_loss"] for r in _metric_rows(tmp_path / "run") if r["val_loss"] is not None]
+    assert losses[-1] < losses[0] / 2
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, float | None]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows: list[dict[str, float | None]] = [json.loads(line) for line in lines]
+    return rows
+
+
+def test_a_base_model_without_a_chat_template_is_refused_for_chat_data(tmp_path: Path) -> None:
+    base = base_model_folder(tmp_path / "plain", "gpt2", "the quick brown fox " * 50)
+    with pytest.raises(UserError, match="has no chat template"):
+        ChatTemplate(base)

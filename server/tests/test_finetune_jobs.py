@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import tarfile
 import uuid
@@ -27,6 +28,7 @@ from tests.base_models import BaseKind, base_model_folder, generates, tar_folder
 from tests.processes import wait_until
 from tests.stack import Stack, get_json, poll
 from tests.test_durable_runs import _owner, _signal_all
+from tests.test_finetune import TEMPLATE, _chat_corpus
 from tests.test_training_runs import _text
 
 pytestmark = pytest.mark.e2e
@@ -126,7 +128,7 @@ def test_full_and_lora_fine_tuning_of_uploaded_models(
             runs[method] = str(response.json()["run_id"])
         for method, run_id in runs.items():
             done = _finish(client, run_id)
-            assert done["status"] == "completed", done
+            assert done["status"] == "completed", (done.get("error"), done.get("message"))
             assert "(base model: " in str(done["message"])
             evaluation = get_json(client, f"/runs/{run_id}/eval")
             base = evaluation["base"]
@@ -271,10 +273,6 @@ def test_what_cannot_be_fine_tuned_is_refused_at_submit(
             assert message in answer.text
             if field:
                 assert [d["field"] for d in answer.json()["details"]] == [field]
-        hub = client.post(
-            "/runs/train", json={"corpus_file_id": corpus_id, "base_model": "hf:org/name", **RUN}
-        )
-        assert hub.status_code == 422 and "hf:" in hub.json()["message"]
         unknown = client.post(
             "/runs/train", json={"corpus_file_id": corpus_id, "base_model": "0" * 64, **RUN}
         )
@@ -291,3 +289,85 @@ def test_what_cannot_be_fine_tuned_is_refused_at_submit(
         assert answer.status_code == 422, answer.text
         assert "fine-tuning this GPT2LMHeadModel" in answer.json()["message"]
         assert answer.json()["details"][0]["field"] == "base_model"
+
+
+def _hub_cache(root: Path, repo: str, folder: Path) -> Path:
+    """A Hugging Face hub cache (HF_HOME) holding `folder` as `repo`'s main revision, laid out
+    as huggingface_hub writes one: refs/main names the commit, snapshots/<commit> the files."""
+    home = root / f"hf-home-{uuid.uuid4().hex[:6]}"
+    storage = home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = uuid.uuid4().hex + "0" * 8
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, storage / "snapshots" / commit)
+    return home
+
+
+def test_a_hub_model_is_fine_tuned_from_the_workers_cache_offline(
+    stack: Stack, corpus: tuple[str, str]
+) -> None:
+    corpus_id, text = corpus
+    folder = base_model_folder(stack.root / f"hub-{uuid.uuid4().hex[:6]}", "qwen3", text)
+    home = _hub_cache(stack.root, "tiny-org/qwen3-tiny", folder)
+    # The hub is offline (the default): only what the cache holds can be used.
+    stack.start_worker(HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    with stack.client() as client:
+        runs = {}
+        for ref in ("hf:tiny-org/qwen3-tiny", "hf:tiny-org/qwen3-tiny@main", "hf:tiny-org/absent"):
+            body = {"corpus_file_id": corpus_id, "base_model": ref, "max_steps": 20, **RUN}
+            response = client.post("/runs/train", json=body)
+            assert response.status_code == 202, response.text
+            runs[ref] = str(response.json()["run_id"])
+        for ref in ("hf:tiny-org/qwen3-tiny", "hf:tiny-org/qwen3-tiny@main"):
+            done = _finish(client, runs[ref])
+            assert done["status"] == "completed", (done.get("error"), done.get("message"))
+            assert get_json(client, f"/runs/{runs[ref]}/eval")["base"] is not None
+        failed = _finish(client, runs["hf:tiny-org/absent"])
+        assert failed["status"] == "failed", failed
+        error = failed["error"]
+        assert isinstance(error, dict) and error["kind"] == "user"
+        assert "not in this worker's hub cache" in str(error["message"])
+        assert "APP__HUB_DOWNLOADS=false" in str(error["message"])
+
+
+def test_a_chat_corpus_through_the_api(stack: Stack, tmp_path: Path) -> None:
+    corpus = _chat_corpus(tmp_path / "chat.jsonl")
+    corpus_id = stack.upload_text(corpus.read_bytes(), "chat.jsonl")
+    folder = base_model_folder(
+        stack.root / f"chat-{uuid.uuid4().hex[:6]}",
+        "gpt2",
+        corpus.read_text(),
+        chat_template=TEMPLATE,
+    )
+    stack.start_worker()
+    with stack.client() as client:
+        base = str(_upload(client, tar_folder(folder, folder.with_suffix(".tar")))["file_id"])
+        plain = client.post(
+            "/runs/train",
+            json={
+                "corpus_file_id": corpus_id,
+                "corpus_format": "chat",
+                "tokenizer_id": "tok-0123456789abcdef",
+                **RUN,
+            },
+        )
+        assert plain.status_code == 422 and "corpus_format chat needs base_model" in plain.text
+        body = {
+            "corpus_file_id": corpus_id,
+            "corpus_format": "chat",
+            "base_model": base,
+            "max_steps": 30,
+            "learning_rate": 3e-3,
+            **RUN,
+        }
+        response = client.post("/runs/train", json=body)
+        assert response.status_code == 202, response.text
+        run_id = str(response.json()["run_id"])
+        done = _finish(client, run_id)
+        assert done["status"] == "completed", (done.get("error"), done.get("message"))
+        evaluation = get_json(client, f"/runs/{run_id}/eval")
+        base_score = evaluation["base"]
+        assert isinstance(base_score, dict)
+        assert float(str(evaluation["loss"])) < float(str(base_score["loss"]))
+        logs = client.get(f"/runs/{run_id}/logs", params={"tail": 5000}).json()["lines"]
+        assert any(line.get("event") == "chat_tokens_written" for line in logs)

@@ -27,6 +27,7 @@ from model_trainer.api.schemas import TrainRequest
 from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank import errors as bank_errors
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
+from model_trainer.hub import is_hub_model
 from model_trainer.jobs.queue import run_queue_name
 from model_trainer.pretrained import ModelFolder, read_model_archive
 from model_trainer.store.base_models import ModelCatalog, ModelInfo
@@ -119,17 +120,16 @@ def inspect_base_model(ctx: ApiContext, file_id: str) -> ModelFolder:
     return model
 
 
-def check_base_model(ctx: ApiContext, config: TrainRequest) -> ModelFolder:
-    """The run's base model, once it can be fine-tuned as `config` asks (see the module doc)."""
+def check_base_model(ctx: ApiContext, config: TrainRequest) -> ModelFolder | None:
+    """The run's base model, once it can be fine-tuned as `config` asks (see the module doc);
+    None for a hub model (`hf:`), which the worker checks."""
     base_model = config.base_model
     if base_model is None:
         raise ValueError("check_base_model needs a run with base_model")
-    if base_model.startswith("hf:"):
-        raise FieldsInvalid(
-            "hub models (hf:...) are not fetched by this version yet: save the model folder "
-            "and upload it (`modeltrainer model upload FOLDER`), then give its file_id",
-            [FieldError(field="base_model", message="not supported yet", type="unsupported")],
-        )
+    if is_hub_model(base_model):
+        # The API does not reach the hub: the worker fetches and checks it (hub.py), and
+        # checks its memory before loading it.
+        return None
     model = inspect_base_model(ctx, base_model)
     if model.context_length is not None and config.max_seq_len > model.context_length:
         raise FieldsInvalid(

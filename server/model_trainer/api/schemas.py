@@ -30,7 +30,7 @@ from model_trainer.sweeps.plan import MAX_TRIALS, Asha, SearchSpace, SweepPlan
 from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus_formats import (
     DEFAULT_TEXT_FIELD,
-    CorpusFormatField,
+    RunCorpusFormatField,
     TextFieldName,
     check_format_fields,
 )
@@ -106,7 +106,7 @@ class TrainRequest(TrainingSpec, WebhookFields, Labels):
     corpus_file_id: str = Field(
         pattern=FILE_ID_PATTERN, description="Data Bank id (SHA-256) of the corpus"
     )
-    corpus_format: CorpusFormatField = "auto"
+    corpus_format: RunCorpusFormatField = "auto"
     text_field: TextFieldName = DEFAULT_TEXT_FIELD
     tokenizer_id: str | None = Field(
         default=None,
@@ -133,7 +133,18 @@ class TrainRequest(TrainingSpec, WebhookFields, Labels):
 
     @model_validator(mode="after")
     def _check_request(self) -> Self:
-        check_format_fields(self.corpus_format, self.text_field)
+        if self.corpus_format == "chat":
+            if self.base_model is None:
+                raise ValueError(
+                    "corpus_format chat needs base_model: conversations are formatted with "
+                    "the base model's chat template"
+                )
+            if self.text_field != DEFAULT_TEXT_FIELD:
+                raise ValueError("a chat corpus's conversations are its lines' `messages`")
+        else:
+            check_format_fields(self.corpus_format, self.text_field)
+            if self.loss_on != "assistant":
+                raise ValueError("loss_on applies to a chat corpus (corpus_format chat)")
         if self.from_checkpoint is not None and self.from_run_id is None:
             raise ValueError("from_checkpoint needs from_run_id")
         if self.base_model is None and self.tokenizer_id is None:

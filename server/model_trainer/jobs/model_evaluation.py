@@ -77,6 +77,12 @@ def _evaluate(owner: JobOwner, payload: EvaluateJob, out_dir: Path) -> None:
             metrics = evaluate_folder(
                 model_dir, other.path, ctx.cache, out_dir, corpus_id=other.corpus_id, split="all"
             )
+    elif run.corpus_format == "chat":
+        raise UserError(
+            f"run {run_id} trained on a chat corpus: its splits are conversations, which this "
+            "evaluation does not render; its final evaluation scored its validation split, and "
+            "it can be evaluated on a text corpus (corpus_file_id)"
+        )
     else:
         # The run's own corpus: validation or test as `data.Holdout` defines them.
         with prepare_corpus(ctx, run.corpus_file_id, run.corpus_format, run.text_field) as own:

@@ -18,7 +18,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -40,7 +41,15 @@ from model_trainer.errors import (
     UserError,
     WorkerShutdown,
 )
-from model_trainer.jobs.artifacts import fetch_artifact, prepare_corpus, publish_artifact
+from model_trainer.hub import fetch_hub_model, is_hub_model
+from model_trainer.jobs.artifacts import (
+    PreparedCorpus,
+    check_fetched_corpus,
+    fetch_artifact,
+    fetch_corpus,
+    prepare_corpus,
+    publish_artifact,
+)
 from model_trainer.jobs.checkpoint_sync import CheckpointSync
 from model_trainer.jobs.context import WorkerContext, worker_context
 from model_trainer.jobs.model_evaluation import eval_result, final_eval_commands
@@ -376,9 +385,7 @@ def _train(
     """One attempt at the run, from inputs to the completed status (see the module doc)."""
     run_id, spec = payload.run_id, payload.spec
     # The corpus stays in the worker's cache, never evicted, while the run reads it.
-    with prepare_corpus(
-        ctx, payload.corpus_file_id, payload.corpus_format, payload.text_field
-    ) as corpus:
+    with _corpus(ctx, payload) as corpus:
         # A base model's folder holds its tokenizer: it stands where a tokenizer folder would.
         tokenizer_dir, tokenizer_id = _tokenizer_folder(ctx, payload)
         _check_memory(ctx, spec, tokenizer_dir)
@@ -419,6 +426,7 @@ def _train(
                     else None
                 ),
                 compile_cache_dir=ctx.settings.app.compile_cache(),
+                chat=payload.corpus_format == "chat",
             )
         finally:
             sync.close()
@@ -475,10 +483,35 @@ def _train(
     owner.complete(message, artifact=uploaded, run=run_result, also=also)
 
 
+@contextmanager
+def _corpus(ctx: WorkerContext, payload: TrainJob) -> Iterator[PreparedCorpus]:
+    """The run's corpus: text (prepared from any format), or a chat corpus's JSON lines as
+    they are (training/chat.py reads them)."""
+    file_id = payload.corpus_file_id
+    if payload.corpus_format != "chat":
+        with prepare_corpus(ctx, file_id, payload.corpus_format, payload.text_field) as text:
+            yield text
+        return
+    with fetch_corpus(ctx, file_id) as fetched:
+        check_fetched_corpus(ctx, fetched)
+        yield PreparedCorpus(fetched, file_id, "jsonl")
+
+
 def _tokenizer_folder(ctx: WorkerContext, payload: TrainJob) -> tuple[Path, str]:
     """The folder the run's tokenizer is in, and the id its token files are cached under:
     the tokenizer's artifact, or the base model's whole folder (it brings its tokenizer)."""
     base = payload.spec.base_model
+    if base is not None and is_hub_model(base):
+        settings = ctx.settings
+        folder = fetch_hub_model(
+            base,
+            hf_home=settings.hf_home,
+            downloads=settings.app.hub_downloads,
+            token=settings.hf_token,
+        )
+        read_model_folder(folder)  # not checked at submit: the API does not reach the hub
+        # The snapshot's folder is named after its commit: a branch that moves is new text.
+        return folder, f"base-hf-{folder.name}"
     if base is not None:
         folder = fetch_artifact(ctx, base, "base-model", "uploaded")
         read_model_folder(folder)  # checked again here: the API's reading may be old

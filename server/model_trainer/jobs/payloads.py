@@ -10,6 +10,7 @@ from model_trainer.tokenization.config import TokenizerTrainConfig
 from model_trainer.tokenization.corpus_formats import (
     DEFAULT_TEXT_FIELD,
     CorpusFormatField,
+    RunCorpusFormatField,
     TextFieldName,
     check_format_fields,
 )
@@ -43,7 +44,7 @@ class TrainJob(_Payload):
     run_id: str
     spec: TrainingSpec
     corpus_file_id: str = Field(pattern=FILE_ID_PATTERN)
-    corpus_format: CorpusFormatField = "auto"
+    corpus_format: RunCorpusFormatField = "auto"
     text_field: TextFieldName = DEFAULT_TEXT_FIELD
     tokenizer_id: str | None  # None: the spec's base model brings its own
     user_id: int = 0

@@ -65,6 +65,17 @@ CorpusFormatField = Annotated[
         "must be asked for)."
     ),
 ]
+# A training run may also read a chat corpus (training/chat.py): JSON lines, each with a
+# `messages` list, rendered with the base model's chat template.
+RunCorpusFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "chat"]
+RunCorpusFormatField = Annotated[
+    RunCorpusFormat,
+    Field(
+        description="How to read the corpus: as for tokenizers (`text`, `jsonl`, `csv`, "
+        "`parquet`, `auto`), or `chat` (fine-tuning only: JSON lines with a `messages` list "
+        "of {role, content}, formatted with the base model's chat template)."
+    ),
+]
 TextFieldName = Annotated[
     str,
     Field(

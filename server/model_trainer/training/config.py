@@ -325,6 +325,11 @@ class TrainingSpec(BaseModel):
         description="method lora: the artifact is the base model with the adapter merged "
         "in (loads with AutoModelForCausalLM), or the adapter alone",
     )
+    loss_on: Literal["assistant", "all"] = Field(
+        default="assistant",
+        description="a chat corpus (corpus_format chat): train on the assistant's tokens "
+        "only, or on every token of the rendered conversations",
+    )
     holdout_fraction: float = Field(
         default=0.1,
         ge=0.001,

@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from model_trainer.disk_cache import DiskCache
 from model_trainer.errors import ErrorCode, UserError
 from model_trainer.tokenization.handle import TokenizerHandle
+from model_trainer.training.chat import ChatTemplate, read_conversations
 from service_common.jsonlog import log_fields
 
 log = logging.getLogger("model_trainer.training")
@@ -45,8 +47,14 @@ CHUNKS_PER_BATCH = 8
 # Decoding a split to count its characters, in pieces of this many tokens.
 DECODE_PIECE = 1 << 20
 
-TOKENS_SECTION = "tokens"  # of the worker's disk cache: an entry is a folder of these two
+TOKENS_SECTION = "tokens"  # of the worker's disk cache: an entry is a folder of these
 TOKENS_BIN, TOKENS_META = "tokens.bin", "meta.json"
+# A chat corpus's loss mask beside its tokens: one byte a token, 1 where the loss applies.
+TOKENS_MASK = "mask.bin"
+# A target the loss ignores (cross-entropy's default ignore_index).
+IGNORED = -100
+# Conversations rendered per encode_batch call.
+CONVERSATIONS_PER_BATCH = 256
 
 TokenArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 # What an evaluation can be asked to score (see `Holdout`).
@@ -66,6 +74,10 @@ class TokenFileMeta(BaseModel):
     n_tokens: int
     n_chars: int
     tokenize_seconds: float
+    masked: bool = False  # a chat corpus's: `mask.bin` says which tokens are trained on
+
+
+MaskArray = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,12 @@ class TokenCache:
         if self.meta.dtype == "uint16":
             return np.memmap(self.path, dtype=np.uint16, mode="r")
         return np.memmap(self.path, dtype=np.uint32, mode="r")
+
+    def mask(self) -> MaskArray | None:
+        """1 where the loss applies, for a chat corpus; None: every token is trained on."""
+        if not self.meta.masked:
+            return None
+        return np.memmap(self.path.with_name(TOKENS_MASK), dtype=np.uint8, mode="r")
 
 
 def token_dtype(vocab_size: int) -> Literal["uint16", "uint32"]:
@@ -107,10 +125,46 @@ def tokenize_corpus(
     `corpus_id` is the corpus's Data Bank file id, the SHA-256 of `corpus_path`'s bytes:
     the cache key, trusted as given (the Data Bank fetch verified it).
     """
+
+    def write(dest: Path) -> TokenFileMeta:
+        return _write_tokens(corpus_path, tokenizer, tokenizer_id, corpus_id, dest)
+
+    with _cached_tokens(cache, corpus_id, tokenizer_id, write) as tokens:
+        yield tokens
+
+
+@contextmanager
+def tokenize_chat_corpus(
+    corpus_path: Path,
+    tokenizer: TokenizerHandle,
+    template: ChatTemplate,
+    tokenizer_id: str,
+    cache: DiskCache,
+    *,
+    corpus_id: str,
+    assistant_only: bool,
+) -> Iterator[TokenCache]:
+    """A chat corpus's tokens and loss mask (training/chat.py), cached as `tokenize_corpus`
+    caches text's: under the tokenizer and what the loss applies to."""
+    key = f"{tokenizer_id}:chat:{'assistant' if assistant_only else 'all'}"
+
+    def write(dest: Path) -> TokenFileMeta:
+        return _write_chat_tokens(
+            corpus_path, tokenizer, template, key, corpus_id, dest, assistant_only
+        )
+
+    with _cached_tokens(cache, corpus_id, key, write) as tokens:
+        yield tokens
+
+
+@contextmanager
+def _cached_tokens(
+    cache: DiskCache, corpus_id: str, tokenizer_id: str, write: Callable[[Path], TokenFileMeta]
+) -> Iterator[TokenCache]:
     made: list[TokenFileMeta] = []
 
     def make(dest: Path) -> None:
-        made.append(_write_tokens(corpus_path, tokenizer, tokenizer_id, corpus_id, dest))
+        made.append(write(dest))
 
     with cache.use(TOKENS_SECTION, cache_key(corpus_id, tokenizer_id), make) as entry:
         if made:
@@ -159,6 +213,62 @@ def _write_tokens(
         n_tokens,
         meta.tokenize_seconds,
         extra=log_fields("tokens_written", corpus_sha256=corpus_id, tokenizer_id=tokenizer_id),
+    )
+    return meta
+
+
+def _write_chat_tokens(
+    corpus_path: Path,
+    tokenizer: TokenizerHandle,
+    template: ChatTemplate,
+    tokenizer_id: str,
+    corpus_id: str,
+    dest: Path,
+    assistant_only: bool,
+) -> TokenFileMeta:
+    """Render and tokenize each conversation into `dest`: tokens and their loss mask."""
+    dest.mkdir()
+    dtype = token_dtype(tokenizer.vocab_size)
+    started = time.perf_counter()
+    n_tokens = n_chars = trained = 0
+    with (dest / TOKENS_BIN).open("wb") as out, (dest / TOKENS_MASK).open("wb") as mask_out:
+        conversations = read_conversations(corpus_path)
+        while batch := list(itertools.islice(conversations, CONVERSATIONS_PER_BATCH)):
+            pieces = [p for c in batch for p in template.segments(c.messages, assistant_only)]
+            for (text, trains), ids in zip(
+                pieces, tokenizer.encode_batch([t for t, _ in pieces]), strict=True
+            ):
+                np.asarray(ids, dtype=dtype).tofile(out)
+                np.full(len(ids), 1 if trains else 0, dtype=np.uint8).tofile(mask_out)
+                n_tokens += len(ids)
+                trained += len(ids) if trains else 0
+                n_chars += len(text)
+        for f in (out, mask_out):
+            f.flush()
+            os.fsync(f.fileno())
+    if trained == 0:
+        raise UserError(
+            f"chat corpus {corpus_path.name} has no assistant message to train on"
+            if n_tokens
+            else f"chat corpus {corpus_path.name} is empty: nothing to train on"
+        )
+    meta = TokenFileMeta(
+        corpus_sha256=corpus_id,
+        tokenizer_id=tokenizer_id,
+        vocab_size=tokenizer.vocab_size,
+        dtype=dtype,
+        n_tokens=n_tokens,
+        n_chars=n_chars,
+        tokenize_seconds=round(time.perf_counter() - started, 3),
+        masked=True,
+    )
+    (dest / TOKENS_META).write_text(meta.model_dump_json(indent=2), encoding="utf-8")
+    log.info(
+        "rendered and tokenized the chat corpus: %d tokens, %d of them trained on (%.2f s)",
+        n_tokens,
+        trained,
+        meta.tokenize_seconds,
+        extra=log_fields("chat_tokens_written", corpus_sha256=corpus_id),
     )
     return meta
 
@@ -254,6 +364,9 @@ class TokenSplits:
     train_chars: int
     validation_chars: int
     test_chars: int
+    # A chat corpus's loss masks of the train and validation parts (None: plain text).
+    train_mask: MaskArray | None = None
+    validation_mask: MaskArray | None = None
 
 
 def split_tokens(
@@ -266,6 +379,7 @@ def split_tokens(
     test = tokens[holdout.test_start :]
     validation_chars = count_chars(validation, tokenizer)
     test_chars = count_chars(test, tokenizer)
+    mask = cache.mask()
     return TokenSplits(
         train=tokens[: holdout.validation_start],
         validation=validation,
@@ -273,6 +387,10 @@ def split_tokens(
         train_chars=cache.meta.n_chars - validation_chars - test_chars,
         validation_chars=validation_chars,
         test_chars=test_chars,
+        train_mask=mask[: holdout.validation_start] if mask is not None else None,
+        validation_mask=mask[holdout.validation_start : holdout.test_start]
+        if mask is not None
+        else None,
     )
 
 
@@ -287,7 +405,23 @@ def count_chars(tokens: TokenArray, tokenizer: TokenizerHandle) -> int:
 class WindowSampler:
     """Random training windows of `seq_len + 1` tokens (inputs and next-token targets)."""
 
-    def __init__(self, data: TokenArray, seq_len: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        data: TokenArray,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        mask: MaskArray | None = None,
+    ) -> None:
+        """`mask`: a chat corpus's (1 where the loss applies); targets where it is 0 are
+        `IGNORED`, and a batch with no target left is drawn again."""
+        if mask is not None and not mask.any():
+            raise UserError(
+                "the training split holds no assistant tokens to train on: lower "
+                "holdout_fraction, or add conversations",
+                ErrorCode.CONFIG_INVALID,
+            )
+        self.mask = mask
         if len(data) < seq_len + 1:
             raise UserError(
                 f"the training split has {len(data)} tokens, fewer than one window of "
@@ -304,9 +438,13 @@ class WindowSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.data) - self.seq_len
-        starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
-        windows = torch.from_numpy(self.data[starts[:, None] + self._offsets].astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
+        while True:
+            starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
+            rows = starts[:, None] + self._offsets
+            windows = torch.from_numpy(self.data[rows].astype(np.int64))
+            targets = _masked(windows[:, 1:], self.mask, rows[:, 1:])
+            if self.mask is None or bool((targets != IGNORED).any()):
+                return windows[:, :-1], targets
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -315,10 +453,25 @@ class WindowSampler:
         self.generator.set_state(state["generator"])
 
 
+def _masked(
+    targets: torch.Tensor, mask: MaskArray | None, rows: npt.NDArray[np.int64]
+) -> torch.Tensor:
+    """`targets` with the ones the loss does not apply to set to `IGNORED`."""
+    if mask is None:
+        return targets
+    keep = torch.from_numpy(mask[rows].astype(np.bool_))
+    return targets.masked_fill(~keep, IGNORED)
+
+
 def validation_batches(
-    data: TokenArray, seq_len: int, batch_size: int, n_batches: int
+    data: TokenArray,
+    seq_len: int,
+    batch_size: int,
+    n_batches: int,
+    mask: MaskArray | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed set of windows spread evenly over the validation split."""
+    """A fixed set of windows spread evenly over the validation split (`mask`: as the
+    sampler's)."""
     if len(data) < seq_len + 1:
         raise UserError(
             f"the validation split has {len(data)} tokens, fewer than one window of "
@@ -327,10 +480,16 @@ def validation_batches(
         )
     n_windows = n_batches * batch_size
     starts = np.linspace(0, len(data) - seq_len - 1, n_windows).astype(np.int64)
-    windows = torch.from_numpy(
-        data[starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)].astype(np.int64)
-    )
+    rows = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)
+    windows = torch.from_numpy(data[rows].astype(np.int64))
+    targets = _masked(windows[:, 1:], mask, rows[:, 1:])
+    if mask is not None and not bool((targets != IGNORED).any()):
+        raise UserError(
+            "the validation windows hold no assistant tokens: raise holdout_fraction or "
+            "eval_batches",
+            ErrorCode.CONFIG_INVALID,
+        )
     return [
-        (windows[i : i + batch_size, :-1], windows[i : i + batch_size, 1:])
+        (windows[i : i + batch_size, :-1], targets[i : i + batch_size])
         for i in range(0, n_windows, batch_size)
     ]

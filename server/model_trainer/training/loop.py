@@ -49,7 +49,12 @@ from model_trainer.training.checkpoint import (
     save_last,
 )
 from model_trainer.training.config import Budget, Precision, TrainingSpec
-from model_trainer.training.data import TokenSplits, WindowSampler, validation_batches
+from model_trainer.training.data import (
+    IGNORED,
+    TokenSplits,
+    WindowSampler,
+    validation_batches,
+)
 from model_trainer.training.evaluate import EvalMetrics
 from model_trainer.training.execution import Execution
 from model_trainer.training.model import load_trainable_state, trainable_state
@@ -163,7 +168,7 @@ def validation_loss(
         with autocast(precision, device):
             logits = forward_logits(model, x)
         total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        count += y.numel()
+        count += int((y != IGNORED).sum())  # a chat corpus's targets outside the loss: none
     model.train()
     return total / count
 
@@ -285,12 +290,16 @@ class _Trainer:
         self.tokens_per_step = config.batch_size * config.max_seq_len
         self.budget = config.budget()
         self.sampler = WindowSampler(
-            splits.train, config.max_seq_len, config.batch_size, config.seed
+            splits.train, config.max_seq_len, config.batch_size, config.seed, splits.train_mask
         )
         self.val_batches = [
             (x.to(self.device), y.to(self.device))
             for x, y in validation_batches(
-                splits.validation, config.max_seq_len, config.batch_size, config.eval_batches
+                splits.validation,
+                config.max_seq_len,
+                config.batch_size,
+                config.eval_batches,
+                splits.validation_mask,
             )
         ]
         self.optimizer = make_optimizer(model, config, state.execution.precision)

@@ -46,9 +46,16 @@ from model_trainer.training.artifact import (
     save_tokenizer_files,
     staging_dir,
 )
+from model_trainer.training.chat import ChatTemplate
 from model_trainer.training.checkpoint import LoopState, load_best, load_last
 from model_trainer.training.config import Device, TrainingSpec
-from model_trainer.training.data import Holdout, eval_tokens, split_tokens, tokenize_corpus
+from model_trainer.training.data import (
+    Holdout,
+    eval_tokens,
+    split_tokens,
+    tokenize_chat_corpus,
+    tokenize_corpus,
+)
 from model_trainer.training.evaluate import (
     EVAL_DIR,
     EvalMetrics,
@@ -116,6 +123,7 @@ def run_training(
     init_weights: Path | None = None,
     init_label: str | None = None,
     compile_cache_dir: Path | None = None,
+    chat: bool = False,
 ) -> TrainingResult:
     """Train, save and evaluate; resume from `run_dir`'s checkpoint if one is there.
 
@@ -149,9 +157,21 @@ def run_training(
     tokenizer = load_tokenizer(tokenizer_dir, pad_falls_back_to_eos=config.fine_tunes())
     t0 = time.perf_counter()
     # The token file is mapped for the whole run: held until it ends, never evicted.
-    with tokenize_corpus(
-        corpus_path, tokenizer, tokenizer_id, token_cache, corpus_id=corpus_id
-    ) as cache:
+    if chat:  # conversations in the base model's chat template, with their loss mask
+        tokens_of_corpus = tokenize_chat_corpus(
+            corpus_path,
+            tokenizer,
+            ChatTemplate(tokenizer_dir),
+            tokenizer_id,
+            token_cache,
+            corpus_id=corpus_id,
+            assistant_only=config.loss_on == "assistant",
+        )
+    else:
+        tokens_of_corpus = tokenize_corpus(
+            corpus_path, tokenizer, tokenizer_id, token_cache, corpus_id=corpus_id
+        )
+    with tokens_of_corpus as cache:
         splits = split_tokens(cache, config.holdout_fraction, tokenizer)
         tokenize_seconds = time.perf_counter() - t0
 
