@@ -26,6 +26,7 @@ from model_trainer.api.schemas import CorpusInfo, RunInfo
 from model_trainer.cli.app import app
 from model_trainer.cli.config import load_cli_settings
 from model_trainer.cli.render import Output, corpus_table, printable, run_table
+from tests.base_models import base_model_folder
 from tests.databank_fixtures import UPLOAD_KEY
 from tests.processes import SERVER_DIR, child_env, free_port
 from tests.stack import Api, Stack, json_dict, num, poll
@@ -782,3 +783,48 @@ def test_tokenizer_and_run_train_read_a_jsonl_corpus_by_its_field(
     assert wrong_run.exit_code == 1, (wrong_run.stdout, wrong_run.stderr)
     failed = json_dict(json_dict(json.loads(wrong_run.stdout))["run"])
     assert json_dict(failed["error"])["code"] == "CORPUS_FIELD_NOT_FOUND"
+
+
+def test_a_base_model_uploaded_fine_tuned_and_compared(
+    api: Api, stack: Stack, corpus_id: str, tmp_path: Path
+) -> None:
+    folder = base_model_folder(tmp_path / "my-gpt2", "gpt2", _text()[:20_000])
+    base = ok(cli(api, stack, "model", "upload", str(folder))).strip()
+    listed = ok(cli(api, stack, "model", "list"))
+    assert base in listed and "my-gpt2" in listed and "GPT2LMHeadModel" in listed
+    both = cli(
+        api, stack, "run", "train", "--corpus", corpus_id, "--tokenizer", "t", "--base-model", base
+    )
+    assert both.exit_code == 2 and "not both" in both.stderr
+    result = as_json(
+        cli(
+            api,
+            stack,
+            "--json",
+            "run",
+            "train",
+            "--corpus",
+            corpus_id,
+            "--base-model",
+            base,
+            "--method",
+            "lora",
+            "--lora-r",
+            "4",
+            "--max-steps",
+            "10",
+            "--seq-len",
+            "32",
+            "--follow",
+        )
+    )
+    run = json_dict(result["run"])
+    assert run["status"] == "completed", run
+    assert json_dict(result["eval"])["base"] is not None
+    run_id = str(run["run_id"])
+    args = ("run", "generate", run_id, "To be", "--max-new-tokens", "6", "--seed", "3")
+    after = ok(cli(api, stack, *args))
+    before = ok(cli(api, stack, *args, "--checkpoint", "base"))
+    assert before.strip() and after.strip()
+    wrong = cli(api, stack, *args, "--checkpoint", "first")
+    assert wrong.exit_code == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from openai import OpenAI
 from transformers import (
     BertConfig,
     BertModel,
@@ -139,6 +140,22 @@ def test_full_and_lora_fine_tuning_of_uploaded_models(
             generates(folder, "ROMEO:", 5)
             manifest = json.loads((folder / "manifest.json").read_text())
             assert manifest["fine_tuning"]["method"] == method
+            # The model before training, for comparison: /generate and OpenAI's client.
+            before = client.post(
+                f"/runs/{run_id}/generate",
+                json={"prompt": "ROMEO:", "max_new_tokens": 5, "checkpoint": "base"},
+            )
+            assert before.status_code == 200, before.text
+            assert before.json()["model"]["source"] == "base"
+            assert before.json()["model"]["file_id"] == gpt2
+            openai = OpenAI(
+                base_url="http://testserver/v1", api_key="anonymous", http_client=client
+            )
+            assert f"{run_id}@base" in {m.id for m in openai.models.list()}
+            completion = openai.completions.create(
+                model=f"{run_id}@base", prompt="ROMEO:", max_tokens=4, seed=1
+            )
+            assert completion.usage is not None and completion.usage.completion_tokens == 4
             # Our own generation serves the merged model like any run's.
             generated = client.post(
                 f"/runs/{run_id}/generate", json={"prompt": "ROMEO:", "max_new_tokens": 5}

@@ -190,6 +190,8 @@ def test_generate_answers_404_409_422(api: tuple[TestClient, ApiContext], run_id
         assert "no checkpoints yet" in conflict.json()["message"]
     missing = client.post(f"/runs/{run_id}/generate", json={"prompt": "x", "checkpoint": 7})
     assert missing.status_code == 409 and "no checkpoint '7'" in missing.json()["message"]
+    no_base = client.post(f"/runs/{run_id}/generate", json={"prompt": "x", "checkpoint": "base"})
+    assert no_base.status_code == 409 and "has no base model" in no_base.json()["message"]
     bad_bodies: list[dict[str, object]] = [
         {},
         {"prompt": "x" * 10_001},

@@ -61,7 +61,7 @@ MAX_SEED = 2**63 - 1
 # Loads of different models go on in parallel; the same model is loaded once (its stripe).
 _LOAD_STRIPES = 16
 
-ModelSource = Literal["artifact", "checkpoint"]
+ModelSource = Literal["artifact", "checkpoint", "base"]
 
 
 class _Body(BaseModel):
@@ -88,10 +88,11 @@ class GenerateRequest(_Body):
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="the same seed gives the same text"
     )
-    checkpoint: Literal["last", "best"] | Annotated[int, Field(ge=0)] | None = Field(
+    checkpoint: Literal["last", "best", "base"] | Annotated[int, Field(ge=0)] | None = Field(
         default=None,
         description="generate from this checkpoint of the run (`last`, `best` or the step "
-        "of a `last` one), even a running run's; unset: the completed run's artifact",
+        "of a `last` one), even a running run's, or from the base model a fine-tuning run "
+        "started from (`base`: the model before training); unset: the completed run's artifact",
     )
 
 
@@ -323,6 +324,9 @@ class GenerationService:
             if ref.source == "artifact":
                 folder = self._fetch_tar(work, ref.file_id, "run", ref.run_id)
                 loaded = engine.load_artifact(folder)
+            elif ref.source == "base":
+                folder = self._fetch_tar(work, ref.file_id, "base model", ref.run_id)
+                loaded = engine.load_artifact(folder, base=True)
             else:
                 if ref.config is None or ref.tokenizer_file_id is None or ref.tokenizer_id is None:
                     raise ConflictError(f"run {ref.run_id!r}: its checkpoint has no model to build")

@@ -37,6 +37,7 @@ from model_trainer.api.schemas import (
     WebhookFields,
 )
 from model_trainer.errors import ConflictError, NotFoundError
+from model_trainer.hub import is_hub_model
 from model_trainer.jobs.payloads import (
     EvaluateJob,
     InitFrom,
@@ -314,6 +315,19 @@ def resolve_init_from(
     return InitFrom(run_id=source_id, step=entry.step, kind=entry.kind, file_id=entry.file_id)
 
 
+def _base_model_ref(run_id: str, request: dict[str, JsonValue] | None) -> ModelRef:
+    """The base model a fine-tuning run started from, to generate with (409 otherwise)."""
+    base = request.get("base_model") if request else None
+    if not isinstance(base, str):
+        raise ConflictError(f"run {run_id!r} trained from scratch: it has no base model")
+    if is_hub_model(base):
+        raise ConflictError(
+            f"run {run_id!r} started from {base}, which only workers fetch (the API does not "
+            "reach the hub): upload that model folder (POST /models) to generate with it"
+        )
+    return ModelRef(run_id=run_id, file_id=base, source="base")
+
+
 def _describe_checkpoints(index: CheckpointIndex) -> str:
     lasts = [str(e.step) for e in index.entries if e.kind == "last"]
     best = index.best()
@@ -541,6 +555,8 @@ def resolve_generation_model(
     run = ctx.runs.record(run_id, who.scope)
     if run is None:
         raise NotFoundError(f"unknown run {run_id!r}")
+    if request.checkpoint == "base":
+        return _base_model_ref(run_id, run.meta.request if run.meta else None)
     index = read_checkpoints(ctx.redis, run_id)
     if request.checkpoint is None:
         if run.status is Status.COMPLETED and run.file_id is not None:

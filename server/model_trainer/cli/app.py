@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -979,6 +979,7 @@ class GenerateRequest(BaseModel):
     top_p: float | None = None
     num_samples: int | None = None
     seed: int | None = None
+    checkpoint: Literal["last", "best", "base"] | int | None = None
 
 
 @run_app.command("generate")
@@ -992,11 +993,26 @@ def run_generate(
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
     num_samples: Annotated[int | None, typer.Option("--num-samples", min=1)] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="last | best | STEP: a checkpoint's weights; base: a fine-tuning run's base "
+            "model (before training)",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Generate text from a finished run's model."""
+    """Generate text from a finished run's model (or a checkpoint, or its base model)."""
     o = _options(as_json)
     api = o.api()
+    which: Literal["last", "best", "base"] | int | None = None
+    if checkpoint in ("last", "best", "base"):
+        which = "last" if checkpoint == "last" else "best" if checkpoint == "best" else "base"
+    elif checkpoint is not None:
+        if not checkpoint.isdigit():
+            raise CliError("--checkpoint is last, best, base or a step", ExitCode.USAGE)
+        which = int(checkpoint)
     request = GenerateRequest(
         prompt=prompt,
         max_new_tokens=max_new_tokens,
@@ -1005,6 +1021,7 @@ def run_generate(
         top_p=top_p,
         num_samples=num_samples,
         seed=seed,
+        checkpoint=which,
     )
     path = f"/runs/{run_id}/generate"
     response = api.request("POST", path, body=request.model_dump(mode="json", exclude_none=True))

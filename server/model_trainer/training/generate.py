@@ -73,10 +73,12 @@ def _loaded(model: PreTrainedModel, tokenizer: TokenizerHandle) -> LoadedModel:
     )
 
 
-def load_artifact(folder: Path) -> LoadedModel:
-    """A completed run's artifact folder (a stock transformers checkpoint + tokenizer); one
-    with weights other than safetensors is a `UserError` (422), unopened."""
-    return _loaded(load_pretrained(folder), load_tokenizer(folder))
+def load_artifact(folder: Path, *, base: bool = False) -> LoadedModel:
+    """A completed run's artifact folder (a stock transformers checkpoint + tokenizer), or
+    with `base` a base model's folder (its tokenizer may name no pad); one with weights
+    other than safetensors is a `UserError` (422), unopened."""
+    tokenizer = load_tokenizer(folder, pad_falls_back_to_eos=base)
+    return _loaded(load_pretrained(folder), tokenizer)
 
 
 def load_checkpoint(config: TrainingSpec, tokenizer_dir: Path, weights: Path) -> LoadedModel:

@@ -4,7 +4,8 @@ What OpenAI's completions API says, so that its clients (the `openai` package, L
 anything that takes a base URL) work unchanged: the key as `Authorization: Bearer`, the
 request and answer fields by OpenAI's names, and `stream: true` as server-sent events of
 `text_completion` chunks ending with `data: [DONE]`. A model is a completed run (`run-...`)
-or a checkpoint of any run (`run-...@<step>`, `@last`, `@best`). Generation is /generate's:
+or a checkpoint of any run (`run-...@<step>`, `@last`, `@best`), or the base model a
+fine-tuning run started from (`@base`). Generation is /generate's:
 the same model cache, thread pool and admission (503 when full), and a client that leaves
 stops its generation.
 
@@ -36,6 +37,7 @@ from model_trainer.api.deps import ApiContext, Ctx
 from model_trainer.api.errors import error_responses
 from model_trainer.api.generation import MAX_SEED, GenerateRequest, GenerateResponse, ModelRef
 from model_trainer.errors import AppError, NotFoundError
+from model_trainer.hub import is_hub_model
 from model_trainer.store.checkpoints import read_checkpoints
 from model_trainer.store.records import Status
 
@@ -140,7 +142,8 @@ class Completion(_Body):
 @router.get("/models", responses=error_responses())
 def list_models(ctx: Ctx, who: Me) -> ModelList:
     """The completed runs `who` sees, and the checkpoints of its completed and running runs
-    as `run-id@step` (the newest `MAX_MODELS_LISTED` runs of each)."""
+    as `run-id@step` (the newest `MAX_MODELS_LISTED` runs of each); a fine-tuning run's base
+    model as `run-id@base`."""
     cards: list[ModelCard] = []
     for status in (Status.COMPLETED, Status.RUNNING):
         ids, _ = ctx.runs.list_ids(0, MAX_MODELS_LISTED, status, who.scope)
@@ -152,6 +155,10 @@ def list_models(ctx: Ctx, who: Me) -> ModelList:
             created = int(record.meta.created_at) if record.meta else 0
             if status is Status.COMPLETED:
                 cards.append(ModelCard(id=run_id, created=created, owned_by=owner))
+            request = record.meta.request if record.meta else None
+            base = request.get("base_model") if request else None
+            if isinstance(base, str) and not is_hub_model(base):  # the model before training
+                cards.append(ModelCard(id=f"{run_id}@base", created=created, owned_by=owner))
             for entry in read_checkpoints(ctx.redis, run_id).entries:
                 if entry.kind == "last":
                     card = ModelCard(
@@ -202,9 +209,9 @@ def _resolve(
 ) -> list[tuple[ModelRef, GenerateRequest]]:
     """The model (404/409 as /generate answers them) and one generation per prompt."""
     run_id, _, checkpoint = request.model.partition("@")
-    which: Literal["last", "best"] | int | None = None
-    if checkpoint in ("last", "best"):
-        which = "last" if checkpoint == "last" else "best"
+    which: Literal["last", "best", "base"] | int | None = None
+    if checkpoint in ("last", "best", "base"):
+        which = "last" if checkpoint == "last" else "best" if checkpoint == "best" else "base"
     elif checkpoint:
         if not checkpoint.isdigit():
             raise NotFoundError(f"unknown model {request.model!r}: run-id or run-id@step")
