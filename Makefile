@@ -17,7 +17,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' server/constraints.txt)
 RUFF := $(PY) -m ruff
 RUFF_CFG := --config server/pyproject.toml
 
-.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-grid bench-sweep bench-databank bench-recovery bench-api fuzz container-smoke clean
+.PHONY: setup torch-index lint format test check system-deps start stop logs demo bench-tokenizers bench-train bench-models bench-grid bench-sweep bench-finetune bench-databank bench-recovery bench-api fuzz container-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -124,6 +124,10 @@ bench-models: setup
 # scored on nanoGPT's validation text (about 70 minutes on 2 cores).
 bench-grid: setup
 	$(PY) scripts/bench_grid.py
+
+# LoRA against full fine-tuning of a ~100M-parameter Llama-shaped base model (~15 min).
+bench-finetune: setup
+	$(PY) scripts/bench_finetune.py
 
 bench-databank: setup
 	$(PY) scripts/bench_databank.py

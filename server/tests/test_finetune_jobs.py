@@ -388,3 +388,32 @@ def test_a_chat_corpus_through_the_api(stack: Stack, tmp_path: Path) -> None:
         assert float(str(evaluation["loss"])) < float(str(base_score["loss"]))
         logs = client.get(f"/runs/{run_id}/logs", params={"tail": 5000}).json()["lines"]
         assert any(line.get("event") == "chat_tokens_written" for line in logs)
+
+
+def test_a_sweep_of_fine_tuning_runs(stack: Stack, corpus: tuple[str, str]) -> None:
+    corpus_id, text = corpus
+    stack.start_worker()
+    with stack.client() as client:
+        gpt2 = _base(stack, client, "gpt2", text)
+        base = {"corpus_file_id": corpus_id, "base_model": gpt2, "max_steps": 10, **RUN}
+        too_long = {
+            "base": {**base, "max_seq_len": 512},
+            "space": {"method": "grid", "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}}},
+        }
+        refused = client.post("/sweeps", json=too_long)
+        assert refused.status_code == 422 and "base model's context" in refused.text
+        body = {
+            "base": base,
+            "space": {"method": "grid", "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}}},
+        }
+        response = client.post("/sweeps", json=body)
+        assert response.status_code == 202, response.text
+        sweep_id = response.json()["sweep_id"]
+        done = poll(
+            lambda: get_json(client, f"/sweeps/{sweep_id}"),
+            lambda a: a["status"] in ("completed", "failed", "cancelled"),
+            STALL_SEC,
+        )
+        assert done["status"] == "completed", done
+        leaderboard = done["leaderboard"]
+        assert isinstance(leaderboard, list) and len(leaderboard) == 2

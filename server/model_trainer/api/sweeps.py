@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import JsonValue, ValidationError
 
 from model_trainer.api.auth import Principal
+from model_trainer.api.base_models import check_base_model
 from model_trainer.api.deps import ApiContext, require_corpus
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.schemas import (
@@ -64,13 +65,19 @@ def submit_sweep(ctx: ApiContext, request: SweepRequest, who: Principal) -> Swee
         points = request.space.points()
     except ValueError as exc:
         raise _invalid("space", str(exc)) from exc
-    base, tokenizer = usable_tokenizer(ctx, base, who)
+    # A sweep of fine-tuning runs: its base model brings the tokenizer (api/base_models.py).
+    tokenizer = None
+    if base.base_model is None:
+        base, tokenizer = usable_tokenizer(ctx, base, who)
     sweep_id = f"swp-{uuid.uuid4().hex[:16]}"
     rungs = rungs_for(budget.value, request.early_stopping)
     trials: list[Trial] = []
     for index, params in enumerate(points):
         config = _trial_request(base, request, sweep_id, index, params, rungs)
-        admit_memory(ctx, config, tokenizer)
+        if tokenizer is None:
+            check_base_model(ctx, config)  # read once, then from Redis
+        else:
+            admit_memory(ctx, config, tokenizer)
         run_id = trial_run_id(sweep_id, index)
         trials.append(
             Trial(
@@ -81,7 +88,8 @@ def submit_sweep(ctx: ApiContext, request: SweepRequest, who: Principal) -> Swee
                 job=train_job(run_id, config),
             )
         )
-    require_tokenizer_artifact(ctx, base, tokenizer)
+    if tokenizer is not None:
+        require_tokenizer_artifact(ctx, base, tokenizer)
     require_corpus(ctx, base.corpus_file_id)
     plan = SweepPlan(
         sweep_id=sweep_id,
