@@ -8,7 +8,7 @@ import json
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import torch
 from tokenizers import Tokenizer
@@ -56,33 +56,36 @@ def base_model_folder(
             GPT2Config(n_layer=2, n_embd=width, n_head=2, n_positions=CONTEXT, vocab_size=vocab)
         )
     elif kind == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                num_hidden_layers=2,
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                head_dim=width // 2,
-                max_position_embeddings=CONTEXT,
-                vocab_size=vocab,
-            )
-        )
+        model = LlamaForCausalLM(LlamaConfig(**_rotary_shape(width, vocab)))
     else:
-        model = Qwen3ForCausalLM(
-            Qwen3Config(
-                num_hidden_layers=2,
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                head_dim=width // 2,
-                max_position_embeddings=CONTEXT,
-                vocab_size=vocab,
-            )
-        )
+        model = Qwen3ForCausalLM(Qwen3Config(**_rotary_shape(width, vocab)))
     model.save_pretrained(folder)
     return folder
+
+
+class _RotaryShape(TypedDict):
+    num_hidden_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    vocab_size: int
+
+
+def _rotary_shape(width: int, vocab: int) -> _RotaryShape:
+    """What the Llama and the Qwen3 share: two layers, grouped-query attention."""
+    return _RotaryShape(
+        num_hidden_layers=2,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=width // 2,
+        max_position_embeddings=CONTEXT,
+        vocab_size=vocab,
+    )
 
 
 def generates(folder: Path, prompt: str, new_tokens: int = 8) -> str:

@@ -17,10 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from starlette.concurrency import run_in_threadpool
-
 from model_trainer.api.auth import Principal
-from model_trainer.api.corpus_upload import spool, spool_dir
+from model_trainer.api.corpus_upload import receive_file, uploads_dir
 from model_trainer.api.deps import ApiContext, memory_limit
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.schemas import TrainRequest
@@ -43,16 +41,10 @@ async def receive_model(
     content_type: str | None,
     who: Principal,
 ) -> ModelInfo:
-    await run_in_threadpool(ctx.quotas.submission, who)
-    if content_type and content_type.lower().startswith("multipart/"):
-        raise AppError(
-            ErrorCode.VALIDATION_ERROR,
-            "send the tar's bytes as the body (Content-Type: application/x-tar), not a form",
-        )
-    with tempfile.TemporaryDirectory(dir=spool_dir(ctx), prefix=".model-") as tmp:
-        path = Path(tmp) / "model.tar"
-        await spool(chunks, path)
-        return await run_in_threadpool(_check_and_upload, ctx, path, name, who)
+    def check_and_upload(path: Path) -> ModelInfo:
+        return _check_and_upload(ctx, path, name, who)
+
+    return await receive_file(ctx, chunks, content_type, who, TAR, "model.tar", check_and_upload)
 
 
 def _check_and_upload(ctx: ApiContext, path: Path, name: str, who: Principal) -> ModelInfo:
@@ -95,7 +87,7 @@ def inspect_base_model(ctx: ApiContext, file_id: str) -> ModelFolder:
             databank_client(
                 app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
             ) as bank,
-            tempfile.TemporaryDirectory(dir=spool_dir(ctx), prefix=".base-") as tmp,
+            tempfile.TemporaryDirectory(dir=uploads_dir(ctx), prefix=".base-") as tmp,
         ):
             size = bank.head(file_id).size
             if size > app.artifact_max_bytes:

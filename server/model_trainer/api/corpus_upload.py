@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +34,8 @@ from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.store.corpora import CorpusCatalog, CorpusInfo
 from model_trainer.tokenization.corpus import check_corpus
 
+T = TypeVar("T")
+
 
 async def receive_corpus(
     ctx: ApiContext,
@@ -41,26 +44,46 @@ async def receive_corpus(
     content_type: str | None,
     who: Principal,
 ) -> CorpusInfo:
+    def check_and_upload(path: Path) -> CorpusInfo:
+        return _check_and_upload(ctx, path, name, who)
+
+    return await receive_file(
+        ctx, chunks, content_type, who, "text/plain", "corpus.txt", check_and_upload
+    )
+
+
+async def receive_file(
+    ctx: ApiContext,
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    who: Principal,
+    expected_type: str,
+    file_name: str,
+    check_and_upload: Callable[[Path], T],
+) -> T:
+    """An upload's common path (corpora, base models): a submission for the quotas, the
+    body spooled to a temp file of the API's disk, then `check_and_upload` in a thread; the
+    file is removed whatever happens."""
     await run_in_threadpool(ctx.quotas.submission, who)
     if content_type and content_type.lower().startswith("multipart/"):
         raise AppError(
             ErrorCode.VALIDATION_ERROR,
-            "send the file's bytes as the body (Content-Type: text/plain), not a form",
+            f"send the file's bytes as the body (Content-Type: {expected_type}), not a form",
         )
-    with tempfile.TemporaryDirectory(dir=spool_dir(ctx), prefix=".corpus-") as tmp:
-        path = Path(tmp) / "corpus.txt"
-        await spool(chunks, path)
-        return await run_in_threadpool(_check_and_upload, ctx, path, name, who)
+    with tempfile.TemporaryDirectory(dir=uploads_dir(ctx), prefix=".upload-") as tmp:
+        path = Path(tmp) / file_name
+        await _spool(chunks, path)
+        return await run_in_threadpool(check_and_upload, path)
 
 
-def spool_dir(ctx: ApiContext) -> Path:
-    """Where uploads wait on the API's disk while they are checked (corpora, models)."""
+def uploads_dir(ctx: ApiContext) -> Path:
+    """Where files wait on the API's disk while they are checked (uploads, base models)."""
     folder = ctx.settings.app.data_root / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-async def spool(chunks: AsyncIterator[bytes], path: Path) -> None:
+async def _spool(chunks: AsyncIterator[bytes], path: Path) -> None:
     try:
         async with await anyio.open_file(path, "wb") as out:
             async for chunk in chunks:

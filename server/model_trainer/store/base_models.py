@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 
 from model_trainer.pretrained import ModelFolder
+from model_trainer.store.corpora import catalog_page
 from model_trainer.store.keys import MODELS_INDEX, MODELS_INFO, MODELS_INSPECTED, models_owner_key
 from model_trainer.store.records import as_str
 
@@ -44,16 +45,7 @@ class ModelCatalog:
     ) -> tuple[list[ModelInfo], int]:
         """Newest first: one page and the total count; of one owner's, when given."""
         index = MODELS_INDEX if owner is None else models_owner_key(owner)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zrevrange(index, offset, offset + limit - 1)
-        pipe.zcard(index)
-        members, total = pipe.execute()
-        ids = [i for i in (as_str(m) for m in members) if i]
-        if not ids:
-            return [], int(total)
-        entries = ids if owner is None else [f"{owner}/{file_id}" for file_id in ids]
-        raw = self._redis.hmget(MODELS_INFO, entries)
-        return [ModelInfo.model_validate_json(v) for v in (as_str(r) for r in raw) if v], int(total)
+        return catalog_page(self._redis, index, MODELS_INFO, owner, offset, limit, ModelInfo)
 
     def inspected(self, file_id: str) -> ModelFolder | None:
         raw = as_str(self._redis.hget(MODELS_INSPECTED, file_id))

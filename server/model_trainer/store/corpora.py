@@ -11,6 +11,8 @@ the same script.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 
@@ -104,14 +106,31 @@ class CorpusCatalog:
     ) -> tuple[list[CorpusInfo], int]:
         """Newest first: one page and the total count; of one owner's, when given."""
         index = CORPORA_INDEX if owner is None else corpora_owner_key(owner)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zrevrange(index, offset, offset + limit - 1)
-        pipe.zcard(index)
-        members, total = pipe.execute()
-        ids = [i for i in (as_str(m) for m in members) if i]
-        if not ids:
-            return [], int(total)
-        entries = ids if owner is None else [f"{owner}/{file_id}" for file_id in ids]
-        raw = self._redis.hmget(CORPORA_INFO, entries)
-        infos = [CorpusInfo.model_validate_json(v) for v in (as_str(r) for r in raw) if v]
-        return infos, int(total)
+        return catalog_page(self._redis, index, CORPORA_INFO, owner, offset, limit, CorpusInfo)
+
+
+InfoT = TypeVar("InfoT", bound=BaseModel)
+
+
+def catalog_page(
+    redis: Redis,
+    index: str,
+    info_key: str,
+    owner: str | None,
+    offset: int,
+    limit: int,
+    model: type[InfoT],
+) -> tuple[list[InfoT], int]:
+    """One page of a per-principal catalog (corpora, base models), newest first, and its
+    total: `index` holds `<principal>/<file_id>` entries (everyone's) or, for one `owner`,
+    bare file ids; `info_key` the entries' JSON."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrevrange(index, offset, offset + limit - 1)
+    pipe.zcard(index)
+    members, total = pipe.execute()
+    ids = [i for i in (as_str(m) for m in members) if i]
+    if not ids:
+        return [], int(total)
+    entries = ids if owner is None else [f"{owner}/{file_id}" for file_id in ids]
+    raw = redis.hmget(info_key, entries)
+    return [model.model_validate_json(v) for v in (as_str(r) for r in raw) if v], int(total)
