@@ -163,6 +163,7 @@ def test_a_lora_run_can_ship_the_adapter_alone(tmp_path: Path, cpu: CpuInfo) -> 
     assert artifact is not None and result.eval is not None
     adapter = json.loads((artifact / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and adapter["peft_type"] == "LORA"
+    assert adapter["base_model_name_or_path"] == BASE_ID  # the run's base_model
     assert (artifact / "adapter_model.safetensors").is_file()
     assert not (artifact / "model.safetensors").exists()
     assert (artifact / "tokenizer.json").is_file()

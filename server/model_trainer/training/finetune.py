@@ -86,6 +86,16 @@ def load_base_model(folder: Path, config: TrainingSpec) -> LoadedBase:
     return LoadedBase(model, adapted, described.model_type)
 
 
+def save_adapter(base: LoadedBase, base_model: str, folder: Path) -> None:
+    """peft's adapter files (adapter_config.json, adapter_model.safetensors) into `folder`;
+    the config names the base model as the run did (not the worker's path to it)."""
+    if base.adapter is None:
+        raise ValueError("save_adapter needs a LoRA run's model")
+    for config in base.adapter.peft_config.values():
+        config.base_model_name_or_path = base_model
+    base.adapter.save_pretrained(str(folder))
+
+
 def merged_model(base: LoadedBase) -> PreTrainedModel:
     """A plain transformers model: LoRA's adapters merged into the base weights (in place:
     the adapters are gone from `base.model` afterwards)."""

@@ -64,7 +64,12 @@ from model_trainer.training.evaluate import (
     score,
 )
 from model_trainer.training.execution import CompileMemo, choose_execution, kept_execution
-from model_trainer.training.finetune import LoadedBase, load_base_model, merged_model
+from model_trainer.training.finetune import (
+    LoadedBase,
+    load_base_model,
+    merged_model,
+    save_adapter,
+)
 from model_trainer.training.hardware import (
     NO_GPU,
     CpuInfo,
@@ -287,9 +292,7 @@ def run_training(
         artifact_dir = run_dir / ARTIFACT_DIR
         staging = staging_dir(artifact_dir)
         if base is not None and config.artifact_format == "adapter" and base.adapter is not None:
-            base.adapter.save_pretrained(
-                str(staging)
-            )  # adapter_config.json, adapter_model.safetensors
+            save_adapter(base, config.base_model or "", staging)
             save_tokenizer_files(tokenizer, staging)
         else:
             if base is not None:
