@@ -3,8 +3,10 @@ real stack: a Hypercorn API process with an API key, a worker and Data Bank.
 
 The main test clicks through what a user does: enter the key, upload a corpus, train a tiny
 tokenizer, start a tiny run (both named and tagged), watch the loss chart draw while it
-trains, read the evaluation and the artifact pointer, and generate text. Another finds a
-sweep of runs by its tag and compares them; another makes a sweep with the New sweep form,
+trains, read the evaluation and the artifact pointer, and generate text. Another uploads a
+tiny base model and fine-tunes it with LoRA from the new-run form, then reads its figures
+before and after and generates from both models. Another finds a sweep of runs by its tag
+and compares them; another makes a sweep with the New sweep form,
 reads its leaderboard and chart once successive halving stopped its worse trials, and
 cancels a second one. Every request the page makes must go to the API itself (nothing from
 a CDN). A missing chromium fails these tests; it does not skip them.
@@ -13,6 +15,7 @@ a CDN). A missing chromium fails these tests; it does not skip them.
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +24,9 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from tests.base_models import base_model_folder, tar_folder
 from tests.browser import RequestLog, chromium, missing_chromium
-from tests.stack import Api, Stack, json_dict, poll
+from tests.stack import Api, Stack, json_dict, num, poll
 from tests.test_cli import _text
 
 # Starts worker processes (or a browser): `make check` runs it, `make test` does not.
@@ -212,6 +216,176 @@ def test_train_a_tokenizer_and_a_run_and_generate(
 
     # Every request went to the API itself.
     assert requests.urls
+    assert requests.elsewhere(api.url) == []
+
+
+def _millions(n: int) -> str:
+    """Parameters as the page writes them: millions, at most 2 decimals ("0.04 M")."""
+    return f"{n / 1e6:,.2f}".rstrip("0").rstrip(".") + " M"
+
+
+def test_fine_tune_an_uploaded_base_model_and_compare_before_and_after(
+    api: Api, browser: BrowserContext, corpus_path: Path, tmp_path: Path
+) -> None:
+    """A tiny GPT-2 folder tarred and uploaded on the Base models page (a tar without its
+    weights is refused with the API's reason), fine-tuned with LoRA from the new-run form
+    (no tokenizer and no architecture sent; a context past the model's is refused first),
+    watched to its end; the run's page shows the base model's figures beside the fine-tuned
+    model's and generates from both."""
+    headers = {"X-API-Key": API_KEY}
+    folder = base_model_folder(tmp_path / "tiny-gpt2", "gpt2", _text())
+    tar = tar_folder(folder, tmp_path / "tiny-gpt2.tar")
+    weightless = shutil.copytree(
+        folder, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    unusable = tar_folder(weightless, tmp_path / "no-weights.tar")
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        refused = client.post(
+            "/models",
+            params={"name": unusable.name},
+            content=unusable.read_bytes(),
+            headers={"content-type": "application/x-tar"},
+        )
+    assert refused.status_code == 422, refused.text
+    reason = str(json_dict(refused.json())["message"])
+    assert "no safetensors weights" in reason, reason
+
+    page = browser.new_page()
+    requests = RequestLog(page)
+    page.goto(f"{api.url}/dashboard/#/models")
+    _enter_key(page, API_KEY)
+    expect(page.locator("#models-table tbody tr").first).to_be_visible()
+    # The unusable tar: the API's reason, nothing uploaded.
+    page.set_input_files("#model-file", unusable)
+    expect(page.locator("#model-upload-error")).to_have_text(reason)
+    expect(page.locator("#model-upload-status")).to_have_text("")
+    # The model: what it is, and listed.
+    page.set_input_files("#model-file", tar)
+    status = page.locator("#model-upload-status")
+    expect(status).to_contain_text("Uploaded tiny-gpt2.tar: ")
+    expect(page.locator("#model-upload-error")).to_be_hidden()
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        listed = [json_dict(m) for m in client.get("/models").json()["items"]]
+    uploaded = next(m for m in listed if m["name"] == "tiny-gpt2.tar")
+    file_id = str(uploaded["file_id"])
+    model = json_dict(uploaded["model"])
+    assert model["architecture"] == "GPT2LMHeadModel" and model["context_length"] == 128
+    params = _millions(int(num(model["n_params"])))
+    expect(status).to_have_text(
+        f"Uploaded tiny-gpt2.tar: GPT2LMHeadModel, {params} parameters, context 128 tokens."
+    )
+    row = page.locator(f'#models-table tr[data-model="{file_id}"]')
+    expect(row).to_contain_text("tiny-gpt2.tar")
+    expect(row).to_contain_text("GPT2LMHeadModel")
+    expect(row).to_contain_text(params)
+
+    # The new-run form with the base model picked: no tokenizer, no architecture.
+    page.click("nav >> text=New run")
+    expect(page.locator(f'#base-model-select option[value="{file_id}"]')).to_have_count(1)
+    expect(page.locator("#tokenizer-select option").first).to_be_attached()
+    expect(page.locator("#fine-tuning")).to_be_hidden()
+    page.set_input_files("#corpus-file", corpus_path)
+    expect(page.locator("#upload-status")).to_contain_text("Uploaded made-up.txt")
+    page.select_option("#base-model-select", file_id)
+    for name in ("#tokenizer-select", "#field-model_family", "#field-model_size", "#field-n_layer"):
+        expect(page.locator(name)).to_be_hidden()
+    expect(page.locator("#fine-tuning")).to_be_visible()
+    expect(page.locator("#context-hint")).to_have_text("at most 128, the base model's context")
+    # A new model's learning rate and optimizer are not fine-tuning's: left to the server.
+    expect(page.locator("#field-learning_rate")).to_have_value("")
+    expect(page.locator("#field-optimizer")).to_have_value("adamw")
+    expect(page.locator("#field-lora_r")).to_be_disabled()
+    page.select_option("#field-method", "lora")
+    page.fill("#field-lora_r", "4")
+    page.fill("#field-lora_alpha", "8")
+    # A chat corpus (loss on every token) past the model's context: the API refuses the
+    # context, so it took the rest of the request.
+    expect(page.locator("#field-loss_on")).to_be_disabled()
+    page.select_option("#field-corpus_format", "chat")
+    page.select_option("#field-loss_on", "all")
+    for name, value in [
+        ("budget", "30"),
+        ("learning_rate", "0.01"),
+        ("batch_size", "8"),
+        ("max_seq_len", "256"),
+    ]:
+        page.fill(f"#field-{name}", value)
+    page.select_option("#field-budget_kind", "steps")
+    page.click("#more-settings summary")
+    page.fill("#field-warmup_steps", "2")
+    page.fill("#field-eval_interval", "10")
+    page.fill("#field-checkpoint_interval", "10")
+    page.fill("#field-name", "LoRA of tiny GPT-2")
+    page.click("#run-form button[type=submit]")
+    refused_form = page.locator("#run-form > .error")
+    expect(refused_form).to_contain_text("past the base model's context (128 tokens)")
+    expect(refused_form).to_contain_text("max_seq_len: 256: at most 128")
+    expect(page).to_have_url(re.compile(r"#/new-run$"))
+    # Plain text, and a context that fits.
+    page.select_option("#field-corpus_format", "auto")
+    expect(page.locator("#field-loss_on")).to_be_disabled()
+    page.fill("#field-max_seq_len", "32")
+    page.click("#run-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/runs/run-[0-9a-f]{16}$"))
+    run_id = page.url.rsplit("/", 1)[1]
+    details = page.locator("#run-details")
+    expect(details).to_contain_text("tiny-gpt2.tar")
+    expect(details).to_contain_text("LoRA (rank 4, alpha 8), merged artifact")
+    expect(details).to_contain_text("the base model's own")
+
+    # Until it ends (no deadline while it makes progress), then as the page shows it.
+    with httpx.Client(base_url=api.url, headers=headers, timeout=30) as client:
+        ended = _ended(client, run_id)
+        assert ended["status"] == "completed", ended
+        evaluation = json_dict(client.get(f"/runs/{run_id}/eval").json())
+    request = json_dict(ended["request"])
+    assert request["base_model"] == file_id and request["method"] == "lora", request
+    assert json_dict(request["lora"])["r"] == 4 and json_dict(request["lora"])["alpha"] == 8
+    assert request["tokenizer_id"] is None and request["corpus_format"] == "auto", request
+    # The form left the weight decay to fine-tuning's default; the rest as filled in.
+    assert request["optimizer"] == "adamw" and request["weight_decay"] == 0.0, request
+    assert request["learning_rate"] == 0.01 and request["max_steps"] == 30, request
+    assert request["max_seq_len"] == 32 and request["batch_size"] == 8, request
+    expect(page.locator("#run-status")).to_have_text("completed")
+    expect(page.locator("#run-progress")).to_contain_text("100%")
+
+    # The base model's figures before training beside the fine-tuned model's.
+    assert evaluation["split"] == "validation", evaluation
+    base = json_dict(evaluation["base"])
+    before_after = page.locator("#eval-before-after")
+    expect(before_after).to_contain_text("Validation loss")
+    for metric, digits in (("loss", 3), ("perplexity", 2), ("bits_per_char", 3)):
+        cells = before_after.locator(f'tr[data-metric="{metric}"] td')
+        expect(cells.nth(1)).to_have_text(f"{num(base[metric]):.{digits}f}")
+        expect(cells.nth(2)).to_have_text(f"{num(evaluation[metric]):.{digits}f}")
+
+    # Text from the base model, then from both with the same seed.
+    page.fill("#field-prompt", "Ka")
+    page.fill("#field-max_new_tokens", "12")
+    page.fill("#field-seed", "7")
+    page.select_option("#field-checkpoint", "base")
+    page.click("#generate")
+    # The API loads the base model from Data Bank for its first generation.
+    before = page.locator('#samples pre.sample[data-source="base"]')
+    expect(before).to_have_count(1, timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#samples")).to_contain_text("12 tokens")
+    expect(page.locator("#samples")).to_contain_text("base model (before training)")
+    alone = before.inner_text()
+    assert alone.startswith("Ka") and len(alone) > len("Ka"), alone
+    page.select_option("#field-checkpoint", "")
+    page.click("#generate-both")
+    groups = page.locator("#samples .generated")
+    expect(groups).to_have_count(2, timeout=JOB_TIMEOUT_MS)
+    expect(groups.nth(0)).to_have_attribute("data-source", "artifact")
+    expect(groups.nth(0).locator("h3")).to_have_text("Fine-tuned model")
+    expect(groups.nth(1)).to_have_attribute("data-source", "base")
+    expect(groups.nth(1).locator("h3")).to_have_text("Base model (before training)")
+    for i in range(2):
+        expect(groups.nth(i)).to_contain_text("seed 7")
+        text = groups.nth(i).locator("pre.sample").inner_text()
+        assert text.startswith("Ka") and len(text) > len("Ka"), text
+    # The same request to the same base model: the same text as before.
+    assert groups.nth(1).locator("pre.sample").inner_text() == alone
     assert requests.elsewhere(api.url) == []
 
 

@@ -166,14 +166,37 @@ function confirmTwice(button, ask, act) {
   });
 }
 
+// A run's model in a line; a fine-tuning run's: its method and base model.
 function modelName(request) {
   if (!request) return "—";
+  if (request.base_model) return `${methodName(request)} · ${baseModelName(request.base_model)}`;
   const parts = [request.model_family || "gpt2", request.model_size || "tiny"];
   const overrides = [
     ["n_layer", "L"], ["n_head", "H"], ["n_embd", "d"],
   ].filter(([k]) => request[k]).map(([k, p]) => `${p}${request[k]}`);
   if (overrides.length) parts.push(overrides.join(" "));
   return parts.join(" · ");
+}
+
+function methodName(request) {
+  return request.method === "lora" ? "LoRA" : "full fine-tuning";
+}
+
+// A base model by its name (`names`: those uploaded through POST /models, by file_id),
+// else by its reference.
+function baseModelName(ref, names) {
+  if (ref.startsWith("hf:")) return ref;
+  const name = names && names.get(ref);
+  return name ? name : `base ${short(ref, 8)}`;
+}
+
+// How a fine-tuning run trains its base model, in a line.
+function tuningText(request) {
+  const lora = request.lora || {};
+  const how = request.method === "lora"
+    ? `LoRA (rank ${lora.r ?? "—"}, alpha ${lora.alpha ?? "—"}), ${request.artifact_format || "merged"} artifact`
+    : "full (every weight)";
+  return request.corpus_format === "chat" ? `${how}; chat corpus, loss on ${request.loss_on}` : how;
 }
 
 function budgetOf(request) {
@@ -474,6 +497,97 @@ async function tokenizersPage(scope) {
   scope.every(LIST_POLL_MS, refresh);
 }
 
+// ---- base models (POST and GET /models: api/routes/models.py) ------------------------
+
+// Parameters in millions: "0.04 M", "124.44 M", "7,241.73 M".
+function millions(n) {
+  if (n === null || n === undefined) return "—";
+  return `${(n / 1e6).toLocaleString("en", { maximumFractionDigits: 2 })} M`;
+}
+
+function contextText(m) {
+  return m.context_length ? `${number(m.context_length)} tokens` : "—";
+}
+
+// The uploaded models (GET /models, newest first), at most 200.
+async function uploadedModels(scope) {
+  return (await api.get("/models?limit=200", { signal: scope.signal })).items;
+}
+
+function modelRow(info) {
+  const m = info.model;
+  return el(
+    "tr",
+    { "data-model": info.file_id },
+    el("td", {}, info.name),
+    el("td", {}, m.architecture, el("small", { class: "muted" }, ` ${m.model_type}`)),
+    el("td", { class: "num" }, millions(m.n_params)),
+    el("td", { class: "num" }, contextText(m)),
+    el("td", { class: "num" }, `${m.num_layers ?? "—"} × ${m.hidden_size ?? "—"}`),
+    el("td", {}, m.chat_template ? "yes" : "no"),
+    el("td", { class: "num" }, bytes(info.size)),
+    el("td", { class: "mono", title: info.file_id }, short(info.file_id)),
+    el("td", {}, when(info.created_at))
+  );
+}
+
+async function modelsPage(scope) {
+  const error = errorBox();
+  const uploadError = errorBox();
+  uploadError.id = "model-upload-error";
+  const status = el("small", { class: "muted", id: "model-upload-status" });
+  const file = el("input", { type: "file", id: "model-file", accept: ".tar,application/x-tar" });
+  const models = table(
+    ["Name", "Architecture", "Parameters", "Context", "Layers × width", "Chat template", "Size", "file_id", "Uploaded"],
+    "models-table");
+  view.append(
+    pageHead("Base models", el("a", { class: "button primary", href: "#/new-run" }, "New run")),
+    error,
+    card("Upload a base model",
+      el("p", { class: "muted" },
+        "A pretrained model to fine-tune: a transformers model folder as ", el("code", {}, "save_pretrained"),
+        " writes it (config.json, safetensors weights, tokenizer.json and its config), packed in a plain, ",
+        "uncompressed tar: ", el("code", {}, "tar -cf my-model.tar my-model/"),
+        ". The API checks it without loading it, then keeps it in Data Bank."),
+      el("div", { class: "upload" }, el("label", { class: "button" }, "Upload a .tar…", file), status),
+      uploadError),
+    card("Uploaded models", models.node)
+  );
+
+  const refresh = async () => {
+    try {
+      const items = await uploadedModels(scope);
+      error.show(null);
+      fill(models.body, ...(items.length ? items.map(modelRow) : [emptyRow(9, "None yet: upload one above.")]));
+    } catch (e) {
+      if (e.name !== "AbortError") error.show(e);
+    }
+  };
+
+  file.addEventListener("change", async () => {
+    const chosen = file.files[0];
+    if (!chosen) return;
+    uploadError.show(null);
+    file.disabled = true;
+    status.textContent = `Uploading ${chosen.name} (${bytes(chosen.size)})…`;
+    try {
+      const info = await request("POST", `/models?name=${encodeURIComponent(chosen.name)}`, {
+        body: chosen, contentType: "application/x-tar", signal: scope.signal,
+      });
+      const m = info.model;
+      status.textContent =
+        `Uploaded ${info.name}: ${m.architecture}, ${millions(m.n_params)} parameters, context ${contextText(m)}.`;
+      await refresh();
+    } catch (e) {
+      status.textContent = "";
+      if (e.name !== "AbortError") uploadError.show(e);
+    }
+    file.disabled = false;
+    file.value = "";
+  });
+  scope.every(LIST_POLL_MS, refresh);
+}
+
 // ---- new tokenizer -------------------------------------------------------------------
 
 async function newTokenizerPage(scope) {
@@ -542,17 +656,79 @@ async function newTokenizerPage(scope) {
 // ---- a run's settings: the new-run form's, and the base of a sweep's trials ----------
 
 const BUDGETS = { seconds: "max_train_seconds", steps: "max_steps", epochs: "num_epochs" };
+// The numbers of a TrainRequest that size a new model: the base model's own when fine-tuning
+// (the server refuses them with base_model).
+const SHAPE_NUMBERS = ["n_layer", "n_head", "n_embd", "n_kv_head"];
 // The numbers of a TrainRequest these settings hold (sent when not blank).
 const RUN_NUMBERS = [
-  "n_layer", "n_head", "n_embd", "learning_rate", "batch_size", "max_seq_len", "warmup_steps",
+  ...SHAPE_NUMBERS, "learning_rate", "batch_size", "max_seq_len", "warmup_steps",
   "eval_interval", "checkpoint_interval", "weight_decay", "dropout", "early_stopping_patience", "seed",
-  "n_kv_head",
 ];
+
+// The base model of a fine-tuning run (one uploaded with POST /models) and how it is trained:
+// method, LoRA's rank and scale, a chat corpus and what its loss is on. None picked: a new
+// model trained from scratch with a tokenizer.
+async function fineTuningSettings(schema, scope) {
+  const loraSchema = await schemaOf("LoraSpec");
+  const select = el("select", { name: "base_model", id: "base-model-select" });
+  const method = choiceInput("method", (await schemaOf("FineTuneMethod")).enum, property(schema, "method").default);
+  const rank = numberInput(loraSchema, "r", { as: "lora_r" });
+  const alpha = numberInput(loraSchema, "alpha", { as: "lora_alpha" });
+  const format = el("select", { name: "corpus_format", id: "field-corpus_format" },
+    el("option", { value: "auto" }, "text (read as for a new model)"),
+    el("option", { value: "chat" }, "chat: conversations (JSON lines of messages)"));
+  const lossOn = choiceInput("loss_on", property(schema, "loss_on").enum, property(schema, "loss_on").default);
+  const loraFields = [rank, alpha];
+  const node = el("fieldset", { id: "fine-tuning" }, el("legend", {}, "Fine-tuning"),
+    el("div", { class: "row" },
+      field("Method", method, "full: every weight; lora: low-rank adapters beside the frozen weights"),
+      field("LoRA rank", rank, "the adapters' rank r"),
+      field("LoRA alpha", alpha, "their scale is alpha / r")),
+    el("div", { class: "row" },
+      field("Corpus format", format, "chat: each line a {\"messages\": [{role, content}...]}, laid out by the model's chat template"),
+      field("Loss on", lossOn, "chat only: the assistant's replies, or every token")));
+  let models = [];
+  const sync = () => {
+    loraFields.forEach((input) => (input.disabled = method.value !== "lora"));
+    lossOn.disabled = format.value !== "chat";
+  };
+  method.addEventListener("change", sync);
+  format.addEventListener("change", sync);
+  sync();
+  return {
+    select,
+    node,
+    method,
+    // The picked model's GET /models entry; null for none (or a list not loaded yet).
+    chosen: () => models.find((m) => m.file_id === select.value) || null,
+    // The request's fine-tuning fields (with a base model picked).
+    body() {
+      const body = { base_model: select.value, method: method.value };
+      if (method.value === "lora") {
+        body.lora = {};
+        if (rank.value !== "") body.lora.r = Number(rank.value);
+        if (alpha.value !== "") body.lora.alpha = Number(alpha.value);
+      }
+      if (format.value === "chat") Object.assign(body, { corpus_format: "chat", loss_on: lossOn.value });
+      return body;
+    },
+    async load() {
+      models = await uploadedModels(scope);
+      const current = select.value;
+      fill(select,
+        el("option", { value: "" }, "None: a new model trained from scratch, with a tokenizer"),
+        models.map((m) => el("option", { value: m.file_id, selected: m.file_id === current },
+          `${m.name} · ${m.model.architecture} · ${millions(m.model.n_params)} parameters`)));
+      select.dispatchEvent(new Event("change"));
+    },
+  };
+}
 
 // The Data, Model and Training fieldsets of a TrainRequest (labels apart). `budgets`: the
 // budget kinds offered, the first one picked (a sweep compares its trials at fixed steps
-// or seconds, so it offers no epochs).
-async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: start = 120 } = {}) {
+// or seconds, so it offers no epochs). `fineTuning`: offer a base model to fine-tune (the
+// new-run form).
+async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: start = 120, fineTuning = false } = {}) {
   const schema = await schemaOf("TrainRequest");
   const picker = corpusPicker(scope);
   const tokenizer = el("select", { name: "tokenizer_id", id: "tokenizer-select" });
@@ -566,27 +742,41 @@ async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: star
   const budgetKind = choiceInput("budget_kind", budgets, budgets[0]);
   const budget = el("input", { type: "number", name: "budget", id: "field-budget", min: 0, step: "any", value: start });
   const n = (name, options) => numberInput(schema, name, options);
+  const context = n("max_seq_len");
+  const learningRate = n("learning_rate");
+  const weightDecay = n("weight_decay");
+  const contextHint = el("small", { id: "context-hint" });
+  const tuning = fineTuning ? await fineTuningSettings(schema, scope) : null;
+  // What sizes a new model: hidden (and not sent) while a base model is picked.
+  const tokenizerField = field("Tokenizer", tokenizer, "completed tokenizers; its corpus is picked below");
+  const familyField = field("Family", family);
+  const shapeRow = el("div", { class: "row" },
+    field("Preset", size),
+    field("Layers", n("n_layer", { placeholder: "preset" })),
+    field("Heads", n("n_head", { placeholder: "preset" })),
+    field("Width", n("n_embd", { placeholder: "preset" })));
+  const kvField = field("Key/value heads", n("n_kv_head", { placeholder: "= heads (llama, qwen3)" }));
   const nodes = [
     el("fieldset", {}, el("legend", {}, "Data"),
-      field("Tokenizer", tokenizer, "completed tokenizers; its corpus is picked below"),
+      tuning ? field("Base model", tuning.select,
+        el("span", {}, "a pretrained model to fine-tune, uploaded on the ", el("a", { href: "#/models" }, "Base models"),
+          " page; none: train a new one")) : null,
+      tokenizerField,
       picker.node),
+    tuning ? tuning.node : null,
     el("fieldset", {}, el("legend", {}, "Model"),
       el("div", { class: "row" },
-        field("Family", family),
+        familyField,
         field("Optimizer", optimizer),
         field("Muon learning rate", n("muon_learning_rate", { placeholder: "muon only" })),
         field("Precision", precision)),
-      el("div", { class: "row" },
-        field("Preset", size),
-        field("Layers", n("n_layer", { placeholder: "preset" })),
-        field("Heads", n("n_head", { placeholder: "preset" })),
-        field("Width", n("n_embd", { placeholder: "preset" })))),
+      shapeRow),
     el("fieldset", {}, el("legend", {}, "Training"),
       el("div", { class: "row" },
         field("Budget", el("div", { class: "joined" }, budget, budgetKind)),
-        field("Learning rate", n("learning_rate")),
+        field("Learning rate", learningRate),
         field("Batch size", n("batch_size")),
-        field("Context (tokens)", n("max_seq_len"))),
+        el("label", { class: "field" }, el("span", {}, "Context (tokens)"), context, contextHint)),
       el("details", { id: "more-settings" }, el("summary", {}, "More settings"),
         el("div", { class: "row" },
           field("Warmup steps", n("warmup_steps")),
@@ -594,43 +784,97 @@ async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: star
           field("Checkpoint every (steps)", n("checkpoint_interval")),
           field("Schedule", schedule)),
         el("div", { class: "row" },
-          field("Weight decay", n("weight_decay")),
+          field("Weight decay", weightDecay),
           field("Dropout", n("dropout", { step: 0.05 })),
           field("Early stopping patience", n("early_stopping_patience", { placeholder: "off" })),
           field("Seed", n("seed"))),
         el("div", { class: "row" },
           field("Device", device, "cuda waits for a GPU worker"),
-          field("Key/value heads", n("n_kv_head", { placeholder: "= heads (llama, qwen3)" }))))),
+          kvField))),
   ];
   let tokenizers = [];
   tokenizer.addEventListener("change", () => {
     const chosen = tokenizers.find((t) => t.tokenizer_id === tokenizer.value);
     if (chosen && chosen.request) picker.choose(chosen.request.corpus_file_id);
   });
+
+  // Fine-tuning starts from its own optimizer, learning rate and weight decay where the
+  // request gives none (the server's; a new model's defaults would be far too high): while
+  // a base model is picked, the fields still at a new model's default are left blank (and
+  // adamw picked), and given back when it is not.
+  const scratch = [[learningRate, String(property(schema, "learning_rate").default)],
+    [weightDecay, String(property(schema, "weight_decay").default)]];
+  const defaultOptimizer = property(schema, "optimizer").default;
+  let tuned = false;
+  let swappedOptimizer = false;
+  function syncTuning() {
+    const now = Boolean(tuning && tuning.select.value);
+    const shape = [tokenizerField, familyField, shapeRow, kvField];
+    shape.forEach((node) => (node.hidden = now));
+    shape.forEach((node) => node.querySelectorAll("input, select").forEach((i) => (i.disabled = now)));
+    if (tuning) tuning.node.hidden = !now;
+    const lora = now && tuning.method.value === "lora";
+    // LoRA trains its adapters with AdamW (the server refuses muon there).
+    optimizer.querySelector("option[value=muon]").disabled = lora;
+    if (lora && optimizer.value === "muon") {
+      optimizer.value = "adamw";
+      swappedOptimizer = true;
+    }
+    const base = now ? tuning.chosen() : null;
+    contextHint.textContent = base && base.model.context_length
+      ? `at most ${number(base.model.context_length)}, the base model's context` : "";
+    if (now === tuned) return;
+    tuned = now;
+    for (const [input, value] of scratch) {
+      if (now && input.value === value) {
+        input.value = "";
+        input.placeholder = "fine-tuning's default";
+      } else if (!now && input.value === "") {
+        input.value = value;
+        input.placeholder = "";
+      }
+    }
+    if (now && optimizer.value === defaultOptimizer) {
+      optimizer.value = "adamw";
+      swappedOptimizer = true;
+    } else if (!now && swappedOptimizer && optimizer.value === "adamw") {
+      optimizer.value = defaultOptimizer;
+    }
+    if (!now) swappedOptimizer = false;
+  }
+  if (tuning) {
+    tuning.select.addEventListener("change", syncTuning);
+    tuning.method.addEventListener("change", syncTuning);
+  }
+  syncTuning();
+
   return {
     schema,
     nodes,
     // The request's settings as `form` holds them.
     body(form) {
+      const fineTune = Boolean(tuning && tuning.select.value);
       const body = {
-        model_family: family.value,
         optimizer: optimizer.value,
         precision: precision.value,
         device: device.value,
-        model_size: size.value,
         lr_schedule: schedule.value,
-        tokenizer_id: tokenizer.value,
         corpus_file_id: picker.value(),
-        ...numbersOf(form, RUN_NUMBERS),
+        ...numbersOf(form, fineTune ? RUN_NUMBERS.filter((name) => !SHAPE_NUMBERS.includes(name)) : RUN_NUMBERS),
         // Muon's rate means nothing to AdamW (the server refuses it there).
         ...(optimizer.value === "muon" ? numbersOf(form, ["muon_learning_rate"]) : {}),
       };
+      // A base model brings its own architecture and tokenizer.
+      if (fineTune) Object.assign(body, tuning.body());
+      else Object.assign(body, { model_family: family.value, model_size: size.value, tokenizer_id: tokenizer.value });
       if (budget.value !== "") body[BUDGETS[budgetKind.value]] = Number(budget.value);
       return body;
     },
-    // The completed tokenizers and the corpora to pick from.
+    // The completed tokenizers, the corpora (and the base models) to pick from.
     async load() {
-      const [toks] = await Promise.all([api.get("/tokenizers?limit=200", { signal: scope.signal }), picker.reload()]);
+      const [toks] = await Promise.all([
+        api.get("/tokenizers?limit=200", { signal: scope.signal }), picker.reload(), tuning ? tuning.load() : null,
+      ]);
       tokenizers = toks.items.filter((t) => t.status === "completed");
       fill(tokenizer,
         ...(tokenizers.length
@@ -646,7 +890,7 @@ async function runSettings(scope, { budgets = Object.keys(BUDGETS), budget: star
 // ---- new run -------------------------------------------------------------------------
 
 async function newRunPage(scope) {
-  const settings = await runSettings(scope);
+  const settings = await runSettings(scope, { fineTuning: true });
   const error = errorBox();
   const labels = labelFields(settings.schema);
   const submit = el("button", { type: "submit", class: "primary" }, "Start run");
@@ -683,6 +927,28 @@ function logLine(line) {
   return `${time} ${level.padEnd(7)} ${line.message || line.event || JSON.stringify(line)}`;
 }
 
+// The change from `before` to `after`, signed: "−0.412".
+function change(before, after, digits) {
+  if (typeof before !== "number" || typeof after !== "number") return "—";
+  const delta = after - before;
+  return `${delta < 0 ? "−" : "+"}${Math.abs(delta).toFixed(digits)}`;
+}
+
+// A fine-tuning run's evaluation beside its base model's on the same text: before and after.
+function beforeAfter(info) {
+  const split = info.split ? info.split[0].toUpperCase() + info.split.slice(1) + " loss" : "Loss";
+  const rows = [[split, "loss", 3], ["Perplexity", "perplexity", 2], ["Bits per character", "bits_per_char", 3]];
+  return el("table", { class: "table", id: "eval-before-after" },
+    el("thead", {}, el("tr", {},
+      el("th", {}, ""), el("th", { class: "num" }, "Before (base model)"), el("th", { class: "num" }, "After (fine-tuned)"),
+      el("th", { class: "num" }, "Change"))),
+    el("tbody", {}, rows.map(([label, key, digits]) => el("tr", { "data-metric": key },
+      el("td", {}, label),
+      el("td", { class: "num", "data-when": "before" }, number(info.base[key], digits)),
+      el("td", { class: "num", "data-when": "after" }, number(info[key], digits)),
+      el("td", { class: "num" }, change(info.base[key], info[key], digits))))));
+}
+
 function evalView(info) {
   if (!info) return el("p", { class: "muted" }, "No evaluation yet.");
   const rows = [
@@ -697,6 +963,7 @@ function evalView(info) {
   const samples = (info.samples || []).map((s) =>
     el("pre", { class: "sample" }, el("b", {}, s.prompt), s.completion));
   return el("div", { id: "eval-result" },
+    info.base ? [beforeAfter(info), el("h3", {}, "Fine-tuned model")] : null,
     facts(rows),
     info.message ? el("p", { class: "muted" }, info.message) : null,
     samples.length ? [el("h3", {}, "Samples"), samples] : null);
@@ -740,6 +1007,7 @@ async function runPage(scope, runId) {
 
   let lastStep = -1;
   let run = null;
+  let baseNames = null;
 
   confirmTwice(cancel, "Click again to cancel", async () => {
     try {
@@ -799,20 +1067,35 @@ async function runPage(scope, runId) {
       run.error ? el("p", { class: "error-text" }, `${run.error.kind} error ${run.error.code}: ${run.error.message}`) : null
     );
     const r = run.request || {};
+    const tuned = Boolean(r.base_model);
+    if (tuned) generate.offerBase();
     fill(details, facts([
       ["Name", run.name || "—"],
       ["Tags", run.tags && run.tags.length ? el("span", { class: "labels" }, tagChips(run.tags)) : "—"],
       ["Metadata", metadataView(run.metadata)],
-      ["Model", modelName(r)],
+      ...(tuned
+        ? [
+            ["Base model", el("span", { title: r.base_model }, baseModelName(r.base_model, baseNames))],
+            ["Fine-tuning", tuningText(r)],
+          ]
+        : [["Model", modelName(r)]]),
       ["Budget", budgetOf(r)],
       ["Batch × context", `${r.batch_size ?? "—"} × ${r.max_seq_len ?? "—"}`],
       ["Learning rate", r.learning_rate ?? "—"],
       ["Optimizer", r.optimizer === "muon" ? `muon (${r.muon_learning_rate ?? "default"})` : (r.optimizer || "adamw")],
       ["Device, precision", `${r.device || "auto"}, ${r.precision || "auto"}`],
-      ["Tokenizer", el("span", { class: "mono" }, r.tokenizer_id || "—")],
+      ["Tokenizer", tuned ? "the base model's own" : el("span", { class: "mono" }, r.tokenizer_id || "—")],
       ["Corpus", el("span", { class: "mono", title: r.corpus_file_id }, short(r.corpus_file_id))],
       ["Created", when(run.created_at)],
     ]));
+  }
+
+  // The names of the uploaded base models (GET /models), looked up once for a fine-tuning run.
+  async function loadBaseNames() {
+    const ref = run.request && run.request.base_model;
+    if (baseNames || !ref || ref.startsWith("hf:")) return;
+    baseNames = new Map((await uploadedModels(scope)).map((m) => [m.file_id, m.name]));
+    showRun();
   }
 
   async function loadMetrics() {
@@ -884,6 +1167,7 @@ async function runPage(scope, runId) {
       error.show(null);
       showRun();
       const done = TERMINAL.has(run.status);
+      await loadBaseNames();
       await loadMetrics();
       await loadLogs();
       if (done || checkpointTick++ % 3 === 0) await loadCheckpoints();
@@ -902,15 +1186,39 @@ async function runPage(scope, runId) {
 
 // ---- generate box --------------------------------------------------------------------
 
+// Where a generation's weights came from (GenerateResponse.model), in words.
+function sourceText(model) {
+  if (model.source === "base") return "base model (before training)";
+  if (model.source === "checkpoint") return `checkpoint at step ${number(model.step)}`;
+  return "final model";
+}
+
+// One answer of POST /runs/{id}/generate: its samples after the prompt, and how they came.
+function generatedView(answer, promptText, title) {
+  const source = answer.model.source;
+  return el("div", { class: "generated", "data-source": source },
+    title ? el("h3", {}, title) : null,
+    answer.samples.map((s) => el("pre", { class: "sample", "data-source": source }, el("b", {}, promptText), s)),
+    el("p", { class: "muted" },
+      `${answer.new_tokens} tokens in ${Math.round(answer.elapsed_ms)} ms · seed ${answer.seed} · ${sourceText(answer.model)}`));
+}
+
 function generateCard(base, scope) {
   const error = errorBox();
   const output = el("div", { id: "samples" });
   const prompt = el("textarea", { name: "prompt", id: "field-prompt", rows: 3, placeholder: "The start of the text (may be empty)" });
-  const source = choiceInput("checkpoint", ["final model", "last checkpoint", "best checkpoint"], "final model");
+  // The request's `checkpoint`: none for the completed run's model.
+  const source = el("select", { name: "checkpoint", id: "field-checkpoint" },
+    el("option", { value: "" }, "final model"),
+    el("option", { value: "last" }, "last checkpoint"),
+    el("option", { value: "best" }, "best checkpoint"));
   // Until the user picks one: the final model once the run completed, else its last checkpoint.
   let picked = false;
+  let status = null;
   source.addEventListener("change", () => (picked = true));
   const submit = el("button", { type: "submit", class: "primary", id: "generate" }, "Generate");
+  // A fine-tuning run's: the same request to its model and to the base model it started from.
+  const both = el("button", { type: "button", id: "generate-both", hidden: true }, "Compare with the base model");
   const input = (name, attrs) => el("input", { type: "number", name, id: `field-${name}`, ...attrs });
   const form = el(
     "form",
@@ -923,33 +1231,60 @@ function generateCard(base, scope) {
       field("Seed", input("seed", { min: 0, placeholder: "random" })),
       field("Model", source)),
     error,
-    el("div", { class: "form-actions" }, submit),
+    el("div", { class: "form-actions" }, submit, both),
     output
   );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+
+  // Runs `task` with the buttons disabled; its error is shown.
+  async function busy(button, task) {
     error.show(null);
-    const body = { prompt: prompt.value, ...numbersOf(form, ["max_new_tokens", "temperature", "top_k", "seed"]) };
-    if (source.value !== "final model") body.checkpoint = source.value.split(" ")[0];
-    submit.disabled = true;
-    submit.textContent = "Generating…";
+    const text = button.textContent;
+    submit.disabled = both.disabled = true;
+    button.textContent = "Generating…";
     try {
-      const answer = await api.post(`${base}/generate`, body, { signal: scope.signal });
-      fill(output,
-        ...answer.samples.map((s) => el("pre", { class: "sample" }, el("b", {}, prompt.value), s)),
-        el("p", { class: "muted" },
-          `${answer.new_tokens} tokens in ${Math.round(answer.elapsed_ms)} ms · seed ${answer.seed} · ${answer.model.source}`)
-      );
+      await task();
     } catch (e) {
       if (e.name !== "AbortError") error.show(e);
     }
-    submit.disabled = false;
-    submit.textContent = "Generate";
+    submit.disabled = both.disabled = false;
+    button.textContent = text;
+  }
+
+  const bodyOf = (checkpoint) => {
+    const body = { prompt: prompt.value, ...numbersOf(form, ["max_new_tokens", "temperature", "top_k", "seed"]) };
+    if (checkpoint) body.checkpoint = checkpoint;
+    return body;
+  };
+  const ask = (body) => api.post(`${base}/generate`, body, { signal: scope.signal });
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = prompt.value;
+    busy(submit, async () => fill(output, generatedView(await ask(bodyOf(source.value)), text)));
+  });
+  // The run's model as picked (the final one, or the last checkpoint while it trains, when
+  // the base model is picked), then the base model with the same seed: the two side by side.
+  both.addEventListener("click", () => {
+    const text = prompt.value;
+    busy(both, async () => {
+      const mine = source.value === "base" ? (status === "completed" ? "" : "last") : source.value;
+      const tuned = await ask(bodyOf(mine));
+      const before = await ask({ ...bodyOf("base"), seed: tuned.seed });
+      fill(output, generatedView(tuned, text, "Fine-tuned model"), generatedView(before, text, "Base model (before training)"));
+    });
   });
   return {
     node: card("Generate text", form),
-    follow(status) {
-      if (!picked) source.value = status === "completed" ? "final model" : "last checkpoint";
+    follow(now) {
+      status = now;
+      if (!picked) source.value = now === "completed" ? "" : "last";
+    },
+    // A fine-tuning run: its base model can be asked too (`checkpoint: "base"`).
+    offerBase() {
+      if (!both.hidden) return;
+      source.options[0].textContent = "fine-tuned model";
+      source.append(el("option", { value: "base", title: "the model before training" }, "base model"));
+      both.hidden = false;
     },
   };
 }
@@ -1528,6 +1863,7 @@ const ROUTES = [
   [/^#\/sweeps$/, sweepsPage, "sweeps"],
   [/^#\/new-sweep$/, newSweepPage, "sweeps"],
   [/^#\/tokenizers$/, tokenizersPage, "tokenizers"],
+  [/^#\/models$/, modelsPage, "models"],
   [/^#\/new-tokenizer$/, newTokenizerPage, "new-tokenizer"],
   [/^#\/new-run$/, newRunPage, "new-run"],
 ];
