@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from model_trainer.api.auth import Principal
-from model_trainer.api.corpus_upload import receive_file, uploads_dir
+from model_trainer.api.corpus_upload import receive_file, transfer_client, uploads_dir
 from model_trainer.api.deps import ApiContext, memory_limit
 from model_trainer.api.errors import FieldError, FieldsInvalid
 from model_trainer.api.schemas import TrainRequest
-from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank import errors as bank_errors
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.hub import is_hub_model
@@ -49,14 +48,8 @@ async def receive_model(
 
 def _check_and_upload(ctx: ApiContext, path: Path, name: str, who: Principal) -> ModelInfo:
     model = read_model_archive(path)  # UserError (422) with the reason
-    app = ctx.settings.app
     try:
-        with (
-            ctx.databank_guard.call("upload the model"),
-            databank_client(
-                app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
-            ) as bank,
-        ):
+        with transfer_client(ctx, "upload the model") as bank:
             stored = bank.upload_file(path, content_type=TAR)
     except bank_errors.DataBankError as exc:
         raise AppError(
@@ -83,10 +76,7 @@ def inspect_base_model(ctx: ApiContext, file_id: str) -> ModelFolder:
     app = ctx.settings.app
     try:
         with (
-            ctx.databank_guard.call("read the base model"),
-            databank_client(
-                app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
-            ) as bank,
+            transfer_client(ctx, "read the base model") as bank,
             tempfile.TemporaryDirectory(dir=uploads_dir(ctx), prefix=".base-") as tmp,
         ):
             size = bank.head(file_id).size

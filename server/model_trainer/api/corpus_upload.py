@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from model_trainer.api.auth import Principal
 from model_trainer.api.deps import ApiContext
 from model_trainer.connections import DataBankUse, databank_client
 from model_trainer.databank import errors as bank_errors
+from model_trainer.databank.client import DataBankClient
 from model_trainer.errors import AppError, ErrorCode, NotFoundError
 from model_trainer.store.corpora import CorpusCatalog, CorpusInfo
 from model_trainer.tokenization.corpus import check_corpus
@@ -76,6 +78,21 @@ async def receive_file(
         return await run_in_threadpool(check_and_upload, path)
 
 
+@contextmanager
+def transfer_client(ctx: ApiContext, what: str) -> Iterator[DataBankClient]:
+    """A Data Bank client for a request's whole files (uploads, a base model's read): not the
+    API's request-path client (no retries, seconds of timeout), as a file of a few hundred MiB
+    takes longer; the guard still answers 503 fast while Data Bank is down."""
+    app = ctx.settings.app
+    with (
+        ctx.databank_guard.call(what),
+        databank_client(
+            app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
+        ) as bank,
+    ):
+        yield bank
+
+
 def uploads_dir(ctx: ApiContext) -> Path:
     """Where files wait on the API's disk while they are checked (uploads, base models)."""
     folder = ctx.settings.app.data_root / "uploads"
@@ -98,16 +115,8 @@ def _check_and_upload(ctx: ApiContext, path: Path, name: str, who: Principal) ->
     # A corpus a job would refuse (UserError) is refused now, with its code (422).
     checked = check_corpus(path, ctx.settings.app.corpus_max_line_bytes)
     ctx.quotas.corpus_bytes(who, checked.size_bytes)
-    app = ctx.settings.app
-    # Not the API's request-path client (no retries, seconds of timeout): an upload of a
-    # few hundred MiB takes longer. The guard still answers 503 fast while Data Bank is down.
     try:
-        with (
-            ctx.databank_guard.call("upload the corpus"),
-            databank_client(
-                app.data_bank_api_url, app.data_bank_api_key, DataBankUse.API_UPLOAD
-            ) as bank,
-        ):
+        with transfer_client(ctx, "upload the corpus") as bank:
             stored = bank.upload_file(path, content_type="text/plain; charset=utf-8")
     except bank_errors.DataBankError as exc:
         raise AppError(
