@@ -226,6 +226,25 @@ def test_artifact_loads_with_auto_classes_and_generates(
     assert isinstance(text, str) and text.startswith("the quick")
 
 
+def test_a_gpt2_artifact_is_the_same_model_under_gpt2s_original_gelu(
+    trained: tuple[TrainingResult, Path],
+) -> None:
+    """Our GPT-2 runs PyTorch's one-kernel tanh GELU; GPT-2's own `gelu_new` computes the
+    same formula op by op, so tools that assume it get the same model."""
+    folder = trained[0].artifact_dir
+    assert folder is not None
+    config = json.loads((folder / "config.json").read_text())
+    assert config["activation_function"] == "gelu_pytorch_tanh"
+    ours: object = AutoModelForCausalLM.from_pretrained(folder)
+    original: object = AutoModelForCausalLM.from_pretrained(folder, activation_function="gelu_new")
+    assert isinstance(ours, torch.nn.Module) and isinstance(original, torch.nn.Module)
+    ids = torch.randint(config["vocab_size"], (2, config["n_positions"]))
+    with torch.no_grad():
+        a, b = ours(input_ids=ids).logits, original(input_ids=ids).logits
+    assert a.abs().max() > 0
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _evaluate(
     trained: tuple[TrainingResult, Path], out_dir: Path, split: EvalSplit
 ) -> tuple[EvalMetrics, EvalMetrics, dict[str, object]]:

@@ -34,9 +34,9 @@ from model_trainer.errors import ErrorCode, UserError
 from model_trainer.pretrained import PICKLE_WEIGHT_SUFFIXES
 from model_trainer.training.config import ModelFamily, TrainingSpec
 
-# PyTorch's fused scaled-dot-product attention: on this 2-core CPU it was measurably faster
-# than the eager (matmul + softmax) path, the more so at longer contexts
-# (docs/benchmarks.md, "attention").
+# PyTorch's fused scaled-dot-product attention: on 2-core CPUs it was measurably faster than
+# transformers' eager path (matmul, softmax, matmul), in eager steps and compiled ones alike,
+# where inductor fuses the eager path (docs/benchmarks.md, "Attention in a compiled step").
 ATTENTION = "sdpa"
 # peft's adapter-only folder (a LoRA run's artifact with artifact_format adapter).
 ADAPTER_CONFIG = "adapter_config.json"
@@ -67,6 +67,10 @@ def _build_gpt2(spec: ModelSpec) -> PreTrainedModel:
         resid_pdrop=spec.dropout,
         embd_pdrop=spec.dropout,
         attn_pdrop=spec.dropout,
+        # GPT-2's own GELU (tanh approximation) as PyTorch's one kernel: the config default,
+        # "gelu_new", computes the same formula op by op, which cost 16% of an eager
+        # forward and backward at `tiny` (docs/benchmarks.md, "Where a step's time goes").
+        activation_function="gelu_pytorch_tanh",
         # GPT-2's defaults point at id 50256; ours come from the tokenizer we trained.
         bos_token_id=spec.eos_id,
         eos_token_id=spec.eos_id,
