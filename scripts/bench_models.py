@@ -14,7 +14,9 @@ quality     validation bits per character after a --seconds training budget (76 
             validation (`training.data.Holdout`), and each model also scored on nanoGPT's
             validation text (the last 10%), the text nanoGPT's figure is measured on.
 throughput  tokens/s of our loop and MFU against the fp32 and bf16 matmul peaks measured
-            here and now, for `tiny` (context 64, batch 12: nanoGPT's shape) and `mini`
+            here and now (and for `tiny`, against nanoGPT, tokens/s and characters of
+            text/s: a token of ours is several characters, nanoGPT's one), for `tiny`
+            (context 64, batch 12: nanoGPT's shape) and `mini`
             (context 256, batch 16), per family, fp32 and bf16, eager; and compiled
             (`torch.compile`, tens of seconds each) for the default family and optimizer,
             or for every row with --compile-all.
@@ -186,6 +188,9 @@ def throughput_grid(
         corpus_id=bench.corpus_id(bench.CORPUS),
     ) as cache:
         splits = split_tokens(cache, 1 - bench.TRAIN_FRACTION, tokenizer)
+    # Text per token: nanoGPT's tokens are characters, ours byte-level BPE pieces.
+    chars_per_token = splits.train_chars / len(splits.train)
+    bench.log(f"our tokenizer: {chars_per_token:.3f} characters a token of the training text")
     cases = [(f, o, s) for f in families for o in optimizers for s in SIZES]
     for family, optimizer, (size, context, batch) in cases:
         config = TrainingSpec.model_validate(
@@ -230,6 +235,7 @@ def throughput_grid(
                     "tokens_per_sec": rate,
                     "mfu": fpt * rate / peaks[precision],
                     "compiled_tokens_per_sec": compiled_rate,
+                    "chars_per_token": chars_per_token,
                     "load_after": os.getloadavg()[0],
                 }
             )
@@ -263,16 +269,19 @@ def tables(results: list[dict[str, object]]) -> None:
     bench.log(
         "\n| family | optimizer | model | context x batch | precision | params | eager tokens/s "
         "| MFU (eager) | compiled tokens/s | compiled / eager | best vs nanoGPT tokens/s "
-        "| load after |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| best vs nanoGPT characters/s | load after |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         if r["part"] == "throughput":
             eager = num(r, "tokens_per_sec")
             compiled = r["compiled_tokens_per_sec"]
             best = max(eager, num(r, "compiled_tokens_per_sec") if compiled else 0.0)
-            versus = ""
+            versus = versus_text = ""
             if ref is not None and r["model"] == "tiny":
-                versus = f"{best / num(ref, 'tokens_per_sec'):.2f}x"
+                ratio = best / num(ref, "tokens_per_sec")
+                versus = f"{ratio:.2f}x"
+                versus_text = f"{ratio * num(r, 'chars_per_token'):.2f}x"
             compiled_cells = (
                 f"{num(r, 'compiled_tokens_per_sec'):,.0f} | "
                 f"{num(r, 'compiled_tokens_per_sec') / eager:.2f}x"
@@ -284,7 +293,7 @@ def tables(results: list[dict[str, object]]) -> None:
                 f"{r['context']} x {r['batch']} | "
                 f"{r['precision']} | {num(r, 'params') / 1e6:.2f}M | "
                 f"{eager:,.0f} | {num(r, 'mfu'):.1%} | {compiled_cells} | {versus} "
-                f"| {r['load_after']:.2f} |"
+                f"| {versus_text} | {r['load_after']:.2f} |"
             )
 
 

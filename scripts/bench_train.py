@@ -12,6 +12,10 @@ profile     where a step's time goes, for the default family and optimizer (Qwen
             loss, the backward, Muon's update (its Newton-Schulz iteration) and AdamW's, and
             the forward and backward's share in matmuls and in the head's cross-entropy
             (torch.profiler's self time by operator).
+attention   a compiled step (forward + backward, the run's own `loss_function`) with
+            transformers' eager attention against PyTorch's fused kernel (`sdpa`), the
+            default family at the throughput cases' shapes, fp32 (and bf16 on a CPU with
+            native bf16), alternating the two: the figures behind model.ATTENTION.
 quality     validation bits per character on tinyshakespeare (first 90% train, the next
             5% validation, the last 5% test: `training.data.Holdout`) after a
             `max_train_seconds` budget (95 s) with the config defaults, using a byte-level
@@ -20,8 +24,8 @@ quality     validation bits per character on tinyshakespeare (first 90% train, t
             cuts them: harder text than the 5% after the training part), the figure to set
             beside nanoGPT's.
 
-Usage: .venv/bin/python scripts/bench_train.py [throughput|profile|quality|all] [--seconds 95]
-       [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
+Usage: .venv/bin/python scripts/bench_train.py [throughput|profile|attention|quality|all]
+       [--seconds 95] [--vocab 1024] [--family gpt2|llama|qwen3] [--optimizer adamw|muon]
        [--set field=value ...] [--json results.jsonl] [--compile-cache DIR]
 (--family and --optimizer are quality's; they are shorthands for --set model_family=...,
 --set optimizer=...)
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedModel
 
 from model_trainer.disk_cache import DiskCache
 from model_trainer.tokenization.handle import load_tokenizer
@@ -76,7 +81,13 @@ from model_trainer.training.model import (
 from model_trainer.training.optimizer import make_optimizer
 from model_trainer.training.precision import choose_precision, needs_probe
 from model_trainer.training.run import run_training
-from model_trainer.training.step import autocast, forward_logits, loss_function
+from model_trainer.training.step import (
+    LossFn,
+    autocast,
+    forward_logits,
+    loss_function,
+    time_step,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -387,6 +398,49 @@ def profile(vocab: int, steps: int, results: list[dict[str, object]]) -> None:
     log(f"(after: {load_line()})")
 
 
+def attention(vocab: int, rounds: int, results: list[dict[str, object]]) -> None:
+    log(f"\n## Attention in a compiled step ({load_line()})")
+    cpu = torch.device("cpu")
+    info = cpu_info()
+    precisions = [Precision.FP32] + ([Precision.BF16] if info.native_bf16 else [])
+    log(
+        "\n| model | context x batch | precision | sdpa ms | eager ms | eager / sdpa "
+        "| load after |\n|---|---|---|---|---|---|---|"
+    )
+    for size, context, batch in THROUGHPUT_CASES:
+        config = TrainingSpec(model_size=size, max_seq_len=context, batch_size=batch)
+        spec = model_spec(config, vocab, None, None)
+        tokens = torch.randint(vocab, (batch, context + 1))
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        for precision in precisions:
+            steps: dict[str, tuple[PreTrainedModel, LossFn]] = {}
+            for implementation in ("sdpa", "eager"):
+                model = build_model(spec, config.model_family, config.seed)
+                model.train()
+                model.set_attn_implementation(implementation)
+                step = loss_function(model, precision, cpu, compiled=True)
+                for _ in range(2):  # compiles, then the slow first compiled step
+                    time_step(step, model, x, y)
+                steps[implementation] = (model, step)
+            ms: dict[str, list[float]] = {name: [] for name in steps}
+            for _ in range(rounds):  # alternate, so load changes hit both sides
+                for name, (model, step) in steps.items():
+                    times = [time_step(step, model, x, y) for _ in range(5)]
+                    ms[name].append(1000 * statistics.median(times))
+            sdpa, eager = statistics.median(ms["sdpa"]), statistics.median(ms["eager"])
+            arch: Architecture = config.resolved()
+            log(
+                f"| {size.value} ({arch.n_layer}x{arch.n_embd}, {config.model_family.value}) "
+                f"| {context} x {batch} | {precision.value} | {sdpa:.1f} | {eager:.1f} | "
+                f"{eager / sdpa:.2f} | {os.getloadavg()[0]:.2f} |"
+            )
+            results.append(
+                {"part": "attention", "model": size.value, "precision": precision.value}
+                | {"sdpa_ms": sdpa, "eager_ms": eager}
+            )
+    log(f"(after: {load_line()})")
+
+
 def quality(
     work: Path,
     vocab: int,
@@ -491,7 +545,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "part", nargs="?", default="all", choices=["throughput", "profile", "quality", "all"]
+        "part",
+        nargs="?",
+        default="all",
+        choices=["throughput", "profile", "attention", "quality", "all"],
     )
     parser.add_argument("--seconds", type=float, default=95.0, help="quality: time budget")
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="BPE vocabulary size")
@@ -523,6 +580,7 @@ def main(argv: list[str]) -> int:
     runs: dict[str, Callable[[Path], None]] = {
         "throughput": lambda w: throughput(w, args.vocab, args.rounds, results),
         "profile": lambda w: profile(args.vocab, 10, results),
+        "attention": lambda w: attention(args.vocab, args.rounds, results),
         "quality": lambda w: quality(
             w, args.vocab, args.seconds, overrides, results, args.compile_cache
         ),
