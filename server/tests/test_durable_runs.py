@@ -220,8 +220,10 @@ def test_redeploys_are_free(stack: Stack, corpus_id: str, tokenizer_id: str) -> 
     try:
         with stack.client() as client:
             # Seconds of training, not of the test: enough for three hand-backs to happen
-            # mid-run even when a loaded machine lets the test look only now and then.
-            body = _run_body(corpus_id, tokenizer_id, max_train_seconds=30)
+            # mid-run even when a loaded machine lets the test look only now and then (under
+            # `make check` on 2 cores one session trained 28 s before its SIGTERM was sent:
+            # 30 s let that run finish first).
+            body = _run_body(corpus_id, tokenizer_id, max_train_seconds=60)
             body.pop("max_steps")
             run_id = _submit(client, body)
             requeue_seconds: list[float] = []
