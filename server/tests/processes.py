@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -193,3 +194,41 @@ def start_worker_process(
         proc.stop(timeout=10)
         raise
     return proc
+
+
+class BlackHole:
+    """A remote that accepts connections and never answers, or with `hang_up` closes each
+    at once; counts them (a client that retries connects more than once)."""
+
+    def __init__(self, *, hang_up: bool = False) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._hang_up_at_once = hang_up
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self._hang_up_at_once:
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def hang_up(self) -> None:
+        """Close the connections it holds (their requests fail)."""
+        for conn in self._held:
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+        self.hang_up()

@@ -6,8 +6,6 @@ answers), the one kind of fake the project allows; everything else is real (Redi
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,41 +18,9 @@ from model_trainer.api.deps import ApiContext
 from model_trainer.api.main import build_context, create_app
 from model_trainer.settings import LimitsSettings, Settings
 from model_trainer.store.records import RecordMeta, Status
-from tests.processes import wait_until
+from tests.processes import BlackHole, wait_until
 
 CORPUS = "ab" * 32
-
-
-class BlackHole:
-    """Accepts connections and never answers; counts them."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.accepted = 0
-        self._held: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._held.append(conn)
-
-    def hang_up(self) -> None:
-        """Close the connections it holds (their requests fail)."""
-        for conn in self._held:
-            conn.close()
-
-    def close(self) -> None:
-        self._sock.close()
-        self.hang_up()
 
 
 @pytest.fixture
