@@ -389,10 +389,8 @@ def test_malformed_ids_are_404_without_a_redis_lookup(settings: Settings) -> Non
             body = BODIES.get((method, template))
             for bad in malformed:
                 path = template.replace(param, bad)
-                started = time.monotonic()
-                response = client.request(method, path, json=body)
-                assert time.monotonic() - started < 1.0
-                answer = _assert_error(response, 404, "NOT_FOUND")
+                # 404, not Redis's 503: answered from the shape alone.
+                answer = _assert_error(client.request(method, path, json=body), 404, "NOT_FOUND")
                 message = str(answer["message"])
                 assert f"unknown {kind}" in message and shape in message
                 assert len(message) < 200  # a long id is cut short in the message
