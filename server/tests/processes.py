@@ -197,16 +197,16 @@ def start_worker_process(
 
 
 class BlackHole:
-    """A remote that accepts connections and never answers, or with `hang_up` closes each
+    """A remote that accepts connections and never answers, or with `close_at_once` closes each
     at once; counts them (a client that retries connects more than once)."""
 
-    def __init__(self, *, hang_up: bool = False) -> None:
+    def __init__(self, *, close_at_once: bool = False) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._hang_up_at_once = hang_up
+        self._close_at_once = close_at_once
         self.accepted = 0
         self._held: list[socket.socket] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -219,7 +219,7 @@ class BlackHole:
             except OSError:
                 return
             self.accepted += 1
-            if self._hang_up_at_once:
+            if self._close_at_once:
                 conn.close()
             else:
                 self._held.append(conn)

@@ -140,7 +140,7 @@ def test_redis_down_answers_503_fast_and_recovers(
 def test_redis_client_fails_fast_without_retries(settings: Settings) -> None:
     """A Redis that hangs up on every connection: the request's first command fails, and
     the API answers 503 from that one connection, without connecting again to retry."""
-    redis = BlackHole(hang_up=True)
+    redis = BlackHole(close_at_once=True)
     try:
         url = f"redis://127.0.0.1:{redis.port}/0"
         # Readiness probes Redis at the app's start, then not again within this test.
